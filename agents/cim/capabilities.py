@@ -1,0 +1,34 @@
+"""The one list of capabilities, read from capabilities.json (the NixOS modules read it too)."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+
+@cache
+def _data() -> dict[str, Any]:
+    return json.loads(files("cim").joinpath("capabilities.json").read_text())
+
+
+def names() -> list[str]:
+    return list(_data()["capabilities"])
+
+
+CAPABILITIES: tuple[str, ...] = tuple(names())
+
+
+def permissions(capability: str) -> dict[str, list[str]]:
+    """The NATS publish/subscribe permissions an agent of this capability needs."""
+    data = _data()
+    cap = data["capabilities"][capability]
+    return {
+        "publish": data["common"]["publish"] + cap["publish"],
+        "subscribe": data["common"]["subscribe"] + cap["subscribe"],
+    }
+
+
+def describe(capability: str) -> str:
+    return _data()["capabilities"][capability]["description"]

@@ -1,0 +1,1 @@
+"""The `cim` command: one root app (main.py), one module per command group."""

@@ -1,0 +1,95 @@
+"""What every command shares: global options, output, running async code, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from nats.aio.client import Client
+
+from ..connection import ConnectionSettings, connect
+from ..errors import CimError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Globals:
+    servers: list[str]
+    creds: Path | None = None
+    nkey: Path | None = None
+    user: str | None = None
+    password_file: Path | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    json: bool = False
+    timeout: float = 5.0
+
+    def settings(self) -> ConnectionSettings:
+        return ConnectionSettings(
+            servers=self.servers,
+            name="cim-cli",
+            creds_file=self.creds,
+            nkey_seed_file=self.nkey,
+            user=self.user,
+            password_file=self.password_file,
+            tls_ca_file=self.tls_ca,
+            tls_cert_file=self.tls_cert,
+            tls_key_file=self.tls_key,
+            connect_timeout=self.timeout,
+            # A command should fail, not hang, when the server goes away.
+            max_reconnect_attempts=3,
+        )
+
+
+def globals_of(ctx: typer.Context) -> Globals:
+    root = ctx.find_root()
+    if not isinstance(root.obj, Globals):
+        root.obj = Globals(servers=["nats://127.0.0.1:4222"])
+    return root.obj
+
+
+@asynccontextmanager
+async def nats_connection(g: Globals) -> AsyncIterator[Client]:
+    nc = await connect(g.settings())
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a command's async body; a CimError becomes one line on stderr and its exit code."""
+    try:
+        return asyncio.run(coro_fn())
+    except CimError as err:
+        fail(str(err), err.exit_code)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def emit(g: Globals, data: Any, human: Callable[[Any], str] | None = None) -> None:
+    """Print `data` as JSON with --json, else through `human` (or as indented JSON)."""
+    if g.json or human is None:
+        typer.echo(json.dumps(data, indent=None if g.json else 2, default=str))
+    else:
+        text = human(data)
+        if text:
+            typer.echo(text)
+
+
+def stdout_binary():
+    return sys.stdout.buffer

@@ -1,0 +1,159 @@
+"""Unit content in a JetStream object store bucket, keyed by CID, verified on every read.
+
+Writes use nats-py's object store (its layout is the standard one, so `nats object get`
+works too). Reads do not: nats-py's `get` grows one bytes object chunk by chunk, quadratic
+in the object size. Here the chunks are pulled through `jsread` and handed out one by one
+while being hashed; the last chunk is held back until the CID checks out, so a reader never
+receives complete-looking content that is wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError, ObjectNotFoundError
+
+from . import cid as cidlib
+from .errors import CidMismatch, CimError, JetStreamUnavailable, UnitNotFound
+from .jsread import read_stream
+from .provision import CONTENT_BUCKET
+
+CHUNK_SIZE = 128 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectLocation:
+    cid: str
+    size: int
+    chunks: int
+    nuid: str
+    digest: str
+
+
+class _CountingReader(io.RawIOBase):
+    """Feeds nats-py's put while hashing what it actually sent and reporting progress."""
+
+    def __init__(self, raw: BinaryIO, progress: Callable[[int], None] | None):
+        self.raw = raw
+        self.hasher = cidlib.Hasher()
+        self.progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        n = self.raw.readinto(b)
+        if n:
+            self.hasher.update(memoryview(b)[:n])
+            if self.progress:
+                self.progress(n)
+        return n or 0
+
+
+class ContentStore:
+    def __init__(self, nc: Client, bucket: str = CONTENT_BUCKET, *, timeout: float = 5.0):
+        self.nc = nc
+        self.js = nc.jetstream(timeout=timeout)
+        self.bucket = bucket
+        self.stream = f"OBJ_{bucket}"
+        self.timeout = timeout
+        self._obj = None
+
+    async def _store(self):
+        if self._obj is None:
+            try:
+                self._obj = await self.js.object_store(self.bucket)
+            except NotFoundError:
+                raise JetStreamUnavailable(
+                    f"the content bucket {self.bucket} does not exist; run `cim provision` (or `cim up`)"
+                ) from None
+        return self._obj
+
+    async def locate(self, cid: str) -> ObjectLocation | None:
+        cidlib.validate(cid)
+        meta_subject = f"$O.{self.bucket}.M.{base64.urlsafe_b64encode(cid.encode()).decode()}"
+        try:
+            msg = await self.js.get_last_msg(self.stream, meta_subject, direct=True)
+        except Exception as err:
+            if getattr(err, "code", None) == 404 or isinstance(err, NotFoundError):
+                return None
+            if "stream not found" in str(err).lower():
+                raise JetStreamUnavailable(
+                    f"the content bucket {self.bucket} does not exist; run `cim provision` (or `cim up`)"
+                ) from None
+            raise JetStreamUnavailable(f"cannot read the content index for {cid}: {err or type(err).__name__}") from err
+        info = json.loads(msg.data)
+        if info.get("deleted"):
+            return None
+        return ObjectLocation(cid, int(info.get("size", 0)), int(info.get("chunks", 0)), info["nuid"], info.get("digest", ""))
+
+    async def has(self, cid: str) -> bool:
+        return await self.locate(cid) is not None
+
+    async def put_stream(self, cid: str, source: BinaryIO, *, progress: Callable[[int], None] | None = None) -> bool:
+        """Store the bytes of `source` under `cid` unless they are there already.
+
+        The bytes are hashed as they are sent; if they do not hash to `cid` (the file
+        changed after it was hashed) the object is removed again and CidMismatch raised.
+        Returns True when it uploaded, False when the content was already stored.
+        """
+        if await self.has(cid):
+            return False
+        store = await self._store()
+        reader = _CountingReader(source, progress)
+        try:
+            await store.put(cid, io.BufferedReader(reader, CHUNK_SIZE))
+        except CimError:
+            raise
+        except Exception as err:
+            raise JetStreamUnavailable(f"storing the content of {cid} failed: {err or type(err).__name__}") from err
+        actual = reader.hasher.cid()
+        if actual != cid:
+            await self.delete(cid)
+            raise CidMismatch(cid, actual, where="file while it was being stored (it changed)")
+        return True
+
+    async def put_bytes(self, data: bytes) -> str:
+        cid = cidlib.compute(data)
+        await self.put_stream(cid, io.BytesIO(data))
+        return cid
+
+    async def delete(self, cid: str) -> None:
+        store = await self._store()
+        try:
+            await store.delete(cid)
+        except ObjectNotFoundError:
+            pass
+
+    async def get(self, cid: str) -> AsyncIterator[bytes]:
+        """The content, chunk by chunk, verified against `cid` before the last chunk is given."""
+        loc = await self.locate(cid)
+        if loc is None:
+            raise UnitNotFound(cid)
+        hasher = cidlib.Hasher()
+        held: bytes | None = None
+        if loc.chunks:
+            async for m in read_stream(
+                self.nc, self.stream, [f"$O.{self.bucket}.C.{loc.nuid}"], batch=64, timeout=self.timeout,
+                resume_for=self.timeout * 3,
+            ):
+                hasher.update(m.data)
+                if held is not None:
+                    yield held
+                held = m.data
+        actual = hasher.cid()
+        if actual != cid or hasher.size != loc.size:
+            raise CidMismatch(cid, actual)
+        if held is not None:
+            yield held
+
+    async def read(self, cid: str) -> bytes:
+        """Small content in one piece (the UI previews and agents' inline replies)."""
+        parts = [chunk async for chunk in self.get(cid)]
+        return b"".join(parts)

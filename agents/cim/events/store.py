@@ -1,0 +1,179 @@
+"""Append and read events on the CIM_EVENTS stream.
+
+Concurrency control is the server's: an append that names an expected revision carries
+`Nats-Expected-Last-Subject-Sequence` with the `-Subject` form over the aggregate's
+subjects, so two writers racing with the same revision cannot both win. A revision is the
+stream sequence of the aggregate's last event (0: the aggregate has none yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.js.errors import APIError, NoStreamResponseError
+
+from ..errors import CimError, ConcurrencyConflict, InvalidInput, JetStreamUnavailable, NotFound
+from ..jsread import read_stream
+from ..provision import EVENTS_STREAM
+from .envelope import SUBJECT_PREFIX, Event, StoredEvent, aggregate_filter, validated
+
+WRONG_LAST_SEQUENCE = 10071
+BATCH_DUPLICATE_MSG_ID = 10201
+MAX_BATCH = 1000  # the server's limit for one atomic batch
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    seq: int
+    duplicate: bool = False
+
+
+def _expect_headers(event: Event, expected_revision: int | None) -> dict[str, str]:
+    h = event.headers()
+    if expected_revision is not None:
+        if expected_revision < 0:
+            raise InvalidInput("expected_revision", "must be 0 (a new aggregate) or a stream sequence")
+        aggregate = event.type.split(".", 1)[0]
+        h["Nats-Expected-Last-Subject-Sequence"] = str(expected_revision)
+        h["Nats-Expected-Last-Subject-Sequence-Subject"] = aggregate_filter(aggregate, event.aggregate_id)
+    return h
+
+
+class EventStore:
+    def __init__(self, nc: Client, stream: str = EVENTS_STREAM, *, timeout: float = 5.0):
+        self.nc = nc
+        self.js = nc.jetstream(timeout=timeout)
+        self.stream = stream
+        self.timeout = timeout
+
+    # --- appends ------------------------------------------------------------------------
+
+    async def append(self, event: Event, expected_revision: int | None = None) -> Appended:
+        event = validated(event)
+        headers = _expect_headers(event, expected_revision)
+        try:
+            ack = await self.js.publish(event.subject, event.payload(), headers=headers, stream=self.stream)
+        except APIError as err:
+            raise self._map(err, event, expected_revision) from None
+        except NoStreamResponseError:
+            raise self._no_stream() from None
+        return Appended(ack.seq, bool(ack.duplicate))
+
+    async def append_batch(self, events: Iterable[Event], expected_revision: int | None = None) -> Appended:
+        """Store all the events or none (a JetStream atomic batch).
+
+        `expected_revision` applies to the aggregate of the first event. A batch re-sent
+        after an unknown outcome is recognised by its message ids and reported duplicate.
+        """
+        batch = [validated(e) for e in events]
+        if not batch:
+            raise InvalidInput("events", "a batch needs at least one event")
+        if len(batch) > MAX_BATCH:
+            raise InvalidInput("events", f"{len(batch)} events is over the batch limit of {MAX_BATCH}")
+        batch_id = uuid.uuid4().hex
+        last = len(batch)
+        for i, event in enumerate(batch, 1):
+            headers = _expect_headers(event, expected_revision if i == 1 else None)
+            headers.update({"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)})
+            if i < last:
+                await self.nc.publish(event.subject, event.payload(), headers=headers)
+                continue
+            headers["Nats-Batch-Commit"] = "1"
+            try:
+                msg = await self.nc.request(event.subject, event.payload(), headers=headers, timeout=self.timeout)
+            except Exception as err:
+                if "no responders" in str(err).lower():
+                    raise self._no_stream() from None
+                raise JetStreamUnavailable(
+                    f"the batch commit got no answer ({type(err).__name__}); its outcome is unknown: "
+                    "send the same events again, their message ids make the retry safe"
+                ) from err
+            resp = json.loads(msg.data)
+            err = resp.get("error")
+            if err is None:
+                return Appended(resp["seq"])
+            if err.get("err_code") == BATCH_DUPLICATE_MSG_ID:
+                return Appended(0, duplicate=True)
+            raise self._map(APIError(**{k: err.get(k) for k in ("code", "err_code", "description")}), batch[0], expected_revision)
+        raise AssertionError("unreachable")
+
+    async def append_many(self, events: Iterable[Event]) -> list[Appended]:
+        """Pipelined appends without a revision check: many events in flight, each acked.
+
+        nats-py bounds the number in flight (its publish_async semaphore), so memory stays flat.
+        """
+        prepared = [validated(e) for e in events]
+        pending = [
+            await self.js.publish_async(e.subject, e.payload(), headers=e.headers(), wait_stall=self.timeout)
+            for e in prepared
+        ]
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        out = []
+        for event, res in zip(prepared, results, strict=True):
+            if isinstance(res, APIError):
+                raise self._map(res, event, None)
+            if isinstance(res, BaseException):
+                raise JetStreamUnavailable(f"append of {event.subject} was not acknowledged: {res or type(res).__name__}")
+            out.append(Appended(res.seq, bool(res.duplicate)))
+        return out
+
+    def _map(self, err: APIError, event: Event, expected_revision: int | None) -> CimError:
+        if err.err_code == WRONG_LAST_SEQUENCE:
+            return ConcurrencyConflict(
+                aggregate_filter(event.type.split(".", 1)[0], event.aggregate_id),
+                expected_revision if expected_revision is not None else -1,
+                err.description or "",
+            )
+        return JetStreamUnavailable(f"append to {event.subject} refused: {err.description} (error {err.err_code})")
+
+    def _no_stream(self) -> CimError:
+        return JetStreamUnavailable(
+            f"no stream takes {SUBJECT_PREFIX}.> subjects; run `cim provision` (or `cim up`) to create {self.stream}"
+        )
+
+    # --- reads --------------------------------------------------------------------------
+
+    async def revision(self, aggregate: str, aggregate_id: str) -> int:
+        """The sequence of the aggregate's last event, 0 if it has none."""
+        try:
+            return (await self.last(aggregate_filter(aggregate, aggregate_id))).seq
+        except NotFound:
+            return 0
+
+    async def read(
+        self,
+        subjects: list[str] | None = None,
+        *,
+        start_seq: int = 1,
+        follow: bool = False,
+        batch: int = 256,
+    ) -> AsyncIterator[StoredEvent]:
+        """Events from `start_seq` in stream order; with `follow`, history then live."""
+        async for m in read_stream(
+            self.nc, self.stream, subjects or [f"{SUBJECT_PREFIX}.>"], start_seq=start_seq, follow=follow,
+            batch=batch, timeout=self.timeout,
+        ):
+            yield StoredEvent.from_message(m.subject, m.seq, m.headers, m.data)
+
+    async def aggregate(self, aggregate: str, aggregate_id: str) -> list[StoredEvent]:
+        return [e async for e in self.read([aggregate_filter(aggregate, aggregate_id)])]
+
+    async def last(self, subject: str) -> StoredEvent:
+        """The last event on one exact subject, fetched directly by the server."""
+        try:
+            msg = await self.js.get_last_msg(self.stream, subject, direct=True)
+        except Exception as err:
+            if _is_not_found(err):
+                raise NotFound(f"no event on {subject}") from None
+            raise JetStreamUnavailable(f"cannot read {subject}: {err or type(err).__name__}") from err
+        return StoredEvent.from_message(msg.subject, int(msg.seq), dict(msg.headers or {}), msg.data or b"")
+
+
+def _is_not_found(err: BaseException) -> bool:
+    code = getattr(err, "code", None)
+    return code == 404 or type(err).__name__ == "NotFoundError" or "no message found" in str(err).lower()

@@ -1,0 +1,360 @@
+"""One declarative spec of every stream, consumer and bucket, applied idempotently.
+
+The NixOS modules and `cim up` render this same JSON. Resources are created and updated
+through the JetStream JSON API directly (not nats-py's dataclasses) so every server field
+we set is under our control whatever nats-py version is installed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from nats.aio.client import Client
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError, ProvisionError
+
+NS = 1_000_000_000
+EVENTS_STREAM = "CIM_EVENTS"
+DLQ_STREAM = "CIM_DLQ"
+CONTENT_BUCKET = "CIM_CONTENT"
+REGISTRY_BUCKET = "CIM_REGISTRY"
+
+_NAME = r"^[A-Za-z0-9_-]+$"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamSpec(_Spec):
+    name: str = Field(pattern=_NAME)
+    subjects: list[str] = Field(min_length=1)
+    description: str = ""
+    replicas: int | None = Field(default=None, ge=1, le=5)
+    storage: Literal["file", "memory"] = "file"
+    retention: Literal["limits", "interest", "workqueue"] = "limits"
+    discard: Literal["old", "new"] = "old"
+    max_age: float = Field(default=0, ge=0, description="seconds; 0 keeps for ever")
+    max_bytes: int = Field(default=-1, ge=-1)
+    max_msgs: int = Field(default=-1, ge=-1)
+    max_msg_size: int = Field(default=-1, ge=-1)
+    duplicate_window: float = Field(default=120, ge=0, description="seconds of Nats-Msg-Id memory")
+    allow_atomic: bool = False
+    deny_delete: bool = False
+    deny_purge: bool = False
+
+
+class ConsumerSpec(_Spec):
+    stream: str = Field(pattern=_NAME)
+    name: str = Field(pattern=_NAME)
+    description: str = ""
+    filter_subjects: list[str] = Field(default_factory=list)
+    deliver_policy: Literal["all", "new", "last", "last_per_subject"] = "all"
+    ack_wait: float = Field(default=30, gt=0)
+    max_deliver: int = Field(default=-1, ge=-1)
+    max_ack_pending: int = Field(default=1000, ge=-1)
+    backoff: list[float] = Field(default_factory=list)
+
+
+class KvSpec(_Spec):
+    bucket: str = Field(pattern=_NAME)
+    description: str = ""
+    history: int = Field(default=1, ge=1, le=64)
+    ttl: float = Field(default=0, ge=0, description="seconds; 0 keeps for ever")
+    max_bytes: int = Field(default=-1, ge=-1)
+    replicas: int | None = Field(default=None, ge=1, le=5)
+    storage: Literal["file", "memory"] = "file"
+
+
+class ObjectSpec(_Spec):
+    bucket: str = Field(pattern=_NAME)
+    description: str = ""
+    max_bytes: int = Field(default=-1, ge=-1)
+    replicas: int | None = Field(default=None, ge=1, le=5)
+    storage: Literal["file", "memory"] = "file"
+
+
+class ProvisionSpec(_Spec):
+    replicas: int = Field(default=1, ge=1, le=5, description="for every resource that sets none")
+    include_core: bool = Field(default=True, description="add the streams and buckets CIM itself needs")
+    streams: list[StreamSpec] = Field(default_factory=list)
+    consumers: list[ConsumerSpec] = Field(default_factory=list)
+    kv: list[KvSpec] = Field(default_factory=list)
+    objects: list[ObjectSpec] = Field(default_factory=list)
+
+    def resolved(self) -> ProvisionSpec:
+        """The spec with the core resources added (a user entry of the same name wins)."""
+        if not self.include_core:
+            return self
+        core = core_spec()
+
+        def merge(mine: list, theirs: list, key: str) -> list:
+            names = {getattr(r, key) for r in mine}
+            return [r for r in theirs if getattr(r, key) not in names] + mine
+
+        return self.model_copy(
+            update={
+                "include_core": False,
+                "streams": merge(self.streams, core.streams, "name"),
+                "kv": merge(self.kv, core.kv, "bucket"),
+                "objects": merge(self.objects, core.objects, "bucket"),
+                "consumers": merge(self.consumers, core.consumers, "name"),
+            }
+        )
+
+
+def core_spec() -> ProvisionSpec:
+    return ProvisionSpec(
+        include_core=False,
+        streams=[
+            StreamSpec(
+                name=EVENTS_STREAM,
+                subjects=["cim.evt.>"],
+                description="CIM event store: cim.evt.<aggregate>.<id>.<event>",
+                allow_atomic=True,
+                deny_delete=True,
+            ),
+            StreamSpec(
+                name=DLQ_STREAM,
+                subjects=["cim.dlq.>"],
+                description="CIM dead letters, with the reason and the original headers",
+            ),
+        ],
+        objects=[ObjectSpec(bucket=CONTENT_BUCKET, description="CIM unit content, keyed by CID")],
+        kv=[KvSpec(bucket=REGISTRY_BUCKET, ttl=30, description="CIM agents and their capabilities (TTL heartbeats)")],
+    )
+
+
+def load_spec(path: Path) -> ProvisionSpec:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise ConfigError(str(path), [("(file)", f"cannot read it: {err.strerror}")]) from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(str(path), [(f"line {err.lineno} column {err.colno}", f"not JSON: {err.msg}")]) from None
+    try:
+        return ProvisionSpec.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(
+            str(path), [(".".join(str(p) for p in e["loc"]) or "(top level)", e["msg"]) for e in err.errors()]
+        ) from None
+
+
+# --- rendering specs into JetStream API configs --------------------------------------------
+
+
+def stream_config(s: StreamSpec, replicas: int) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "subjects": s.subjects,
+        "description": s.description,
+        "retention": s.retention,
+        "storage": s.storage,
+        "discard": s.discard,
+        "num_replicas": s.replicas or replicas,
+        "max_age": int(s.max_age * NS),
+        "max_bytes": s.max_bytes,
+        "max_msgs": s.max_msgs,
+        "max_msg_size": s.max_msg_size,
+        "duplicate_window": int(s.duplicate_window * NS),
+        "allow_atomic": s.allow_atomic,
+        "deny_delete": s.deny_delete,
+        "deny_purge": s.deny_purge,
+        "allow_direct": True,
+    }
+
+
+def kv_stream_config(k: KvSpec, replicas: int) -> dict[str, Any]:
+    # Mirrors the layout nats.go/nats.py use for a KV bucket, so their KV clients read it.
+    ttl = int(k.ttl * NS)
+    return {
+        "name": f"KV_{k.bucket}",
+        "subjects": [f"$KV.{k.bucket}.>"],
+        "description": k.description,
+        "retention": "limits",
+        "storage": k.storage,
+        "discard": "new",
+        "num_replicas": k.replicas or replicas,
+        "max_age": ttl,
+        "max_bytes": k.max_bytes,
+        "max_msgs_per_subject": k.history,
+        "duplicate_window": min(ttl, 120 * NS) if ttl else 120 * NS,
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+        "allow_direct": True,
+    }
+
+
+def object_stream_config(o: ObjectSpec, replicas: int) -> dict[str, Any]:
+    # Mirrors nats.go/nats.py's object store layout, so their object clients read it.
+    return {
+        "name": f"OBJ_{o.bucket}",
+        "subjects": [f"$O.{o.bucket}.C.>", f"$O.{o.bucket}.M.>"],
+        "description": o.description,
+        "retention": "limits",
+        "storage": o.storage,
+        "discard": "new",
+        "num_replicas": o.replicas or replicas,
+        "max_bytes": o.max_bytes,
+        "allow_rollup_hdrs": True,
+        "allow_direct": True,
+    }
+
+
+def consumer_config(c: ConsumerSpec) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "durable_name": c.name,
+        "name": c.name,
+        "description": c.description,
+        "deliver_policy": c.deliver_policy,
+        "ack_policy": "explicit",
+        "ack_wait": int(c.ack_wait * NS),
+        "max_deliver": c.max_deliver,
+        "max_ack_pending": c.max_ack_pending,
+        "replay_policy": "instant",
+    }
+    if len(c.filter_subjects) == 1:
+        cfg["filter_subject"] = c.filter_subjects[0]
+    elif c.filter_subjects:
+        cfg["filter_subjects"] = c.filter_subjects
+    if c.backoff:
+        cfg["backoff"] = [int(b * NS) for b in c.backoff]
+    return cfg
+
+
+# Fields the server refuses to change on update: a difference there is drift to report.
+_IMMUTABLE_STREAM = {"storage", "retention"}
+_IMMUTABLE_CONSUMER = {"deliver_policy"}
+
+
+@dataclass
+class Change:
+    kind: str  # stream | kv | object | consumer
+    name: str
+    action: str  # created | updated | unchanged | drift | would-create | would-update
+    fields: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in self.fields.items())
+        return f"{self.kind} {self.name}: {self.action}" + (f" ({diffs})" if diffs else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "action": self.action,
+            "fields": {k: {"current": old, "wanted": new} for k, (old, new) in self.fields.items()},
+        }
+
+
+def _diff(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    out = {}
+    for key, value in wanted.items():
+        have = current.get(key)
+        if have is None and value in (False, "", [], 0):
+            continue  # the server leaves out fields at their zero value
+        if key == "filter_subjects" and have is None and "filter_subject" in current:
+            have = [current["filter_subject"]]
+        if have != value:
+            out[key] = (have, value)
+    return out
+
+
+async def _api(nc: Client, subject: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    payload = json.dumps(body).encode() if body is not None else b""
+    try:
+        msg = await nc.request(f"$JS.API.{subject}", payload, timeout=timeout)
+    except Exception as err:
+        raise ProvisionError(
+            f"JetStream did not answer {subject}: {err or type(err).__name__}. "
+            "Is JetStream enabled on the server, and may this user call the JetStream API?"
+        ) from err
+    return json.loads(msg.data)
+
+
+def _api_error(resp: dict[str, Any]) -> dict[str, Any] | None:
+    return resp.get("error")
+
+
+class Provisioner:
+    def __init__(self, nc: Client, *, dry_run: bool = False, timeout: float = 10.0):
+        self.nc = nc
+        self.dry_run = dry_run
+        self.timeout = timeout
+
+    async def apply(self, spec: ProvisionSpec) -> list[Change]:
+        spec = spec.resolved()
+        changes: list[Change] = []
+        for s in spec.streams:
+            changes.append(await self._stream("stream", s.name, stream_config(s, spec.replicas)))
+        for k in spec.kv:
+            changes.append(await self._stream("kv", k.bucket, kv_stream_config(k, spec.replicas)))
+        for o in spec.objects:
+            changes.append(await self._stream("object", o.bucket, object_stream_config(o, spec.replicas)))
+        for c in spec.consumers:
+            changes.append(await self._consumer(c))
+        return changes
+
+    async def _stream(self, kind: str, name: str, wanted: dict[str, Any]) -> Change:
+        stream = wanted["name"]
+        info = await _api(self.nc, f"STREAM.INFO.{stream}", timeout=self.timeout)
+        err = _api_error(info)
+        if err and err.get("err_code") == 10059:  # stream not found
+            if self.dry_run:
+                return Change(kind, name, "would-create")
+            resp = await _api(self.nc, f"STREAM.CREATE.{stream}", wanted, timeout=self.timeout)
+            self._raise(resp, f"create {kind} {name}")
+            return Change(kind, name, "created")
+        self._raise(info, f"read {kind} {name}")
+        diff = _diff(info["config"], wanted)
+        if not diff:
+            return Change(kind, name, "unchanged")
+        if set(diff) & _IMMUTABLE_STREAM:
+            return Change(kind, name, "drift", diff)
+        if self.dry_run:
+            return Change(kind, name, "would-update", diff)
+        merged = {**info["config"], **wanted}
+        resp = await _api(self.nc, f"STREAM.UPDATE.{stream}", merged, timeout=self.timeout)
+        self._raise(resp, f"update {kind} {name}")
+        return Change(kind, name, "updated", diff)
+
+    async def _consumer(self, c: ConsumerSpec) -> Change:
+        wanted = consumer_config(c)
+        info = await _api(self.nc, f"CONSUMER.INFO.{c.stream}.{c.name}", timeout=self.timeout)
+        err = _api_error(info)
+        exists = not err
+        if err and err.get("err_code") not in (10014,):  # 10014: consumer not found
+            self._raise(info, f"read consumer {c.stream}/{c.name}")
+        diff = _diff(info["config"], wanted) if exists else {}
+        diff.pop("name", None)
+        if exists and not diff:
+            return Change("consumer", f"{c.stream}/{c.name}", "unchanged")
+        if exists and set(diff) & _IMMUTABLE_CONSUMER:
+            return Change("consumer", f"{c.stream}/{c.name}", "drift", diff)
+        if self.dry_run:
+            return Change("consumer", f"{c.stream}/{c.name}", "would-update" if exists else "would-create", diff)
+        action = "update" if exists else "create"
+        resp = await _api(
+            self.nc,
+            f"CONSUMER.CREATE.{c.stream}.{c.name}",
+            {"stream_name": c.stream, "config": wanted, "action": action},
+            timeout=self.timeout,
+        )
+        self._raise(resp, f"{action} consumer {c.stream}/{c.name}")
+        return Change("consumer", f"{c.stream}/{c.name}", "updated" if exists else "created", diff)
+
+    @staticmethod
+    def _raise(resp: dict[str, Any], what: str) -> None:
+        err = _api_error(resp)
+        if err:
+            raise ProvisionError(
+                f"could not {what}: {err.get('description', err)} (JetStream error {err.get('err_code')})"
+            )
+
+
+async def provision(nc: Client, spec: ProvisionSpec, *, dry_run: bool = False) -> list[Change]:
+    return await Provisioner(nc, dry_run=dry_run).apply(spec)

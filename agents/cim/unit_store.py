@@ -1,0 +1,189 @@
+"""Putting, getting, showing and listing units: content store + unit events, together.
+
+The order of a put keeps a crash harmless: content first (content-addressed, so a
+repeat is a no-op), then the `unit.created` event appended with expected revision 0.
+The event is the record of the unit; content without its event is invisible and is
+completed by putting the same file again. Nothing is acknowledged before both are stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import mimetypes
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from nats.aio.client import Client
+
+from . import __version__
+from . import cid as cidlib
+from .content import ContentStore
+from .errors import ConcurrencyConflict, InvalidInput, NotFound, UnitNotFound, UnitTooLarge
+from .events import Event, EventStore, StoredEvent
+from .units import Unit
+
+DEFAULT_MAX_UNIT_SIZE = 1024**3  # 1 GiB; JetStream holds it, colder tiers take larger loads later
+_HASH_BLOCK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PutResult:
+    unit: Unit
+    created: bool  # False: this content was stored before; `unit` is the stored one
+
+
+@dataclass
+class UnitView:
+    unit: Unit
+    children: list[str] = field(default_factory=list)
+    events: list[StoredEvent] = field(default_factory=list)
+    revision: int = 0
+
+
+def guess_media_type(name: str | None) -> str:
+    if not name:
+        return "application/octet-stream"
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+class UnitStore:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        max_unit_size: int = DEFAULT_MAX_UNIT_SIZE,
+        agent: str = "cim-cli",
+        agent_version: str = __version__,
+        timeout: float = 5.0,
+    ):
+        self.nc = nc
+        self.events = EventStore(nc, timeout=timeout)
+        self.content = ContentStore(nc, timeout=timeout)
+        self.max_unit_size = max_unit_size
+        self.agent = agent
+        self.agent_version = agent_version
+
+    def _check_size(self, size: int, what: str) -> None:
+        if size > self.max_unit_size:
+            raise UnitTooLarge(
+                "size",
+                f"{what} has {size} bytes, over the limit of {self.max_unit_size} bytes "
+                "(raise max_unit_size in the store settings, or split the file)",
+            )
+
+    # --- put ----------------------------------------------------------------------------
+
+    async def put_file(self, path: Path, *, progress: Callable[[int], None] | None = None, **meta: Any) -> PutResult:
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+            if not path.is_file():
+                raise InvalidInput("file", f"{path} is not a regular file")
+        except FileNotFoundError:
+            raise InvalidInput("file", f"{path} does not exist") from None
+        self._check_size(size, str(path))
+        meta.setdefault("title", path.name)
+        meta.setdefault("media_type", guess_media_type(path.name))
+        with path.open("rb") as f:
+            cid = await asyncio.to_thread(_hash_file, f)  # big files must not stall the loop
+            f.seek(0)
+            return await self._put(cid, size, f, progress=progress, **meta)
+
+    async def put_bytes(self, data: bytes, **meta: Any) -> PutResult:
+        self._check_size(len(data), "the content")
+        return await self._put(cidlib.compute(data), len(data), io.BytesIO(data), **meta)
+
+    async def put_stream(self, source: BinaryIO, **meta: Any) -> PutResult:
+        """Content from a pipe: spooled to a temporary file (never all in memory), then put."""
+        hasher = cidlib.Hasher()
+        with tempfile.TemporaryFile() as spool:
+            while block := source.read(_HASH_BLOCK):
+                hasher.update(block)
+                self._check_size(hasher.size, "the input")
+                spool.write(block)
+            spool.seek(0)
+            return await self._put(hasher.cid(), hasher.size, spool, **meta)
+
+    async def revise(self, parent: str, source: Path | bytes, **changes: Any) -> PutResult:
+        """Store new content as a revision of `parent`: a new unit naming it as parent."""
+        base = (await self.show(parent)).unit
+        if isinstance(source, bytes):
+            data = source
+        else:
+            self._check_size(Path(source).stat().st_size, str(source))
+            data = Path(source).read_bytes()
+        self._check_size(len(data), "the revision")
+        new = base.revise(cid=cidlib.compute(data), size=len(data), **changes)
+        fields = new.model_dump()
+        return await self._put(new.cid, new.size, io.BytesIO(data), **{k: v for k, v in fields.items() if k not in ("cid", "size")})
+
+    async def _put(self, cid: str, size: int, content: BinaryIO, *, progress=None, **meta: Any) -> PutResult:
+        unit = Unit.create(cid=cid, size=size, **meta)  # validates before anything is stored
+        for p in unit.parents:
+            await self.show(p)  # a revision of a unit we do not have is refused up front
+        await self.content.put_stream(cid, content, progress=progress)
+        created = Event(
+            type="unit.created", aggregate_id=cid, data=unit.model_dump(mode="json"), id=f"unit-created-{cid}",
+            agent=self.agent, agent_version=self.agent_version, source=self.agent,
+        )
+        try:
+            await self.events.append(created, expected_revision=0)
+        except ConcurrencyConflict:
+            return PutResult((await self.show(cid)).unit, created=False)
+        for p in unit.parents:
+            await self.events.append(
+                Event(
+                    type="unit.revised", aggregate_id=p, data={"child": cid}, id=f"unit-revised-{p}-{cid}",
+                    causation_id=created.id, agent=self.agent, agent_version=self.agent_version, source=self.agent,
+                )
+            )
+        return PutResult(unit, created=True)
+
+    # --- read ---------------------------------------------------------------------------
+
+    async def show(self, cid: str) -> UnitView:
+        cidlib.validate(cid)
+        events = await self.events.aggregate("unit", cid)
+        created = next((e for e in events if e.type == "unit.created" and not e.problem), None)
+        if created is None:
+            raise UnitNotFound(cid)
+        children = [e.data["child"] for e in events if e.type == "unit.revised" and not e.problem]
+        return UnitView(Unit.model_validate(created.data), children, events, events[-1].seq)
+
+    async def get(self, cid: str) -> AsyncIterator[bytes]:
+        cidlib.validate(cid)
+        async for chunk in self.content.get(cid):
+            yield chunk
+
+    async def exists(self, cid: str) -> bool:
+        try:
+            await self.events.last(f"cim.evt.unit.{cid}.created")
+            return True
+        except NotFound:
+            return False
+
+    async def list(self, *, label: str | None = None, limit: int | None = None) -> AsyncIterator[Unit]:
+        count = 0
+        async for e in self.events.read(["cim.evt.unit.*.created"]):
+            if e.problem:
+                continue
+            unit = Unit.model_validate(e.data)
+            if label and label not in unit.labels:
+                continue
+            yield unit
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+
+def _hash_file(f: BinaryIO) -> str:
+    hasher = cidlib.Hasher()
+    buf = bytearray(_HASH_BLOCK)
+    view = memoryview(buf)
+    while n := f.readinto(buf):
+        hasher.update(view[:n])
+    return hasher.cid()
