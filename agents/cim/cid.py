@@ -16,6 +16,7 @@ RAW_CODEC = 0x55
 SHA2_256 = 0x12
 DIGEST_LEN = 32
 _PREFIX = bytes([CID_VERSION, RAW_CODEC, SHA2_256, DIGEST_LEN])  # every value < 0x80: 1-byte varints
+CID_LENGTH = 59  # 'b' + base32 of 36 bytes without padding
 
 
 def from_digest(digest: bytes) -> str:
@@ -54,13 +55,15 @@ def digest_of(cid: str) -> bytes:
         raise InvalidCid("cid", "must be a non-empty string")
     if cid[0] != "b":
         raise InvalidCid("cid", f"{cid!r} is not base32 multibase (a CIDv1 starts with 'b', like bafkrei...)")
+    if len(cid) != CID_LENGTH:
+        raise InvalidCid(
+            "cid", f"{cid!r} has {len(cid)} characters; a CIDv1 raw sha2-256 in base32 has {CID_LENGTH} (bafkrei...)"
+        )
     body = cid[1:].upper()
     try:
         raw = base64.b32decode(body + "=" * (-len(body) % 8))
     except (ValueError, base64.binascii.Error):
         raise InvalidCid("cid", f"{cid!r} has characters outside base32 (a-z, 2-7)") from None
-    if len(raw) != len(_PREFIX) + DIGEST_LEN:
-        raise InvalidCid("cid", f"{cid!r} has the wrong length for a CIDv1 raw sha2-256 (expected 59 characters)")
     if raw[0] != CID_VERSION:
         raise InvalidCid("cid", f"{cid!r} is not CID version 1")
     if raw[1] != RAW_CODEC:

@@ -155,7 +155,7 @@ async def connect(settings: ConnectionSettings, *, initial_attempts: int = 1) ->
             log.warning("nats error from %s: %s", where, _describe(err))
 
     async def on_disconnect() -> None:
-        if connected:
+        if connected and not nc.is_closed and not nc.is_draining:
             log.warning("disconnected from nats; reconnecting (waits of %.1fs)", settings.reconnect_wait)
 
     async def on_reconnect() -> None:

@@ -1,0 +1,3 @@
+from cim.cli.main import main
+
+main()

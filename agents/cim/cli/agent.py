@@ -1,0 +1,36 @@
+"""`cim agent run`: how every container (and `cim up`) starts an agent."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import typer
+
+from ..config import agent_module, load_config
+from ..errors import CimError, ConfigError
+from ..runtime import run_agent
+from .common import fail
+
+app = typer.Typer(help="Run agents.", no_args_is_help=True)
+
+
+@app.command("run")
+def run_cmd(
+    capability: str = typer.Argument(..., help="which agent: store, tier, registry, pipeline, hub, ui"),
+    config: Path = typer.Option(..., "--config", "-c", envvar="CIM_AGENT_CONFIG", help="the agent config (JSON)"),
+) -> None:
+    """Validate the config, connect, register and serve until SIGTERM."""
+    try:
+        cfg = load_config(config)
+        if cfg.capability != capability:
+            raise ConfigError(str(config), [("capability", f"is {cfg.capability!r}, but the command runs {capability!r}")])
+        module = agent_module(capability)
+        asyncio.run(run_agent(cfg, module.Agent))
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(1) from None
+    except CimError as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None

@@ -1,0 +1,159 @@
+"""`cim units`: put, get, show and list information units."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from ..unit_store import UnitStore, UnitView
+from ..units import Unit
+from .common import emit, globals_of, nats_connection, run
+
+app = typer.Typer(help="Put, get, show and list information units.", no_args_is_help=True)
+
+PROGRESS_MIN_BYTES = 8 * 1024 * 1024  # smaller puts finish before a bar would be worth drawing
+MAX_SIZE_HELP = "largest unit accepted, in bytes (env: CIM_MAX_UNIT_SIZE)"
+
+
+def _unit_line(u: Unit) -> str:
+    labels = f"  [{', '.join(u.labels)}]" if u.labels else ""
+    return f"{u.cid}  {u.size:>10}  {u.media_type:<24} {u.title}{labels}"
+
+
+@app.command("put")
+def put(
+    ctx: typer.Context,
+    files: list[Path] = typer.Argument(..., help="files to store; '-' reads standard input"),
+    title: str | None = typer.Option(None, help="title (default: the file name)"),
+    label: list[str] = typer.Option([], "--label", "-l", help="a label; repeat for several"),
+    source: str = typer.Option("", help="where the information comes from"),
+    author: str = typer.Option("", help="who made it"),
+    media_type: str | None = typer.Option(None, help="media type (default: guessed from the name)"),
+    parent: list[str] = typer.Option([], "--parent", help="CID this is a revision of; repeat for several"),
+    max_size: int = typer.Option(1024**3, envvar="CIM_MAX_UNIT_SIZE", help=MAX_SIZE_HELP),
+) -> None:
+    """Store files as units and print their CIDs."""
+    g = globals_of(ctx)
+
+    def meta() -> dict:
+        m: dict = {"labels": label, "source": source, "author": author, "parents": parent}
+        if title is not None:
+            m["title"] = title
+        if media_type is not None:
+            m["media_type"] = media_type
+        return m
+
+    async def body() -> list[dict]:
+        results = []
+        async with nats_connection(g) as nc:
+            store = UnitStore(nc, max_unit_size=max_size)
+            total = sum(f.stat().st_size for f in files if str(f) != "-" and f.is_file())
+            show_bar = not g.json and sys.stderr.isatty() and (total >= PROGRESS_MIN_BYTES or len(files) > 20)
+            with typer.progressbar(length=total, label="storing", file=sys.stderr, hidden=not show_bar) as bar:
+                for f in files:
+                    if str(f) == "-":
+                        r = await store.put_stream(sys.stdin.buffer, **meta())
+                    else:
+                        r = await store.put_file(f, progress=bar.update, **meta())
+                    results.append({"file": str(f), "cid": r.unit.cid, "size": r.unit.size, "created": r.created})
+        return results
+
+    results = run(body)
+    emit(g, results, lambda rs: "\n".join(
+        f"{r['cid']}  {r['file']}" + ("" if r["created"] else "  (already stored)") for r in rs
+    ))
+
+
+@app.command("get")
+def get(
+    ctx: typer.Context,
+    cid: str = typer.Argument(..., help="the unit's CID"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="write here instead of standard output"),
+) -> None:
+    """Write a unit's content to standard output or a file, verified against its CID."""
+    g = globals_of(ctx)
+
+    async def body() -> None:
+        async with nats_connection(g) as nc:
+            store = UnitStore(nc)
+            if output is None:
+                out = sys.stdout.buffer
+                async for chunk in store.get(cid):
+                    out.write(chunk)
+                out.flush()
+                return
+            # Write beside the target and rename only once the CID checked out: a failed
+            # read never leaves a complete-looking wrong file behind.
+            tmp = output.with_name(f".{output.name}.cim-partial")
+            try:
+                with tmp.open("wb") as out:
+                    async for chunk in store.get(cid):
+                        out.write(chunk)
+                tmp.replace(output)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    run(body)
+
+
+def _view_dict(v: UnitView) -> dict:
+    return {
+        "unit": v.unit.model_dump(mode="json"),
+        "children": v.children,
+        "revision": v.revision,
+        "events": [{"seq": e.seq, "type": e.type, "time": e.time, "agent": e.agent} for e in v.events],
+    }
+
+
+def _view_text(d: dict) -> str:
+    u = d["unit"]
+    lines = [
+        f"cid:        {u['cid']}",
+        f"title:      {u['title']}",
+        f"size:       {u['size']} bytes",
+        f"media type: {u['media_type']}",
+        f"labels:     {', '.join(u['labels']) or '-'}",
+        f"source:     {u['source'] or '-'}",
+        f"author:     {u['author'] or '-'}",
+        f"created:    {u['created_at']}",
+        f"parents:    {', '.join(u['parents']) or '-'}",
+        f"children:   {', '.join(d['children']) or '-'}",
+    ]
+    if u["metadata"]:
+        lines.append("metadata:")
+        lines += [f"  {k}: {v}" for k, v in u["metadata"].items()]
+    lines.append("events:")
+    lines += [f"  #{e['seq']} {e['type']} by {e['agent'] or '?'} at {e['time']}" for e in d["events"]]
+    return "\n".join(lines)
+
+
+@app.command("show")
+def show(ctx: typer.Context, cid: str = typer.Argument(..., help="the unit's CID")) -> None:
+    """A unit's metadata, lineage and events."""
+    g = globals_of(ctx)
+
+    async def body() -> dict:
+        async with nats_connection(g) as nc:
+            return _view_dict(await UnitStore(nc).show(cid))
+
+    emit(g, run(body), _view_text)
+
+
+@app.command("ls")
+def ls(
+    ctx: typer.Context,
+    label: str | None = typer.Option(None, "--label", "-l", help="only units with this label"),
+    limit: int | None = typer.Option(None, help="at most this many"),
+) -> None:
+    """List units, oldest first."""
+    g = globals_of(ctx)
+
+    async def body() -> list[dict]:
+        async with nats_connection(g) as nc:
+            return [u.model_dump(mode="json") async for u in UnitStore(nc).list(label=label, limit=limit)]
+
+    units = run(body)
+    emit(g, units, lambda us: "\n".join(_unit_line(Unit.model_validate(u)) for u in us) or "no units")
+

@@ -1,0 +1,191 @@
+"""`cim up`: an embedded leaf on one machine, with no NixOS.
+
+A nats-server with JetStream in a data directory, the default spec provisioned, and every
+agent this version has, each as a supervised subprocess with its own config, restarted
+with backoff when it dies. Everything stays in the data directory, so running it again
+keeps the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..capabilities import CAPABILITIES
+from ..config import agent_module
+from ..connection import ConnectionSettings, connect
+from ..errors import ConfigError, EmbeddedError
+from ..provision import ProvisionSpec, provision
+from .nats_server import NatsServer
+from .procs import ManagedProcess, free_port, port_is_free
+
+log = logging.getLogger("cim.up")
+
+RESTART_BACKOFF = (0.5, 1, 2, 5, 10, 30)
+HEALTHY_AFTER = 60.0  # an agent up this long has its backoff reset
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cim"
+
+
+def available_agents() -> list[str]:
+    """The capabilities whose agent exists in this version, in the one list's order."""
+    out = []
+    for cap in CAPABILITIES:
+        try:
+            agent_module(cap)
+        except ConfigError:
+            continue
+        out.append(cap)
+    return out
+
+
+class AgentProcess(ManagedProcess):
+    display_name = "agent"
+    ready_timeout = 5.0
+
+    def __init__(self, capability: str, config_path: Path, log_path: Path):
+        super().__init__(log_path)
+        self.capability = capability
+        self.config_path = config_path
+        self.display_name = f"{capability} agent"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "cim", "agent", "run", self.capability, "--config", str(self.config_path)]
+
+    def is_ready(self) -> bool:
+        return True  # alive is checked first; readiness on NATS is what `cim status` shows
+
+
+@dataclass
+class Supervised:
+    proc: AgentProcess
+    metrics_port: int
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    next_start: float | None = None
+
+
+class Leaf:
+    def __init__(self, data_dir: Path, *, host: str = "127.0.0.1", port: int = 4222, http_port: int = 8222,
+                 agents: list[str] | None = None, log_level: str = "info"):
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port
+        self.http_port = http_port
+        self.log_level = log_level
+        self.agent_names = available_agents() if agents is None else agents
+        self.server: NatsServer | None = None
+        self.agents: dict[str, Supervised] = {}
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start_server(self) -> None:
+        for what, port in (("client", self.port), ("monitoring", self.http_port)):
+            if not port_is_free(port, self.host if what == "client" else "127.0.0.1"):
+                raise EmbeddedError(
+                    f"the {what} port {port} is taken: is `cim up` or another nats-server already running? "
+                    f"Stop it, or pick other ports with --port / --http-port"
+                )
+        self.server = NatsServer(
+            store_dir=self.data_dir / "nats" / "jetstream", port=self.port, http_port=self.http_port,
+            host=self.host, server_name="cim-leaf", config_path=self.data_dir / "nats" / "nats.conf",
+        )
+        self.server.start()
+
+    async def provision(self) -> list[str]:
+        nc = await connect(ConnectionSettings(servers=[self.url], name="cim-up"))
+        try:
+            return [c.describe() for c in await provision(nc, ProvisionSpec(replicas=1))]
+        finally:
+            await nc.close()
+
+    def _write_config(self, capability: str, metrics_port: int) -> Path:
+        path = self.data_dir / "agents" / f"{capability}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        config = {
+            "capability": capability,
+            "nats": {"servers": [self.url]},
+            "metrics": {"host": "127.0.0.1", "port": metrics_port},
+            "log_level": self.log_level,
+        }
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        return path
+
+    def start_agents(self) -> None:
+        for cap in self.agent_names:
+            port = free_port()
+            proc = AgentProcess(cap, self._write_config(cap, port), self.data_dir / "logs" / f"{cap}.log")
+            proc.start()
+            self.agents[cap] = Supervised(proc, port)
+
+    def check_agents(self) -> list[str]:
+        """Restart dead agents (with backoff); return what happened, for the console."""
+        notes = []
+        now = time.monotonic()
+        for cap, s in self.agents.items():
+            if s.proc.alive:
+                if now - s.started_at > HEALTHY_AFTER:
+                    s.restarts = 0
+                continue
+            if s.next_start is None:
+                code = s.proc._proc.returncode if s.proc._proc else None  # noqa: SLF001
+                delay = RESTART_BACKOFF[min(s.restarts, len(RESTART_BACKOFF) - 1)]
+                s.next_start = now + delay
+                notes.append(f"{cap} agent exited (code {code}); restarting in {delay:g}s; log: {s.proc.log_path}")
+                continue
+            if now >= s.next_start:
+                s.proc.stop()
+                try:
+                    s.proc.start()
+                except EmbeddedError as err:
+                    notes.append(f"{cap} agent did not start: {err}")
+                s.restarts += 1
+                s.started_at = now
+                s.next_start = None
+                notes.append(f"{cap} agent restarted (pid {s.proc.pid})")
+        return notes
+
+    def stop(self) -> None:
+        for s in self.agents.values():
+            s.proc.terminate()
+        for s in self.agents.values():
+            s.proc.stop()
+        if self.server is not None:
+            self.server.stop()
+
+    def summary(self) -> str:
+        assert self.server is not None
+        lines = [
+            "CIM is up.",
+            f"  NATS        {self.url}",
+            f"  monitoring  {self.server.monitor_url}",
+            f"  data        {self.data_dir}",
+        ]
+        for cap, s in self.agents.items():
+            lines.append(f"  {cap:<11} pid {s.proc.pid}, metrics http://127.0.0.1:{s.metrics_port}/metrics, log {s.proc.log_path}")
+        lines += [
+            "Try:  cim units put FILE   then   cim events tail",
+            "Ctrl-C stops everything; the data stays for the next `cim up`.",
+        ]
+        return "\n".join(lines)
+
+
+async def supervise(leaf: Leaf, stop: asyncio.Event, echo) -> None:
+    while not stop.is_set():
+        for note in leaf.check_agents():
+            echo(note)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
+        except asyncio.TimeoutError:
+            pass

@@ -1,0 +1,196 @@
+"""The agent runtime: what `cim agent run <capability> --config FILE` does for every agent.
+
+It validates the config, connects, registers the agent as a NATS micro service (so
+`$SRV.PING/INFO/STATS` answer), serves Prometheus `/metrics`, and drains on SIGTERM.
+Agents declare typed async handlers over pydantic models with `@endpoint`; the runtime
+parses requests, maps errors into micro error replies and counts everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, get_type_hints
+
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.request import Request
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from pydantic import BaseModel, ValidationError
+
+from . import __version__, logs
+from .config import AgentConfig
+from .connection import connect
+from .errors import CimError, InvalidInput, NotFound, UnitTooLarge
+
+log = logging.getLogger("cim.agent")
+
+REQUESTS = Counter("cim_requests_total", "Requests served by endpoint and outcome", ["endpoint", "outcome"])
+LATENCY = Histogram("cim_request_seconds", "Request handling time", ["endpoint"])
+CONNECTED = Gauge("cim_nats_connected", "1 while the agent is connected to NATS")
+UP_SINCE = Gauge("cim_agent_start_time_seconds", "When the agent started (unix time)")
+
+Raw = bytes  # a handler may take or return raw bytes instead of a model
+
+
+@dataclass
+class EndpointSpec:
+    name: str
+    handler: Callable[..., Awaitable[Any]]
+    request: type | None
+    description: str
+
+
+def endpoint(name: str) -> Callable:
+    """Mark an agent method as a micro endpoint `<group>.<name>`; its type hints are the contract."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.__cim_endpoint__ = name  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def endpoints_of(agent: Any) -> list[EndpointSpec]:
+    specs = []
+    for _, fn in inspect.getmembers(agent, inspect.ismethod):
+        name = getattr(fn, "__cim_endpoint__", None)
+        if not name:
+            continue
+        hints = get_type_hints(fn)
+        params = [p for p in inspect.signature(fn).parameters.values()]
+        request = hints.get(params[0].name) if params else None
+        specs.append(EndpointSpec(name, fn, request, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""))
+    return specs
+
+
+def _status_of(err: Exception) -> tuple[str, str]:
+    if isinstance(err, UnitTooLarge):
+        return "413", str(err)
+    if isinstance(err, InvalidInput | ValidationError):
+        return "400", str(err)
+    if isinstance(err, NotFound):
+        return "404", str(err)
+    if isinstance(err, CimError):
+        return "503", str(err)
+    return "500", f"internal error: {type(err).__name__}: {err}"
+
+
+def _encode(result: Any) -> bytes:
+    if isinstance(result, bytes):
+        return result
+    if isinstance(result, BaseModel):
+        return result.model_dump_json().encode()
+    return json.dumps(result, default=str).encode()
+
+
+def _wrap(spec: EndpointSpec) -> Callable[[Request], Awaitable[None]]:
+    async def handle(req: Request) -> None:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            if spec.request is None:
+                result = await spec.handler()
+            elif spec.request is bytes:
+                result = await spec.handler(req.data)
+            else:
+                try:
+                    payload = json.loads(req.data or b"{}")
+                except json.JSONDecodeError as err:
+                    raise InvalidInput("(request)", f"not JSON: {err.msg}") from None
+                try:
+                    parsed = spec.request.model_validate(payload)
+                except ValidationError as err:
+                    first = err.errors()[0]
+                    raise InvalidInput(".".join(str(p) for p in first["loc"]) or "(request)", first["msg"]) from None
+                result = await spec.handler(parsed)
+            await req.respond(_encode(result))
+        except Exception as err:
+            code, text = _status_of(err)
+            outcome = code
+            if code == "500":
+                log.exception("endpoint %s failed", spec.name)
+            await req.respond_error(code, text[:1000])
+        finally:
+            REQUESTS.labels(spec.name, outcome).inc()
+            LATENCY.labels(spec.name).observe(time.perf_counter() - started)
+
+    return handle
+
+
+class AgentContext:
+    """What an agent gets from the runtime: its config and its live connection."""
+
+    def __init__(self, config: AgentConfig, nc: Client):
+        self.config = config
+        self.nc = nc
+        self.stopping = asyncio.Event()
+
+
+async def run_agent(config: AgentConfig, agent_factory: Callable[[AgentContext], Any]) -> None:
+    logs.setup(config.log_level)
+    nc = await connect(config.nats.model_copy(update={"name": config.nats.name or config.agent_name}))
+    CONNECTED.set(1)
+    ctx = AgentContext(config, nc)
+    agent = agent_factory(ctx)
+    metrics_port = None
+    if config.metrics.port is not None:
+        server, _thread = start_http_server(config.metrics.port, addr=config.metrics.host)
+        metrics_port = server.server_port
+        log.info("metrics on http://%s:%d/metrics", config.metrics.host, metrics_port)
+    UP_SINCE.set(time.time())
+    metadata = {
+        "capability": config.capability,
+        "agent": config.agent_name,
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+        "started": datetime.now(UTC).isoformat(),
+        "metrics_port": str(metrics_port or ""),
+    }
+    service = await add_service(
+        nc,
+        name=config.agent_name,
+        version=__version__ if _semver(__version__) else "0.0.0",
+        description=f"CIM {config.capability} agent",
+        metadata=metadata,
+        queue_group=f"cim-{config.capability}",
+    )
+    group = service.add_group(name=f"cim.{config.capability}")
+    for spec in endpoints_of(agent):
+        await group.add_endpoint(name=spec.name, handler=_wrap(spec), metadata={"description": spec.description})
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, ctx.stopping.set)
+    start = getattr(agent, "start", None)
+    if start:
+        await start()
+    log.info("%s agent %s ready (pid %d)", config.capability, config.agent_name, os.getpid())
+    try:
+        await ctx.stopping.wait()
+    finally:
+        log.info("stopping: draining requests and closing the connection")
+        stop = getattr(agent, "stop", None)
+        if stop:
+            await stop()
+        await service.stop()
+        try:
+            await asyncio.wait_for(nc.drain(), timeout=10)
+        except Exception:  # already closed or timed out: nothing more to flush
+            await nc.close()
+        CONNECTED.set(0)
+        log.info("stopped")
+
+
+def _semver(v: str) -> bool:
+    parts = v.split(".")
+    return len(parts) >= 3 and all(p.isdigit() for p in parts[:3])
