@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from .errors import InvalidCid
 
@@ -78,3 +81,7 @@ def digest_of(cid: str) -> bytes:
 def validate(cid: str) -> str:
     digest_of(cid)
     return cid
+
+
+# For pydantic models: a field that only takes a valid CID.
+Cid = Annotated[str, AfterValidator(validate)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from .cid import Cid
 from .events.types import event_type
 from .units import Unit
 
@@ -18,4 +19,4 @@ class UnitRevised(BaseModel):
     """Appended on a parent when a revision names it, so its page can list its children."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    child: str
+    child: Cid

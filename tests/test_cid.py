@@ -1,0 +1,56 @@
+"""The CID encoder against an independent implementation (the `multiformats` package)."""
+
+import hashlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from multiformats import CID, multihash
+
+from cim import cid
+from cim.errors import CimError, InvalidCid
+
+
+def reference(data: bytes) -> str:
+    return str(CID("base32", 1, "raw", multihash.digest(data, "sha2-256")))
+
+
+@given(st.binary(max_size=4096))
+def test_cid_matches_multiformats(data):
+    assert cid.compute(data) == reference(data)
+
+
+@given(st.binary(max_size=4096))
+def test_cid_round_trips_to_its_digest(data):
+    c = cid.compute(data)
+    assert cid.digest_of(c) == hashlib.sha256(data).digest()
+    assert c.startswith("bafkrei")
+
+
+@given(st.lists(st.binary(max_size=300), max_size=10))
+def test_incremental_hasher_equals_one_shot(parts):
+    h = cid.Hasher()
+    for p in parts:
+        h.update(p)
+    assert h.cid() == cid.compute(b"".join(parts))
+    assert h.size == sum(map(len, parts))
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("", "non-empty"),
+        ("Qmabc", "base32"),
+        ("bafkrei", "characters"),
+        ("b" + "1" * 58, "base32"),
+        # a valid base32 CIDv1 but dag-pb codec, not raw
+        (str(CID("base32", 1, "dag-pb", multihash.digest(b"x", "sha2-256"))), "raw codec"),
+        (cid.compute(b"x").upper(), "base32"),
+    ],
+)
+def test_bad_cids_are_refused_with_the_rule(bad, says):
+    with pytest.raises(InvalidCid) as err:
+        cid.validate(bad)
+    assert says in str(err.value)
+    assert isinstance(err.value, CimError)
+    assert err.value.field == "cid"

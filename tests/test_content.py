@@ -1,0 +1,133 @@
+"""Units and their content against a real nats-server: round trip, CID checks, limits."""
+
+import base64
+import json
+import os
+
+import pytest
+from multiformats import CID, multihash
+
+from cim.content import ContentStore
+from cim.errors import CidMismatch, InvalidCid, UnitNotFound, UnitTooLarge
+from cim.provision import ProvisionSpec, provision
+from cim.unit_store import UnitStore
+
+
+@pytest.fixture
+async def units(nc):
+    await provision(nc, ProvisionSpec())
+    return UnitStore(nc, max_unit_size=4 * 1024 * 1024)
+
+
+async def read_all(units, c):
+    return b"".join([chunk async for chunk in units.get(c)])
+
+
+async def stored_events(nc) -> int:
+    info = await nc.jetstream().stream_info("CIM_EVENTS")
+    return info.state.messages
+
+
+@pytest.mark.parametrize("size", [0, 1, 128 * 1024, 128 * 1024 + 1, 3 * 1024 * 1024 + 17])
+async def test_put_and_get_round_trip_with_an_independent_cid(units, tmp_path, size):
+    data = os.urandom(size)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    result = await units.put_file(path, labels=["demo"])
+    expected = str(CID("base32", 1, "raw", multihash.digest(data, "sha2-256")))
+    assert result.unit.cid == expected and result.created
+    assert await read_all(units, expected) == data
+    view = await units.show(expected)
+    assert (view.unit.title, view.unit.size, view.unit.labels) == ("f.bin", size, ("demo",))
+
+
+async def test_putting_the_same_content_twice_stores_one_unit(units, nc):
+    first = await units.put_bytes(b"same", title="one")
+    second = await units.put_bytes(b"same", title="two")
+    assert first.created and not second.created
+    assert second.unit.title == "one"
+    assert [u.cid async for u in units.list()] == [first.unit.cid]
+    assert await stored_events(nc) == 1
+
+
+async def test_tampered_content_fails_the_read_with_a_cid_mismatch(units, nc):
+    data = os.urandom(300_000)  # three chunks
+    c = (await units.put_bytes(data)).unit.cid
+    loc = await ContentStore(nc).locate(c)
+    js = nc.jetstream()
+    # Replace the object's chunks with other bytes of the same size, as a disk fault or an
+    # attacker with bucket access would, leaving the metadata as it was.
+    chunk_subject = f"$O.CIM_CONTENT.C.{loc.nuid}"
+    await js.purge_stream("OBJ_CIM_CONTENT", subject=chunk_subject)
+    forged = bytearray(data)
+    forged[12345] ^= 0xFF
+    for i in range(0, len(forged), 128 * 1024):
+        await js.publish(chunk_subject, bytes(forged[i:i + 128 * 1024]))
+    received = []
+    with pytest.raises(CidMismatch) as err:
+        async for chunk in units.get(c):
+            received.append(chunk)
+    assert c in str(err.value)
+    assert sum(map(len, received)) < len(data)  # the wrong content never arrives complete
+
+
+async def test_a_unit_over_the_size_limit_is_refused_and_nothing_is_stored(units, nc, tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(4 * 1024 * 1024 + 1))
+    with pytest.raises(UnitTooLarge) as err:
+        await units.put_file(big)
+    assert "max_unit_size" in str(err.value) and err.value.field == "size"
+    info = await nc.jetstream().stream_info("OBJ_CIM_CONTENT")
+    assert info.state.messages == 0
+    assert await stored_events(nc) == 0
+
+
+async def test_a_piped_unit_over_the_limit_is_refused_and_nothing_is_stored(units, nc, tmp_path):
+    import io
+
+    with pytest.raises(UnitTooLarge):
+        await units.put_stream(io.BytesIO(os.urandom(5 * 1024 * 1024)))
+    assert (await nc.jetstream().stream_info("OBJ_CIM_CONTENT")).state.messages == 0
+
+
+async def test_bad_metadata_is_refused_before_anything_is_stored(units, nc):
+    from cim.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as err:
+        await units.put_bytes(b"x", media_type="not a type")
+    assert err.value.field == "media_type"
+    assert (await nc.jetstream().stream_info("OBJ_CIM_CONTENT")).state.messages == 0
+
+
+async def test_wrong_and_unknown_cids(units):
+    with pytest.raises(InvalidCid):
+        await units.show("bafy-not-a-cid")
+    with pytest.raises(InvalidCid):
+        await read_all(units, "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG")
+    missing = str(CID("base32", 1, "raw", multihash.digest(b"never stored", "sha2-256")))
+    with pytest.raises(UnitNotFound, match="cim units ls"):
+        await units.show(missing)
+    with pytest.raises(UnitNotFound):
+        await read_all(units, missing)
+
+
+async def test_a_revision_names_its_parent_and_the_parent_lists_it(units):
+    parent = (await units.put_bytes(b"v1", title="doc")).unit
+    child = (await units.revise(parent.cid, b"v2", title="doc, revised")).unit
+    assert child.parents == (parent.cid,)
+    assert (await units.show(parent.cid)).children == [child.cid]
+    assert (await units.show(parent.cid)).unit.title == "doc"  # the parent is untouched
+
+
+async def test_a_revision_of_an_unknown_unit_is_refused(units):
+    ghost = str(CID("base32", 1, "raw", multihash.digest(b"ghost", "sha2-256")))
+    with pytest.raises(UnitNotFound):
+        await units.put_bytes(b"child", parents=[ghost])
+
+
+async def test_list_filters_by_label(units):
+    a = (await units.put_bytes(b"a", labels=["red"])).unit.cid
+    await units.put_bytes(b"b", labels=["blue"])
+    assert [u.cid async for u in units.list(label="red")] == [a]
+
+

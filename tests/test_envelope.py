@@ -1,0 +1,76 @@
+"""The event envelope survives the trip through NATS headers and body."""
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cim import cid
+from cim.errors import InvalidInput, UnknownEventType
+from cim.events import Event, StoredEvent
+from cim.events.envelope import validated
+
+tokens = st.from_regex(r"[A-Za-z0-9_-]{1,40}", fullmatch=True)
+texts = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=40).filter(str.strip)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@given(
+    aggregate_id=tokens,
+    child=st.binary(max_size=64).map(cid.compute),
+    source=texts,
+    agent=texts,
+    version=st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=10),
+    correlation=st.none() | texts,
+    causation=st.none() | texts,
+    when=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+)
+def test_envelope_round_trip(aggregate_id, child, source, agent, version, correlation, causation, when):
+    e = validated(Event(
+        type="unit.revised", aggregate_id=aggregate_id, data={"child": child}, source=source, agent=agent,
+        agent_version=version, correlation_id=correlation, causation_id=causation, time=when,
+    ))
+    back = StoredEvent.from_message(e.subject, 7, e.headers(), e.payload())
+    assert back.problem is None and back.known
+    assert (back.type, back.aggregate, back.aggregate_id, back.id) == ("unit.revised", "unit", aggregate_id, e.id)
+    assert (back.source, back.agent, back.agent_version) == (source, agent, version)
+    assert (back.correlation_id, back.causation_id) == (correlation, causation)
+    assert back.time == when
+    assert back.data == {"child": child}
+    assert back.seq == 7
+
+
+@given(json_values)
+def test_unknown_types_read_back_are_kept_with_their_data(value):
+    e = Event(type="future.thing", aggregate_id="x", data={"v": value})
+    back = StoredEvent.from_message(e.subject, 1, e.headers(), e.payload())
+    assert not back.known
+    assert back.data == {"v": value}
+
+
+def test_appending_an_unknown_type_is_refused():
+    with pytest.raises(UnknownEventType, match="unit.created"):
+        validated(Event(type="unit.exploded", aggregate_id="x"))
+
+
+def test_data_that_does_not_match_its_type_names_the_field():
+    with pytest.raises(InvalidInput) as err:
+        validated(Event(type="unit.revised", aggregate_id="x", data={"child": "not-a-cid"}))
+    assert err.value.field == "data.child"
+
+
+def test_a_non_json_body_is_surfaced_not_dropped():
+    back = StoredEvent.from_message("cim.evt.unit.x.revised", 3, {"ce-type": "unit.revised"}, b"\xff not json")
+    assert back.problem and "not JSON" in back.problem
+    assert back.typed() is None
+
+
+@pytest.mark.parametrize("bad", ["a.b", "*", ">", "", "with space"])
+def test_aggregate_ids_must_be_subject_tokens(bad):
+    with pytest.raises(ValueError):
+        Event(type="unit.revised", aggregate_id=bad)
