@@ -79,7 +79,8 @@ class ContentStore:
         cidlib.validate(cid)
         meta_subject = f"$O.{self.bucket}.M.{base64.urlsafe_b64encode(cid.encode()).decode()}"
         try:
-            msg = await self.js.get_last_msg(self.stream, meta_subject, direct=True)
+            # From the leader, not a possibly lagging replica (see EventStore.last).
+            msg = await self.js.get_last_msg(self.stream, meta_subject)
         except Exception as err:
             if getattr(err, "code", None) == 404 or isinstance(err, NotFoundError):
                 return None

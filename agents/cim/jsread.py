@@ -44,6 +44,26 @@ def _parse_ack_subject(reply: str) -> tuple[int, int, int]:
     return int(parts[5]), int(parts[7]), int(parts[8])
 
 
+async def last_seq(nc: Client, stream: str, subjects: list[str] | None, timeout: float = 5.0) -> int:
+    """The sequence of the last message matching `subjects`, as the stream LEADER knows it.
+
+    Replicas may lag (a node that just restarted); an R1 consumer placed on one would end a
+    read early. The leader's answer is the bound a complete read must reach.
+    """
+    best = 0
+    for subject in subjects or [">"]:
+        resp = await _api(nc, f"STREAM.MSG.GET.{stream}", {"last_by_subj": subject}, timeout)
+        err = resp.get("error")
+        if err:
+            if err.get("err_code") == 10059:
+                raise JetStreamUnavailable(f"stream {stream} does not exist; run `cim provision` (or `cim up`) first")
+            if err.get("code") == 404:
+                continue
+            raise _Gone(f"cannot read the end of {stream}: {err.get('description')}")
+        best = max(best, int(resp["message"]["seq"]))
+    return best
+
+
 class _Gone(Exception):
     """The consumer is gone; recreate it after the last delivered sequence."""
 
@@ -75,14 +95,23 @@ async def read_stream(
     next_seq = max(1, start_seq)
     failing_since: float | None = None
     loop = asyncio.get_running_loop()
+    end_seq: int | None = None
     while True:
         try:
+            if not follow and end_seq is None:
+                end_seq = await last_seq(nc, stream, subjects, timeout)
+            if end_seq is not None and next_seq > end_seq:
+                return
             async for m in _read_once(nc, stream, subjects, next_seq, follow, batch, max_bytes, timeout):
                 failing_since = None
                 next_seq = m.seq + 1
                 yield m
-                if not follow and m.pending == 0:
+                if end_seq is not None and m.seq >= end_seq:
                     return
+                if not follow and m.pending == 0:
+                    raise _Gone(f"the consumer's replica ended at {m.seq}, before the leader's {end_seq}")
+            if end_seq is not None:
+                raise _Gone(f"the consumer's replica had nothing after {next_seq - 1}, the leader has up to {end_seq}")
             return
         except _Gone as gone:
             reason = str(gone)
@@ -134,7 +163,7 @@ async def _read_once(
     consumer = resp["name"]
     if not follow and resp.get("num_pending", 0) == 0:
         await _delete(nc, stream, consumer)
-        return
+        return  # the caller compares with the leader's end and retries if this replica lags
     inbox = nc.new_inbox()
     queue: asyncio.Queue[Msg] = asyncio.Queue()
 

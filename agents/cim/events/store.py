@@ -164,9 +164,13 @@ class EventStore:
         return [e async for e in self.read([aggregate_filter(aggregate, aggregate_id)])]
 
     async def last(self, subject: str) -> StoredEvent:
-        """The last event on one exact subject, fetched directly by the server."""
+        """The last event on a subject (wildcards allowed), as the stream leader has it.
+
+        Not a direct get: those may be answered by a lagging replica, and a unit just put
+        must be found by the next command.
+        """
         try:
-            msg = await self.js.get_last_msg(self.stream, subject, direct=True)
+            msg = await self.js.get_last_msg(self.stream, subject)
         except Exception as err:
             if _is_not_found(err):
                 raise NotFound(f"no event on {subject}") from None

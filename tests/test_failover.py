@@ -1,0 +1,61 @@
+"""An R3 event stream keeps every acknowledged event when its leader is SIGKILLed mid-append."""
+
+import asyncio
+
+import nats
+
+from cim import cid
+from cim.errors import CimError
+from cim.events import Event, EventStore
+from cim.provision import ProvisionSpec, provision
+
+TOTAL = 1500
+KILL_AT = 300
+
+
+async def test_no_acknowledged_event_is_lost_when_the_stream_leader_is_killed(nats_cluster):
+    nc = await nats.connect(nats_cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2, connect_timeout=2)
+    try:
+        await provision(nc, ProvisionSpec(replicas=3))
+        leader = await asyncio.to_thread(nats_cluster.wait_for_leader, "CIM_EVENTS")
+        events = EventStore(nc, timeout=2.0)
+        acked: dict[str, int] = {}
+        failures = 0
+        killed = None
+        for i in range(TOTAL):
+            if i == KILL_AT:
+                nats_cluster.kill(leader)
+                killed = leader
+            e = Event(type="unit.revised", aggregate_id="failover", id=f"ev-{i}",
+                      data={"child": cid.compute(i.to_bytes(4, "big"))})
+            # Retry the same event (same id) until acknowledged: the server de-duplicates.
+            for _attempt in range(60):
+                try:
+                    acked[e.id] = (await events.append(e)).seq
+                    break
+                except (CimError, asyncio.TimeoutError, nats.errors.Error) as err:
+                    failures += 1
+                    last = err
+                    await asyncio.sleep(0.2)  # back off while a new leader is elected
+            else:
+                raise AssertionError(f"event {i} was never acknowledged: {last}")
+        assert killed is not None and failures > 0, "the kill did not interrupt the appends"
+        await asyncio.to_thread(nats_cluster.restart, killed)
+        await asyncio.to_thread(nats_cluster.wait_healthy, 30)
+
+        stored = [e async for e in events.read(["cim.evt.unit.failover.*"])]
+        ids = [e.id for e in stored]
+        assert len(acked) == TOTAL
+        assert sorted(ids) == sorted(acked), "acknowledged and stored events differ"
+        assert len(set(ids)) == len(ids), "an event was stored twice"
+        assert {e.id: e.seq for e in stored} == acked
+
+        # The restarted node caught up: reading from it alone gives the same count.
+        node_nc = await nats.connect(nats_cluster.node(killed).url)
+        try:
+            info = await node_nc.jetstream().stream_info("CIM_EVENTS")
+            assert info.state.messages == TOTAL
+        finally:
+            await node_nc.close()
+    finally:
+        await nc.close()
