@@ -160,7 +160,8 @@ def stream_config(s: StreamSpec, replicas: int) -> dict[str, Any]:
         "max_bytes": s.max_bytes,
         "max_msgs": s.max_msgs,
         "max_msg_size": s.max_msg_size,
-        "duplicate_window": int(s.duplicate_window * NS),
+        # The server refuses a de-duplication window longer than the retention.
+        "duplicate_window": int(min(s.duplicate_window, s.max_age or s.duplicate_window) * NS),
         "allow_atomic": s.allow_atomic,
         "deny_delete": s.deny_delete,
         "deny_purge": s.deny_purge,

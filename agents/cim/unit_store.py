@@ -97,11 +97,11 @@ class UnitStore:
         self._check_size(len(data), "the content")
         return await self._put(cidlib.compute(data), len(data), io.BytesIO(data), **meta)
 
-    async def put_stream(self, source: BinaryIO, **meta: Any) -> PutResult:
+    async def put_stream(self, reader: BinaryIO, **meta: Any) -> PutResult:
         """Content from a pipe: spooled to a temporary file (never all in memory), then put."""
         hasher = cidlib.Hasher()
         with tempfile.TemporaryFile() as spool:
-            while block := source.read(_HASH_BLOCK):
+            while block := reader.read(_HASH_BLOCK):
                 hasher.update(block)
                 self._check_size(hasher.size, "the input")
                 spool.write(block)
