@@ -23,7 +23,7 @@ from typing import Any, get_type_hints
 
 from nats.aio.client import Client
 from nats.micro import add_service
-from nats.micro.request import Request
+from nats.micro.request import Request, ServiceError
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from pydantic import BaseModel, ValidationError
 
@@ -119,7 +119,8 @@ def _wrap(spec: EndpointSpec) -> Callable[[Request], Awaitable[None]]:
             outcome = code
             if code == "500":
                 log.exception("endpoint %s failed", spec.name)
-            await req.respond_error(code, text[:1000])
+            # Raised, not answered here, so the micro framework counts it in $SRV.STATS.
+            raise ServiceError(code, text[:1000]) from err
         finally:
             REQUESTS.labels(spec.name, outcome).inc()
             LATENCY.labels(spec.name).observe(time.perf_counter() - started)

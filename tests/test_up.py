@@ -1,0 +1,104 @@
+"""`cim up`: the newcomer's embedded leaf, driven as a newcomer would."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from cim.embedded.procs import free_port, port_is_free, wait_until
+
+
+class Up:
+    def __init__(self, data_dir, tmp_path):
+        self.port, self.http_port = free_port(), free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        self.out = tmp_path / f"up-{self.port}.out"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CIM_")}
+        with self.out.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cim", "up", "--data-dir", str(data_dir), "--port", str(self.port),
+                 "--http-port", str(self.http_port)], stdout=out, stderr=subprocess.STDOUT, env=env,
+            )
+
+    def output(self) -> str:
+        return self.out.read_text()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+
+@pytest.fixture
+def up(tmp_path):
+    started = []
+
+    def start(data_dir=None):
+        u = Up(data_dir or tmp_path / "data", tmp_path)
+        started.append(u)
+        wait_until(lambda: "CIM is up" in u.output() or u.proc.poll() is not None, 60, what="cim up to start")
+        assert u.proc.poll() is None, u.output()
+        return u
+
+    yield start
+    for u in started:
+        u.stop()
+
+
+def agents(cli, url) -> dict[str, int]:
+    r = cli("--json", "status", server=url, check=False)
+    if r.returncode != 0:
+        return {}
+    return {a["capability"]: a["pid"] for a in json.loads(r.stdout)["agents"]}
+
+
+def test_up_serves_units_and_events_restarts_a_killed_agent_and_keeps_data(up, cli, tmp_path):
+    u = up()
+    assert u.url in u.output() and "store" in u.output()
+    wait_until(lambda: "store" in agents(cli, u.url), 30, what="the store agent to answer cim status")
+    first_pid = agents(cli, u.url)["store"]
+
+    f = tmp_path / "note.txt"
+    f.write_text("kept across restarts")
+    c = cli("units", "put", f, server=u.url).stdout.split()[0]
+    assert cli("units", "get", c, server=u.url).stdout == "kept across restarts"
+    assert "unit.created" in cli("events", "tail", server=u.url).stdout
+
+    os.kill(first_pid, signal.SIGKILL)
+    wait_until(lambda: agents(cli, u.url).get("store") not in (None, first_pid), 60,
+               what="cim up to restart the killed store agent")
+    assert "store agent exited" in u.output() and "restarted" in u.output()
+
+    assert u.stop() == 0
+    assert "stopped; data kept" in u.output()
+    assert port_is_free(u.port), "nats-server outlived cim up"
+    assert not _alive(first_pid)
+
+    again = up(u.data_dir)
+    assert cli("units", "get", c, server=again.url).stdout == "kept across restarts"
+
+
+def test_up_refuses_a_taken_port_with_advice(up, tmp_path):
+    first = up(tmp_path / "one")
+    r = subprocess.run(
+        [sys.executable, "-m", "cim", "up", "--data-dir", str(tmp_path / "two"), "--port", str(first.port),
+         "--http-port", str(free_port())], capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 1
+    assert f"port {first.port} is taken" in r.stderr and "--port" in r.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
