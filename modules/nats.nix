@@ -1,0 +1,291 @@
+# NATS on the host: nixpkgs' services.nats, configured for CIM. JetStream, cluster routes
+# from the node list, a leafnode remote to a hub, TLS, monitoring, and one nkey user per
+# agent whose permissions are exactly what its capability declares.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  top = config.services.cim;
+  cfg = top.nats;
+  hub = cfg.hub;
+  secrets = import ./secrets.nix { inherit lib; };
+
+  isCluster = top.topology == "cluster";
+  # Each node routes to every other node, never to itself.
+  otherNodes = builtins.filter (node: node.name != top.nodeName) top.cluster.nodes;
+
+  # Secret and TLS files reach nats-server through systemd credentials: root reads them
+  # (they are usually root-only, 0600), the hardened `nats` user sees a private copy here.
+  credentialDir = "/run/credentials/nats.service";
+
+  tlsOptions = kind: {
+    certFile = lib.mkOption {
+      type = secrets.fileType;
+      default = null;
+      example = "/run/keys/nats-${kind}.crt";
+      description = "Certificate (PEM) for ${kind} connections. TLS is on for them when this and the key are set.";
+    };
+    keyFile = lib.mkOption {
+      type = secrets.fileType;
+      default = null;
+      example = "/run/keys/nats-${kind}.key";
+      description = "Private key (PEM) of {option}`services.cim.nats.tls.${kind}.certFile`. A path outside the Nix store.";
+    };
+    caFile = lib.mkOption {
+      type = secrets.fileType;
+      default = null;
+      description = "CA certificate (PEM) that the other side's certificate must chain to.";
+    };
+    verify = lib.mkOption {
+      type = lib.types.bool;
+      # Routes and leafnodes are server-to-server: both sides should prove who they are.
+      default = kind != "client";
+      defaultText = lib.literalMD "`true` for routes and leafnodes, `false` for clients";
+      description = "Require and verify a certificate from the other side (mutual TLS); needs `caFile`.";
+    };
+  };
+
+  tlsOn = t: t.certFile != null;
+  anyTls = lib.any tlsOn [
+    cfg.tls.client
+    cfg.tls.route
+    cfg.tls.leafnode
+  ];
+  tlsBlock =
+    kind: t:
+    lib.optionalAttrs (tlsOn t) {
+      tls =
+        {
+          cert_file = "${credentialDir}/${kind}-cert";
+          key_file = "${credentialDir}/${kind}-key";
+        }
+        // lib.optionalAttrs (t.caFile != null) {
+          ca_file = "${credentialDir}/${kind}-ca";
+          inherit (t) verify;
+        };
+    };
+  tlsCredentials =
+    kind: t:
+    lib.optionals (tlsOn t) [
+      "${kind}-cert:${toString t.certFile}"
+      "${kind}-key:${toString t.keyFile}"
+    ]
+    ++ lib.optional (tlsOn t && t.caFile != null) "${kind}-ca:${toString t.caFile}";
+
+  users =
+    lib.attrValues cfg.agentUsers
+    # The operator: the `cim` CLI and provisioning. Unrestricted inside the CIM account.
+    ++ lib.optional (cfg.adminPublicKey != null) { nkey = cfg.adminPublicKey; }
+    # Leaf nodes attached to this server log in as users of the same account.
+    ++ map (key: { nkey = key; }) cfg.leafnodes.publicKeys;
+
+  hasRemote = hub.urls != [ ];
+  settingsFile = (pkgs.formats.json { }).generate "nats.conf" config.services.nats.settings;
+  # The hub seed is a secret: it is spliced into a copy of the config under /run at start,
+  # so neither the seed nor a config holding it is ever in the Nix store.
+  withHubSeed = pkgs.writeShellScript "cim-nats-config" ''
+    set -euo pipefail
+    ${pkgs.jq}/bin/jq --rawfile seed "$CREDENTIALS_DIRECTORY/hub-seed" \
+      '.leafnodes.remotes |= map(.nkey = ($seed | gsub("\\s"; "")))' \
+      ${settingsFile} > "$RUNTIME_DIRECTORY/nats.conf"
+  '';
+in
+{
+  options.services.cim.nats = {
+    listenAddress = lib.mkOption {
+      type = lib.types.str;
+      default = "0.0.0.0";
+      description = ''
+        Address NATS listens on for clients. The containers reach it through their private
+        links; the firewall opens the client port only on those links unless
+        {option}`services.cim.nats.openFirewall` is set.
+      '';
+    };
+
+    port = lib.mkOption {
+      type = lib.types.port;
+      default = 4222;
+      description = "Client port.";
+    };
+
+    openFirewall = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = "Open the client port on every interface, for `cim` on other machines.";
+    };
+
+    monitorAddress = lib.mkOption {
+      type = lib.types.str;
+      default = "127.0.0.1";
+      description = "Address of the HTTP monitoring endpoint (`/varz`, `/jsz`, `/healthz`).";
+    };
+
+    monitorPort = lib.mkOption {
+      type = lib.types.nullOr lib.types.port;
+      default = 8222;
+      description = "Port of the HTTP monitoring endpoint; `null` turns it off.";
+    };
+
+    jetstream = {
+      storeDir = lib.mkOption {
+        type = lib.types.path;
+        default = "/var/lib/nats";
+        description = "Where JetStream keeps streams, objects and its metadata.";
+      };
+      maxMemory = lib.mkOption {
+        type = lib.types.str;
+        default = "1G";
+        description = "Most memory all in-memory streams may use (`max_memory_store`).";
+      };
+      maxFile = lib.mkOption {
+        type = lib.types.str;
+        default = "10G";
+        description = "Most disk all file streams may use (`max_file_store`).";
+      };
+      domain = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
+        default = if hasRemote then top.nodeName else null;
+        defaultText = lib.literalMD "this node's name when it has a hub, else `null`";
+        description = ''
+          JetStream domain. A leaf with its own JetStream needs a domain of its own so its
+          streams stay apart from the hub's.
+        '';
+      };
+    };
+
+    tls = {
+      client = tlsOptions "client";
+      route = tlsOptions "route";
+      leafnode = tlsOptions "leafnode";
+    };
+
+    adminPublicKey = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4";
+      description = ''
+        Public nkey of the operator, used by the `cim` CLI and by provisioning. Make one
+        with `cim keys new admin`; its seed stays in a file
+        ({option}`services.cim.provision.adminSeedFile`).
+      '';
+    };
+
+    leafnodes = {
+      port = lib.mkOption {
+        type = lib.types.nullOr lib.types.port;
+        default = if isCluster then 7422 else null;
+        defaultText = lib.literalMD "`7422` on a cluster, else `null`";
+        description = "Port on which leaf nodes attach to this server (opened in the firewall); `null` accepts none.";
+      };
+      publicKeys = lib.mkOption {
+        type = lib.types.listOf lib.types.str;
+        default = [ ];
+        description = "Public nkeys of the leaf nodes allowed to attach (their {option}`services.cim.nats.hub.nkeySeedFile`).";
+      };
+    };
+
+    agentUsers = lib.mkOption {
+      type = lib.types.attrsOf (pkgs.formats.json { }).type;
+      default = { };
+      internal = true;
+      description = "One NATS user per enabled capability, set by the capability modules.";
+    };
+  };
+
+  options.services.cim.nats.hub = {
+    urls = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      example = [
+        "nats-leaf://10.0.0.11:7422"
+        "nats-leaf://10.0.0.12:7422"
+      ];
+      description = "Leafnode URLs of a hub (e.g. the cluster) that this leaf attaches to.";
+    };
+    nkeySeedFile = lib.mkOption {
+      type = secrets.fileType;
+      default = null;
+      example = "/run/keys/cim-hub.nk";
+      description = ''
+        File holding this leaf's nkey seed for the hub; its public key goes into the hub's
+        {option}`services.cim.nats.leafnodes.publicKeys`.
+      '';
+    };
+  };
+
+  config = lib.mkIf top.enable {
+    services.nats = {
+      enable = true;
+      jetstream = true;
+      serverName = top.nodeName;
+      inherit (cfg) port;
+      dataDir = cfg.jetstream.storeDir;
+      # nats-server -t at build time cannot see files that only exist on the host.
+      validateConfig = lib.mkDefault (!anyTls);
+      settings = lib.mkMerge [
+        {
+          host = cfg.listenAddress;
+          jetstream =
+            {
+              max_memory_store = cfg.jetstream.maxMemory;
+              max_file_store = cfg.jetstream.maxFile;
+            }
+            // lib.optionalAttrs (cfg.jetstream.domain != null) { inherit (cfg.jetstream) domain; };
+          accounts.CIM = {
+            jetstream = "enabled";
+            inherit users;
+          };
+        }
+        (lib.mkIf (cfg.monitorPort != null) { http = "${cfg.monitorAddress}:${toString cfg.monitorPort}"; })
+        (tlsBlock "client" cfg.tls.client)
+        (lib.mkIf isCluster {
+          cluster = {
+            inherit (top.cluster) name;
+            port = top.cluster.routePort;
+            routes = map (node: "nats-route://${node.address}:${toString top.cluster.routePort}") otherNodes;
+          } // tlsBlock "route" cfg.tls.route;
+        })
+        (lib.mkIf (cfg.leafnodes.port != null || hasRemote) {
+          leafnodes =
+            lib.optionalAttrs (cfg.leafnodes.port != null) ({ inherit (cfg.leafnodes) port; } // tlsBlock "leafnode" cfg.tls.leafnode)
+            // lib.optionalAttrs hasRemote {
+              remotes = [
+                ({
+                  inherit (hub) urls;
+                  # Messages from the hub arrive in the same account the agents use.
+                  account = "CIM";
+                } // tlsBlock "leafnode" cfg.tls.leafnode)
+              ];
+            };
+        })
+      ];
+    };
+
+    systemd.services.nats.serviceConfig = lib.mkMerge [
+      {
+        LoadCredential =
+          tlsCredentials "client" cfg.tls.client
+          ++ tlsCredentials "route" cfg.tls.route
+          ++ tlsCredentials "leafnode" cfg.tls.leafnode
+          ++ lib.optional (hub.nkeySeedFile != null) "hub-seed:${toString hub.nkeySeedFile}";
+      }
+      (lib.mkIf (hasRemote && hub.nkeySeedFile != null) {
+        RuntimeDirectory = "cim-nats";
+        RuntimeDirectoryMode = "0700";
+        ExecStartPre = [ withHubSeed ];
+        ExecStart = lib.mkForce "${pkgs.nats-server}/bin/nats-server -c /run/cim-nats/nats.conf";
+      })
+    ];
+
+    networking.firewall.allowedTCPPorts =
+      lib.optional isCluster top.cluster.routePort
+      ++ lib.optional (cfg.leafnodes.port != null) cfg.leafnodes.port
+      ++ lib.optional cfg.openFirewall cfg.port;
+
+    # The operator's `cim` on the host.
+    environment.systemPackages = [ top.package ];
+  };
+}

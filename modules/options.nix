@@ -1,0 +1,86 @@
+# The top-level services.cim options: on or off, which package, and where this host sits
+# (a single leaf, or one member of a 3-node cluster).
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.services.cim;
+
+  nodeType = lib.types.submodule {
+    options = {
+      name = lib.mkOption {
+        type = lib.types.strMatching "[A-Za-z0-9_-]+";
+        example = "cluster-1";
+        description = ''
+          The node's name. It becomes the NATS `server_name`, so it must be unique in the
+          cluster and equal {option}`services.cim.nodeName` on that node.
+        '';
+      };
+      address = lib.mkOption {
+        type = lib.types.str;
+        example = "10.0.0.11";
+        description = "Address (IP or DNS name) the other nodes reach this node's NATS routes on.";
+      };
+    };
+  };
+in
+{
+  options.services.cim = {
+    enable = lib.mkEnableOption "CIM, the Composable Information Machine (NATS JetStream on this host, provisioning, and the capabilities enabled below)";
+
+    package = lib.mkPackageOption pkgs "cim" { };
+
+    topology = lib.mkOption {
+      type = lib.types.enum [
+        "leaf"
+        "cluster"
+      ];
+      default = "leaf";
+      description = ''
+        `leaf`: one NATS server with JetStream on this host; streams get 1 replica.
+        `cluster`: this host is one of the nodes in {option}`services.cim.cluster.nodes`;
+        the servers are joined by routes and streams get 3 replicas.
+      '';
+    };
+
+    nodeName = lib.mkOption {
+      type = lib.types.strMatching "[A-Za-z0-9_-]+";
+      default = config.networking.hostName;
+      defaultText = lib.literalExpression "config.networking.hostName";
+      description = "This node's name: the NATS `server_name`, and its entry in {option}`services.cim.cluster.nodes`.";
+    };
+
+    cluster = {
+      name = lib.mkOption {
+        type = lib.types.strMatching "[A-Za-z0-9_-]+";
+        default = "cim";
+        description = "The NATS cluster name, the same on every node.";
+      };
+
+      nodes = lib.mkOption {
+        type = lib.types.listOf nodeType;
+        default = [ ];
+        example = lib.literalExpression ''
+          [
+            { name = "cluster-1"; address = "10.0.0.11"; }
+            { name = "cluster-2"; address = "10.0.0.12"; }
+            { name = "cluster-3"; address = "10.0.0.13"; }
+          ]
+        '';
+        description = ''
+          Every member of the cluster, this node included, with the same list on each node.
+          Each node routes to all the others and never to itself.
+        '';
+      };
+
+      routePort = lib.mkOption {
+        type = lib.types.port;
+        default = 6222;
+        description = "Port of the NATS cluster routes, opened in the firewall on cluster nodes.";
+      };
+    };
+  };
+}

@@ -1,0 +1,498 @@
+# Evaluation tests of the CIM modules (no VM, no nixpkgs: only its lib).
+#   nix-instantiate --eval --strict --json tests/nix --arg lib 'import <lib>'
+# Returns { count, failures, agentConfigs }: `failures` lists each failed test by name with
+# what it got; `agentConfigs` are rendered agent configs for `cim config check`.
+{
+  lib ?
+    let
+      fromEnv = builtins.getEnv "CIM_NIXPKGS_LIB";
+    in
+    if fromEnv != "" then import fromEnv else import <nixpkgs/lib>,
+}:
+let
+  h = import ./eval.nix { inherit lib; };
+  f = import ./fixtures.nix { inherit lib; };
+  capabilities = import ../../modules/capabilities.nix;
+
+  cfgOf = modules: (h.eval modules).config;
+  leaf = cfgOf f.leaf;
+  node = i: cfgOf (f.clusterNode i);
+  attached = cfgOf f.attachedLeaf;
+
+  natsSettings = config: config.services.nats.settings;
+  users = config: (natsSettings config).accounts.CIM.users;
+  userKeys = config: map (u: u.nkey) (users config);
+  storeContainer = config: config.containers.cim-store;
+  storeUnit = config: (storeContainer config).config.systemd.services.cim-agent;
+
+  # Every string anywhere in a value.
+  strings =
+    value:
+    if builtins.isString value then
+      [ value ]
+    else if builtins.isList value then
+      lib.concatMap strings value
+    else if builtins.isAttrs value && !(value ? outPath) then
+      lib.concatMap strings (builtins.attrValues value)
+    else
+      [ ];
+  hasSeed = value: lib.any (s: builtins.match ".*S[UNAOC][A-Z2-7]{56}.*" s != null) (strings value);
+
+  # The assertions a broken configuration trips, by a substring of their message.
+  fires =
+    modules: needle:
+    let
+      failed = h.failedAssertions (cfgOf modules);
+    in
+    {
+      expr = lib.any (m: lib.hasInfix needle m) failed;
+      expected = true;
+      got = failed;
+    };
+
+  tests = {
+    # --- the strict declaration itself -------------------------------------------------
+    "a correct leaf passes every assertion" = {
+      expr = h.failedAssertions leaf;
+      expected = [ ];
+    };
+    "a correct cluster node passes every assertion" = {
+      expr = h.failedAssertions (node 2);
+      expected = [ ];
+    };
+    "a correct attached leaf passes every assertion" = {
+      expr = h.failedAssertions attached;
+      expected = [ ];
+    };
+    "every fixture evaluates completely under the strict declaration" = {
+      expr = map (c: h.fails { inherit (c) containers systemd services networking environment; }) [
+        leaf
+        (node 2)
+        attached
+      ];
+      expected = [ false false false ];
+    };
+    "a misspelled CIM option fails" = {
+      expr = h.fails (cfgOf (f.leaf ++ [ { services.cim.stor.enable = true; } ])).services.cim;
+      expected = true;
+    };
+    "a misspelled NixOS option fails" = {
+      expr = h.fails (cfgOf (f.leaf ++ [ { containers.cim-store.autoStrat = true; } ])).containers;
+      expected = true;
+    };
+    "a misspelled option inside a container's config fails" = {
+      expr = h.fails (storeContainer (cfgOf (f.leaf ++ [ { containers.cim-store.config.systemd.service.x = { }; } ]))).config;
+      expected = true;
+    };
+    "a misspelled systemd unit key fails" = {
+      expr = h.fails (cfgOf (f.leaf ++ [ { systemd.services.cim-provision.wantedby = [ ]; } ])).systemd.services;
+      expected = true;
+    };
+    "an invalid systemd Restart value fails" = {
+      expr = h.fails (cfgOf (f.leaf ++ [ { systemd.services.cim-provision.serviceConfig.Restart = "sometimes"; } ])).systemd.services.cim-provision.serviceConfig;
+      expected = true;
+    };
+
+    # --- routes --------------------------------------------------------------------------
+    "node 2 routes to nodes 1 and 3, not to itself" = {
+      expr = (natsSettings (node 2)).cluster.routes;
+      expected = [
+        "nats-route://10.0.0.11:6222"
+        "nats-route://10.0.0.13:6222"
+      ];
+    };
+    "node 1 routes to nodes 2 and 3" = {
+      expr = (natsSettings (node 1)).cluster.routes;
+      expected = [
+        "nats-route://10.0.0.12:6222"
+        "nats-route://10.0.0.13:6222"
+      ];
+    };
+    "each node's server name is its own" = {
+      expr = map (i: (natsSettings (node i)).server_name) [ 1 2 3 ];
+      expected = [ "cluster-1" "cluster-2" "cluster-3" ];
+    };
+    "a leaf has no cluster block" = {
+      expr = (natsSettings leaf) ? cluster;
+      expected = false;
+    };
+    "cluster nodes open the route and leafnode ports" = {
+      expr = (node 1).networking.firewall.allowedTCPPorts;
+      expected = [ 6222 7422 ];
+    };
+    "a leaf opens no port to the world" = {
+      expr = leaf.networking.firewall.allowedTCPPorts;
+      expected = [ ];
+    };
+    "an attached leaf has a remote to every cluster node, in the CIM account" = {
+      expr = map (r: { inherit (r) urls account; }) (natsSettings attached).leafnodes.remotes;
+      expected = [
+        {
+          urls = [
+            "nats-leaf://10.0.0.11:7422"
+            "nats-leaf://10.0.0.12:7422"
+            "nats-leaf://10.0.0.13:7422"
+          ];
+          account = "CIM";
+        }
+      ];
+    };
+    "an attached leaf has a JetStream domain of its own" = {
+      expr = (natsSettings attached).jetstream.domain;
+      expected = "leaf";
+    };
+    "the hub seed reaches nats-server as a credential, spliced in at start" = {
+      expr = {
+        cred = attached.systemd.services.nats.serviceConfig.LoadCredential;
+        exec = attached.systemd.services.nats.serviceConfig.ExecStart;
+      };
+      expected = {
+        cred = [ "hub-seed:/run/keys/cim-hub.nk" ];
+        exec = "${h.pkgs.nats-server}/bin/nats-server -c /run/cim-nats/nats.conf";
+      };
+    };
+    "the cluster accepts the attached leaf's key" = {
+      expr = builtins.elem f.keys.hub (userKeys (node 3));
+      expected = true;
+    };
+
+    # --- JetStream, monitoring, TLS ------------------------------------------------------
+    "JetStream is on with its store directory and limits" = {
+      expr = (natsSettings leaf).jetstream;
+      expected = {
+        store_dir = "/var/lib/nats";
+        max_memory_store = "1G";
+        max_file_store = "10G";
+      };
+    };
+    "the monitoring port listens on loopback" = {
+      expr = (natsSettings leaf).http;
+      expected = "127.0.0.1:8222";
+    };
+    "TLS files reach nats-server as credentials, and the config names only their copies" =
+      let
+        c = cfgOf (
+          f.clusterNode 1
+          ++ [
+            {
+              services.cim.nats.tls.route = {
+                certFile = "/run/keys/route.crt";
+                keyFile = "/run/keys/route.key";
+                caFile = "/run/keys/ca.crt";
+              };
+            }
+          ]
+        );
+      in
+      {
+        expr = {
+          tls = (natsSettings c).cluster.tls;
+          creds = c.systemd.services.nats.serviceConfig.LoadCredential;
+          validate = c.services.nats.validateConfig;
+        };
+        expected = {
+          tls = {
+            cert_file = "/run/credentials/nats.service/route-cert";
+            key_file = "/run/credentials/nats.service/route-key";
+            ca_file = "/run/credentials/nats.service/route-ca";
+            verify = true;
+          };
+          creds = [
+            "route-cert:/run/keys/route.crt"
+            "route-key:/run/keys/route.key"
+            "route-ca:/run/keys/ca.crt"
+          ];
+          validate = false;
+        };
+      };
+
+    # --- replicas follow the topology ----------------------------------------------------
+    "a leaf provisions 1 replica" = {
+      expr = leaf.services.cim.provision.specFile.json.replicas;
+      expected = 1;
+    };
+    "a cluster provisions 3 replicas" = {
+      expr = (node 1).services.cim.provision.specFile.json.replicas;
+      expected = 3;
+    };
+    "the spec asks for the core resources and renders no extras by default" = {
+      expr = removeAttrs leaf.services.cim.provision.specFile.json [ "replicas" ];
+      expected = {
+        include_core = true;
+        streams = [ ];
+        consumers = [ ];
+        kv = [ ];
+        objects = [ ];
+      };
+    };
+    "provisioning is a oneshot after NATS, logging in with the admin credential" =
+      let
+        unit = leaf.systemd.services.cim-provision;
+      in
+      {
+        expr = {
+          inherit (unit.serviceConfig) Type LoadCredential ExecStart;
+          inherit (unit) after requires restartTriggers;
+        };
+        expected = {
+          Type = "oneshot";
+          LoadCredential = [ "admin:/run/keys/cim-admin.nk" ];
+          ExecStart = "${h.pkgs.cim}/bin/cim --server nats://127.0.0.1:4222 --nkey %d/admin provision --spec ${leaf.services.cim.provision.specFile}";
+          after = [ "nats.service" ];
+          requires = [ "nats.service" ];
+          restartTriggers = [ leaf.services.cim.provision.specFile ];
+        };
+      };
+
+    # --- capabilities: container, config file, NATS user ---------------------------------
+    "the enabled store has its container, started at boot on a private link" = {
+      expr = {
+        inherit (storeContainer leaf) autoStart privateNetwork hostAddress localAddress;
+      };
+      expected = {
+        autoStart = true;
+        privateNetwork = true;
+        hostAddress = "10.233.4.1";
+        localAddress = "10.233.4.2";
+      };
+    };
+    "the store's seed is bind-mounted read-only, and nothing else" = {
+      expr = lib.mapAttrs (_: m: { inherit (m) hostPath isReadOnly; }) (storeContainer leaf).bindMounts;
+      expected = {
+        "/run/cim/secrets/nkey" = {
+          hostPath = "/run/keys/cim-store.nk";
+          isReadOnly = true;
+        };
+      };
+    };
+    "the store agent runs `cim agent run store` from its checked config" = {
+      expr = {
+        exec = (storeUnit leaf).serviceConfig.ExecStart;
+        etc = (storeContainer leaf).config.environment.etc."cim/store.json".source.name;
+        check = lib.hasInfix "bin/cim config check" (storeContainer leaf).config.environment.etc."cim/store.json".source.script;
+      };
+      expected = {
+        exec = "${h.pkgs.cim}/bin/cim agent run store --config /etc/cim/store.json";
+        etc = "cim-store-config";
+        check = true;
+      };
+    };
+    "the store agent unit is hardened and gets its seed as a credential" = {
+      expr = {
+        inherit ((storeUnit leaf).serviceConfig)
+          DynamicUser
+          NoNewPrivileges
+          ProtectSystem
+          CapabilityBoundingSet
+          LoadCredential
+          ;
+      };
+      expected = {
+        DynamicUser = true;
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        CapabilityBoundingSet = "";
+        LoadCredential = [ "nkey:/run/cim/secrets/nkey" ];
+      };
+    };
+    "the store config names NATS over the link and the credential, not the host's seed path" = {
+      expr = leaf.services.cim.store.settings;
+      expected = {
+        capability = "store";
+        name = "cim-store";
+        nats = {
+          servers = [ "nats://10.233.4.1:4222" ];
+          nkey_seed_file = "/run/credentials/cim-agent.service/nkey";
+        };
+        metrics = {
+          host = "0.0.0.0";
+          port = 9464;
+        };
+        log_level = "info";
+      };
+    };
+    "settings are freeform and user values win over the defaults" = {
+      expr =
+        (cfgOf (
+          f.leaf
+          ++ [
+            {
+              services.cim.store.settings = {
+                log_level = "debug";
+                max_unit_size = 1024;
+              };
+            }
+          ]
+        )).services.cim.store.settings;
+      expected = leaf.services.cim.store.settings // {
+        log_level = "debug";
+        max_unit_size = 1024;
+      };
+    };
+    "the NATS client port is open only on the store's link" = {
+      expr = leaf.networking.firewall.interfaces."ve-cim-store".allowedTCPPorts;
+      expected = [ 4222 ];
+    };
+    "the store's NATS user has exactly the store's permissions" = {
+      expr = lib.findFirst (u: u.nkey == f.keys.store) null (users leaf);
+      expected = {
+        nkey = f.keys.store;
+        permissions = {
+          publish.allow = (capabilities.permissions "store").publish;
+          subscribe.allow = (capabilities.permissions "store").subscribe;
+        };
+      };
+    };
+    "the store may not delete or purge the event stream" = {
+      expr =
+        let
+          allowed = (lib.findFirst (u: u.nkey == f.keys.store) null (users leaf)).permissions.publish.allow;
+        in
+        lib.filter (s: lib.hasInfix "DELETE.CIM_EVENTS" s && !(lib.hasPrefix "$JS.API.CONSUMER" s) || lib.hasInfix "PURGE.CIM_EVENTS" s || s == ">" || s == "$JS.API.>") allowed;
+      expected = [ ];
+    };
+    "the operator user is unrestricted in the CIM account" = {
+      expr = lib.findFirst (u: u.nkey == f.keys.admin) null (users leaf);
+      expected = {
+        nkey = f.keys.admin;
+      };
+    };
+    "a disabled store has no container, no config, no user and no open port" =
+      let
+        c = cfgOf (f.leaf ++ [ { services.cim.store.enable = lib.mkForce false; } ]);
+      in
+      {
+        expr = {
+          containers = builtins.attrNames c.containers;
+          users = userKeys c;
+          interfaces = builtins.attrNames c.networking.firewall.interfaces;
+        };
+        expected = {
+          containers = [ ];
+          users = [ f.keys.admin ];
+          interfaces = [ ];
+        };
+      };
+    "every capability in capabilities.json that has a module gets a container when enabled" = {
+      expr = builtins.attrNames leaf.containers;
+      expected = map (n: "cim-${n}") (builtins.filter (n: leaf.services.cim ? ${n} && leaf.services.cim.${n}.enable) capabilities.names);
+    };
+
+    # --- no secret is rendered -----------------------------------------------------------
+    "no seed appears in the NATS config, the agent config or the spec" = {
+      expr = map hasSeed [
+        (natsSettings attached)
+        attached.services.cim.store.settings
+        attached.services.cim.provision.specFile.json
+      ];
+      expected = [ false false false ];
+    };
+    "the host's seed paths appear in no rendered config" = {
+      expr = lib.filter (s: lib.hasPrefix "/run/keys/" s) (
+        strings [
+          (natsSettings attached)
+          attached.services.cim.store.settings
+          attached.services.cim.provision.specFile.json
+        ]
+      );
+      expected = [ ];
+    };
+
+    # --- every assertion fires on its bad input ------------------------------------------
+    "assertion: a cluster with fewer than 3 nodes" = fires (
+      f.clusterNode 1 ++ [ { services.cim.cluster.nodes = lib.mkForce (lib.take 2 f.nodes); } ]
+    ) "needs at least 3 nodes";
+    "assertion: a node missing from its own node list" = fires (
+      f.clusterNode 1 ++ [ { services.cim.nodeName = lib.mkForce "cluster-9"; } ]
+    ) "must be in its own node list";
+    "assertion: two nodes with one name" = fires (
+      f.clusterNode 1
+      ++ [
+        {
+          services.cim.cluster.nodes = lib.mkForce (f.nodes ++ [ { name = "cluster-1"; address = "10.0.0.14"; } ]);
+        }
+      ]
+    ) "more than once";
+    "assertion: two nodes with one address" = fires (
+      f.clusterNode 1
+      ++ [
+        {
+          services.cim.cluster.nodes = lib.mkForce (f.nodes ++ [ { name = "cluster-4"; address = "10.0.0.11"; } ]);
+        }
+      ]
+    ) "to more than one node";
+    "assertion: a seed given as a string instead of a file" = fires (
+      f.leaf ++ [ { services.cim.store.nkeySeedFile = lib.mkForce f.fakeSeed; } ]
+    ) "holds an nkey seed itself";
+    "assertion: a secret file given as a Nix path" = fires (
+      f.leaf ++ [ { services.cim.store.nkeySeedFile = lib.mkForce ./fixtures.nix; } ]
+    ) "copied into the world-readable Nix store";
+    "assertion: a secret file inside the Nix store" = fires (
+      f.leaf ++ [ { services.cim.provision.adminSeedFile = lib.mkForce "${builtins.storeDir}/x-admin.nk"; } ]
+    ) "is inside the Nix store";
+    "assertion: a seed where the public key goes" = fires (
+      f.leaf ++ [ { services.cim.store.nkeyPublicKey = lib.mkForce f.fakeSeed; } ]
+    ) "is an nkey SEED";
+    "assertion: a malformed public key" = fires (
+      f.leaf ++ [ { services.cim.nats.adminPublicKey = lib.mkForce "not-a-key"; } ]
+    ) "is not a user nkey public key";
+    "assertion: an inline secret in an agent's settings" = fires (
+      f.leaf ++ [ { services.cim.store.settings.nats.nkey_seed = "anything"; } ]
+    ) "services.cim.store.settings.nats.nkey_seed would put a secret";
+    "assertion: a capability enabled without CIM's NATS" = fires (
+      f.leaf ++ [ { services.cim.enable = lib.mkForce false; } ]
+    ) "but services.cim.enable is not";
+    "assertion: a capability enabled with NATS switched off" = fires (
+      f.leaf ++ [ { services.nats.enable = lib.mkForce false; } ]
+    ) "services.nats.enable is false";
+    "assertion: a capability without its public key" = fires (
+      f.leaf ++ [ { services.cim.store.nkeyPublicKey = lib.mkForce null; } ]
+    ) "services.cim.store.nkeyPublicKey is not set";
+    "assertion: a capability without its seed file" = fires (
+      f.leaf ++ [ { services.cim.store.nkeySeedFile = lib.mkForce null; } ]
+    ) "services.cim.store.nkeySeedFile is not set";
+    "assertion: a hub without this leaf's seed" = fires (
+      f.attachedLeaf ++ [ { services.cim.nats.hub.nkeySeedFile = lib.mkForce null; } ]
+    ) "services.cim.nats.hub.nkeySeedFile is not";
+    "assertion: provisioning without the admin seed" = fires (
+      f.leaf ++ [ { services.cim.provision.adminSeedFile = lib.mkForce null; } ]
+    ) "adminSeedFile is not set";
+    "assertion: provisioning without the admin public key" = fires (
+      f.leaf ++ [ { services.cim.nats.adminPublicKey = lib.mkForce null; } ]
+    ) "adminPublicKey is not set";
+    "assertion: a TLS certificate without its key" = fires (
+      f.leaf ++ [ { services.cim.nats.tls.client.certFile = "/run/keys/client.crt"; } ]
+    ) "certFile and keyFile go together";
+  };
+
+  results = lib.mapAttrs (
+    name: t:
+    let
+      tried = builtins.tryEval (builtins.deepSeq t.expr t.expr);
+    in
+    if !tried.success then
+      {
+        ok = false;
+        got = "evaluation failed";
+      }
+    else
+      {
+        ok = tried.value == t.expected;
+        got = if t ? got then t.got else tried.value;
+      }
+  ) tests;
+in
+{
+  count = builtins.length (builtins.attrNames tests);
+  failures = lib.mapAttrsToList (name: r: {
+    inherit name;
+    inherit (r) got;
+    expected = tests.${name}.expected;
+  }) (lib.filterAttrs (_: r: !r.ok) results);
+  # Rendered agent configs, for `cim config check` (tests/test_nix_eval.py).
+  agentConfigs = {
+    leaf-store = leaf.services.cim.store.settings;
+    cluster-2-store = (node 2).services.cim.store.settings;
+    attached-leaf-store = attached.services.cim.store.settings;
+  };
+}

@@ -1,0 +1,72 @@
+# Host configurations the evaluation tests and the option docs share. Public keys only:
+# they were made with `cim keys new` and their seeds thrown away.
+{ lib }:
+rec {
+  keys = {
+    store = "UDBJEDFLVNCVTWTLORJSJR3UXZJXIZGGJM2ZCFO5HWYQPJWP5CBSSBKU";
+    admin = "UB2YRDJVEZM7THDKGYWC2HNWOLG4WEJ62R4KCLLAZAN4LYG3KRD6DT7S";
+    hub = "UDQ37CQT45ICXC6DOMPESLRJXEA3HRFURBQ4GMDP4RZ2HYNV5J2OF5NS";
+  };
+  # Shaped like a seed so the checks recognise it; not a real key.
+  fakeSeed = "SU" + lib.concatStrings (lib.genList (_: "A") 56);
+
+  common = {
+    system.stateVersion = "26.05";
+    services.cim = {
+      enable = true;
+      nats.adminPublicKey = keys.admin;
+      provision.adminSeedFile = "/run/keys/cim-admin.nk";
+    };
+  };
+
+  withStore = {
+    services.cim.store = {
+      enable = true;
+      nkeyPublicKey = keys.store;
+      nkeySeedFile = "/run/keys/cim-store.nk";
+    };
+  };
+
+  leaf = [
+    common
+    withStore
+    { networking.hostName = "leaf"; }
+  ];
+
+  nodes = [
+    {
+      name = "cluster-1";
+      address = "10.0.0.11";
+    }
+    {
+      name = "cluster-2";
+      address = "10.0.0.12";
+    }
+    {
+      name = "cluster-3";
+      address = "10.0.0.13";
+    }
+  ];
+
+  clusterNode = i: [
+    common
+    withStore
+    {
+      networking.hostName = "cluster-${toString i}";
+      services.cim = {
+        topology = "cluster";
+        cluster.nodes = nodes;
+        nats.leafnodes.publicKeys = [ keys.hub ];
+      };
+    }
+  ];
+
+  attachedLeaf = leaf ++ [
+    {
+      services.cim.nats.hub = {
+        urls = map (n: "nats-leaf://${n.address}:7422") nodes;
+        nkeySeedFile = "/run/keys/cim-hub.nk";
+      };
+    }
+  ];
+}
