@@ -19,6 +19,10 @@ let
   node = i: cfgOf (f.clusterNode i);
   attached = cfgOf f.attachedLeaf;
 
+  # The example fleet in hosts/, without the placeholder hardware (not declared here).
+  hosts = import ../../hosts;
+  host = name: cfgOf (builtins.filter (m: m != ../../hosts/hardware.nix) hosts.${name}.modules);
+
   natsSettings = config: config.services.nats.settings;
   users = config: (natsSettings config).accounts.CIM.users;
   userKeys = config: map (u: u.nkey) (users config);
@@ -101,6 +105,70 @@ let
     "an invalid systemd Restart value fails" = {
       expr = h.fails (cfgOf (f.leaf ++ [ { systemd.services.cim-provision.serviceConfig.Restart = "sometimes"; } ])).systemd.services.cim-provision.serviceConfig;
       expected = true;
+    };
+
+    # --- the example fleet in hosts/ ------------------------------------------------------
+    "every example host passes every assertion" = {
+      expr = map (name: h.failedAssertions (host name)) (builtins.attrNames hosts);
+      expected = map (_: [ ]) (builtins.attrNames hosts);
+    };
+    "the fleet is a leaf and three cluster nodes" = {
+      expr = lib.mapAttrs (name: _: (host name).services.cim.topology) hosts;
+      expected = {
+        leaf = "leaf";
+        cluster-1 = "cluster";
+        cluster-2 = "cluster";
+        cluster-3 = "cluster";
+      };
+    };
+    "host cluster-2 routes to cluster-1 and cluster-3, not to itself" = {
+      expr = (natsSettings (host "cluster-2")).cluster.routes;
+      expected = [
+        "nats-route://10.0.0.11:6222"
+        "nats-route://10.0.0.13:6222"
+      ];
+    };
+    "the leaf host attaches to all three cluster nodes and they accept its key" = {
+      expr = {
+        urls = (builtins.head (natsSettings (host "leaf")).leafnodes.remotes).urls;
+        accepted = map (i: builtins.elem (import ../../hosts/keys.nix).leaf.hub (userKeys (host "cluster-${toString i}"))) [ 1 2 3 ];
+      };
+      expected = {
+        urls = [
+          "nats-leaf://10.0.0.11:7422"
+          "nats-leaf://10.0.0.12:7422"
+          "nats-leaf://10.0.0.13:7422"
+        ];
+        accepted = [ true true true ];
+      };
+    };
+    "colmena tags and keys come from the same host list" = {
+      expr = lib.mapAttrs (_: h: {
+        inherit (h.deployment) tags;
+        keys = builtins.attrNames h.deployment.keys;
+      }) hosts;
+      expected = {
+        leaf = {
+          tags = [ "cim-leaf" ];
+          keys = [ "cim-admin.nk" "cim-hub.nk" "cim-s3.env" "cim-store.nk" ];
+        };
+        cluster-1 = {
+          tags = [ "cim-cluster" ];
+          keys = [ "cim-admin.nk" "cim-s3.env" "cim-store.nk" ];
+        };
+        cluster-2 = {
+          tags = [ "cim-cluster" ];
+          keys = [ "cim-admin.nk" "cim-s3.env" "cim-store.nk" ];
+        };
+        cluster-3 = {
+          tags = [ "cim-cluster" ];
+          keys = [ "cim-admin.nk" "cim-s3.env" "cim-store.nk" ];
+        };
+      };
+    };
+    "deployed secrets are read on the deployer, never given as text" = {
+      expr = lib.unique (lib.concatMap (h: lib.mapAttrsToList (_: k: builtins.head k.keyCommand) h.deployment.keys) (builtins.attrValues hosts));
+      expected = [ "cat" ];
     };
 
     # --- routes --------------------------------------------------------------------------
@@ -504,5 +572,6 @@ in
     leaf-store = leaf.services.cim.store.settings;
     cluster-2-store = (node 2).services.cim.store.settings;
     attached-leaf-store = attached.services.cim.store.settings;
-  };
+  }
+  // lib.mapAttrs' (name: _: lib.nameValuePair "host-${name}-store" (host name).services.cim.store.settings) hosts;
 }
