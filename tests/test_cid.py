@@ -54,3 +54,14 @@ def test_bad_cids_are_refused_with_the_rule(bad, says):
     assert says in str(err.value)
     assert isinstance(err.value, CimError)
     assert err.value.field == "cid"
+
+
+@given(st.from_regex(r"bafkrei[a-z2-7]{52}", fullmatch=True))
+def test_the_fast_check_agrees_with_the_full_decoder(candidate):
+    try:
+        cid.digest_of(candidate)
+        full = True
+    except InvalidCid:
+        full = False
+    fast = bool(cid._CANONICAL.match(candidate))
+    assert fast == full

@@ -195,4 +195,4 @@ def validated(event: Event) -> Event:
             path = ".".join(str(p) for p in first["loc"])
             raise InvalidInput(f"data.{path}" if path else "data", first["msg"]) from None
         raise
-    return event.model_copy(update={"data": data})
+    return event if data == event.data else event.model_copy(update={"data": data})

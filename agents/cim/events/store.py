@@ -102,25 +102,42 @@ class EventStore:
             raise self._map(APIError(**{k: err.get(k) for k in ("code", "err_code", "description")}), batch[0], expected_revision)
         raise AssertionError("unreachable")
 
-    async def append_many(self, events: Iterable[Event]) -> list[Appended]:
-        """Pipelined appends without a revision check: many events in flight, each acked.
+    async def append_many(self, events: Iterable[Event], *, window: int = 2000) -> list[Appended]:
+        """Pipelined appends without a revision check: up to `window` in flight, each acked.
 
-        nats-py bounds the number in flight (its publish_async semaphore), so memory stays flat.
+        The window stays under nats-py's own limit of pending publishes, so its semaphore
+        never blocks; `wait_stall` would bound that wait but wraps every publish in a task,
+        which costs more than half the throughput. Every wait here is bounded instead.
         """
         prepared = [validated(e) for e in events]
-        pending = [
-            await self.js.publish_async(e.subject, e.payload(), headers=e.headers(), wait_stall=self.timeout)
-            for e in prepared
-        ]
-        results = await asyncio.gather(*pending, return_exceptions=True)
+        futures: list[asyncio.Future] = []
+        oldest = 0
+        for event in prepared:
+            if len(futures) - oldest >= window:
+                await self._acked(futures[oldest], len(futures) - oldest)
+                while oldest < len(futures) and futures[oldest].done():
+                    oldest += 1
+            futures.append(await self.js.publish_async(event.subject, event.payload(), headers=event.headers()))
+        for fut in futures[oldest:]:
+            await self._acked(fut, len(futures) - oldest)
         out = []
-        for event, res in zip(prepared, results, strict=True):
-            if isinstance(res, APIError):
-                raise self._map(res, event, None)
-            if isinstance(res, BaseException):
-                raise JetStreamUnavailable(f"append of {event.subject} was not acknowledged: {res or type(res).__name__}")
-            out.append(Appended(res.seq, bool(res.duplicate)))
+        for event, fut in zip(prepared, futures, strict=True):
+            err = fut.exception()
+            if isinstance(err, APIError):
+                raise self._map(err, event, None)
+            if err is not None:
+                raise JetStreamUnavailable(f"append of {event.subject} was not acknowledged: {err or type(err).__name__}")
+            ack = fut.result()
+            out.append(Appended(ack.seq, bool(ack.duplicate)))
         return out
+
+    async def _acked(self, fut: asyncio.Future, in_flight: int) -> None:
+        done, _ = await asyncio.wait([fut], timeout=self.timeout)
+        if not done:
+            raise JetStreamUnavailable(
+                f"{in_flight} appends were not acknowledged within {self.timeout:g}s; their outcome is unknown: "
+                "send the same events again, their ids make the retry safe"
+            )
 
     def _map(self, err: APIError, event: Event, expected_revision: int | None) -> CimError:
         if err.err_code == WRONG_LAST_SEQUENCE:
