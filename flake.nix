@@ -1,0 +1,160 @@
+{
+  description = "CIM, the Composable Information Machine: NATS JetStream agents in NixOS containers";
+
+  inputs = {
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+    colmena = {
+      url = "github:zhaofengli/colmena";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+  };
+
+  outputs =
+    {
+      self,
+      nixpkgs,
+      colmena,
+    }:
+    let
+      inherit (nixpkgs) lib;
+      capabilities = import ./modules/capabilities.nix;
+      # ONE host list for nixosConfigurations and the colmena hive.
+      hosts = import ./hosts;
+
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+
+      # The capabilities whose module exists in this version.
+      withModule = builtins.filter (name: builtins.pathExists ./modules/${name}.nix) capabilities.names;
+
+      evalTests = pkgs: import ./tests/nix { inherit (pkgs) lib; };
+
+      optionsDocJSON =
+        pkgs:
+        pkgs.writeText "cim-options.json" (builtins.toJSON (import ./tests/nix/options-doc.nix { inherit (pkgs) lib; }));
+    in
+    {
+      overlays.default = final: prev: { cim = final.callPackage ./package.nix { }; };
+
+      nixosModules =
+        {
+          default =
+            { lib, pkgs, ... }:
+            {
+              imports = [ ./modules ];
+              services.cim.package = lib.mkDefault (pkgs.callPackage ./package.nix { });
+            };
+        }
+        # nixosModules.<capability>: CIM with that capability switched on.
+        // lib.genAttrs withModule (name: {
+          imports = [ self.nixosModules.default ];
+          services.cim.${name}.enable = lib.mkDefault true;
+        });
+
+      packages = forAllSystems (
+        pkgs:
+        let
+          cim = pkgs.callPackage ./package.nix { };
+        in
+        {
+          inherit cim;
+          default = cim;
+          # The services.cim option reference, as Markdown (the same text as docs/options.md).
+          options-doc = pkgs.runCommand "cim-options.md" { nativeBuildInputs = [ pkgs.python3 ]; } ''
+            python3 ${./tests/nix/render_options.py} --json ${optionsDocJSON pkgs} --output $out
+          '';
+        }
+      );
+
+      nixosConfigurations = lib.mapAttrs (
+        name: host:
+        lib.nixosSystem {
+          modules = host.modules ++ [ self.nixosModules.default ];
+        }
+      ) hosts;
+
+      colmena =
+        {
+          meta = {
+            nixpkgs = import nixpkgs { system = "x86_64-linux"; };
+            description = "CIM: a leaf and a 3-node cluster";
+          };
+        }
+        // lib.mapAttrs (name: host: {
+          imports = host.modules ++ [ self.nixosModules.default ];
+          inherit (host) deployment;
+        }) hosts;
+
+      colmenaHive = colmena.lib.makeHive self.colmena;
+
+      checks = forAllSystems (
+        pkgs:
+        let
+          results = evalTests pkgs;
+          cim = self.packages.${pkgs.stdenv.hostPlatform.system}.cim;
+          vmTest = file: pkgs.testers.runNixOSTest (import file { inherit self; });
+        in
+        {
+          package = cim;
+
+          # The evaluation tests, against the real nixpkgs lib.
+          eval-tests =
+            if results.failures == [ ] then
+              pkgs.runCommand "cim-eval-tests" { } "echo '${toString results.count} evaluation tests passed' > $out"
+            else
+              throw "CIM evaluation tests failed: ${builtins.toJSON results.failures}";
+
+          # Every agent config the modules render is accepted by `cim config check`.
+          agent-configs = pkgs.runCommand "cim-agent-configs" { } (
+            lib.concatStrings (
+              lib.mapAttrsToList (name: settings: ''
+                ${cim}/bin/cim config check ${pkgs.writeText "${name}.json" (builtins.toJSON settings)}
+              '') results.agentConfigs
+            )
+            + "touch $out"
+          );
+
+          # docs/options.md is what the options say now.
+          options-doc = pkgs.runCommand "cim-options-doc-current" { nativeBuildInputs = [ pkgs.python3 ]; } ''
+            python3 ${./tests/nix/render_options.py} --json ${optionsDocJSON pkgs} --check ${./docs/options.md}
+            touch $out
+          '';
+
+          vm-leaf = vmTest ./tests/nixos/leaf.nix;
+          vm-cluster = vmTest ./tests/nixos/cluster.nix;
+          vm-security = vmTest ./tests/nixos/security.nix;
+        }
+      );
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          packages = [
+            (pkgs.python3.withPackages (
+              ps: with ps; [
+                nats-py
+                nkeys
+                pydantic
+                typer
+                jinja2
+                boto3
+                prometheus-client
+                pytest
+                pytest-asyncio
+                pytest-timeout
+                hypothesis
+              ]
+            ))
+            pkgs.nats-server
+            pkgs.natscli
+            pkgs.nixfmt-rfc-style
+            colmena.packages.${pkgs.stdenv.hostPlatform.system}.colmena
+          ];
+          # The evaluation tests find nixpkgs' lib here.
+          CIM_NIXPKGS_LIB = "${nixpkgs}/lib";
+        };
+      });
+    };
+}
