@@ -1,0 +1,107 @@
+# Three nodes with R3 streams. A client keeps putting units (each put appends an event and
+# is acknowledged only once stored) while the stream leader crashes; every acknowledged
+# unit is still there afterwards, and the crashed node rejoins and catches up.
+{ self }:
+let
+  common = import ./common.nix { inherit self; };
+  names = map (i: "cluster${toString i}") [ 1 2 3 ];
+  urls = map (name: "nats://${name}:4222") names;
+
+  node =
+    index:
+    { ... }:
+    {
+      imports = [ common.cimNode ];
+      services.cim = {
+        topology = "cluster";
+        cluster.nodes = map (name: {
+          inherit name;
+          address = name;
+        }) names;
+        # The client machine reaches every node.
+        nats.openFirewall = true;
+      };
+    };
+in
+{
+  name = "cim-cluster";
+
+  nodes = {
+    cluster1 = node 1;
+    cluster2 = node 2;
+    cluster3 = node 3;
+
+    client =
+      { pkgs, ... }:
+      {
+        environment.systemPackages = [
+          self.packages.${pkgs.stdenv.hostPlatform.system}.cim
+          pkgs.natscli
+          pkgs.jq
+        ];
+        # The load: put 300 small units, one line of JSON per acknowledged put.
+        systemd.services.cim-load = {
+          path = [ self.packages.${pkgs.stdenv.hostPlatform.system}.cim ];
+          serviceConfig.Type = "exec";
+          script = ''
+            for i in $(seq 1 300); do
+              echo "unit $i" > /tmp/unit-$i
+              cim --server "${toString urls}" --nkey /run/keys/cim-admin.nk --json units put /tmp/unit-$i \
+                >> /tmp/acked.jsonl || true
+            done
+          '';
+        };
+      };
+  };
+
+  testScript =
+    { nodes, ... }:
+    common.helpers
+    + ''
+      servers = [cluster1, cluster2, cluster3]
+      CLIENT = "cim --server '${toString urls}' --nkey /run/keys/cim-admin.nk"
+      NATS = "nats --server '${builtins.concatStringsSep "," urls}' --nkey /run/keys/cim-admin.nk"
+      LAST_SEQ = """curl -s 'http://127.0.0.1:8222/jsz?accounts=true&streams=true' | jq '[.account_details[].stream_detail[]? | select(.name == "CIM_EVENTS") | .state.last_seq] | max // 0'"""
+
+
+      def stream_leader():
+          """The machine that leads CIM_EVENTS now."""
+          name = client.succeed(f"{NATS} stream info CIM_EVENTS --json | jq -r .cluster.leader").strip()
+          return next(m for m in servers if m.name == name)
+
+
+      start_all()
+      for server in servers:
+          server.wait_for_unit("nats.service")
+          install_keys(server)
+      client.succeed("install -d -m 0750 /run/keys")
+      client.succeed(f"install -m 0600 /dev/stdin /run/keys/cim-admin.nk <<< '{SEEDS['cim-admin.nk']}'")
+
+      with subtest("provisioning on every node makes the streams R3"):
+          for server in servers:
+              server.wait_for_unit("cim-provision.service")
+          client.wait_until_succeeds(f"{NATS} stream info CIM_EVENTS --json | jq -e '.config.num_replicas == 3'")
+          wait_for_agents(cluster1, ${builtins.toJSON (builtins.attrNames nodes.cluster1.containers)})
+
+      with subtest("the stream leader crashes while units are put; no acknowledged one is lost"):
+          client.succeed("systemctl start --no-block cim-load.service")
+          client.wait_until_succeeds("[ $(wc -l < /tmp/acked.jsonl) -ge 20 ]")
+          crashed = stream_leader()
+          crashed.crash()
+          client.wait_until_fails("systemctl is-active --quiet cim-load.service")
+          acked = [json.loads(line)[0]["cid"] for line in client.succeed("cat /tmp/acked.jsonl").splitlines()]
+          assert len(acked) > 20, f"only {len(acked)} puts were acknowledged"
+          missing = client.succeed(
+              f"for cid in {' '.join(acked)}; do {CLIENT} units show $cid > /dev/null || echo $cid; done"
+          )
+          assert missing.strip() == "", f"acknowledged but lost: {missing}"
+
+      with subtest("the crashed node rejoins and catches up"):
+          survivor = next(m for m in servers if m is not crashed)
+          want = int(survivor.succeed(LAST_SEQ))
+          crashed.start()
+          crashed.wait_for_unit("nats.service")
+          install_keys(crashed)
+          crashed.wait_until_succeeds(f"[ $({LAST_SEQ}) -ge {want} ]")
+    '';
+}

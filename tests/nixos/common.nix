@@ -1,0 +1,58 @@
+# What the VM tests share: a CIM node configured as a user would, and the script helpers.
+{ self }:
+let
+  keys = import ./keys.nix;
+in
+{
+  inherit keys;
+
+  # A CIM host with the store capability; seeds are expected in /run/keys.
+  cimNode =
+    { pkgs, ... }:
+    {
+      imports = [ self.nixosModules.default ];
+      virtualisation.memorySize = 2048;
+      environment.systemPackages = [
+        pkgs.natscli
+        pkgs.jq
+        pkgs.curl
+      ];
+      services.cim = {
+        enable = true;
+        nats.adminPublicKey = keys.admin.public;
+        provision.adminSeedFile = "/run/keys/cim-admin.nk";
+        store = {
+          enable = true;
+          nkeyPublicKey = keys.store.public;
+          nkeySeedFile = "/run/keys/cim-store.nk";
+        };
+      };
+    };
+
+  # Python prepended to each test script.
+  helpers = ''
+    import json
+
+    SEEDS = {
+        "cim-admin.nk": "${keys.admin.seed}",
+        "cim-store.nk": "${keys.store.seed}",
+    }
+    CIM = "cim --nkey /run/keys/cim-admin.nk"
+
+
+    def install_keys(machine):
+        """Put the seeds where colmena's deployment.keys would, then (re)start what needs them."""
+        machine.succeed("install -d -m 0750 /run/keys")
+        for name, seed in SEEDS.items():
+            machine.succeed(f"install -m 0600 /dev/stdin /run/keys/{name} <<< '{seed}'")
+        machine.succeed("systemctl reset-failed")
+        machine.succeed("systemctl restart cim-provision.service container@cim-store.service")
+
+
+    def wait_for_agents(machine, containers):
+        """Every container is up and its agent unit active."""
+        for container in containers:
+            machine.wait_for_unit(f"container@{container}.service")
+            machine.wait_until_succeeds(f"systemctl -M {container} is-active cim-agent.service")
+  '';
+}

@@ -1,0 +1,41 @@
+# The store's credential cannot purge or delete a stream it does not own, and no seed is
+# in the system closure.
+{ self }:
+let
+  common = import ./common.nix { inherit self; };
+in
+{
+  name = "cim-security";
+
+  nodes.leaf = common.cimNode;
+
+  testScript = common.helpers + ''
+    AS_STORE = "nats --server nats://127.0.0.1:4222 --nkey /run/keys/cim-store.nk"
+    AS_ADMIN = "nats --server nats://127.0.0.1:4222 --nkey /run/keys/cim-admin.nk"
+
+    start_all()
+    leaf.wait_for_unit("nats.service")
+    install_keys(leaf)
+    leaf.wait_for_unit("cim-provision.service")
+
+    with subtest("the store credential may not purge or delete the event stream"):
+        leaf.succeed(f"{CIM} units put /etc/hostname")
+        before = leaf.succeed(f"{AS_ADMIN} stream info CIM_EVENTS --json | jq .state.messages").strip()
+        assert int(before) > 0
+        leaf.fail(f"{AS_STORE} stream purge CIM_EVENTS --force")
+        leaf.fail(f"{AS_STORE} stream rm CIM_EVENTS --force")
+        after = leaf.succeed(f"{AS_ADMIN} stream info CIM_EVENTS --json | jq .state.messages").strip()
+        assert after == before, f"CIM_EVENTS went from {before} to {after} messages"
+
+    with subtest("the admin credential may (the refusal above is about permissions)"):
+        leaf.succeed(f"{AS_ADMIN} stream info CIM_EVENTS")
+
+    with subtest("the system closure holds public keys but no seed"):
+        closure = "nix-store -qR /run/current-system | xargs grep -rlsF"
+        # The grep works: the store's public key is in the rendered NATS config.
+        assert leaf.succeed(f"{closure} '${common.keys.store.public}' || true").strip() != ""
+        for name, seed in SEEDS.items():
+            found = leaf.succeed(f"{closure} '{seed}' || true").strip()
+            assert found == "", f"the seed of {name} is in the Nix store: {found}"
+  '';
+}
