@@ -1,0 +1,147 @@
+"""Fixtures with real servers: each test gets its own, on free loopback ports and temp dirs.
+
+Every fixture stops what it started, also when the test or the start itself fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from cim.embedded.nats_server import NatsCluster, NatsServer
+from cim.embedded.s3_server import S3Server
+
+# Markers follow from the fixtures a test uses, so `-m "not cluster"` works without decorating.
+_MARKERS = {
+    "nats_server": "nats",
+    "nats_cluster": "cluster",
+    "s3_server": "s3",
+    "s3_server_2": "s3",
+}
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    # `timeout`, CI runners and job control end a run with SIGTERM, which by default ends
+    # Python without teardown or atexit and orphans every server (they run in their own
+    # sessions). Handled like Ctrl-C, pytest tears the fixtures down first.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture in set(getattr(item, "fixturenames", ())) & _MARKERS.keys():
+            item.add_marker(_MARKERS[fixture])
+
+
+@pytest.fixture
+def nats_server(tmp_path_factory) -> Iterator[NatsServer]:
+    server = NatsServer(store_dir=tmp_path_factory.mktemp("nats") / "store")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_server.url, connect_timeout=5, max_reconnect_attempts=5)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path_factory) -> Iterator[NatsCluster]:
+    cluster = NatsCluster(tmp_path_factory.mktemp("cluster"), size=3)
+    cluster.start()  # stops every node it started if the cluster does not come up
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _s3(tmp_path_factory, name: str) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp(name))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    yield from _s3(tmp_path_factory, "s3")
+
+
+@pytest.fixture
+def s3_server_2(tmp_path_factory) -> Iterator[S3Server]:
+    """A second, independent S3 endpoint, for tests that move data between two tiers."""
+    yield from _s3(tmp_path_factory, "s3b")
+
+
+@pytest.fixture
+def cli(request) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real `cim` command: `cli("units", "ls", server=url, check=False)`.
+
+    The server is `server=` (a URL or a list of URLs), else the harness server the test
+    uses (nats_cluster, then nats_server), else whatever CIM_SERVER the caller's `env` sets.
+    CIM_* variables of the surrounding shell are dropped so a developer's settings cannot
+    leak in. `check=True` fails the test with the command's output on a non-zero exit.
+    """
+
+    def default_server() -> str | None:
+        if "nats_cluster" in request.fixturenames:
+            return " ".join(request.getfixturevalue("nats_cluster").urls)
+        if "nats_server" in request.fixturenames:
+            return request.getfixturevalue("nats_server").url
+        return None
+
+    def run(
+        *args: str,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        server: str | list[str] | None = None,
+        check: bool = True,
+        timeout: float = 60,
+        cwd: str | os.PathLike | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("CIM_")}
+        # Plain, wide output so assertions on text do not depend on the terminal.
+        full_env.update({"NO_COLOR": "1", "TERM": "dumb", "COLUMNS": "200"})
+        url = " ".join(server) if isinstance(server, list) else server or default_server()
+        if url:
+            full_env["CIM_SERVER"] = url
+        full_env.update(env or {})
+        result = subprocess.run(
+            [sys.executable, "-m", "cim", *map(str, args)],
+            input=input, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            pytest.fail(
+                f"cim {' '.join(map(str, args))} exited {result.returncode}\n"
+                f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}",
+                pytrace=False,
+            )
+        return result
+
+    return run
