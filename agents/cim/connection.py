@@ -6,6 +6,8 @@ nats-py reports an initial failure as a bare `NoServersError`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 from pathlib import Path
@@ -163,21 +165,35 @@ async def connect(settings: ConnectionSettings, *, initial_attempts: int = 1) ->
 
     nc = nats.NATS()
     opts = connect_options(settings)
-    opts.update(error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)
+    # nats-py applies max_reconnect_attempts to the first connect too, and with -1 (or 0)
+    # it retries a refused password for ever. Bound the first connect; restore afterwards.
+    opts.update(error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
+                max_reconnect_attempts=max(1, initial_attempts))
     last: Exception | None = None
-    for _ in range(max(1, initial_attempts)):
-        try:
-            await nc.connect(**opts)
-            connected = True
-            return nc
-        except Exception as err:  # nats-py raises many types here; all mean "not connected"
-            last = err
+    # nats-py can also loop for ever on some failures (an untrusted TLS certificate), so the
+    # whole first connect gets a deadline of its own.
+    attempts = max(1, initial_attempts) + 1
+    deadline = attempts * len(settings.servers) * (settings.connect_timeout + settings.reconnect_wait) + 1
+    try:
+        await asyncio.wait_for(nc.connect(**opts), deadline)
+        nc.options["max_reconnect_attempts"] = settings.max_reconnect_attempts
+        connected = True
+        return nc
+    except Exception as err:  # nats-py raises many types here; all mean "not connected"
+        last = err
+        if isinstance(err, asyncio.TimeoutError) and not failures:
+            failures["nats"] = f"no answer within {deadline:.0f}s"
+        with contextlib.suppress(Exception):
+            await nc.close()
     detail = "; ".join(f"{srv}: {why}" for srv, why in failures.items()) or _describe(last)
     servers = ", ".join(settings.servers)
-    raise ConnectionFailed(
-        f"cannot connect to NATS at {servers} ({detail}). Is nats-server running there? "
-        "Start one with `cim up`, or point --server / CIM_SERVER at it."
-    ) from last
+    if "authorization" in detail or "credentials" in detail:
+        hint = "Check the credentials (--nkey, --creds, --user/--password-file or the agent config)."
+    elif "certificate" in detail.lower() or "ssl" in detail.lower():
+        hint = "Check the TLS files (--tls-ca, --tls-cert, --tls-key)."
+    else:
+        hint = "Is nats-server running there? Start one with `cim up`, or point --server / CIM_SERVER at it."
+    raise ConnectionFailed(f"cannot connect to NATS at {servers} ({detail}). {hint}") from last
 
 
 def _server_name(server: Any) -> str:

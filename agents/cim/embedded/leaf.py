@@ -139,7 +139,7 @@ class Leaf:
                     s.restarts = 0
                 continue
             if s.next_start is None:
-                code = s.proc._proc.returncode if s.proc._proc else None  # noqa: SLF001
+                code = s.proc.returncode
                 delay = RESTART_BACKOFF[min(s.restarts, len(RESTART_BACKOFF) - 1)]
                 s.next_start = now + delay
                 notes.append(f"{cap} agent exited (code {code}); restarting in {delay:g}s; log: {s.proc.log_path}")
