@@ -1,7 +1,5 @@
 """Units and their content against a real nats-server: round trip, CID checks, limits."""
 
-import base64
-import json
 import os
 
 import pytest

@@ -1,6 +1,7 @@
 """An R3 event stream keeps every acknowledged event when its leader is SIGKILLed mid-append."""
 
 import asyncio
+import json
 
 import nats
 
@@ -59,3 +60,24 @@ async def test_no_acknowledged_event_is_lost_when_the_stream_leader_is_killed(na
             await node_nc.close()
     finally:
         await nc.close()
+
+
+def test_cluster_twin_units_put_with_cim_while_the_leader_crashes(nats_cluster, cli, tmp_path):
+    """The `cluster` VM test's scenario with the same commands: `cim units put` against all
+    three servers while the stream leader dies; every acknowledged put is still there."""
+    cli("provision", "--replicas", "3")
+    leader = nats_cluster.wait_for_leader("CIM_EVENTS")
+    acked = []
+    for i in range(30):
+        if i == 10:
+            nats_cluster.kill(leader)
+        f = tmp_path / f"unit-{i}"
+        f.write_text(f"unit {i}")
+        r = cli("--json", "units", "put", f, check=False, timeout=120)
+        if r.returncode == 0:
+            acked.append(json.loads(r.stdout)[0]["cid"])
+    assert len(acked) > 10
+    nats_cluster.restart(leader)
+    nats_cluster.wait_healthy(30)
+    listed = {u["cid"] for u in json.loads(cli("--json", "units", "ls").stdout)}
+    assert set(acked) <= listed

@@ -25,6 +25,7 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 from . import cid as cidlib
 from .errors import CidMismatch, CimError, JetStreamUnavailable, UnitNotFound
 from .jsread import read_stream
+from .retry import through_elections
 from .provision import CONTENT_BUCKET
 
 CHUNK_SIZE = 128 * 1024
@@ -118,7 +119,10 @@ class ContentStore:
         meta_subject = f"$O.{self.bucket}.M.{base64.urlsafe_b64encode(cid.encode()).decode()}"
         try:
             # From the leader, not a possibly lagging replica (see EventStore.last).
-            msg = await self.js.get_last_msg(self.stream, meta_subject)
+            msg = await through_elections(
+                lambda: self.js.get_last_msg(self.stream, meta_subject), within=self.timeout * 3,
+                what=f"reading the content index for {cid}",
+            )
         except Exception as err:
             if getattr(err, "code", None) == 404 or isinstance(err, NotFoundError):
                 return None
@@ -145,13 +149,28 @@ class ContentStore:
         if await self.has(cid):
             return False
         store = await self._store()
+        start = source.tell() if source.seekable() else None
         reader = _CountingReader(source, progress)
-        try:
+
+        async def put():
+            nonlocal reader
+            if reader.hasher.size and start is not None:  # a retry: send the content again
+                source.seek(start)
+                reader = _CountingReader(source, progress)
             await store.put(cid, io.BufferedReader(reader, CHUNK_SIZE))
+
+        try:
+            if start is None:
+                await put()
+            else:
+                await through_elections(put, within=self.timeout * 3, what=f"storing the content of {cid}")
         except CimError:
             raise
         except Exception as err:
-            raise JetStreamUnavailable(f"storing the content of {cid} failed: {err or type(err).__name__}") from err
+            raise JetStreamUnavailable(
+                f"storing the content of {cid} failed: {err or type(err).__name__}; nothing was recorded, "
+                "put the file again"
+            ) from err
         actual = reader.hasher.cid()
         if actual != cid:
             await self.delete(cid)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -154,7 +155,10 @@ async def _read_once(
         config["filter_subject"] = subjects[0]
     elif subjects:
         config["filter_subjects"] = subjects
-    resp = await _api(nc, f"CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}, timeout)
+    # Named in the subject (an ephemeral consumer still: no durable_name), so an agent's
+    # permission `$JS.API.CONSUMER.CREATE.<stream>.>` covers it.
+    config["name"] = f"cim_{uuid.uuid4().hex[:16]}"
+    resp = await _api(nc, f"CONSUMER.CREATE.{stream}.{config['name']}", {"stream_name": stream, "config": config}, timeout)
     if "error" in resp:
         err = resp["error"]
         if err.get("err_code") == 10059:

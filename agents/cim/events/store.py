@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from nats.aio.client import Client
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.errors import APIError
 
 from ..errors import CimError, ConcurrencyConflict, InvalidInput, JetStreamUnavailable, NotFound
 from ..jsread import read_stream
 from ..provision import EVENTS_STREAM
+from ..retry import through_elections, transient
 from .envelope import SUBJECT_PREFIX, Event, StoredEvent, aggregate_filter, validated
 
 WRONG_LAST_SEQUENCE = 10071
@@ -56,12 +57,22 @@ class EventStore:
     async def append(self, event: Event, expected_revision: int | None = None) -> Appended:
         event = validated(event)
         headers = _expect_headers(event, expected_revision)
+        payload = event.payload()
+
+        async def publish():
+            return await self.js.publish(event.subject, payload, headers=dict(headers), stream=self.stream)
+
         try:
-            ack = await self.js.publish(event.subject, event.payload(), headers=headers, stream=self.stream)
+            # The same Nats-Msg-Id on every attempt: a retry after a lost ack stores nothing twice.
+            ack = await through_elections(publish, within=self.timeout * 3, what=f"append to {event.subject}")
         except APIError as err:
+            if transient(err):
+                raise await self._unavailable() from None
             raise self._map(err, event, expected_revision) from None
-        except NoStreamResponseError:
-            raise self._no_stream() from None
+        except Exception as err:
+            if transient(err):
+                raise await self._unavailable() from None
+            raise
         return Appended(ack.seq, bool(ack.duplicate))
 
     async def append_batch(self, events: Iterable[Event], expected_revision: int | None = None) -> Appended:
@@ -147,6 +158,19 @@ class EventStore:
                 err.description or "",
             )
         return JetStreamUnavailable(f"append to {event.subject} refused: {err.description} (error {err.err_code})")
+
+    async def _unavailable(self) -> CimError:
+        """Why appends got no answer: a missing stream, or one without a leader."""
+        try:
+            msg = await self.nc.request(f"$JS.API.STREAM.INFO.{self.stream}", b"", timeout=self.timeout)
+            if json.loads(msg.data).get("error", {}).get("err_code") == 10059:
+                return self._no_stream()
+        except Exception:  # no answer either: the cluster itself is in trouble
+            pass
+        return JetStreamUnavailable(
+            f"the event stream {self.stream} did not accept appends for {self.timeout * 3:g}s: it has no leader "
+            "(are enough cluster nodes up?) or JetStream is down; try again when `cim status` answers"
+        )
 
     def _no_stream(self) -> CimError:
         return JetStreamUnavailable(
