@@ -108,6 +108,32 @@ class ProvisionSpec(_Spec):
 
 
 def core_spec() -> ProvisionSpec:
+    """What CIM needs: the base below plus what each capability's agent module declares
+    in `provision_spec()`, so one `cim provision` (and the NixOS activation) covers all."""
+    spec = _base_spec()
+    from .capabilities import CAPABILITIES
+    from .config import agent_module
+    from .errors import ConfigError
+
+    for capability in CAPABILITIES:
+        try:
+            module = agent_module(capability)
+        except ConfigError:
+            continue  # no agent in this version
+        extra = getattr(module, "provision_spec", None)
+        if extra is None:
+            continue
+        part = extra()
+        spec = spec.model_copy(update={
+            "streams": spec.streams + part.streams,
+            "consumers": spec.consumers + part.consumers,
+            "kv": spec.kv + part.kv,
+            "objects": spec.objects + part.objects,
+        })
+    return spec
+
+
+def _base_spec() -> ProvisionSpec:
     return ProvisionSpec(
         include_core=False,
         streams=[

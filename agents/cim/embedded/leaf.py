@@ -85,6 +85,7 @@ class Leaf:
         self.agent_names = available_agents() if agents is None else agents
         self.server: NatsServer | None = None
         self.agents: dict[str, Supervised] = {}
+        self.notes: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -119,6 +120,14 @@ class Leaf:
             "metrics": {"host": "127.0.0.1", "port": metrics_port},
             "log_level": self.log_level,
         }
+        # An agent module may add what it needs on one machine (a port, a folder, a tier
+        # URL under the data dir) and a line for the summary: `embedded_settings(data_dir)`.
+        hook = getattr(agent_module(capability), "embedded_settings", None)
+        if hook is not None:
+            extra, note = hook(self.data_dir)
+            config.update(extra)
+            if note:
+                self.notes[capability] = note
         path.write_text(json.dumps(config, indent=2) + "\n")
         return path
 
@@ -174,6 +183,8 @@ class Leaf:
         ]
         for cap, s in self.agents.items():
             lines.append(f"  {cap:<11} pid {s.proc.pid}, metrics http://127.0.0.1:{s.metrics_port}/metrics, log {s.proc.log_path}")
+            if cap in self.notes:
+                lines.append(f"  {'':<11} {self.notes[cap]}")
         lines += [
             "Try:  cim units put FILE   then   cim events tail",
             "Ctrl-C stops everything; the data stays for the next `cim up`.",
