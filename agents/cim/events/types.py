@@ -45,6 +45,24 @@ def known_types() -> list[str]:
     return sorted(_registry)
 
 
+_loaded = False
+
+
 def _load_builtin() -> None:
-    # The core event models register themselves on import.
-    from .. import unit_events  # noqa: F401
+    """Import every `*_events` module of the package: each registers its models on import.
+
+    A capability adds event types by adding such a module (e.g. `cim/tier_events.py`);
+    plugins register theirs with `@event_type` when they are loaded.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+    import pkgutil
+
+    import cim
+
+    for info in pkgutil.walk_packages(cim.__path__, "cim."):
+        if info.name.rsplit(".", 1)[-1].endswith("_events"):
+            importlib.import_module(info.name)
