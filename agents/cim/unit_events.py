@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from .cid import Cid
 from .events.types import event_type
@@ -20,3 +20,21 @@ class UnitRevised(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     child: Cid
+
+
+@event_type("unit.labeled")
+class UnitLabeled(BaseModel):
+    """Labels added to a unit after it was stored (by a classification or lifecycle step).
+
+    A unit never changes; its effective labels are those it was created with plus these.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    labels: list[str]
+    by: str  # provenance: pipeline/step@plugin-version
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        Unit._labels(tuple(v))  # the same rule as a unit's own labels
+        return sorted(set(v))

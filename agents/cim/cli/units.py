@@ -157,3 +157,19 @@ def ls(
     units = run(body)
     emit(g, units, lambda us: "\n".join(_unit_line(Unit.model_validate(u)) for u in us) or "no units")
 
+
+
+@app.command("related")
+def related(ctx: typer.Context, cid: str = typer.Argument(..., help="the unit's CID")) -> None:
+    """Units related to this one: references, derived-from, same source."""
+    from ..calls import call
+
+    g = globals_of(ctx)
+
+    async def body() -> dict:
+        async with nats_connection(g) as nc:
+            return await call(nc, "cim.pipeline.related", {"cid": cid}, timeout=g.timeout)
+
+    emit(g, run(body), lambda r: "\n".join(
+        f"{x['type']:<13} {'->' if x['direction'] == 'out' else '<-' if x['direction'] == 'in' else '<>'} {x['cid']}  {x['title']}"
+        for x in r["related"]) or "no related units")

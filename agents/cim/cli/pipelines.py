@@ -1,0 +1,160 @@
+"""`cim pipelines`, `cim dlq` and `cim search`: the pipeline engine from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..calls import call
+from ..errors import ConfigError
+from ..pipeline import definitions
+from ..pipeline.dlq import get_letter, list_letters
+from ..pipeline.model import load
+from .common import emit, globals_of, nats_connection, run
+
+app = typer.Typer(help="Declarative pipelines of plugin steps.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: messages a pipeline gave up on.", no_args_is_help=True)
+
+
+@app.command("ls")
+def ls(ctx: typer.Context) -> None:
+    """Pipelines, their state and counters."""
+    g = globals_of(ctx)
+
+    async def body() -> list[dict]:
+        async with nats_connection(g) as nc:
+            records = await definitions.list_all(nc)
+            try:
+                status = (await call(nc, "cim.pipeline.status", timeout=g.timeout))["pipelines"]
+            except Exception:  # the agent may be down: definitions still list
+                status = {}
+        rows = []
+        for r in records:
+            s = status.get(r.definition.name, {})
+            state = "paused" if r.paused else s.get("state", "not running")
+            rows.append({"name": r.definition.name, "state": state, "steps": [st.name for st in r.definition.steps],
+                         "source": r.source, "processed": s.get("processed"), "pending": s.get("pending"),
+                         "dead_letters": s.get("dead_letters"), "last_error": s.get("last_error")})
+        return rows
+
+    emit(g, run(body), lambda rows: "\n".join(
+        f"{r['name']:<16} {r['state']:<12} {' -> '.join(r['steps'])}"
+        + (f"  processed {r['processed']}, pending {r['pending']}" if r["processed"] is not None else "")
+        + (f"\n  last error: {r['last_error']}" if r["last_error"] else "")
+        for r in rows) or "no pipelines")
+
+
+@app.command("show")
+def show(ctx: typer.Context, name: str) -> None:
+    """A pipeline's definition and live state."""
+    g = globals_of(ctx)
+
+    async def body() -> dict:
+        async with nats_connection(g) as nc:
+            record = await definitions.get(nc, name)
+            try:
+                state = (await call(nc, "cim.pipeline.status", timeout=g.timeout))["pipelines"].get(name)
+            except Exception:
+                state = None
+        return {**record.model_dump(mode="json"), "state": state}
+
+    emit(g, run(body))
+
+
+@app.command("apply")
+def apply(ctx: typer.Context, file: Path = typer.Argument(..., help="pipelines as JSON or YAML")) -> None:
+    """Install or replace pipelines; the agent picks them up without a restart."""
+    g = globals_of(ctx)
+    try:
+        pipelines = load(file)
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(1) from None
+
+    async def body() -> list[str]:
+        async with nats_connection(g) as nc:
+            return [(await definitions.put(nc, p)).definition.name for p in pipelines]
+
+    names = run(body)
+    emit(g, names, lambda ns: "\n".join(f"applied {n}" for n in ns))
+
+
+def _pause(ctx: typer.Context, name: str, paused: bool) -> None:
+    g = globals_of(ctx)
+
+    async def body() -> dict:
+        async with nats_connection(g) as nc:
+            return (await definitions.set_paused(nc, name, paused)).model_dump(mode="json")
+
+    run(body)
+    typer.echo(f"{name} {'paused' if paused else 'resumed'}")
+
+
+@app.command("pause")
+def pause(ctx: typer.Context, name: str) -> None:
+    """Stop taking new messages; they wait in the consumer."""
+    _pause(ctx, name, True)
+
+
+@app.command("resume")
+def resume(ctx: typer.Context, name: str) -> None:
+    """Take messages again, from where the pipeline stopped."""
+    _pause(ctx, name, False)
+
+
+@dlq_app.command("ls")
+def dlq_ls(ctx: typer.Context, pipeline: str | None = typer.Option(None, help="only this pipeline's")) -> None:
+    """Dead letters, oldest first."""
+    g = globals_of(ctx)
+
+    async def body() -> list[dict]:
+        async with nats_connection(g) as nc:
+            return [d.summary() for d in await list_letters(nc, pipeline)]
+
+    emit(g, run(body), lambda rows: "\n".join(
+        f"#{r['seq']:<6} {r['pipeline']:<14} event #{r['original_seq']} after {r['attempts']} tries: {r['reason']}"
+        for r in rows) or "no dead letters")
+
+
+@dlq_app.command("show")
+def dlq_show(ctx: typer.Context, seq: int) -> None:
+    """One dead letter with its original headers."""
+    g = globals_of(ctx)
+
+    async def body() -> dict:
+        async with nats_connection(g) as nc:
+            d = await get_letter(nc, seq)
+        return {**d.summary(), "headers": d.headers, "data": d.data.decode("utf-8", "replace")}
+
+    emit(g, run(body))
+
+
+@dlq_app.command("retry")
+def dlq_retry(ctx: typer.Context, seq: int) -> None:
+    """Process a dead letter again (after fixing its cause); removed on success."""
+    g = globals_of(ctx)
+
+    async def body() -> dict:
+        async with nats_connection(g) as nc:
+            return await call(nc, "cim.pipeline.retry", {"seq": seq}, timeout=max(g.timeout, 60))
+
+    r = run(body)
+    emit(g, r, lambda r: f"dead letter #{r['retried']} processed by {r['pipeline']} and removed")
+
+
+def search_cmd(
+    ctx: typer.Context,
+    query: list[str] = typer.Argument(..., help="words to look for"),
+    limit: int = typer.Option(10, help="at most this many"),
+) -> None:
+    """Full-text search over the units the pipelines indexed, best first."""
+    g = globals_of(ctx)
+
+    async def body() -> dict:
+        async with nats_connection(g) as nc:
+            return await call(nc, "cim.pipeline.search", {"query": " ".join(query), "limit": limit}, timeout=g.timeout)
+
+    emit(g, run(body), lambda r: "\n".join(
+        f"{h['score']:>7.3f}  {h['cid']}  {h['title']}\n         {h['snippet']}" for h in r["hits"]
+    ) or f"nothing found ({r['indexed']} units indexed)")

@@ -1,0 +1,1 @@
+"""The pipeline engine: declarative pipelines of plugin steps over durable consumers."""

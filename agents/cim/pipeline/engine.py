@@ -1,0 +1,212 @@
+"""Running one pipeline: a durable pull consumer, steps applied exactly once, dead letters.
+
+Delivery is at least once (a message is acked only after every step is recorded). Each
+step's result is appended as `step.done` with expected revision 0 on its own aggregate,
+in one atomic batch with the step's effects, so a redelivered message never applies an
+effect twice: the server refuses the second `step.done` and the engine reuses the first.
+After `max_attempts` failures the message goes to CIM_DLQ with the reason and its headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from .. import __version__
+from ..errors import CimError, ConcurrencyConflict, UnitNotFound
+from ..events import Event, EventStore, StoredEvent
+from ..events.envelope import H_MSG_ID, subject_for
+from ..plugins import Plugins, StepContext
+from ..provision import DLQ_STREAM, EVENTS_STREAM
+from ..unit_store import UnitStore
+from ..units import Unit
+from .model import PipelineDef, step_key
+
+log = logging.getLogger("cim.pipeline")
+NS = 1_000_000_000
+
+
+@dataclass
+class RunnerStats:
+    processed: int = 0
+    skipped: int = 0
+    failed_attempts: int = 0
+    dead_letters: int = 0
+    last_error: str | None = None
+    started: float = field(default_factory=time.time)
+
+
+async def ensure_consumer(nc: Client, p: PipelineDef) -> None:
+    """Create or update the pipeline's durable consumer (its filters and back-pressure)."""
+    config = {
+        "durable_name": p.consumer,
+        "name": p.consumer,
+        "description": f"CIM pipeline {p.name}",
+        "deliver_policy": p.start,
+        "ack_policy": "explicit",
+        "ack_wait": 60 * NS,
+        "max_deliver": -1,  # the engine counts attempts itself, to dead-letter with a reason
+        "max_ack_pending": p.max_ack_pending,
+        "filter_subjects": p.trigger,
+    }
+    for action in ("create", "update"):
+        msg = await nc.request(f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.{p.consumer}",
+                               json.dumps({"stream_name": EVENTS_STREAM, "config": config, "action": action}).encode(),
+                               timeout=10)
+        resp = json.loads(msg.data)
+        err = resp.get("error")
+        if not err:
+            return
+        if action == "create" and err.get("err_code") == 10148:  # exists with another config: update it
+            continue
+        if err.get("err_code") == 10012 or "deliver policy" in err.get("description", ""):
+            # The start policy cannot change in place; the consumer keeps its position.
+            config["deliver_policy"] = "all"
+            continue
+        raise CimError(f"cannot set up the consumer of pipeline {p.name}: {err.get('description')}")
+
+
+class Runner:
+    def __init__(self, nc: Client, definition: PipelineDef, plugins: Plugins, *, agent: str,
+                 read: Callable[[str], Awaitable[bytes]], store_text: Callable[[str], Awaitable[str]]):
+        self.nc = nc
+        self.js = nc.jetstream(timeout=10)
+        self.p = definition
+        self.plugins = plugins
+        self.agent = agent
+        self.events = EventStore(nc, timeout=10)
+        self.units = UnitStore(nc, agent=agent, timeout=10)
+        self.read = read
+        self.store_text = store_text
+        self.stats = RunnerStats()
+        self._task: asyncio.Task | None = None
+        self._stop = asyncio.Event()
+        # Resolve plugins and settings up front: a bad pipeline fails when applied, not per unit.
+        self.steps = [(s, plugins.get(s.plugin), plugins.get(s.plugin).parse_settings(s.settings)) for s in definition.steps]
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"pipeline-{self.p.name}")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _loop(self) -> None:
+        await ensure_consumer(self.nc, self.p)
+        sub = await self.js.pull_subscribe_bind(self.p.consumer, stream=EVENTS_STREAM)
+        log.info("pipeline %s running (%d steps)", self.p.name, len(self.steps))
+        while not self._stop.is_set():
+            try:
+                msgs = await sub.fetch(self.p.concurrency, timeout=2)
+            except asyncio.TimeoutError:
+                continue
+            except Exception as err:  # a reconnect or leader change: try again shortly
+                if self._stop.is_set():
+                    return
+                log.warning("pipeline %s: fetch failed (%s); retrying", self.p.name, err)
+                await asyncio.sleep(1)  # backoff before the next fetch, not a wait for a condition
+                continue
+            await asyncio.gather(*(self._handle(m) for m in msgs))
+
+    async def _handle(self, msg: Msg) -> None:
+        attempt = msg.metadata.num_delivered
+        event = StoredEvent.from_message(msg.subject, msg.metadata.sequence.stream, dict(msg.headers or {}), msg.data)
+        try:
+            done = await self.process(event)
+        except Exception as err:
+            reason = f"{type(err).__name__}: {err}" if not isinstance(err, CimError) else str(err)
+            self.stats.failed_attempts += 1
+            self.stats.last_error = reason
+            if attempt >= self.p.max_attempts:
+                await self._dead_letter(msg, event, reason, attempt)
+                await msg.term()
+                self.stats.dead_letters += 1
+                log.error("pipeline %s: event #%d dead-lettered after %d tries: %s", self.p.name, event.seq, attempt, reason)
+            else:
+                delay = self.p.backoff[min(attempt - 1, len(self.p.backoff) - 1)] if self.p.backoff else 0
+                log.warning("pipeline %s: event #%d failed (try %d of %d, again in %gs): %s",
+                            self.p.name, event.seq, attempt, self.p.max_attempts, delay, reason)
+                await msg.nak(delay=delay)
+            return
+        if done:
+            self.stats.processed += 1
+        else:
+            self.stats.skipped += 1
+        await msg.ack()
+
+    def _in_context(self, unit: Unit) -> bool:
+        c = self.p.context
+        if c.labels and not set(c.labels) & set(unit.labels):
+            return False
+        return not c.sources or any(fnmatch.fnmatch(unit.source, g) for g in c.sources)
+
+    async def process(self, event: StoredEvent) -> bool:
+        """Apply every step to the event's unit; False when the unit is out of context."""
+        if event.problem or event.aggregate != "unit":
+            return False
+        try:
+            unit = (await self.units.show(event.aggregate_id)).unit
+        except UnitNotFound:
+            return False
+        if not self._in_context(unit):
+            return False
+        previous: dict[str, dict] = {}
+        for step, plugin, settings in self.steps:
+            previous[step.name] = await self._apply(event, unit, step.name, plugin, settings, previous)
+        return True
+
+    async def _apply(self, trigger: StoredEvent, unit: Unit, step: str, plugin, settings, previous) -> dict:
+        key = step_key(self.p.name, step, unit.cid)
+        ctx = StepContext(unit=unit, settings=settings, previous=dict(previous), read=self.read,
+                          store_text=self.store_text, pipeline=self.p.name, step=step)
+        result = await plugin.run(ctx)
+        correlation = trigger.correlation_id or trigger.id
+        done = Event(
+            type="step.done", aggregate_id=key, id=f"step-done-{key}", source=self.agent, agent=self.agent,
+            agent_version=__version__, correlation_id=correlation, causation_id=trigger.id,
+            data={"pipeline": self.p.name, "step": step, "plugin": plugin.name, "plugin_version": plugin.version,
+                  "cid": unit.cid, "output": result.output, "trigger_seq": trigger.seq},
+        )
+        effects = [e.model_copy(update={"id": f"{key}-effect-{i}", "agent": self.agent, "source": self.agent,
+                                        "agent_version": __version__, "correlation_id": correlation,
+                                        "causation_id": done.id})
+                   for i, e in enumerate(result.events)]
+        try:
+            await self.events.append_batch([done, *effects], expected_revision=0)
+        except ConcurrencyConflict:
+            # Applied before (a redelivery after a crash): keep the recorded output.
+            recorded = await self.events.last(subject_for("step.done", key))
+            return recorded.data["output"]
+        return result.output
+
+    async def _dead_letter(self, msg: Msg, event: StoredEvent, reason: str, attempts: int) -> None:
+        headers = {k if k != H_MSG_ID else "cim-orig-Nats-Msg-Id": v for k, v in (msg.headers or {}).items()}
+        headers.update({
+            "cim-dlq-reason": reason[:2000],
+            "cim-dlq-pipeline": self.p.name,
+            "cim-dlq-attempts": str(attempts),
+            "cim-dlq-subject": msg.subject,
+            "cim-dlq-seq": str(event.seq),
+            H_MSG_ID: f"dlq-{self.p.name}-{event.seq}",
+        })
+        await self.js.publish(f"cim.dlq.pipeline.{self.p.name}", msg.data, headers=headers, stream=DLQ_STREAM)
+
+    async def lag(self) -> dict:
+        try:
+            info = await self.js.consumer_info(EVENTS_STREAM, self.p.consumer)
+        except Exception as err:
+            return {"error": str(err)}
+        return {"pending": info.num_pending, "ack_pending": info.num_ack_pending, "redelivered": info.num_redelivered,
+                "delivered": info.delivered.stream_seq if info.delivered else 0}

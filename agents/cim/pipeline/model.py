@@ -1,0 +1,117 @@
+"""Pipeline definitions: JSON or YAML, validated here, stored in the KV bucket CIM_PIPELINES."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError
+
+NAME = r"^[a-z0-9][a-z0-9_-]{0,40}$"
+UNIT_CREATED = "cim.evt.unit.*.created"
+
+
+class StepDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME)
+    plugin: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class ContextDef(BaseModel):
+    """Which units a pipeline is for: any of these labels, any of these sources (globs)."""
+
+    model_config = ConfigDict(extra="forbid")
+    labels: list[str] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
+
+
+class PipelineDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME)
+    description: str = ""
+    trigger: list[str] = Field(default_factory=lambda: [UNIT_CREATED], min_length=1)
+    context: ContextDef = Field(default_factory=ContextDef)
+    steps: list[StepDef] = Field(min_length=1)
+    start: Literal["all", "new"] = Field(default="all", description="process existing units too, or only new ones")
+    max_attempts: int = Field(default=5, ge=1, le=100, description="tries before a message goes to the dead letters")
+    backoff: list[float] = Field(default_factory=lambda: [1, 5, 15, 60], description="seconds between tries")
+    max_ack_pending: int = Field(default=256, ge=1, description="units in flight at most (back-pressure)")
+    concurrency: int = Field(default=16, ge=1, le=256)
+
+    @field_validator("trigger")
+    @classmethod
+    def _trigger(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not s.startswith("cim.evt."):
+                raise ValueError(f"{s!r}: a trigger is an event subject filter under cim.evt.")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_steps(self) -> PipelineDef:
+        names = [s.name for s in self.steps]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"step names must be unique: {', '.join(dupes)}")
+        return self
+
+    @property
+    def consumer(self) -> str:
+        return f"pipeline-{self.name}"
+
+
+def step_key(pipeline: str, step: str, cid: str) -> str:
+    """The aggregate id of one step applied to one unit: its `step.done` happens once."""
+    return f"{pipeline}--{step}--{cid}"
+
+
+def default_pipelines() -> list[PipelineDef]:
+    return [PipelineDef(
+        name="default",
+        description="classify, extract text, index for search, relate and summarise every new unit",
+        steps=[StepDef(name=n, plugin=n) for n in ("classify", "extract", "index", "relate", "summarize")],
+    )]
+
+
+def _errors(err: ValidationError) -> list[tuple[str, str]]:
+    return [(".".join(str(p) for p in e["loc"]) or "(top level)", e["msg"]) for e in err.errors()]
+
+
+def parse(data: Any, source: str) -> list[PipelineDef]:
+    """One pipeline, a list of them, or {"pipelines": [...]}, validated."""
+    if isinstance(data, dict) and "pipelines" in data:
+        data = data["pipelines"]
+    items = data if isinstance(data, list) else [data]
+    out, problems = [], []
+    for i, item in enumerate(items):
+        try:
+            out.append(PipelineDef.model_validate(item))
+        except ValidationError as err:
+            prefix = f"{i}." if len(items) > 1 else ""
+            problems += [(prefix + path, msg) for path, msg in _errors(err)]
+    if problems:
+        raise ConfigError(source, problems)
+    return out
+
+
+def load(path: Path) -> list[PipelineDef]:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(str(path), [("(file)", f"cannot read it: {err.strerror}")]) from None
+    if str(path).endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(str(path), [("(file)", f"not YAML: {err}")]) from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(str(path), [(f"line {err.lineno} column {err.colno}", f"not JSON: {err.msg}")]) from None
+    return parse(data, str(path))
