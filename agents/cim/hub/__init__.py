@@ -1,0 +1,1 @@
+"""The integration hub: HTTP ingest, outbound webhooks, and connectors (inbox folder, S3 import)."""

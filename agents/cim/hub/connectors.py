@@ -1,0 +1,103 @@
+"""Connectors: plugins that bring information in from outside (a folder, a bucket, ...).
+
+A connector is a plugin of kind "connector" in the `cim.plugins` entry-point group, so a
+third party ships one in its own distribution:
+
+    [project.entry-points."cim.plugins"]
+    my-feed = "my_pkg.feed:plugin"
+
+`plugin` is a `cim.plugins.Plugin(kind="connector", settings=<pydantic model>,
+connector=<factory>)`; the hub calls `connector(settings, ctx)` and awaits its `run()`,
+which works until `ctx.stopping` is set (or returns, for a one-shot import). The hub gives every connector the same context: the unit
+store (all units go through the one put path), a KV bucket for its progress, and a way
+to record a failed item as an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import ConfigError
+from ..events import Event, EventStore
+from ..plugins import Plugin, discover
+from ..unit_store import UnitStore
+
+KIND = "connector"
+STATE_BUCKET = "CIM_HUB"
+
+
+class ConnectorConfig(BaseModel):
+    """One entry of the hub's `connectors` list."""
+
+    model_config = ConfigDict(extra="forbid")
+    plugin: str = Field(description="the plugin's name, e.g. inbox or s3-import")
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="this instance's name (events, state keys)")
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class ConnectorContext:
+    name: str
+    units: UnitStore
+    events: EventStore
+    agent: str
+    stopping: asyncio.Event
+    log: logging.Logger
+    _kv: Any = field(default=None, repr=False)
+
+    async def state(self):
+        """The hub's KV bucket for connector progress (keys prefixed with the connector's name)."""
+        if self._kv is None:
+            self._kv = await self.units.nc.jetstream(timeout=10).key_value(STATE_BUCKET)
+        return self._kv
+
+    async def record_failure(self, item: str, reason: str) -> None:
+        await self.events.append(Event(
+            type="hub.import_failed", aggregate_id=self.name, source=self.agent, agent=self.agent,
+            data={"item": item[:2000], "reason": reason[:2000]},
+        ))
+
+
+@runtime_checkable
+class Connector(Protocol):
+    async def run(self) -> None: ...
+
+
+def _builtin() -> dict[str, Plugin]:
+    from .inbox import plugin as inbox
+    from .s3_import import plugin as s3
+
+    return {inbox.name: inbox, s3.name: s3}
+
+
+def available() -> dict[str, Plugin]:
+    """Every connector plugin: installed entry points, and the built-in ones even when the
+    installed metadata predates them (an editable install that was not re-run)."""
+    found = {name: p for name, p in discover().found.items() if p.kind == KIND and p.connector is not None}
+    for name, p in _builtin().items():
+        found.setdefault(name, p)
+    return found
+
+
+def build(configs: list[ConnectorConfig], make_ctx) -> list[tuple[ConnectorConfig, Connector]]:
+    plugins = available()
+    out, errors = [], []
+    for i, c in enumerate(configs):
+        plugin = plugins.get(c.plugin)
+        if plugin is None:
+            errors.append((f"connectors.{i}.plugin", f"no connector plugin {c.plugin!r}; installed: {', '.join(sorted(plugins))}"))
+            continue
+        try:
+            settings = plugin.settings.model_validate(c.settings)
+        except ValidationError as err:
+            errors += [(f"connectors.{i}.settings." + ".".join(map(str, e["loc"])), e["msg"]) for e in err.errors()]
+            continue
+        out.append((c, plugin.connector(settings, make_ctx(c.name))))
+    if errors:
+        raise ConfigError("hub connectors", errors)
+    return out

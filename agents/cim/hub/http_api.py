@@ -1,0 +1,252 @@
+"""The ingest API over HTTP: `POST /v1/units` (multipart or a raw body), unit metadata,
+the OpenAPI document it is tested against, health and Prometheus metrics.
+
+Checks run cheapest first: the token (401), what the token allows (403), the metadata
+(400), and only then the body, counted as it arrives (413 past the limit), so a refused
+request costs no storage and a big one never sits whole in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from pydantic import ValidationError
+
+from ..errors import CimError, InvalidInput, NotFound, UnitTooLarge
+from ..unit_store import UnitStore, guess_media_type
+from .. import cid as cidlib
+from ..units import Unit
+from .tokens import Token, Tokens
+
+log = logging.getLogger("cim.hub.http")
+
+INGESTS = Counter("cim_hub_ingest_total", "HTTP ingest requests by HTTP status", ["status"])
+INGEST_BYTES = Counter("cim_hub_ingest_bytes_total", "Bytes of content accepted over HTTP")
+
+IN_MEMORY = 1024 * 1024  # bodies up to this stay in memory; larger ones are spooled to disk
+_PLACEHOLDER_CID = cidlib.compute(b"")
+_META_FIELDS = ("title", "source", "author", "media_type")
+
+
+class Problem(Exception):
+    """An HTTP error answer with the field errors that caused it."""
+
+    def __init__(self, status: int, errors: list[tuple[str, str]], headers: dict[str, str] | None = None):
+        self.status = status
+        self.errors = errors
+        self.headers = headers or {}
+
+
+def _answer(problem: Problem) -> web.Response:
+    body = {"errors": [{"field": f, "message": m} for f, m in problem.errors]}
+    return web.json_response(body, status=problem.status, headers=problem.headers)
+
+
+class _Body:
+    """Collects one upload, in memory while small and in a temporary file past IN_MEMORY."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.size = 0
+        self._mem = bytearray()
+        self._file: Any = None
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise Problem(413, [("content", f"the body is over the limit of {self.limit} bytes (raise max_body_size in the hub settings)")])
+        if self._file is None and self.size <= IN_MEMORY:
+            self._mem += chunk
+            return
+        if self._file is None:
+            self._file = tempfile.NamedTemporaryFile(prefix="cim-hub-", delete=True)
+            self._file.write(self._mem)
+            self._mem = bytearray()
+        self._file.write(chunk)
+
+    async def store(self, units: UnitStore, meta: dict[str, Any]):
+        if self._file is None:
+            return await units.put_bytes(bytes(self._mem), **meta)
+        self._file.flush()
+        return await units.put_file(Path(self._file.name), **meta)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _token_of(request: web.Request, tokens: Tokens) -> Token:
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    challenge = {"WWW-Authenticate": 'Bearer realm="cim-hub"'}
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Problem(401, [("Authorization", "send `Authorization: Bearer <token>`; tokens are in the hub's tokens_file")], challenge)
+    token = tokens.lookup(presented.strip())
+    if token is None:
+        raise Problem(401, [("Authorization", "this token is not known to the hub")], challenge)
+    return token
+
+
+def _meta_from(values: dict[str, list[str]]) -> dict[str, Any]:
+    """Unit metadata from form fields or query parameters (repeated `label`, `parent`)."""
+    meta: dict[str, Any] = {}
+    for key in _META_FIELDS:
+        if values.get(key):
+            meta[key] = values[key][-1]
+    labels = [x for v in values.get("label", []) + values.get("labels", []) for x in v.split(",") if x.strip()]
+    meta["labels"] = [x.strip() for x in labels]
+    meta["parents"] = values.get("parent", [])
+    if values.get("metadata"):
+        try:
+            parsed = json.loads(values["metadata"][-1])
+        except json.JSONDecodeError as err:
+            raise Problem(400, [("metadata", f"is not JSON: {err.msg}")]) from None
+        if not isinstance(parsed, dict):
+            raise Problem(400, [("metadata", "must be a JSON object")])
+        meta["metadata"] = parsed
+    unknown = sorted(set(values) - {*_META_FIELDS, "label", "labels", "parent", "metadata", "file"})
+    if unknown:
+        raise Problem(400, [(k, "is not a unit field (use title, label, source, author, media_type, parent, metadata)") for k in unknown])
+    return meta
+
+
+def _check_meta(token: Token, meta: dict[str, Any]) -> None:
+    meta["source"] = token.source_for(meta.get("source"))
+    forbidden = token.forbidden(meta["source"], meta["labels"])
+    if forbidden:
+        raise Problem(403, forbidden)
+    # Validate every field now (with a placeholder CID), so a bad label costs no upload.
+    probe = {k: v for k, v in meta.items() if v not in (None, [])}
+    try:
+        Unit.model_validate({"cid": _PLACEHOLDER_CID, "size": 0, **probe})
+    except ValidationError as err:
+        raise Problem(400, [(".".join(map(str, e["loc"])) or "(unit)", e["msg"].removeprefix("Value error, ")) for e in err.errors()]) from None
+
+
+class HubApi:
+    def __init__(self, units: UnitStore, tokens: Tokens, *, max_body_size: int):
+        self.units = units
+        self.tokens = tokens
+        self.max_body_size = max_body_size
+        self.spec_yaml = files("cim.hub").joinpath("openapi.yaml").read_text()
+
+    def app(self) -> web.Application:
+        # aiohttp's own cap must not cut in before ours: we answer 413 with a reason.
+        app = web.Application(client_max_size=self.max_body_size + 1024 * 1024)
+        app.router.add_post("/v1/units", self.ingest)
+        app.router.add_get("/v1/units/{cid}", self.show)
+        app.router.add_get("/openapi.yaml", self.openapi)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    async def ingest(self, request: web.Request) -> web.StreamResponse:
+        body = _Body(self.max_body_size)
+        try:
+            token = _token_of(request, self.tokens)
+            declared = request.content_length
+            if declared is not None and declared > self.max_body_size + (64 * 1024 if request.content_type.startswith("multipart/") else 0):
+                raise Problem(413, [("content", f"the body ({declared} bytes) is over the limit of {self.max_body_size} bytes (raise max_body_size in the hub settings)")])
+            if request.content_type.startswith("multipart/"):
+                meta, filename = await self._read_multipart(request, token, body)
+            else:
+                meta = _meta_from({k: request.query.getall(k) for k in request.query})
+                _check_meta(token, meta)
+                async for chunk in request.content.iter_chunked(256 * 1024):
+                    body.write(chunk)
+                filename = None
+                if "media_type" not in meta and request.content_type not in ("", "application/octet-stream"):
+                    meta["media_type"] = request.content_type
+            meta.setdefault("media_type", guess_media_type(filename))
+            if filename:
+                meta.setdefault("title", filename)
+            try:
+                result = await body.store(self.units, {k: v for k, v in meta.items() if v not in (None, [])})
+            except UnitTooLarge as err:
+                raise Problem(413, [(err.field, err.rule)]) from None
+            except InvalidInput as err:
+                raise Problem(400, [(err.field, err.rule)]) from None
+            except NotFound as err:
+                raise Problem(400, [("parent", str(err))]) from None
+            except CimError as err:
+                raise Problem(503, [("(server)", str(err))], {"Retry-After": "5"}) from None
+        except Problem as problem:
+            INGESTS.labels(str(problem.status)).inc()
+            if problem.status == 413:
+                problem.headers["Connection"] = "close"  # do not read the rest of an oversize body
+            return _answer(problem)
+        finally:
+            body.close()
+        INGEST_BYTES.inc(body.size)
+        status = 201 if result.created else 200
+        INGESTS.labels(str(status)).inc()
+        unit = result.unit
+        return web.json_response(
+            {"cid": unit.cid, "created": result.created, "unit": unit.model_dump(mode="json")},
+            status=status, headers={"Location": f"/v1/units/{unit.cid}"},
+        )
+
+    async def _read_multipart(self, request: web.Request, token: Token, body: _Body) -> tuple[dict[str, Any], str | None]:
+        reader = await request.multipart()
+        fields: dict[str, list[str]] = {}
+        filename: str | None = None
+        media_type: str | None = None
+        seen_file = False
+        while (part := await reader.next()) is not None:
+            if part.name == "file":
+                if seen_file:
+                    raise Problem(400, [("file", "send one file per request")])
+                seen_file = True
+                # Fields before the file are checked before its bytes are stored anywhere.
+                meta = _meta_from(fields)
+                _check_meta(token, meta)
+                filename = part.filename
+                ctype = part.headers.get("Content-Type")
+                media_type = ctype if ctype and ctype != "application/octet-stream" else None
+                while chunk := await part.read_chunk(256 * 1024):
+                    body.write(chunk)
+            else:
+                value = (await part.read(decode=True)).decode("utf-8", "replace")
+                if len(value) > 64 * 1024:
+                    raise Problem(400, [(part.name or "(field)", "a metadata field is over 64 KiB")])
+                fields.setdefault(part.name or "", []).append(value)
+        if not seen_file:
+            raise Problem(400, [("file", "a multipart upload needs a part named `file`")])
+        meta = _meta_from(fields)  # again, with fields sent after the file too
+        _check_meta(token, meta)
+        if media_type and "media_type" not in meta:
+            meta["media_type"] = media_type
+        return meta, filename
+
+    async def show(self, request: web.Request) -> web.Response:
+        try:
+            _token_of(request, self.tokens)
+            try:
+                view = await self.units.show(request.match_info["cid"])
+            except InvalidInput as err:
+                raise Problem(400, [("cid", err.rule)]) from None
+            except NotFound as err:
+                raise Problem(404, [("cid", str(err))]) from None
+            except CimError as err:
+                raise Problem(503, [("(server)", str(err))]) from None
+        except Problem as problem:
+            return _answer(problem)
+        return web.json_response({"unit": view.unit.model_dump(mode="json"), "children": view.children})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.spec_yaml, content_type="application/yaml")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        ok = self.units.nc.is_connected
+        return web.json_response({"nats": "connected" if ok else "disconnected"}, status=200 if ok else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+

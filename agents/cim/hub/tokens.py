@@ -1,0 +1,104 @@
+"""Bearer tokens for the ingest API, read from a file (a secret: never inline in a config).
+
+The file is JSON: `{"tokens": [{"name": "ci", "token": "...", "sources": ["ci", "ci/*"],
+"labels": ["build", "report-*"]}]}`. `token_sha256` (hex) may stand in for `token`, so the
+file can hold hashes only. `sources` and `labels` are shell-style patterns of what a client
+holding the token may set; a request outside them is refused with 403, not trimmed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+
+
+class Token(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    token: str | None = Field(default=None, min_length=16)
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    sources: list[str] = Field(default_factory=lambda: ["*"])
+    labels: list[str] = Field(default_factory=lambda: ["*"])
+    default_source: str | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> Token:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError("give exactly one of token (at least 16 characters) or token_sha256")
+        return self
+
+    @property
+    def digest(self) -> bytes:
+        return bytes.fromhex(self.token_sha256) if self.token_sha256 else hashlib.sha256(self.token.encode()).digest()
+
+    def source_for(self, requested: str | None) -> str:
+        """The source a unit gets: what the client asked for, else the token's default."""
+        if requested:
+            return requested
+        if self.default_source:
+            return self.default_source
+        literal = [s for s in self.sources if not any(c in s for c in "*?[")]
+        return literal[0] if literal else f"http:{self.name}"
+
+    def forbidden(self, source: str, labels: list[str]) -> list[tuple[str, str]]:
+        """(field, why) for each thing this token may not set; empty when all is allowed."""
+        problems = []
+        if not any(fnmatch.fnmatchcase(source, p) for p in self.sources):
+            problems.append(("source", f"token {self.name!r} may not set source {source!r} (allowed: {', '.join(self.sources)})"))
+        for label in labels:
+            if not any(fnmatch.fnmatchcase(label, p) for p in self.labels):
+                problems.append(("labels", f"token {self.name!r} may not set label {label!r} (allowed: {', '.join(self.labels)})"))
+        return problems
+
+
+class TokenFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokens: list[Token] = Field(min_length=1)
+
+
+class Tokens:
+    """The tokens of one file, re-read when the file changes (rotation without a restart)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._mtime: float | None = None
+        self._by_digest: dict[bytes, Token] = {}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            stat = self.path.stat()
+            data = json.loads(self.path.read_text())
+            parsed = TokenFile.model_validate(data)
+        except OSError as err:
+            raise ConfigError(str(self.path), [("(file)", f"cannot read the token file: {err.strerror}")]) from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(str(self.path), [(f"line {err.lineno}", f"not JSON: {err.msg}")]) from None
+        except ValidationError as err:
+            raise ConfigError(str(self.path), [(".".join(map(str, e["loc"])), e["msg"]) for e in err.errors()]) from None
+        self._by_digest = {t.digest: t for t in parsed.tokens}
+        self._mtime = stat.st_mtime
+
+    def _refresh(self) -> None:
+        try:
+            if self.path.stat().st_mtime != self._mtime:
+                self._load()
+        except (OSError, ConfigError):
+            pass  # keep the last good tokens; a half-written file must not lock everyone out
+
+    def lookup(self, presented: str) -> Token | None:
+        self._refresh()
+        digest = hashlib.sha256(presented.encode()).digest()
+        for known, token in self._by_digest.items():
+            # Constant time per comparison, so a guess learns nothing from the timing.
+            if hmac.compare_digest(known, digest):
+                return token
+        return None

@@ -1,0 +1,121 @@
+"""The hub's ingest API, spoken to over real HTTP, with a real hub process and NATS."""
+
+import json
+
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp", reason="the hub needs aiohttp (pip install aiohttp)")
+yaml = pytest.importorskip("yaml", reason="the OpenAPI checks need PyYAML")
+
+from cim import cid as cidlib  # noqa: E402
+from cim.provision import ProvisionSpec, provision  # noqa: E402
+from cim.unit_store import UnitStore  # noqa: E402
+
+from hub_support import LIMITED, TOKEN, Hub  # noqa: E402
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def hub(nats_server, nc, tmp_path):
+    await provision(nc, ProvisionSpec())
+    h = Hub(nats_server.url, tmp_path, max_body_size=10_000).start()
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+async def post(url, query="", **kw):
+    async with aiohttp.ClientSession() as s, s.post(url + "/v1/units" + query, **kw) as r:
+        return r.status, await r.json(), r.headers
+
+
+async def test_a_multipart_upload_is_stored_and_answered_201_with_its_cid(hub, nc):
+    form = aiohttp.FormData()
+    form.add_field("label", "demo")
+    form.add_field("file", b"hello hub", filename="hello.txt", content_type="text/plain")
+    status, body, headers = await post(hub.url, data=form, headers=AUTH)
+    assert status == 201, body
+    assert body["cid"] == cidlib.compute(b"hello hub")
+    assert headers["Location"] == f"/v1/units/{body['cid']}"
+    view = await UnitStore(nc).show(body["cid"])
+    assert (view.unit.title, view.unit.media_type, view.unit.labels, view.unit.source) == ("hello.txt", "text/plain", ("demo",), "http:ci")
+    assert view.events[0].agent == "cim-hub"  # provenance: the hub made it
+
+
+async def test_a_raw_body_takes_its_metadata_from_the_query_and_the_same_bytes_again_answer_200(hub):
+    q = "?title=notes&label=a&label=b&metadata=" + json.dumps({"k": 1})
+    status, body, _ = await post(hub.url, q, data=b"raw bytes", headers={**AUTH, "Content-Type": "text/markdown"})
+    assert status == 201, body
+    assert body["unit"]["labels"] == ["a", "b"] and body["unit"]["media_type"] == "text/markdown"
+    assert body["unit"]["metadata"] == {"k": 1}
+    again, body2, _ = await post(hub.url, data=b"raw bytes", headers=AUTH)
+    assert again == 200 and body2["cid"] == body["cid"] and body2["created"] is False
+
+
+async def test_no_token_or_an_unknown_token_is_401_with_a_bearer_challenge(hub):
+    status, body, headers = await post(hub.url, data=b"x")
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+    assert body["errors"][0]["field"] == "Authorization"
+    status, _, _ = await post(hub.url, data=b"x", headers={"Authorization": "Bearer not-a-token-we-know-of"})
+    assert status == 401
+
+
+async def test_a_token_may_set_only_its_own_sources_and_labels_else_403(hub, nc):
+    limited = {"Authorization": f"Bearer {LIMITED}"}
+    status, body, _ = await post(hub.url, "?label=secret", data=b"x", headers=limited)
+    assert status == 403 and "secret" in body["errors"][0]["message"]
+    status, body, _ = await post(hub.url, "?source=elsewhere", data=b"x", headers=limited)
+    assert status == 403 and body["errors"][0]["field"] == "source"
+    status, body, _ = await post(hub.url, "?label=q3&label=report", data=b"quarterly", headers=limited)
+    assert status == 201 and body["unit"]["source"] == "reports"
+    assert not [u async for u in UnitStore(nc).list(label="secret")]
+
+
+async def test_bad_fields_are_400_and_name_each_field(hub, nc):
+    status, body, _ = await post(hub.url, "?label=Not%20A%20Label", data=b"x", headers=AUTH)
+    assert status == 400 and body["errors"][0]["field"].startswith("labels")
+    status, body, _ = await post(hub.url, "?metadata=%7Bnope", data=b"x", headers=AUTH)
+    assert status == 400 and body["errors"][0]["field"] == "metadata"
+    status, body, _ = await post(hub.url, "?colour=red", data=b"x", headers=AUTH)
+    assert status == 400 and body["errors"][0]["field"] == "colour"
+    form = aiohttp.FormData(default_to_multipart=True)
+    form.add_field("title", "no file here")
+    status, body, _ = await post(hub.url, data=form, headers=AUTH)
+    assert status == 400 and body["errors"][0]["field"] == "file"
+    assert [u async for u in UnitStore(nc).list()] == []
+
+
+async def test_a_body_over_the_limit_is_413_and_nothing_is_stored(hub, nc):
+    status, body, _ = await post(hub.url, data=b"x" * 10_001, headers=AUTH)
+    assert status == 413 and "10000" in body["errors"][0]["message"]
+    form = aiohttp.FormData()
+    form.add_field("file", b"y" * 20_000, filename="big.bin")
+    status, _, _ = await post(hub.url, data=form, headers=AUTH)
+    assert status == 413
+    assert [u async for u in UnitStore(nc).list()] == []
+    status, _, _ = await post(hub.url, data=b"x" * 10_000, headers=AUTH)
+    assert status == 201
+
+
+async def test_the_served_openapi_document_describes_every_answer_the_api_gives(hub):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(hub.url + "/openapi.yaml") as r:
+            spec = yaml.safe_load(await r.text())
+        async with s.get(hub.url + "/metrics") as r:
+            metrics = await r.text()
+    documented = set(spec["paths"]["/v1/units"]["post"]["responses"])
+    assert {"201", "200", "400", "401", "403", "413"} <= documented
+    assert 'cim_hub_ingest_total' in metrics
+
+
+async def test_unit_metadata_is_readable_with_a_token_and_404_for_an_unknown_cid(hub):
+    status, body, _ = await post(hub.url, data=b"show me", headers=AUTH)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{hub.url}/v1/units/{body['cid']}", headers=AUTH) as r:
+            assert r.status == 200 and (await r.json())["unit"]["cid"] == body["cid"]
+        async with s.get(f"{hub.url}/v1/units/{cidlib.compute(b'never stored')}", headers=AUTH) as r:
+            assert r.status == 404
+        async with s.get(f"{hub.url}/v1/units/{body['cid']}") as r:
+            assert r.status == 401
