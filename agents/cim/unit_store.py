@@ -156,8 +156,36 @@ class UnitStore:
 
     async def get(self, cid: str) -> AsyncIterator[bytes]:
         cidlib.validate(cid)
-        async for chunk in self.content.get(cid):
+        try:
+            async for chunk in self.content.get(cid):
+                yield chunk
+        except UnitNotFound:
+            pass  # no hot copy (raised before any chunk): maybe in a colder tier, below
+        else:
+            await self._report_access(cid)
+            return
+        # Read-through (the tier capability): the location index, folded from this unit's
+        # events, says where the bytes went; the tier agent, which holds the keys of the
+        # colder tiers, streams them from there, verified by CID on both sides.
+        from .tiering.fetch import fetch
+        from .tiering.locations import for_unit
+
+        where = await for_unit(self.events, cid)
+        if not where.known:
+            raise UnitNotFound(cid)
+        if where.expired:
+            from .tiering.errors import UnitExpired
+
+            raise UnitExpired(cid, where.expired.get("policy", "?"), where.expired.get("time", "?"))
+        async for chunk in fetch(self.nc, where, timeout=max(self.events.timeout * 6, 30.0)):
             yield chunk
+
+    async def _report_access(self, cid: str) -> None:
+        """Tell the tier agent a unit was read (its `idle` policies); best effort, no reply."""
+        try:
+            await self.nc.publish("cim.tier.access", cid.encode())
+        except Exception:  # a read never fails for want of this report
+            pass
 
     async def exists(self, cid: str) -> bool:
         try:

@@ -58,6 +58,10 @@ def _register() -> None:
     app.add_typer(config.app, name="config")
     app.add_typer(agent.app, name="agent")
     app.add_typer(keys.app, name="keys")
+    from . import backup, tier
+    app.add_typer(tier.app, name="tier")
+    app.add_typer(backup.app, name="backup")
+    app.command("restore")(backup.restore_cmd)
     app.command("provision")(provision.provision_cmd)
     app.command("status")(status.status_cmd)
     app.command("up")(up.up_cmd)

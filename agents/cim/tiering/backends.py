@@ -1,0 +1,455 @@
+"""One interface over the places unit bytes can live; every read is verified by CID.
+
+A backend's `get` yields the content chunk by chunk and holds the last chunk back until
+the bytes hashed to the CID (the content store's rule, for every tier). `put` takes such a
+verified stream from another tier, stores it and verifies it THERE (S3 checksums where the
+server keeps them, else a read-back), returning how it verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+from nats.aio.client import Client
+
+from .. import cid as cidlib
+from ..content import THREADED_HASH_MIN_CHUNKS, ContentStore, _ThreadedHasher
+from ..errors import CidMismatch, CimError, UnitNotFound
+from .errors import ObjectMissing, TierConfigError, TierUnavailable
+from .urls import TierSpec, read_credentials
+
+READ_CHUNK = 1024 * 1024
+SPOOL_IN_MEMORY = 32 * 1024**2  # larger sources spill to a temporary file while they are copied
+
+
+def digest_of(cid: str) -> bytes:
+    """The sha2-256 digest inside a raw CIDv1 (what S3's ChecksumSHA256 holds for a whole object)."""
+    raw = base64.b32decode(cid[1:].upper() + "=" * (-len(cid[1:]) % 8))
+    return raw[-32:]
+
+
+async def verified(cid: str, size: int | None, chunks: AsyncIterator[bytes], where: str) -> AsyncIterator[bytes]:
+    """Pass `chunks` on, hashing them; the last one only once the CID checked out."""
+    big = size is not None and size > THREADED_HASH_MIN_CHUNKS * READ_CHUNK
+    hasher = _ThreadedHasher() if big else cidlib.Hasher()
+    held: bytes | None = None
+    try:
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            hasher.update(chunk)
+            if held is not None:
+                yield held
+            held = chunk
+    finally:
+        if isinstance(hasher, _ThreadedHasher):
+            await asyncio.to_thread(hasher.finish)
+    actual = hasher.cid()
+    if actual != cid or (size is not None and hasher.size != size):
+        raise CidMismatch(cid, actual, where=where)
+    if held is not None:
+        yield held
+
+
+class Spool:
+    """A verified source copied into memory or a temporary file, hashed in S3 part sizes so a
+    multipart object's composite checksum can be predicted."""
+
+    def __init__(self, part_size: int):
+        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+        self.part_size = part_size
+        self.part_digests: list[bytes] = []
+        self._part = hashlib.sha256()
+        self._in_part = 0
+        self.size = 0
+
+    async def fill(self, chunks: AsyncIterator[bytes]) -> Spool:
+        async for chunk in chunks:
+            self.file.write(chunk)
+            self.size += len(chunk)
+            view = memoryview(chunk)
+            while view:
+                take = min(len(view), self.part_size - self._in_part)
+                self._part.update(view[:take])
+                self._in_part += take
+                view = view[take:]
+                if self._in_part == self.part_size:
+                    self.part_digests.append(self._part.digest())
+                    self._part, self._in_part = hashlib.sha256(), 0
+        if self._in_part or not self.part_digests:
+            self.part_digests.append(self._part.digest())
+        self.file.seek(0)
+        return self
+
+    def composite_sha256(self) -> str:
+        joined = hashlib.sha256(b"".join(self.part_digests)).digest()
+        return f"{base64.b64encode(joined).decode()}-{len(self.part_digests)}"
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Backend:
+    """A tier's store. Subclasses implement the raw operations; errors are CimErrors."""
+
+    def __init__(self, spec: TierSpec):
+        self.spec = spec
+        self.name = spec.name
+
+    def where(self) -> str:
+        return f"tier {self.name!r} ({self.spec.where()})"
+
+    async def get(self, cid: str, size: int | None = None) -> AsyncIterator[bytes]:
+        async for chunk in verified(cid, size, self._raw_get(cid), self.where()):
+            yield chunk
+
+    async def _raw_get(self, cid: str) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+        yield b""
+
+    async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
+        raise NotImplementedError
+
+    async def size_of(self, cid: str) -> int | None:
+        raise NotImplementedError
+
+    async def delete(self, cid: str) -> None:
+        raise NotImplementedError
+
+    async def list(self) -> AsyncIterator[tuple[str, int]]:
+        raise NotImplementedError
+        yield ("", 0)
+
+    async def check(self) -> None:
+        """Fail now, with what to fix, if this tier cannot work (bucket, keys, endpoint)."""
+
+    async def put_blob(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def get_blob(self, key: str) -> bytes | None:
+        raise NotImplementedError
+
+    async def read_back(self, cid: str, size: int) -> None:
+        async for _ in self.get(cid, size):
+            pass
+
+    def close(self) -> None:
+        pass
+
+
+# --- JetStream object bucket --------------------------------------------------------------
+
+
+class JetStreamBackend(Backend):
+    def __init__(self, spec: TierSpec, nc: Client, timeout: float = 5.0):
+        super().__init__(spec)
+        self.content = ContentStore(nc, spec.bucket, timeout=timeout)
+        self.nc = nc
+
+    async def get(self, cid: str, size: int | None = None) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.content.get(cid):  # verified by the content store itself
+                yield chunk
+        except UnitNotFound:
+            raise ObjectMissing(self.name, cid) from None
+
+    async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
+        spool = await Spool(READ_CHUNK).fill(source)
+        try:
+            # put_stream hashes what it sends and refuses (and removes) bytes that do not
+            # match the CID: verified by the CID there.
+            await self.content.put_stream(cid, spool.file)
+        finally:
+            spool.close()
+        stored = await self.content.locate(cid)
+        if stored is None or stored.size != size:
+            raise TierUnavailable(f"{self.where()} did not keep {cid} ({stored.size if stored else 'missing'} of {size} bytes)")
+        return "cid"
+
+    async def size_of(self, cid: str) -> int | None:
+        loc = await self.content.locate(cid)
+        return loc.size if loc else None
+
+    async def delete(self, cid: str) -> None:
+        await self.content.delete(cid)
+
+    async def list(self) -> AsyncIterator[tuple[str, int]]:
+        from ..jsread import read_stream
+        import json
+
+        live: dict[str, int] = {}
+        async for m in read_stream(self.nc, self.content.stream, [f"$O.{self.content.bucket}.M.>"]):
+            info = json.loads(m.data)
+            if info.get("deleted"):
+                live.pop(info.get("name", ""), None)
+            else:
+                live[info.get("name", "")] = int(info.get("size", 0))
+        for name, size in live.items():
+            yield name, size
+
+
+# --- a directory --------------------------------------------------------------------------
+
+
+class FileBackend(Backend):
+    """Objects as files named by CID; written to a temporary name, synced, then renamed, so a
+    crash never leaves a half-written object under a CID."""
+
+    def __init__(self, spec: TierSpec):
+        super().__init__(spec)
+        self.root = spec.path
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    async def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TierConfigError(f"tiers.{self.name}.url", f"cannot create {self.root}: {err.strerror}") from None
+
+    async def _raw_get(self, cid: str) -> AsyncIterator[bytes]:
+        try:
+            f = open(self._path(cid), "rb")
+        except FileNotFoundError:
+            raise ObjectMissing(self.name, cid) from None
+        with f:
+            while chunk := await asyncio.to_thread(f.read, READ_CHUNK):
+                yield chunk
+
+    def _write(self, key: str, data_or_file) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".partial-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if isinstance(data_or_file, bytes):
+                    out.write(data_or_file)
+                else:
+                    while block := data_or_file.read(READ_CHUNK):
+                        out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self._path(key))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
+        spool = await Spool(READ_CHUNK).fill(source)
+        try:
+            await asyncio.to_thread(self._write, cid, spool.file)
+        except OSError as err:
+            raise TierUnavailable(f"{self.where()}: cannot write {cid}: {err.strerror}") from None
+        finally:
+            spool.close()
+        await self.read_back(cid, size)
+        return "read-back"
+
+    async def size_of(self, cid: str) -> int | None:
+        try:
+            return self._path(cid).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    async def delete(self, cid: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(cid).unlink()
+
+    async def list(self) -> AsyncIterator[tuple[str, int]]:
+        if not self.root.is_dir():
+            return
+        for entry in os.scandir(self.root):
+            if entry.is_file() and not entry.name.startswith("."):
+                yield entry.name, entry.stat().st_size
+
+    async def put_blob(self, key: str, data: bytes) -> None:
+        (self.root / key).parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._write, key, data)
+
+    async def get_blob(self, key: str) -> bytes | None:
+        try:
+            return await asyncio.to_thread((self.root / key).read_bytes)
+        except FileNotFoundError:
+            return None
+
+
+# --- S3 (MinIO, Wasabi, seaweedfs, AWS) ----------------------------------------------------
+
+_DOWN = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ResponseStreamingError,
+)
+_REFUSED_KEYS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
+
+
+class S3Backend(Backend):
+    def __init__(self, spec: TierSpec):
+        super().__init__(spec)
+        key, secret = read_credentials(spec)
+        self.client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=spec.endpoint,
+            region_name=spec.region,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            config=botocore.config.Config(
+                s3={"addressing_style": spec.addressing_style},
+                # The agent retries with backoff itself; one quick retry here covers a blip.
+                retries={"max_attempts": 2, "mode": "standard"},
+                connect_timeout=spec.timeout,
+                read_timeout=spec.timeout,
+                max_pool_connections=max(10, spec.max_concurrency * 4),
+            ),
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=spec.multipart_threshold,
+            multipart_chunksize=spec.multipart_chunksize,
+            max_concurrency=spec.max_concurrency,
+            max_bandwidth=spec.max_bandwidth,
+        )
+
+    def _key(self, name: str) -> str:
+        return f"{self.spec.prefix}{name}"
+
+    def _map(self, err: Exception, doing: str, cid: str | None = None) -> CimError:
+        if isinstance(err, CimError):
+            return err
+        if isinstance(err, _DOWN):
+            return TierUnavailable(
+                f"{self.where()} is unreachable while {doing} ({type(err).__name__}); the data is not lost: "
+                "check that the S3 server runs and the endpoint is right; the agent retries"
+            )
+        if isinstance(err, botocore.exceptions.ClientError):
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            if code in ("NoSuchKey", "404", "NotFound") and cid:
+                return ObjectMissing(self.name, cid)
+            if code == "NoSuchBucket":
+                return TierConfigError(
+                    f"tiers.{self.name}.url",
+                    f"the bucket {self.spec.bucket!r} does not exist at {self.spec.endpoint or 'AWS'}; create it "
+                    "(on NixOS services.cim.tier.minio creates it) or fix the URL",
+                )
+            if code in _REFUSED_KEYS:
+                return TierConfigError(
+                    f"tiers.{self.name}.credentials_file",
+                    f"{self.where()} refused the keys in {self.spec.credentials_file} ({code}); put valid keys there",
+                )
+            return TierUnavailable(f"{self.where()} failed while {doing}: {code} {err}")
+        if isinstance(err, botocore.exceptions.BotoCoreError):
+            return TierUnavailable(f"{self.where()} failed while {doing}: {err}")
+        return TierUnavailable(f"{self.where()} failed while {doing}: {type(err).__name__}: {err}")
+
+    async def _call(self, doing: str, fn, *args, cid: str | None = None, **kwargs):
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except Exception as err:
+            raise self._map(err, doing, cid) from None
+
+    async def check(self) -> None:
+        await self._call("checking the bucket", self.client.head_bucket, Bucket=self.spec.bucket)
+
+    async def _raw_get(self, cid: str) -> AsyncIterator[bytes]:
+        resp = await self._call(f"reading {cid}", self.client.get_object, Bucket=self.spec.bucket, Key=self._key(cid), cid=cid)
+        body = resp["Body"]
+        try:
+            while chunk := await self._call(f"reading {cid}", body.read, READ_CHUNK):
+                yield chunk
+        finally:
+            body.close()
+
+    async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
+        spool = await Spool(self.spec.multipart_chunksize).fill(source)
+        key = self._key(cid)
+        try:
+            if size < self.spec.multipart_threshold:
+                # One request; the server checks the SHA-256 we send (BadDigest otherwise).
+                data = spool.file.read()
+                await self._call(
+                    f"storing {cid}", self.client.put_object, Bucket=self.spec.bucket, Key=key, Body=data,
+                    ChecksumSHA256=base64.b64encode(digest_of(cid)).decode(),
+                )
+            else:
+                # Multipart, parts in parallel (bounded) and bandwidth-limited; each part's
+                # SHA-256 is checked by the server.
+                await self._call(
+                    f"storing {cid}", self.client.upload_fileobj, spool.file, self.spec.bucket, key,
+                    ExtraArgs={"ChecksumAlgorithm": "SHA256"}, Config=self.transfer,
+                )
+            expected = (
+                base64.b64encode(digest_of(cid)).decode() if size < self.spec.multipart_threshold else spool.composite_sha256()
+            )
+        finally:
+            spool.close()
+        head = await self._call(
+            f"checking {cid}", self.client.head_object, Bucket=self.spec.bucket, Key=key, ChecksumMode="ENABLED", cid=cid
+        )
+        if int(head.get("ContentLength", -1)) != size:
+            raise TierUnavailable(f"{self.where()} holds {head.get('ContentLength')} of {size} bytes of {cid}")
+        if head.get("ChecksumSHA256") == expected:
+            return "s3-checksum"
+        await self.read_back(cid, size)  # the server keeps no usable checksum: hash it ourselves
+        return "read-back"
+
+    async def size_of(self, cid: str) -> int | None:
+        try:
+            head = await self._call(f"checking {cid}", self.client.head_object, Bucket=self.spec.bucket, Key=self._key(cid), cid=cid)
+        except ObjectMissing:
+            return None
+        return int(head["ContentLength"])
+
+    async def delete(self, cid: str) -> None:
+        await self._call(f"deleting {cid}", self.client.delete_object, Bucket=self.spec.bucket, Key=self._key(cid))
+
+    async def list(self) -> AsyncIterator[tuple[str, int]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = await self._call(
+            "listing objects", lambda: list(paginator.paginate(Bucket=self.spec.bucket, Prefix=self.spec.prefix, Delimiter="/"))
+        )
+        for page in pages:
+            for obj in page.get("Contents") or []:
+                yield obj["Key"][len(self.spec.prefix):], int(obj["Size"])
+
+    async def put_blob(self, key: str, data: bytes) -> None:
+        await self._call(
+            f"writing {key}", self.client.put_object, Bucket=self.spec.bucket, Key=self._key(key), Body=data,
+            ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+        )
+
+    async def get_blob(self, key: str) -> bytes | None:
+        try:
+            resp = await self._call(f"reading {key}", self.client.get_object, Bucket=self.spec.bucket, Key=self._key(key), cid=key)
+        except ObjectMissing:
+            return None
+        return await self._call(f"reading {key}", resp["Body"].read)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+
+def open_backend(spec: TierSpec, nc: Client | None = None, timeout: float = 5.0) -> Backend:
+    if spec.scheme == "s3":
+        return S3Backend(spec)
+    if spec.scheme == "file":
+        return FileBackend(spec)
+    if nc is None:
+        raise TierConfigError(f"tiers.{spec.name}.url", "a jetstream:// tier needs a NATS connection")
+    return JetStreamBackend(spec, nc, timeout)
+
+
