@@ -65,6 +65,9 @@ def _register() -> None:
     app.command("provision")(provision.provision_cmd)
     app.command("status")(status.status_cmd)
     app.command("up")(up.up_cmd)
+    from . import ui
+
+    app.add_typer(ui.app, name="ui")
 
 
 _register()

@@ -1,0 +1,1 @@
+"""The web dashboard: server-rendered pages (jinja2), progressive enhancement, live events."""

@@ -1,0 +1,353 @@
+"""The dashboard's HTTP side: routes, the login gate, CSRF checks, pages and live events.
+
+Pages are complete HTML without JavaScript; `static/app.js` only adds live updates
+(Server-Sent Events) and in-place uploads on top. Templates autoescape everything, so a
+unit titled `<script>` is shown as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+from importlib.resources import files
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import jinja2
+from aiohttp import web
+from nats.aio.client import Client
+
+from ..content import ContentStore
+from ..errors import CimError, InvalidInput, NotFound
+from ..unit_store import UnitStore
+from . import data, plots
+from .auth import Auth, Session
+from .projections import Projection
+
+log = logging.getLogger("cim.ui")
+
+try:
+    from ..tiering.urls import HOT  # the tier agent's name for JetStream
+except ImportError:
+    HOT = "hot"
+PREVIEW_BYTES = 64 * 1024
+INLINE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}  # never SVG: it can carry script
+CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+       "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+PAGE_SIZES = (25, 50, 100)
+
+
+class Dashboard:
+    def __init__(self, nc: Client, auth: Auth, projection: Projection, *, agent: str, max_upload: int, stopping: asyncio.Event):
+        self.nc = nc
+        self.auth = auth
+        self.projection = projection
+        self.units = UnitStore(nc, agent=agent)
+        self.content = ContentStore(nc)
+        self.max_upload = max_upload
+        self.stopping = stopping
+        self.env = jinja2.Environment(
+            loader=jinja2.PackageLoader("cim.ui", "templates"), autoescape=True,
+            undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        )
+        self.env.filters["bytes"] = plots.human_bytes
+        self.env.tests["missing"] = lambda v: isinstance(v, data.Missing)  # `{% if x is missing %}`: a not-running panel
+        self.env.filters["json"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._headers, self._gate], client_max_size=self.max_upload + 64 * 1024)
+        r = app.router
+        r.add_get("/login", self.login_page)
+        r.add_post("/login", self.login)
+        r.add_post("/logout", self.logout)
+        r.add_get("/", self.overview)
+        r.add_get("/units", self.units_page)
+        r.add_post("/units", self.upload)
+        r.add_get("/units/{cid}", self.unit_page)
+        r.add_get("/units/{cid}/content", self.download)
+        r.add_get("/pipelines", self.pipelines_page)
+        r.add_post("/dead-letters/{seq}/retry", self.retry)
+        r.add_get("/events", self.events_page)
+        r.add_get("/events/stream", self.stream)
+        r.add_get("/healthz", self.healthz)
+        r.add_static("/static", str(files("cim.ui").joinpath("static")))
+        return app
+
+    @web.middleware
+    async def _headers(self, request: web.Request, handler):
+        response = await handler(request)
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+    @web.middleware
+    async def _gate(self, request: web.Request, handler):
+        """Everything but the login page, static files and health needs a session; every
+        state change also needs our origin and the CSRF token."""
+        if request.path in ("/login", "/healthz") or request.path.startswith("/static/"):
+            if request.method == "POST" and not self.auth.same_origin(request):
+                return self._refuse(request, "this request did not come from a page of this dashboard (Origin mismatch)")
+            return await handler(request)
+        session = self.auth.session(request)
+        if session is None:
+            if request.method == "GET" and "text/event-stream" not in request.headers.get("Accept", ""):
+                raise web.HTTPSeeOther("/login?" + urlencode({"next": request.path_qs}))
+            return web.json_response({"error": "log in first"}, status=401)
+        request["session"] = session
+        if request.method not in ("GET", "HEAD"):
+            token = request.headers.get("X-CSRF-Token")
+            if token is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+                if request.content_type == "application/x-www-form-urlencoded":
+                    token = (await request.post()).get("csrf")
+                else:
+                    token = request.query.get("csrf")  # multipart: the form action carries it (see units.html)
+            why = self.auth.check_csrf(request, session, token)
+            if why:
+                return self._refuse(request, why)
+        return await handler(request)
+
+    def _refuse(self, request: web.Request, why: str) -> web.Response:
+        log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, why)
+        return web.Response(status=403, text=f"403 Forbidden: {why}\n", content_type="text/plain")
+
+    def render(self, request: web.Request, template: str, status: int = 200, **ctx: Any) -> web.Response:
+        session: Session | None = request.get("session")
+        html = self.env.get_template(template).render(
+            user=session.user if session else None, csrf=self.auth.csrf_token(session) if session else "",
+            path=request.path, flash=request.query.get("flash", ""), error=request.query.get("error", ""), **ctx,
+        )
+        return web.Response(text=html, content_type="text/html", status=status)
+
+    # --- login ----------------------------------------------------------------------------
+
+    async def login_page(self, request: web.Request) -> web.Response:
+        return self.render(request, "login.html", next=_safe_next(request.query.get("next")), failed=False,
+                           proxy=bool(self.auth.trusted_header and not self.auth.password_file))
+
+    async def login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        user, password = str(form.get("user", "")), str(form.get("password", ""))
+        target = _safe_next(str(form.get("next", "/")))
+        if await asyncio.to_thread(self.auth.verify, user, password):
+            response = web.HTTPSeeOther(target)
+            self.auth.issue(response, user)
+            log.info("login: %s from %s", user, request.remote)
+            raise response
+        log.warning("failed login for %r from %s", user, request.remote)
+        return self.render(request, "login.html", status=401, next=target, failed=True, proxy=False)
+
+    async def logout(self, request: web.Request) -> web.Response:
+        response = web.HTTPSeeOther("/login")
+        response.del_cookie("cim_session", path="/")
+        raise response
+
+    # --- pages ----------------------------------------------------------------------------
+
+    async def overview(self, request: web.Request) -> web.Response:
+        agents, storage = await asyncio.gather(data.agents(self.nc), data.storage(self.nc))
+        tiers = self.projection.tier_bytes()
+        if not tiers and not isinstance(storage, data.Missing):
+            content = next((b for b in storage["buckets"] if b["name"] == "CIM_CONTENT"), None)
+            tiers = {"jetstream (CIM_CONTENT)": content["bytes"]} if content else {}
+        return self.render(
+            request, "overview.html", agents=agents, storage=storage,
+            errors=list(self.projection.errors)[::-1][:20], rate_svg=plots.rate_chart(self.projection.rate()),
+            tier_svg=plots.bar_chart(tiers or {}), units=len(self.projection.rows), caught_up=self.projection.caught_up.is_set(),
+        )
+
+    async def units_page(self, request: web.Request) -> web.Response:
+        q = request.query.get("q", "")[:200]
+        label = request.query.get("label", "")[:64]
+        size = _int(request.query.get("size"), 50)
+        size = size if size in PAGE_SIZES else 50
+        page = max(_int(request.query.get("page"), 1), 1)
+        rows, total = self.projection.page(q=q, label=label, offset=(page - 1) * size, limit=size)
+        pages = max((total + size - 1) // size, 1)
+
+        def link(n: int) -> str:
+            return "/units?" + urlencode({k: v for k, v in (("q", q), ("label", label), ("size", size), ("page", n)) if v})
+
+        return self.render(
+            request, "units.html", rows=rows, total=total, q=q, label=label, page=page, pages=pages, size=size,
+            prev_link=link(page - 1) if page > 1 else None, next_link=link(page + 1) if page < pages else None,
+            labels=self.projection.labels(), live=page == 1 and not q and not label, max_upload=self.max_upload,
+            caught_up=self.projection.caught_up.is_set(),
+        )
+
+    async def unit_page(self, request: web.Request) -> web.Response:
+        cid = request.match_info["cid"]
+        try:
+            view = await self.units.show(cid)
+        except InvalidInput as err:
+            return self.render(request, "error.html", status=400, message=str(err))
+        except NotFound as err:
+            return self.render(request, "error.html", status=404, message=str(err))
+        unit = view.unit
+        created = next((e for e in view.events if e.type == "unit.created"), None)
+        meta = dict(unit.metadata)
+        provenance = {
+            "agent": (created.agent if created else "") or "unknown",
+            "agent_version": (created.agent_version if created else "") or "",
+            "pipeline": meta.get("pipeline", ""), "step": meta.get("step", ""),
+            "source": unit.source, "correlation": (created.correlation_id if created else "") or "",
+        }
+        tiers, tier_note = await self._tiers(unit.cid, view.events)
+        preview_text = None
+        if unit.media_type.startswith("text/") or unit.media_type in ("application/json", "application/xml"):
+            if not tiers or HOT in tiers:
+                try:
+                    raw = await self._read(unit.cid, PREVIEW_BYTES + 1)
+                    preview_text = raw[:PREVIEW_BYTES].decode("utf-8", "replace") + ("\n…" if len(raw) > PREVIEW_BYTES else "")
+                except CimError as err:
+                    tier_note = str(err)
+        parents = [(p, self._title(p)) for p in unit.parents]
+        children = [(c, self._title(c)) for c in view.children]
+        return self.render(
+            request, "unit.html", unit=unit, meta=meta, provenance=provenance, tiers=tiers, tier_note=tier_note,
+            preview_text=preview_text, image=unit.media_type in INLINE_IMAGES, parents=parents, children=children,
+            events=view.events, revision=view.revision,
+        )
+
+    def _title(self, cid: str) -> str:
+        i = self.projection.by_cid.get(cid)
+        return self.projection.rows[i].title if i is not None else ""
+
+    async def _tiers(self, cid: str, events) -> tuple[list[str], str]:
+        try:
+            from ..tiering.locations import LocationIndex
+        except ImportError:
+            LocationIndex = None  # noqa: N806 - the tier library is not in this version
+        if LocationIndex is not None:
+            loc = LocationIndex().apply_all(events).units.get(cid)
+            if loc is not None and loc.tiers:
+                return sorted(loc.tiers), ""
+        where = await self.content.locate(cid)
+        if where is not None:
+            note = "" if LocationIndex else "the tier agent is not running in this version: only the hot tier is known"
+            return [HOT], note
+        return [], "the content is not in JetStream and no tier has recorded it"
+
+    async def _read(self, cid: str, limit: int) -> bytes:
+        out = bytearray()
+        async for chunk in self.content.get(cid):
+            out += chunk
+            if len(out) > limit:
+                break
+        return bytes(out)
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        cid = request.match_info["cid"]
+        try:
+            unit = (await self.units.show(cid)).unit
+        except (InvalidInput, NotFound) as err:
+            raise web.HTTPNotFound(text=str(err)) from None
+        inline = request.query.get("inline") == "1" and unit.media_type in INLINE_IMAGES
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", unit.title or cid)[:120] or cid
+        response = web.StreamResponse(headers={
+            "Content-Type": unit.media_type if inline else "application/octet-stream",
+            "Content-Disposition": f"{'inline' if inline else 'attachment'}; filename=\"{name}\"; filename*=UTF-8''{quote(unit.title or cid)}",
+            "Content-Length": str(unit.size), "Cache-Control": "private, max-age=31536000, immutable",
+        })
+        await response.prepare(request)
+        try:
+            async for chunk in self.content.get(cid):  # verified against the CID before the last chunk
+                await response.write(chunk)
+        except CimError as err:
+            log.error("download of %s failed: %s", cid, err)
+            raise  # the connection is cut short: the browser reports a failed download, never a bad file
+        await response.write_eof()
+        return response
+
+    async def upload(self, request: web.Request) -> web.Response:
+        wants_json = "application/json" in request.headers.get("Accept", "")
+        reader = await request.multipart()
+        fields: dict[str, str] = {}
+        content, filename, ctype = b"", "", None
+        while (part := await reader.next()) is not None:
+            if part.name == "file":
+                filename, ctype = part.filename or "", part.headers.get("Content-Type")
+                content = await part.read()
+                if len(content) > self.max_upload:
+                    return self._upload_error(wants_json, f"the file is over {plots.human_bytes(self.max_upload)}; use the hub API or `cim units put`", 413)
+            elif part.name:
+                fields[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")
+        if not filename:
+            return self._upload_error(wants_json, "choose a file to upload", 400)
+        labels = [x.strip() for x in fields.get("labels", "").split(",") if x.strip()]
+        body = {"content_b64": base64.b64encode(content).decode(), "title": fields.get("title") or filename,
+                "labels": labels, "source": f"ui:{request['session'].user}",
+                "media_type": ctype if ctype and ctype != "application/octet-stream" else None}
+        answer = await data.call(self.nc, "cim.store.put", body, timeout=30)
+        if isinstance(answer, data.Missing):
+            return self._upload_error(wants_json, answer.why, 400 if "code 400" in answer.why else 503)
+        cid = answer["unit"]["cid"]
+        if wants_json:
+            return web.json_response({"cid": cid, "created": answer["created"]}, status=201)
+        raise web.HTTPSeeOther(f"/units/{cid}")
+
+    def _upload_error(self, wants_json: bool, why: str, status: int) -> web.Response:
+        if wants_json:
+            return web.json_response({"error": why}, status=status)
+        raise web.HTTPSeeOther("/units?" + urlencode({"error": why}))
+
+    async def pipelines_page(self, request: web.Request) -> web.Response:
+        pipelines, letters = await asyncio.gather(data.pipelines(self.nc), data.dead_letters(self.nc))
+        return self.render(request, "pipelines.html", pipelines=pipelines, letters=letters)
+
+    async def retry(self, request: web.Request) -> web.Response:
+        seq = _int(request.match_info["seq"], 0)
+        ok, message = await data.retry(self.nc, seq)
+        if "application/json" in request.headers.get("Accept", ""):
+            return web.json_response({"ok": ok, "message": message}, status=200 if ok else 409)
+        raise web.HTTPSeeOther("/pipelines?" + urlencode({"flash" if ok else "error": message}))
+
+    async def events_page(self, request: web.Request) -> web.Response:
+        return self.render(request, "events.html", recent=list(self.projection.recent)[::-1],
+                           rate_svg=plots.rate_chart(self.projection.rate()))
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """Server-Sent Events: every new event as JSON; a comment every 15 s keeps proxies from timing out."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        queue = self.projection.listen()
+        try:
+            await response.write(b"retry: 2000\n\n")
+            while not self.stopping.is_set():
+                try:
+                    item = await asyncio.wait_for(queue.get(), 15)
+                except asyncio.TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                await response.write(f"id: {item['seq']}\nevent: cim\ndata: {json.dumps(item)}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.projection.unlisten(queue)
+        return response
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"nats": self.nc.is_connected, "caught_up": self.projection.caught_up.is_set(),
+                                  "units": len(self.projection.rows)}, status=200 if self.nc.is_connected else 503)
+
+
+def _int(v: str | None, default: int) -> int:
+    try:
+        return int(v) if v is not None else default
+    except ValueError:
+        return default
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a local path: `next=https://evil.example` must not turn the login into a redirector."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+

@@ -1,0 +1,195 @@
+"""The dashboard in a real browser (Debian's chromium, driven by Playwright) against real
+agents: what a newcomer does after `cim up`. Screenshots land in tests/artifacts/."""
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("aiohttp", reason="the hub and UI need aiohttp")
+playwright_api = pytest.importorskip("playwright.async_api", reason="browser tests need playwright (pip install playwright)")
+CHROMIUM = "/usr/bin/chromium"
+if not os.path.exists(CHROMIUM):
+    pytest.skip("browser tests need Debian's chromium (apt-get install chromium)", allow_module_level=True)
+
+from aiohttp import web  # noqa: E402
+
+from cim.embedded.procs import async_wait_until, free_port  # noqa: E402
+from cim.hub.webhooks import verify  # noqa: E402
+
+from hub_support import TOKEN  # noqa: E402
+from ui_support import PASSWORD, Stack  # noqa: E402
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def stack(tmp_path):
+    receiver_port = free_port()  # nothing listens yet: the first deliveries fail
+    s = Stack(tmp_path, webhook_url=f"http://127.0.0.1:{receiver_port}/hook")
+    await asyncio.to_thread(s.start)
+    s.receiver_port = receiver_port
+    try:
+        yield s
+    finally:
+        await asyncio.to_thread(s.stop)
+
+
+@pytest.fixture
+async def page(stack):
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = await browser.new_context(viewport={"width": 1200, "height": 900})
+        pg = await context.new_page()
+        pg.set_default_timeout(20_000)
+        try:
+            yield pg
+        finally:
+            await context.close()
+            await browser.close()
+
+
+async def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+async def login(page, stack) -> None:
+    await page.goto(stack.ui_url + "/units")
+    assert page.url.startswith(stack.ui_url + "/login")  # the gate sent us to log in
+    await shot(page, "login")
+    await page.get_by_label("User").fill("admin")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await page.wait_for_url(stack.ui_url + "/units")
+
+
+async def test_log_in_upload_a_file_watch_it_appear_live_and_open_its_page(page, stack, tmp_path):
+    await page.goto(stack.ui_url + "/login")
+    await page.get_by_label("User").fill("admin")
+    await page.get_by_label("Password").fill("wrong password")
+    await page.get_by_role("button", name="Log in").click()
+    await playwright_api.expect(page.get_by_role("alert")).to_contain_text("Wrong user name or password")
+    await login(page, stack)
+
+    note = tmp_path / "meeting-notes.txt"
+    note.write_text("Decisions of the week: ship the hub.\n")
+    await page.get_by_text("Upload a file").click()
+    await page.get_by_label("File").set_input_files(str(note))
+    await page.get_by_label("Labels, comma-separated").fill("demo, notes")
+    url_before = page.url
+    await page.get_by_role("button", name="Upload").click()
+    row = page.locator("#units tbody tr", has_text="meeting-notes.txt")
+    await playwright_api.expect(row).to_be_visible()  # pushed over SSE: no reload
+    assert page.url == url_before
+    await playwright_api.expect(page.locator(".upload-status")).to_contain_text("Stored bafk")
+    await shot(page, "units")
+
+    await row.get_by_role("link", name="meeting-notes.txt").click()
+    await playwright_api.expect(page.get_by_role("heading", level=1)).to_have_text("meeting-notes.txt")
+    await playwright_api.expect(page.locator(".preview")).to_contain_text("ship the hub")
+    await playwright_api.expect(page.locator("#tiers")).to_contain_text("hot")
+    await playwright_api.expect(page.locator("#provenance")).to_contain_text("cim-store")
+    await playwright_api.expect(page.locator("#lineage")).to_contain_text("this is an original")
+    await shot(page, "unit")
+    async with page.expect_download() as dl:
+        await page.get_by_role("link", name="Download").click()
+    path = await (await dl.value).path()
+    assert Path(path).read_text() == "Decisions of the week: ship the hub.\n"
+
+    await page.goto(stack.ui_url + "/")
+    await playwright_api.expect(page.get_by_role("heading", name="Agents")).to_be_visible()
+    for capability in ("store", "hub", "ui"):
+        await playwright_api.expect(page.locator("section", has_text="Agents").locator("td", has_text=capability).first).to_be_visible()
+    await playwright_api.expect(page.locator("svg[aria-label^='Events per minute']")).to_be_visible()
+    await shot(page, "overview")
+    await page.goto(stack.ui_url + "/events")
+    await shot(page, "events")
+
+
+async def test_a_revision_shows_its_lineage_and_a_script_title_renders_as_text(page, stack):
+    import aiohttp
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(stack.hub.url + "/v1/units?title=original", data=b"v1", headers=auth) as r:
+            parent = (await r.json())["cid"]
+        async with http.post(f"{stack.hub.url}/v1/units?parent={parent}", params={"title": "<script>alert(1)</script>"},
+                             data=b"v2", headers=auth) as r:
+            child = (await r.json())["cid"]
+    dialogs = []
+    page.on("dialog", lambda d: dialogs.append(d.message))
+    await login(page, stack)
+    await page.goto(f"{stack.ui_url}/units/{child}")
+    await playwright_api.expect(page.get_by_role("heading", level=1)).to_have_text("<script>alert(1)</script>")
+    await playwright_api.expect(page.locator("#lineage")).to_contain_text("original")
+    await page.goto(stack.ui_url + "/units?q=script")
+    await playwright_api.expect(page.locator("#units tbody")).to_contain_text("<script>alert(1)</script>")
+    assert dialogs == []  # nothing ran
+    await page.goto(f"{stack.ui_url}/units/{parent}")
+    await playwright_api.expect(page.locator("#lineage")).to_contain_text("<script>alert(1)</script>")
+
+
+async def test_a_dead_letter_is_retried_from_the_pipelines_page(page, stack):
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(stack.hub.url + "/v1/units?title=to-deliver", data=b"deliver me",
+                             headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+            assert r.status == 201
+    await login(page, stack)
+
+    async def dead_lettered():
+        await page.goto(stack.ui_url + "/pipelines")
+        return await page.locator("#dead-letters tbody tr").count() > 0
+
+    await async_wait_until(dead_lettered, 30, what="the webhook's dead letter to show")
+    await playwright_api.expect(page.locator("section", has_text="Pipelines").first).to_contain_text("not running")
+    await shot(page, "pipelines")
+
+    received = []
+
+    async def hook(request):
+        body = await request.read()
+        received.append((request.headers["X-CIM-Event-Type"], verify(b"webhook-secret", body, request.headers["X-CIM-Signature"])))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", stack.receiver_port).start()
+    try:
+        await page.get_by_role("button", name="Retry").first.click()
+        await playwright_api.expect(page.get_by_role("status")).to_contain_text("processed again")
+        assert received == [("unit.created", True)]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_cross_site_post_is_refused_even_with_the_session_cookie(page, stack):
+    await login(page, stack)
+    evil_port = free_port()
+    evil = web.Application()
+
+    async def form(request):
+        return web.Response(content_type="text/html", text=(
+            f'<form id="f" method="post" action="{stack.ui_url}/dead-letters/1/retry">'
+            '<input name="csrf" value="guessed"></form><script>document.getElementById("f").submit()</script>'))
+
+    evil.router.add_get("/", form)
+    runner = web.AppRunner(evil)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", evil_port).start()
+    try:
+        async with page.expect_response(lambda r: "/dead-letters/" in r.url) as resp:
+            await page.goto(f"http://127.0.0.1:{evil_port}/")
+        response = await resp.value
+        assert response.status == 403
+        assert "did not come from a page of this dashboard" in await response.text()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,82 @@
+"""A whole stack for the dashboard tests: nats-server, the store, hub and ui agents."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from cim.embedded.nats_server import NatsServer
+from cim.embedded.procs import free_port, wait_until
+from cim.ui.auth import hash_password
+
+from hub_support import Hub
+
+PASSWORD = "correct horse battery"
+
+
+class Agent:
+    def __init__(self, capability: str, config: dict, tmp: Path):
+        self.path = tmp / f"{capability}.json"
+        self.path.write_text(json.dumps({"capability": capability, **config}))
+        self.log_path = tmp / f"{capability}.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "cim", "agent", "run", capability, "--config", str(self.path)],
+                                     stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class Stack:
+    def __init__(self, tmp: Path, *, webhook_url: str | None = None):
+        self.tmp = tmp
+        self.server = NatsServer(store_dir=tmp / "nats")
+        self.agents: list[Agent] = []
+        self.hub: Hub | None = None
+        self.webhook_url = webhook_url
+
+    def start(self) -> Stack:
+        self.server.start()
+        subprocess.run([sys.executable, "-m", "cim", "--server", self.server.url, "provision"], check=True, capture_output=True)
+        nats = {"servers": [self.server.url]}
+        self.agents.append(Agent("store", {"nats": nats}, self.tmp))
+        users = self.tmp / "users"
+        users.write_text(f"admin:{hash_password(PASSWORD)}\n")
+        self.ui_port = free_port()
+        self.ui_url = f"http://127.0.0.1:{self.ui_port}"
+        self.agents.append(Agent("ui", {"nats": nats, "http": {"port": self.ui_port}, "password_file": str(users)}, self.tmp))
+        hub_dir = self.tmp / "hub"
+        hub_dir.mkdir()
+        (hub_dir / "secret").write_text("webhook-secret\n")
+        hooks = []
+        if self.webhook_url:
+            hooks = [{"name": "receiver", "url": self.webhook_url, "secret_file": str(hub_dir / "secret"),
+                      "max_attempts": 2, "backoff": [0.2], "timeout": 2}]
+        self.hub = Hub(self.server.url, hub_dir, webhooks=hooks).start()
+        wait_until(lambda: http_ok(self.ui_url + "/healthz"), 30, what="the dashboard to answer")
+        return self
+
+    def stop(self) -> None:
+        if self.hub:
+            self.hub.stop()
+        for a in self.agents:
+            a.stop()
+        self.server.stop()
