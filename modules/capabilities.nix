@@ -13,10 +13,16 @@ rec {
 
   # The NATS permissions of one agent's user: the common ones every agent needs plus the
   # subjects and JetStream API calls its capability declares. Nothing else is allowed.
-  permissions = name: {
-    publish = data.common.publish ++ data.capabilities.${name}.publish;
-    subscribe = data.common.subscribe ++ data.capabilities.${name}.subscribe;
-  };
+  # `{capability}` in the common lists stands for the agent's own capability.
+  permissions =
+    name:
+    let
+      common = map (builtins.replaceStrings [ "{capability}" ] [ name ]);
+    in
+    {
+      publish = common data.common.publish ++ data.capabilities.${name}.publish;
+      subscribe = common data.common.subscribe ++ data.capabilities.${name}.subscribe;
+    };
 
   # Position in `names`, used to give each container its own /30-like address pair.
   indexOf =

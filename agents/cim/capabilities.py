@@ -24,9 +24,11 @@ def permissions(capability: str) -> dict[str, list[str]]:
     """The NATS publish/subscribe permissions an agent of this capability needs."""
     data = _data()
     cap = data["capabilities"][capability]
+    # `{capability}` in the common lists is the agent's own capability.
+    common = {k: [s.replace("{capability}", capability) for s in data["common"][k]] for k in ("publish", "subscribe")}
     return {
-        "publish": data["common"]["publish"] + cap["publish"],
-        "subscribe": data["common"]["subscribe"] + cap["subscribe"],
+        "publish": common["publish"] + cap["publish"],
+        "subscribe": common["subscribe"] + cap["subscribe"],
     }
 
 

@@ -26,6 +26,15 @@ class MetricsSettings(BaseModel):
     port: int | None = Field(default=None, ge=0, le=65535)
 
 
+class RegistrySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Keep it well under the registry bucket's TTL (30 s): a record not renewed within the
+    # TTL expires, and readers call an agent stale after three missed beats.
+    heartbeat: float = Field(default=5.0, gt=0, le=300, description="seconds between announcements in CIM_REGISTRY")
+    announce: bool = Field(default=True, description="announce this agent in the registry bucket")
+
+
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,6 +43,7 @@ class AgentConfig(BaseModel):
     nats: ConnectionSettings = Field(default_factory=ConnectionSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
 
     @property
     def agent_name(self) -> str:

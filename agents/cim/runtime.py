@@ -31,6 +31,7 @@ from . import __version__, logs
 from .config import AgentConfig
 from .connection import connect
 from .errors import CimError, InvalidInput, NotFound, UnitTooLarge
+from .registry.announce import Heartbeat, capabilities_of
 
 log = logging.getLogger("cim.agent")
 
@@ -175,11 +176,21 @@ async def run_agent(config: AgentConfig, agent_factory: Callable[[AgentContext],
     start = getattr(agent, "start", None)
     if start:
         await start()
+    heartbeat = None
+    if config.registry.announce:
+        heartbeat = Heartbeat(
+            nc, name=config.agent_name, instance_id=service.id, capability=config.capability, version=__version__,
+            capabilities=capabilities_of(agent, config.capability, __version__),
+            endpoints=[e.subject for e in service.info().endpoints], interval=config.registry.heartbeat,
+        )
+        await heartbeat.start()
     log.info("%s agent %s ready (pid %d)", config.capability, config.agent_name, os.getpid())
     try:
         await ctx.stopping.wait()
     finally:
         log.info("stopping: draining requests and closing the connection")
+        if heartbeat is not None:
+            await heartbeat.stop()
         stop = getattr(agent, "stop", None)
         if stop:
             await stop()

@@ -62,6 +62,8 @@ def _register() -> None:
     app.add_typer(tier.app, name="tier")
     app.add_typer(backup.app, name="backup")
     app.command("restore")(backup.restore_cmd)
+    from . import agents as agents_group
+    app.add_typer(agents_group.app, name="agents")
     app.command("provision")(provision.provision_cmd)
     app.command("status")(status.status_cmd)
     app.command("up")(up.up_cmd)

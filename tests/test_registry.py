@@ -1,0 +1,311 @@
+"""The component registry: every agent announces itself, the registry agent keeps the live
+view (up, stale, gone) and its history as events, and negotiation picks providers or says
+clearly what nothing provides. Real nats-server, real agent processes."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import nats
+import pytest
+
+from cim import __version__
+from cim.capabilities import permissions
+from cim.embedded.procs import async_wait_until, wait_until
+from cim.events import EventStore
+from cim.provision import KvSpec, ProvisionSpec, provision
+from cim.registry import NoProvider, Requirement, find_providers, list_agents, negotiate
+from cim.registry.announce import Heartbeat
+
+TTL = 3.0  # the test bucket's TTL: a SIGKILLed agent's record expires after this
+BEAT = 0.3
+
+
+class Agents:
+    """Agent processes started by a test, each with its config and log; all stopped at the end."""
+
+    def __init__(self, url, tmp_path):
+        self.url, self.tmp_path, self.procs = url, tmp_path, {}
+
+    def start(self, capability, name=None, nkey=None, **settings):
+        name = name or f"cim-{capability}"
+        config = self.tmp_path / f"{name}.json"
+        nats_cfg = {"servers": [self.url]} | ({"nkey_seed_file": str(nkey)} if nkey else {})
+        config.write_text(json.dumps({"capability": capability, "name": name, "nats": nats_cfg,
+                                      "registry": {"heartbeat": BEAT}, **settings}))
+        log = self.tmp_path / f"{name}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "cim", "agent", "run", capability, "--config", str(config)],
+                                    stdout=out, stderr=subprocess.STDOUT)
+        self.procs[name] = (proc, log)
+        return proc
+
+    def log(self, name):
+        return self.procs[name][1].read_text()
+
+    def stop_all(self):
+        for proc, _ in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+async def admin(nats_server):
+    nc = await nats.connect(nats_server.url)
+    await provision(nc, ProvisionSpec(kv=[KvSpec(bucket="CIM_REGISTRY", ttl=TTL)]))
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def agents(nats_server, tmp_path):
+    a = Agents(nats_server.url, tmp_path)
+    try:
+        yield a
+    finally:
+        a.stop_all()
+
+
+async def _records(nc, name):
+    return [v for v in await list_agents(nc) if v.record.name == name]
+
+
+async def registry_ls(nc, **body):
+    msg = await nc.request("cim.registry.ls", json.dumps({"all": True, **body}).encode(), timeout=5)
+    return json.loads(msg.data)["agents"]
+
+
+async def state_of(nc, instance_id):
+    return next((v["state"] for v in await registry_ls(nc) if v["record"]["id"] == instance_id), None)
+
+
+async def agent_events(nc, instance_id):
+    return [e.type for e in await EventStore(nc).aggregate("agent", instance_id)]
+
+
+async def test_every_agent_announces_itself_with_capabilities_endpoints_and_where(admin, agents):
+    proc = agents.start("store")
+    views = await async_wait_until(lambda: _records(admin, "cim-store"), 20, what="the store agent's record")
+    (view,) = views
+    r = view.record
+    assert view.state == "up"
+    assert r.capability == "store" and r.capabilities == {"store": __version__} and r.version == __version__
+    assert set(r.endpoints) == {"cim.store.put", "cim.store.get", "cim.store.show", "cim.store.list"}
+    assert r.pid == proc.pid and r.host and r.started_at <= r.last_seen
+    # The record's id is the micro service's: $SRV.INFO and the registry name one instance.
+    info = json.loads((await admin.request("$SRV.INFO.cim-store", b"", timeout=2)).data)
+    assert info["id"] == r.id
+    # It heartbeats: last_seen moves on.
+    first = r.last_seen
+    await async_wait_until(lambda: _moved(admin, first), 10, what="a second heartbeat")
+
+
+async def _moved(nc, since):
+    return any(v.record.last_seen > since for v in await _records(nc, "cim-store"))
+
+
+async def test_a_clean_stop_removes_the_record_and_the_registry_says_gone(admin, agents):
+    agents.start("registry", sweep_interval=0.1)
+    proc = agents.start("store")
+    (view,) = await async_wait_until(lambda: _records(admin, "cim-store"), 20, what="the store agent's record")
+    await async_wait_until(lambda: _state_is(admin, view.record.id, "up"), 20, what="the registry to see the store up")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    assert await _records(admin, "cim-store") == []
+    await async_wait_until(lambda: _state_is(admin, view.record.id, "gone"), 10, what="the registry to see it gone")
+    events = await EventStore(admin).aggregate("agent", view.record.id)
+    assert [e.type for e in events] == ["agent.appeared", "agent.gone"]
+    assert events[0].data["capabilities"] == {"store": __version__}
+    assert events[1].data["reason"] == "stopped" and events[1].agent == "cim-registry"
+
+
+async def _state_is(nc, instance_id, state):
+    try:
+        return await state_of(nc, instance_id) == state
+    except nats.errors.NoRespondersError:
+        return False
+
+
+async def test_a_killed_agent_turns_stale_then_gone_within_its_ttl_and_a_restarted_one_comes_back(admin, agents):
+    agents.start("registry", sweep_interval=0.1)
+    proc = agents.start("store")
+    (view,) = await async_wait_until(lambda: _records(admin, "cim-store"), 20, what="the store agent's record")
+    old = view.record.id
+    await async_wait_until(lambda: _state_is(admin, old, "up"), 20, what="the registry to see the store up")
+
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(5)
+    await async_wait_until(lambda: _state_is(admin, old, "stale"), TTL, what="the killed agent to turn stale")
+    # Gone within its TTL (plus sweeps): the registry says so and the record has expired.
+    await async_wait_until(lambda: _state_is(admin, old, "gone"), TTL + 2, what="the killed agent to be gone")
+    await async_wait_until(lambda: _no_record(admin, "cim-store"), TTL + 2, what="the record to expire")
+    assert await agent_events(admin, old) == ["agent.appeared", "agent.stale", "agent.gone"]
+    gone = (await EventStore(admin).aggregate("agent", old))[-1]
+    assert gone.data["reason"] == "expired"
+    ls = [v for v in await registry_ls(admin, all=False) if v["record"]["id"] == old]
+    assert ls == []  # gone agents are listed only with `all`
+
+    agents.start("store")
+    (back,) = await async_wait_until(lambda: _records(admin, "cim-store"), 20, what="the restarted agent's record")
+    assert back.record.id != old and back.state == "up"
+    await async_wait_until(lambda: _state_is(admin, back.record.id, "up"), 10, what="the registry to see it back")
+    assert await agent_events(admin, back.record.id) == ["agent.appeared"]
+
+
+async def _no_record(nc, name):
+    return not await _records(nc, name)
+
+
+async def test_a_restarted_registry_does_not_record_an_agent_twice(admin, agents):
+    agents.start("store")
+    (view,) = await async_wait_until(lambda: _records(admin, "cim-store"), 20, what="the store agent's record")
+    registry = agents.start("registry")
+    await async_wait_until(lambda: _state_is(admin, view.record.id, "up"), 20, what="the registry to see the store")
+    registry.send_signal(signal.SIGTERM)
+    assert registry.wait(15) == 0
+    agents.procs.pop("cim-registry")
+    agents.start("registry")
+    await async_wait_until(lambda: _state_is(admin, view.record.id, "up"), 20, what="the new registry to see the store")
+    assert await agent_events(admin, view.record.id) == ["agent.appeared"]
+
+
+@pytest.fixture
+async def announced(admin):
+    """Two providers of `search` (1.0.0 and 2.1.0) announced through the library, as agents do."""
+    beats = [
+        Heartbeat(admin, name="cim-pipeline", instance_id="P1", capability="pipeline", version="0.1.0",
+                  capabilities=lambda: {"pipeline": "0.1.0", "search": "1.0.0", "classify": "1.2.0"},
+                  endpoints=["cim.pipeline.run"], interval=BEAT),
+        Heartbeat(admin, name="cim-search", instance_id="S2", capability="hub", version="0.1.0",
+                  capabilities=lambda: {"search": "2.1.0"}, endpoints=[], interval=BEAT),
+    ]
+    for b in beats:
+        await b.start()
+    try:
+        yield beats
+    finally:
+        for b in beats:
+            await b.stop()
+
+
+async def test_negotiation_picks_the_matching_provider(announced, admin):
+    matches = await negotiate(admin, ["search>=2", Requirement(capability="classify", spec="~=1.0"), "search<2"])
+    assert [(m.requirement.capability, m.provider.name, m.version) for m in matches] == [
+        ("search", "cim-search", "2.1.0"), ("classify", "cim-pipeline", "1.2.0"), ("search", "cim-pipeline", "1.0.0"),
+    ]
+    found = await find_providers(admin, "search", ">=1")
+    assert [(v.record.name, ver) for v, ver in found] == [("cim-search", "2.1.0"), ("cim-pipeline", "1.0.0")]
+
+
+async def test_negotiation_refuses_with_a_clear_message_naming_every_unmet_requirement(announced, admin):
+    with pytest.raises(NoProvider) as err:
+        await negotiate(admin, ["search>=3", "classify", "ocr"])
+    assert err.value.unmet == [
+        "nothing provides search >= 3 (available: search 1.0.0 from cim-pipeline, search 2.1.0 from cim-search)",
+        "nothing provides ocr (no agent announces it)",
+    ]
+
+
+async def test_the_registry_agent_negotiates_over_nats(announced, admin, agents):
+    agents.start("registry")
+    async def both_seen():
+        try:
+            return len(await registry_ls(admin, capability="search")) == 2
+        except nats.errors.NoRespondersError:
+            return False
+    await async_wait_until(both_seen, 20, what="the registry to see both search providers")
+    ok = json.loads((await admin.request("cim.registry.negotiate", json.dumps(
+        {"requirements": ["search>=2,<3"]}).encode(), timeout=5)).data)
+    assert [m["provider"]["name"] for m in ok["matches"]] == ["cim-search"]
+    refused = await admin.request("cim.registry.negotiate", json.dumps({"requirements": ["search>=3"]}).encode(), timeout=5)
+    assert refused.headers["Nats-Service-Error-Code"] == "404"
+    assert refused.headers["Nats-Service-Error"].startswith("nothing provides search >= 3 (available: search 1.0.0")
+    bad = await admin.request("cim.registry.providers", json.dumps({"capability": "search", "spec": "=>2"}).encode(), timeout=5)
+    assert bad.headers["Nats-Service-Error-Code"] == "400" and "version range" in bad.headers["Nats-Service-Error"]
+
+
+def test_cim_agents_ls_show_and_negotiate(admin, agents, cli):
+    agents.start("store")
+
+    def listed_store():
+        out = cli("agents", "ls").stdout
+        return out if "cim-store" in out else None
+
+    out = wait_until(listed_store, 20, what="cim agents ls to list the store")
+    assert "up" in out and f"store {__version__}" in out and "no registry agent answered" in out
+    listed = json.loads(cli("--json", "agents", "ls", "--capability", "store").stdout)
+    (view,) = listed["agents"]
+    assert json.loads(cli("--json", "agents", "ls", "--capability", "search").stdout)["agents"] == []
+    shown = cli("agents", "show", "cim-store").stdout
+    assert view["record"]["id"] in shown and "cim.store.put" in shown and f"pid           {view['record']['pid']}" in shown
+    missing = cli("agents", "show", "nobody", check=False)
+    assert missing.returncode == 1 and "no agent 'nobody'" in missing.stderr
+    assert "cim-store" in cli("agents", "negotiate", f"store>={__version__}").stdout
+    refused = cli("agents", "negotiate", "store>=99", "ocr", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f"error: nothing provides store >= 99 (available: store {__version__} from cim-store); "
+        "nothing provides ocr (no agent announces it)"
+    )
+    # With the registry agent running, the same commands ask it (and it knows the states).
+    agents.start("registry")
+    wait_until(lambda: "source: registry agent)" in cli("agents", "ls").stdout, 20, what="ls to come from the registry agent")
+    assert "cim-registry" in cli("agents", "ls").stdout
+
+
+async def test_agents_announce_and_the_registry_works_under_their_own_restricted_identities(nats_server, tmp_path):
+    """The NATS users capabilities.json declares suffice, and one agent cannot announce as another capability."""
+    from cim.cli.keys import new_user_seed, public_key_of
+    from cim.embedded.nats_server import NatsServer
+
+    users, seeds = [], {}
+    for name in ("admin", "store", "registry"):
+        seed = new_user_seed()
+        path = tmp_path / f"{name}.nk"
+        path.write_bytes(seed + b"\n")
+        path.chmod(0o600)
+        seeds[name] = path
+        entry = {"nkey": public_key_of(seed)}
+        if name != "admin":
+            entry["permissions"] = {k: {"allow": v} for k, v in permissions(name).items()}
+        users.append(entry)
+    server = NatsServer(store_dir=tmp_path / "secured", extra_config={
+        "accounts": {"CIM": {"jetstream": "enabled", "users": users}}})
+    server.start()
+    a = Agents(server.url, tmp_path)
+    try:
+        admin = await nats.connect(server.url, nkeys_seed=str(seeds["admin"]))
+        await provision(admin, ProvisionSpec(kv=[KvSpec(bucket="CIM_REGISTRY", ttl=TTL)]))
+        a.start("registry", nkey=seeds["registry"], sweep_interval=0.1)
+        store = a.start("store", nkey=seeds["store"])
+        (view,) = await async_wait_until(lambda: _records(admin, "cim-store"), 20, what="the store's record")
+        await async_wait_until(lambda: _state_is(admin, view.record.id, "up"), 20, what="the registry to see it")
+        store.send_signal(signal.SIGTERM)
+        assert store.wait(15) == 0
+        await async_wait_until(lambda: _state_is(admin, view.record.id, "gone"), 10, what="the registry to see it gone")
+        assert await agent_events(admin, view.record.id) == ["agent.appeared", "agent.gone"]
+        assert "cannot announce" not in a.log("cim-store") and "could not record" not in a.log("cim-registry")
+
+        violations = []
+
+        async def on_error(err):
+            violations.append(str(err).lower())
+
+        as_store = await nats.connect(server.url, nkeys_seed=str(seeds["store"]), error_cb=on_error)
+        try:
+            forged = Heartbeat(as_store, name="fake", instance_id="X", capability="pipeline", version="9",
+                               capabilities=lambda: {"search": "9"}, endpoints=[], interval=BEAT)
+            with pytest.raises(nats.errors.TimeoutError):  # refused by the server: no ack comes
+                await forged.beat()
+            assert any('permissions violation for publish to "$kv.cim_registry.pipeline.x"' in v for v in violations)
+        finally:
+            await as_store.close()
+        assert await _records(admin, "fake") == []
+        await admin.close()
+    finally:
+        a.stop_all()
+        server.stop()
