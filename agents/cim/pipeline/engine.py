@@ -53,7 +53,7 @@ async def ensure_consumer(nc: Client, p: PipelineDef) -> None:
         "description": f"CIM pipeline {p.name}",
         "deliver_policy": p.start,
         "ack_policy": "explicit",
-        "ack_wait": 60 * NS,
+        "ack_wait": int(p.ack_wait * NS),
         "max_deliver": -1,  # the engine counts attempts itself, to dead-letter with a reason
         "max_ack_pending": p.max_ack_pending,
         "filter_subjects": p.trigger,
@@ -96,17 +96,29 @@ class Runner:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"pipeline-{self.p.name}")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 30) -> None:
+        """Finish the batch in hand, then leave: a cancelled fetch would strand messages the
+        server already handed to it until their ack_wait ran out."""
         self._stop.set()
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except (asyncio.TimeoutError, Exception):
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
 
     async def _loop(self) -> None:
         await ensure_consumer(self.nc, self.p)
         sub = await self.js.pull_subscribe_bind(self.p.consumer, stream=EVENTS_STREAM)
         log.info("pipeline %s running (%d steps)", self.p.name, len(self.steps))
+        try:
+            await self._fetch_loop(sub)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _fetch_loop(self, sub) -> None:
         while not self._stop.is_set():
             try:
                 msgs = await sub.fetch(self.p.concurrency, timeout=2)

@@ -40,6 +40,7 @@ class PipelineDef(BaseModel):
     max_attempts: int = Field(default=5, ge=1, le=100, description="tries before a message goes to the dead letters")
     backoff: list[float] = Field(default_factory=lambda: [1, 5, 15, 60], description="seconds between tries")
     max_ack_pending: int = Field(default=256, ge=1, description="units in flight at most (back-pressure)")
+    ack_wait: float = Field(default=60, gt=0, description="seconds before a unit in flight is redelivered (after a crash)")
     concurrency: int = Field(default=16, ge=1, le=256)
 
     @field_validator("trigger")

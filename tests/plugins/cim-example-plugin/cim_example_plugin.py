@@ -1,0 +1,28 @@
+"""`guard`: refuses units whose text matches a pattern, and labels the others `checked`.
+
+A third-party step: it uses only the public plugin API (cim.plugins).
+"""
+
+import re
+
+from pydantic import BaseModel, ConfigDict
+
+from cim.events import Event
+from cim.plugins import Plugin, StepContext, StepOutput
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reject: str | None = None  # a regular expression; matching units fail the step
+
+
+async def run(ctx: StepContext) -> StepOutput:
+    text = (await ctx.content()).decode("utf-8", "replace")
+    if ctx.settings.reject and re.search(ctx.settings.reject, text):
+        raise ValueError(f"guard: the content matches {ctx.settings.reject!r}")
+    return StepOutput({"checked": True},
+                      [Event(type="unit.labeled", aggregate_id=ctx.unit.cid, data={"labels": ["checked"], "by": "guard"})])
+
+
+plugin = Plugin(name="guard", version="1.2.0", kind="step", run=run, settings=Settings,
+                provides={"guarding": "1.2.0"}, description="refuses units that match a pattern")

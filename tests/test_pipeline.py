@@ -1,0 +1,233 @@
+"""The pipeline engine against a real nats-server and real agent processes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import pytest
+from pipeline_support import count, events_on, install_plugins, tiny_pdf
+
+from cim.calls import call
+from cim.content import ContentStore
+from cim.embedded.procs import async_wait_until
+from cim.events import EventStore
+from cim.pipeline.search import SearchIndex
+from cim.provision import ProvisionSpec, provision
+from cim.unit_store import UnitStore
+
+
+@pytest.fixture
+async def env(nc, nats_server):
+    await provision(nc, ProvisionSpec())
+    return nc, {"servers": [nats_server.url]}
+
+
+def pipeline(name, *steps, **extra):
+    return {"name": name, "steps": [s if isinstance(s, dict) else {"name": s, "plugin": s} for s in steps], **extra}
+
+
+async def test_1000_units_through_three_steps_survive_two_sigkills_with_no_effect_applied_twice(env, agent_process):
+    nc, servers = env
+    units = UnitStore(nc)
+    for start in range(0, 1000, 100):
+        await asyncio.gather(*(units.put_bytes(f"unit number {i}: some text about item {i}".encode(),
+                                               media_type="text/plain", title=f"u{i}.txt")
+                               for i in range(start, start + 100)))
+    config = {"nats": servers, "pipelines": [pipeline("three", "classify", "extract", "index", ack_wait=3, concurrency=32)]}
+    agent = await agent_process("pipeline", config).ready(nc)
+    for threshold in (600, 1800):
+        await async_wait_until(lambda t=threshold: _at_least(nc, t), 120, what=f"{threshold} steps done")
+        agent.kill()
+        agent = await agent_process("pipeline", config).ready(nc)
+    await async_wait_until(lambda: _at_least(nc, 3000), 180, what="all 3000 steps done")
+    info = await nc.jetstream().consumer_info("CIM_EVENTS", "pipeline-three")
+
+    async def drained():
+        i = await nc.jetstream().consumer_info("CIM_EVENTS", "pipeline-three")
+        return i.num_pending == 0 and i.num_ack_pending == 0
+
+    await async_wait_until(drained, 60, what="the consumer to drain")
+    done = await events_on(nc, "cim.evt.step.*.done")
+    keys = [e.aggregate_id for e in done]
+    assert len(done) == 3000 and len(set(keys)) == 3000, "a step was recorded twice"
+    per_unit = {}
+    for e in done:
+        per_unit.setdefault(e.data["cid"], set()).add(e.data["step"])
+    assert len(per_unit) == 1000 and all(s == {"classify", "extract", "index"} for s in per_unit.values())
+    labeled = await events_on(nc, "cim.evt.unit.*.labeled")
+    assert len(labeled) == 1000 and len({e.aggregate_id for e in labeled}) == 1000, "an effect was applied twice"
+    assert info is not None
+
+
+async def _at_least(nc, n: int) -> bool:
+    return await count(nc, "cim.evt.step.*.done") >= n
+
+
+async def test_a_poison_unit_goes_to_the_dead_letters_and_is_retried_once_fixed(env, agent_process, cli, tmp_path):
+    nc, servers = env
+    path = install_plugins(tmp_path / "site", "cim-example-plugin", "cim-broken-plugin")
+    guarded = pipeline("guarded", {"name": "guard", "plugin": "guard", "settings": {"reject": "POISON"}}, "classify",
+                       max_attempts=3, backoff=[0.1])
+    agent = await agent_process("pipeline", {"nats": servers, "pipelines": [guarded]}, env={"PYTHONPATH": path}).ready(nc)
+    units = UnitStore(nc)
+    good = (await units.put_bytes(b"perfectly fine", media_type="text/plain")).unit.cid
+    bad = (await units.put_bytes(b"this is POISON", media_type="text/plain")).unit.cid
+
+    async def one_letter():
+        return await count(nc, "cim.dlq.>", stream="CIM_DLQ") == 1
+
+    await async_wait_until(one_letter, 60, what="the poison unit to be dead-lettered")
+    letters = json.loads(cli("--json", "dlq", "ls").stdout)
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter["pipeline"] == "guarded" and letter["attempts"] == 3 and "matches 'POISON'" in letter["reason"]
+    shown = json.loads(cli("--json", "dlq", "show", str(letter["seq"])).stdout)
+    assert shown["headers"]["ce-type"] == "unit.created" and shown["headers"]["ce-subject"] == bad
+    assert await count(nc, f"cim.evt.step.guarded--guard--{good}.done") == 1
+    # The third-party plugin ran; the broken one was reported and skipped.
+    status = await call(nc, "cim.pipeline.status")
+    assert status["plugins"]["guard"] == "1.2.0" and "broken on purpose" in status["broken_plugins"]["broken"]
+
+    # Fix the cause: the same pipeline without the rejection, applied at run time.
+    fixed = dict(guarded, steps=[{"name": "guard", "plugin": "guard", "settings": {}}, {"name": "classify", "plugin": "classify"}])
+    spec = tmp_path / "fixed.json"
+    spec.write_text(json.dumps(fixed))
+    cli("pipelines", "apply", spec)
+
+    def retried() -> bool:
+        return cli("dlq", "retry", str(letter["seq"]), check=False).returncode == 0
+
+    from cim.embedded.procs import wait_until
+
+    await asyncio.to_thread(wait_until, retried, 30, 0.5, "the retry to succeed once the fix is loaded")
+    assert cli("dlq", "ls").stdout.strip() == "no dead letters"
+    assert await count(nc, f"cim.evt.step.guarded--guard--{bad}.done") == 1
+    assert await count(nc, "cim.evt.dlq.*.retried") == 1
+    assert agent.proc.poll() is None
+
+
+async def test_the_search_index_rebuilt_by_replay_equals_the_live_one(env, agent_process, cli):
+    nc, servers = env
+    agent = await agent_process("pipeline", {"nats": servers}).ready(nc)  # the default pipeline
+    units = UnitStore(nc)
+    docs = {
+        "solar.md": b"# Solar power\n\nSolar panels convert sunlight into electricity.",
+        "wind.html": b"<html><head><title>Wind</title></head><body><p>Turbines turn wind into electricity.</p>"
+                     b"<script>ignored()</script></body></html>",
+        "tides.pdf": tiny_pdf("Tidal energy comes from the moon and the oceans"),
+        "notes.txt": b"Groceries: apples, bread, cheese.",
+    }
+    media = {"md": "text/markdown", "html": "text/html", "pdf": "application/pdf", "txt": "text/plain"}
+    cids = {}
+    for name, data in docs.items():
+        cids[name] = (await units.put_bytes(data, title=name, media_type=media[name.rsplit(".", 1)[1]])).unit.cid
+
+    async def indexed(n=len(docs)):
+        return (await call(nc, "cim.pipeline.index"))["documents"] == n
+
+    await async_wait_until(indexed, 60, what="every document indexed")
+    hits = json.loads(cli("--json", "search", "electricity").stdout)["hits"]
+    assert {h["cid"] for h in hits} == {cids["solar.md"], cids["wind.html"]}
+    assert json.loads(cli("--json", "search", "moon").stdout)["hits"][0]["cid"] == cids["tides.pdf"]
+    assert json.loads(cli("--json", "search", "ignored").stdout)["hits"] == []  # script text is not content
+    live = await call(nc, "cim.pipeline.index")
+
+    rebuilt = SearchIndex()
+    content = ContentStore(nc)
+    async for e in EventStore(nc).read(["cim.evt.step.*.done", "cim.evt.unit.*.created"]):
+        await rebuilt.apply(e, content.read)
+    digest = hashlib.sha256(json.dumps(rebuilt.snapshot(), sort_keys=True).encode()).hexdigest()
+    assert digest == live["digest"]
+
+    agent.stop()
+    await agent_process("pipeline", {"nats": servers}).ready(nc)
+    await async_wait_until(indexed, 60, what="the restarted agent to replay the index")
+    assert (await call(nc, "cim.pipeline.index"))["digest"] == live["digest"]
+
+
+async def test_context_scopes_a_pipeline_and_step_settings_change_without_a_restart(env, agent_process, cli, tmp_path):
+    nc, servers = env
+    scoped = pipeline("scoped", {"name": "label", "plugin": "classify",
+                                 "settings": {"rules": [{"label": "alpha", "content": "alpha"}]}},
+                      context={"labels": ["project-x"]})
+    agent = await agent_process("pipeline", {"nats": servers, "pipelines": [scoped]}).ready(nc)
+    units = UnitStore(nc)
+    inside = (await units.put_bytes(b"alpha one", labels=["project-x"])).unit.cid
+    outside = (await units.put_bytes(b"alpha two")).unit.cid
+
+    async def labeled(cid, label):
+        return any(label in e.data["labels"] for e in await events_on(nc, f"cim.evt.unit.{cid}.labeled"))
+
+    await async_wait_until(lambda: labeled(inside, "alpha"), 30, what="the unit in context to be labeled")
+
+    async def skipped():
+        return (await call(nc, "cim.pipeline.status"))["pipelines"]["scoped"]["skipped"] >= 1
+
+    await async_wait_until(skipped, 30, what="the unit out of context to be passed over")
+    assert await count(nc, f"cim.evt.step.scoped--label--{outside}.done") == 0
+
+    changed = dict(scoped, steps=[{"name": "label", "plugin": "classify",
+                                   "settings": {"rules": [{"label": "beta", "content": "alpha"}]}}])
+    spec = tmp_path / "scoped.yaml"
+    import yaml
+
+    spec.write_text(yaml.safe_dump(changed))
+    cli("pipelines", "apply", spec)
+
+    async def later_unit_gets_beta():
+        cid = (await units.put_bytes(f"alpha again {asyncio.get_running_loop().time()}".encode(), labels=["project-x"])).unit.cid
+        await async_wait_until(lambda: _processed(nc, "scoped", "label", cid), 30, what="the new unit processed")
+        return await labeled(cid, "beta")
+
+    await async_wait_until(later_unit_gets_beta, 30, what="the new setting to apply")
+    assert agent.proc.poll() is None  # same process: no restart needed
+
+
+async def _processed(nc, pipeline_name, step, cid) -> bool:
+    return await count(nc, f"cim.evt.step.{pipeline_name}--{step}--{cid}.done") > 0
+
+
+async def test_relations_references_derived_from_and_same_source(env, agent_process, cli):
+    nc, servers = env
+    await agent_process("pipeline", {"nats": servers}).ready(nc)
+    units = UnitStore(nc)
+    a = (await units.put_bytes(b"The original report.", media_type="text/plain", source="crm", title="a")).unit.cid
+    b = (await units.put_bytes(f"This memo cites {a} twice: {a}.".encode(), media_type="text/plain", title="b")).unit.cid
+    c = (await units.revise(a, b"The original report, corrected.", title="c")).unit.cid
+    d = (await units.put_bytes(b"Another record.", media_type="text/plain", source="crm", title="d")).unit.cid
+    await async_wait_until(lambda: _processed(nc, "default", "relate", b), 60, what="b processed")
+    await async_wait_until(lambda: _related_count(nc, a, 3), 60, what="a's relations")
+    rel = json.loads(cli("--json", "units", "related", a).stdout)["related"]
+    assert {(r["type"], r["direction"], r["cid"]) for r in rel} == {
+        ("references", "in", b), ("derived-from", "in", c),
+        # the revision keeps its parent's source, so it shares it too
+        ("same-source", "both", c), ("same-source", "both", d)}
+
+
+async def _related_count(nc, cid, n) -> bool:
+    return len((await call(nc, "cim.pipeline.related", {"cid": cid}))["related"]) >= n
+
+
+def test_bad_pipeline_files_name_the_field(cli, tmp_path):
+    spec = tmp_path / "bad.json"
+    spec.write_text(json.dumps({"name": "Bad Name", "steps": [{"name": "x", "plugin": "classify"}], "colour": 1}))
+    r = cli("pipelines", "apply", spec, check=False)
+    assert r.returncode == 1
+    assert "  name: String should match" in r.stderr and "  colour: Extra inputs" in r.stderr
+    spec.write_text(json.dumps({"name": "dup", "steps": [{"name": "x", "plugin": "classify"}, {"name": "x", "plugin": "extract"}]}))
+    r = cli("pipelines", "apply", spec, check=False)
+    assert r.returncode == 1 and "step names must be unique: x" in r.stderr
+
+
+async def test_a_pipeline_with_an_unknown_plugin_is_reported_not_run(env, agent_process, cli):
+    nc, servers = env
+    await agent_process("pipeline", {"nats": servers, "pipelines": [pipeline("oops", {"name": "s", "plugin": "nope"})]}).ready(nc)
+
+    async def reported():
+        return "oops" in (await call(nc, "cim.pipeline.status"))["pipelines"]
+
+    await async_wait_until(reported, 20, what="the pipeline's error to be reported")
+    row = json.loads(cli("--json", "pipelines", "ls").stdout)[0]
+    assert row["state"] == "error" and "no step plugin named 'nope'" in row["last_error"]
