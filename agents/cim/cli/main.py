@@ -64,6 +64,11 @@ def _register() -> None:
     app.command("restore")(backup.restore_cmd)
     from . import agents as agents_group
     app.add_typer(agents_group.app, name="agents")
+    from . import pipelines
+
+    app.add_typer(pipelines.app, name="pipelines")
+    app.add_typer(pipelines.dlq_app, name="dlq")
+    app.command("search")(pipelines.search_cmd)
     app.command("provision")(provision.provision_cmd)
     app.command("status")(status.status_cmd)
     app.command("up")(up.up_cmd)
