@@ -28,6 +28,25 @@ let
   userKeys = config: map (u: u.nkey) (users config);
   storeContainer = config: config.containers.cim-store;
   storeUnit = config: (storeContainer config).config.systemd.services.cim-agent;
+  # A leaf with the registry as well (its key made by `cim keys new registry`, seed discarded).
+  registryKey = "UBURQZPXTK3F7MQWB33KCHLGPOBLSWL53Q73IIV52EDWYZHAD6VYKXOK";
+  withRegistry = cfgOf (
+    f.leaf
+    ++ [
+      {
+        services.cim.registry = {
+          enable = true;
+          nkeyPublicKey = registryKey;
+          nkeySeedFile = "/run/keys/cim-registry.nk";
+          settings = {
+            stale_after = 20;
+            registry.heartbeat = 2;
+          };
+        };
+      }
+    ]
+  );
+  registryContainer = config: config.containers.cim-registry;
 
   # Every string anywhere in a value.
   strings =
@@ -456,6 +475,61 @@ let
       expected = map (n: "cim-${n}") (builtins.filter (n: leaf.services.cim ? ${n} && leaf.services.cim.${n}.enable) capabilities.names);
     };
 
+    # --- the registry capability ---------------------------------------------------------
+    "the registry has its container and runs `cim agent run registry` from its checked config" = {
+      expr = {
+        inherit (registryContainer withRegistry) autoStart privateNetwork hostAddress localAddress;
+        exec = (registryContainer withRegistry).config.systemd.services.cim-agent.serviceConfig.ExecStart;
+        etc = (registryContainer withRegistry).config.environment.etc."cim/registry.json".source.name;
+      };
+      expected = {
+        autoStart = true;
+        privateNetwork = true;
+        hostAddress = "10.233.3.1";
+        localAddress = "10.233.3.2";
+        exec = "${h.pkgs.cim}/bin/cim agent run registry --config /etc/cim/registry.json";
+        etc = "cim-registry-config";
+      };
+    };
+    "the registry's NATS user has exactly the registry's permissions" = {
+      expr = lib.findFirst (u: u.nkey == registryKey) null (users withRegistry);
+      expected = {
+        nkey = registryKey;
+        permissions = {
+          publish.allow = (capabilities.permissions "registry").publish;
+          subscribe.allow = (capabilities.permissions "registry").subscribe;
+        };
+      };
+    };
+    "each agent may announce itself in the registry bucket only under its own capability" = {
+      expr = map (key: lib.filter (lib.hasPrefix "$KV.CIM_REGISTRY.") (lib.findFirst (u: u.nkey == key) null (users withRegistry)).permissions.publish.allow) [
+        f.keys.store
+        registryKey
+      ];
+      expected = [
+        [ "$KV.CIM_REGISTRY.store.>" ]
+        [ "$KV.CIM_REGISTRY.registry.>" "$KV.CIM_REGISTRY.>" ]
+      ];
+    };
+    "registry settings are freeform and user values win over the defaults" = {
+      expr = withRegistry.services.cim.registry.settings;
+      expected = {
+        capability = "registry";
+        name = "cim-registry";
+        nats = {
+          servers = [ "nats://10.233.3.1:4222" ];
+          nkey_seed_file = "/run/credentials/cim-agent.service/nkey";
+        };
+        metrics = {
+          host = "0.0.0.0";
+          port = 9464;
+        };
+        log_level = "info";
+        stale_after = 20;
+        registry.heartbeat = 2;
+      };
+    };
+
     # --- no secret is rendered -----------------------------------------------------------
     "no seed appears in the NATS config, the agent config or the spec" = {
       expr = map hasSeed [
@@ -572,6 +646,7 @@ in
     leaf-store = leaf.services.cim.store.settings;
     cluster-2-store = (node 2).services.cim.store.settings;
     attached-leaf-store = attached.services.cim.store.settings;
+    leaf-registry = withRegistry.services.cim.registry.settings;
   }
   // lib.mapAttrs' (name: _: lib.nameValuePair "host-${name}-store" (host name).services.cim.store.settings) hosts;
 }
