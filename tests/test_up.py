@@ -102,3 +102,26 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_newcomer_puts_a_folder_watches_the_pipeline_and_finds_it(up, cli, tmp_path):
+    """Issue 4's flow in `cim up`, and the `pipeline` VM test's twin: put a folder of
+    documents, see them flow through the default pipeline, find them with `cim search`."""
+    u = up()
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "heron.md").write_text("# Herons\n\nThe grey heron stands still in shallow water, waiting for fish.")
+    (docs / "sub" / "kestrel.html").write_text("<title>Kestrel</title><p>A kestrel hovers over the meadow.</p>")
+    (docs / ".hidden").write_text("not a document")
+    out = cli("units", "put", docs, server=u.url).stdout.splitlines()
+    assert len(out) == 2 and all(line.startswith("bafkrei") for line in out)
+
+    def found() -> bool:
+        r = cli("--json", "search", "heron", server=u.url, check=False)
+        return r.returncode == 0 and len(json.loads(r.stdout)["hits"]) == 1
+
+    wait_until(found, 60, what="cim search to find the heron")
+    tail = cli("events", "tail", server=u.url).stdout
+    assert "unit.labeled" in tail and "step.done default--index--" in tail
+    hit = json.loads(cli("--json", "search", "kestrel", "meadow", server=u.url).stdout)["hits"][0]
+    assert hit["title"] == "Kestrel"

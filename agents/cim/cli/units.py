@@ -22,10 +22,21 @@ def _unit_line(u: Unit) -> str:
     return f"{u.cid}  {u.size:>10}  {u.media_type:<24} {u.title}{labels}"
 
 
+def expand(paths: list[Path]) -> list[Path]:
+    """Folders become the regular files below them (sorted, hidden ones left out)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        else:
+            out.append(p)
+    return out
+
+
 @app.command("put")
 def put(
     ctx: typer.Context,
-    files: list[Path] = typer.Argument(..., help="files to store; '-' reads standard input"),
+    files: list[Path] = typer.Argument(..., help="files or folders (every file below them) to store; '-' reads standard input"),
     title: str | None = typer.Option(None, help="title (default: the file name)"),
     label: list[str] = typer.Option([], "--label", "-l", help="a label; repeat for several"),
     source: str = typer.Option("", help="where the information comes from"),
@@ -49,21 +60,25 @@ def put(
         results = []
         async with nats_connection(g) as nc:
             store = UnitStore(nc, max_unit_size=max_size)
-            total = sum(f.stat().st_size for f in files if str(f) != "-" and f.is_file())
-            show_bar = not g.json and sys.stderr.isatty() and (total >= PROGRESS_MIN_BYTES or len(files) > 20)
+            paths = expand(files)
+            total = sum(f.stat().st_size for f in paths if str(f) != "-" and f.is_file())
+            show_bar = not g.json and sys.stderr.isatty() and (total >= PROGRESS_MIN_BYTES or len(paths) > 20)
             with typer.progressbar(length=total, label="storing", file=sys.stderr, hidden=not show_bar) as bar:
-                for f in files:
+                for f in paths:
                     if str(f) == "-":
                         r = await store.put_stream(sys.stdin.buffer, **meta())
                     else:
                         r = await store.put_file(f, progress=bar.update, **meta())
-                    results.append({"file": str(f), "cid": r.unit.cid, "size": r.unit.size, "created": r.created})
+                    row = {"file": str(f), "cid": r.unit.cid, "size": r.unit.size, "created": r.created}
+                    results.append(row)
+                    if not g.json:
+                        # As each one is stored: if a later file fails, these CIDs are known.
+                        typer.echo(f"{row['cid']}  {row['file']}" + ("" if row["created"] else "  (already stored)"))
         return results
 
     results = run(body)
-    emit(g, results, lambda rs: "\n".join(
-        f"{r['cid']}  {r['file']}" + ("" if r["created"] else "  (already stored)") for r in rs
-    ))
+    if g.json:
+        emit(g, results)
 
 
 @app.command("get")
