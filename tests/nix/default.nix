@@ -47,6 +47,27 @@ let
     ]
   );
   registryContainer = config: config.containers.cim-registry;
+  # A leaf with the pipeline engine and two pipelines declared as Nix attrsets.
+  pipelineKey = "UBXDUVWRGIWAK3WC7BZ2DBPY5DDQFEDT73LXJCWPEEZP74TJBN54DHCM";
+  withPipeline = cfgOf (
+    f.leaf
+    ++ [
+      {
+        services.cim.pipeline = {
+          enable = true;
+          nkeyPublicKey = pipelineKey;
+          nkeySeedFile = "/run/keys/cim-pipeline.nk";
+          pipelines = {
+            docs.steps = map (s: { name = s; plugin = s; }) [ "classify" "extract" "index" ];
+            contracts = {
+              context.labels = [ "contract" ];
+              steps = [ { name = "keep"; plugin = "retention"; settings.rules = [ { label = "retention:10y"; } ]; } ];
+            };
+          };
+        };
+      }
+    ]
+  );
 
   # Every string anywhere in a value.
   strings =
@@ -342,6 +363,21 @@ let
       };
 
     # --- capabilities: container, config file, NATS user ---------------------------------
+    "pipelines declared as attrsets reach the pipeline agent's settings, named by attribute" = {
+      expr = map (p: { inherit (p) name; steps = map (st: st.plugin) p.steps; }) withPipeline.services.cim.pipeline.settings.pipelines;
+      expected = [
+        { name = "contracts"; steps = [ "retention" ]; }
+        { name = "docs"; steps = [ "classify" "extract" "index" ]; }
+      ];
+    };
+    "the pipeline agent has its container and its own NATS user" = {
+      expr = {
+        container = withPipeline.containers ? cim-pipeline;
+        user = builtins.elem pipelineKey (userKeys withPipeline);
+        leafHasNone = leaf.containers ? cim-pipeline;
+      };
+      expected = { container = true; user = true; leafHasNone = false; };
+    };
     "the enabled store has its container, started at boot on a private link" = {
       expr = {
         inherit (storeContainer leaf) autoStart privateNetwork hostAddress localAddress;
@@ -647,6 +683,7 @@ in
     cluster-2-store = (node 2).services.cim.store.settings;
     attached-leaf-store = attached.services.cim.store.settings;
     leaf-registry = withRegistry.services.cim.registry.settings;
+    leaf-pipeline = withPipeline.services.cim.pipeline.settings;
   }
   // lib.mapAttrs' (name: _: lib.nameValuePair "host-${name}-store" (host name).services.cim.store.settings) hosts;
 }
