@@ -126,6 +126,7 @@
           vm-leaf = vmTest ./tests/nixos/leaf.nix;
           vm-cluster = vmTest ./tests/nixos/cluster.nix;
           vm-security = vmTest ./tests/nixos/security.nix;
+          vm-pipeline = vmTest ./tests/nixos/pipeline.nix;
         }
       );
 
