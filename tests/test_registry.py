@@ -237,6 +237,8 @@ def test_cim_agents_ls_show_and_negotiate(admin, agents, cli):
 
     out = wait_until(listed_store, 20, what="cim agents ls to list the store")
     assert "up" in out and f"store {__version__}" in out and "no registry agent answered" in out
+    status = json.loads(cli("--json", "status").stdout)
+    assert [(r["name"], r["state"]) for r in status["registry"]] == [("cim-store", "up")]
     listed = json.loads(cli("--json", "agents", "ls", "--capability", "store").stdout)
     (view,) = listed["agents"]
     assert json.loads(cli("--json", "agents", "ls", "--capability", "search").stdout)["agents"] == []
@@ -263,7 +265,7 @@ async def test_agents_announce_and_the_registry_works_under_their_own_restricted
     from cim.embedded.nats_server import NatsServer
 
     users, seeds = [], {}
-    for name in ("admin", "store", "registry"):
+    for name in ("admin", "store", "registry", "pipeline"):
         seed = new_user_seed()
         path = tmp_path / f"{name}.nk"
         path.write_bytes(seed + b"\n")
@@ -284,6 +286,13 @@ async def test_agents_announce_and_the_registry_works_under_their_own_restricted
         store = a.start("store", nkey=seeds["store"])
         (view,) = await async_wait_until(lambda: _records(admin, "cim-store"), 20, what="the store's record")
         await async_wait_until(lambda: _state_is(admin, view.record.id, "up"), 20, what="the registry to see it")
+        # The pipeline engine negotiates by reading the bucket under its own identity.
+        as_pipeline = await nats.connect(server.url, nkeys_seed=str(seeds["pipeline"]))
+        try:
+            (match,) = await negotiate(as_pipeline, ["store"], timeout=3)
+            assert match.provider.id == view.record.id
+        finally:
+            await as_pipeline.close()
         store.send_signal(signal.SIGTERM)
         assert store.wait(15) == 0
         await async_wait_until(lambda: _state_is(admin, view.record.id, "gone"), 10, what="the registry to see it gone")

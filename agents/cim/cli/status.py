@@ -9,7 +9,8 @@ import typer
 from nats.aio.client import Client
 
 from ..discovery import discover
-from ..errors import JetStreamUnavailable
+from ..errors import CimError, JetStreamUnavailable
+from ..registry import list_agents
 from .common import emit, globals_of, nats_connection, run
 
 
@@ -68,6 +69,15 @@ async def gather_status(nc: Client, timeout: float = 5.0) -> dict[str, Any]:
             "endpoints": [e.get("subject") for e in svc.get("endpoints") or []],
         })
     status["agents"] = agents
+    try:
+        announced = await list_agents(nc, timeout=timeout)
+    except CimError:
+        announced = None  # no registry bucket (not provisioned yet): nothing to add
+    status["registry"] = None if announced is None else [
+        {"name": v.record.name, "id": v.record.id, "state": v.state, "capabilities": v.record.capabilities,
+         "last_seen": v.record.last_seen.isoformat()}
+        for v in announced
+    ]
     return status
 
 
@@ -85,6 +95,10 @@ def _human(s: dict[str, Any]) -> str:
     lines += [f"  {b['kind']:<6} {b['name']:<20} {b['messages']:>7} msgs {b['bytes']:>12} bytes  R{b['replicas']}" for b in s["buckets"]] or ["  none"]
     lines.append("agents:")
     lines += [f"  {a['name']:<16} {a['capability'] or '?':<9} v{a['version']}  pid {a['pid']} on {a['host']}  since {a['started']}" for a in s["agents"]] or ["  none answered $SRV.INFO"]
+    if s.get("registry") is not None:
+        lines.append("announced in the registry:")
+        lines += [f"  {r['name']:<16} {r['state']:<6} {', '.join(f'{k} {v}' for k, v in sorted(r['capabilities'].items()))}  {r['id']}"
+                  for r in s["registry"]] or ["  none"]
     return "\n".join(lines)
 
 
