@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import ValidationError
 
@@ -155,7 +156,11 @@ class HubApi:
             if declared is not None and declared > self.max_body_size + (64 * 1024 if request.content_type.startswith("multipart/") else 0):
                 raise Problem(413, [("content", f"the body ({declared} bytes) is over the limit of {self.max_body_size} bytes (raise max_body_size in the hub settings)")])
             if request.content_type.startswith("multipart/"):
-                meta, filename = await self._read_multipart(request, token, body)
+                try:
+                    meta, filename = await self._read_multipart(request, token, body)
+                except (HttpProcessingError, ValueError, AssertionError, UnicodeError) as err:
+                    # aiohttp's parser refuses malformed parts with these: the client's fault
+                    raise Problem(400, [("(body)", f"not a valid multipart/form-data body: {str(err)[:200]}")]) from None
             else:
                 meta = _meta_from({k: request.query.getall(k) for k in request.query})
                 _check_meta(token, meta)
