@@ -151,6 +151,8 @@ async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncI
         # No subscriber means no reply at all: learn that at once rather than by timeout.
         await nc.flush()
         first = True
+        loop = asyncio.get_running_loop()
+        patience = loop.time() + 5.0  # an agent that is just starting subscribes within this
         while True:
             try:
                 m = await asyncio.wait_for(queue.get(), 2.0 if first else timeout)
@@ -164,6 +166,13 @@ async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncI
             first = False
             h = m.headers or {}
             status = h.get(H_STATUS)
+            if h.get("Status") == "503":  # no responders: no agent, or one still starting
+                if loop.time() < patience:
+                    await asyncio.sleep(0.2)  # backoff before asking again
+                    first = True
+                    await nc.publish(FETCH_SUBJECT, json.dumps({"cid": cid}).encode(), reply=inbox)
+                    continue
+                raise _no_agent(u)
             if status is None:
                 seq = int(h.get(H_SEQ, 0))
                 if seq != expected_seq:
