@@ -1,0 +1,153 @@
+"""Benchmark of the hub and the dashboard, as ratios to raw nats-py in the same run.
+
+1. Ingest: 4 KiB units POSTed to the hub by 16 concurrent HTTP clients, against raw
+   `publish_async` of the same payloads to a JetStream stream (pipelined, acks awaited).
+2. The units page at 100k units: p50/p95 of GET /units (first page, a deep page, a label
+   filter, a search), against the raw `STREAM.INFO` request as a floor for a NATS round trip.
+
+Run: .venv/bin/python bench/hub_ui.py [--units 100000] [--ingest 4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import nats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from cim.events import Event, EventStore  # noqa: E402
+from cim.cid import compute  # noqa: E402
+from cim.embedded.nats_server import NatsServer  # noqa: E402
+from cim.embedded.procs import async_wait_until, free_port  # noqa: E402
+from cim.provision import ProvisionSpec, StreamSpec, provision  # noqa: E402
+from cim.ui.auth import hash_password  # noqa: E402
+
+from hub_support import TOKEN, Hub  # noqa: E402
+from ui_support import PASSWORD, Agent, http_ok  # noqa: E402
+
+CLIENTS = 16
+SIZE = 4096
+
+
+async def raw_publish(nc, payloads: list[bytes]) -> float:
+    js = nc.jetstream()
+    started = time.perf_counter()
+    futures = [await js.publish_async(f"bench.raw.{i}", p) for i, p in enumerate(payloads)]
+    await asyncio.gather(*futures)
+    return len(payloads) / (time.perf_counter() - started)
+
+
+async def hub_ingest(url: str, payloads: list[bytes]) -> float:
+    queue = list(enumerate(payloads))
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/octet-stream"}
+
+    async def client(session):
+        while queue:
+            _, p = queue.pop()
+            async with session.post(url + "/v1/units", data=p, headers=headers) as r:
+                assert r.status in (200, 201), await r.text()
+
+    conn = aiohttp.TCPConnector(limit=CLIENTS)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(CLIENTS)))
+        return len(payloads) / (time.perf_counter() - started)
+
+
+async def seed_units(nc, n: int) -> None:
+    events = EventStore(nc)
+    batch = []
+    for i in range(n):
+        data = f"unit {i}".encode()
+        cid = compute(data)
+        labels = ["bench", f"group-{i % 10}"]
+        batch.append(Event(type="unit.created", aggregate_id=cid, id=f"unit-created-{cid}", data={
+            "cid": cid, "size": len(data), "media_type": "text/plain", "title": f"report {i:06}", "labels": labels,
+            "source": "bench", "author": "", "created_at": "2026-01-01T00:00:00Z", "metadata": {}, "parents": []}))
+        if len(batch) == 5000:
+            await events.append_many(batch)
+            batch = []
+    if batch:
+        await events.append_many(batch)
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(int(len(xs) * p), len(xs) - 1)]
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--units", type=int, default=100_000)
+    ap.add_argument("--ingest", type=int, default=4000)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="cim-bench-"))
+    server = NatsServer(store_dir=tmp / "nats")
+    server.start()
+    procs = []
+    try:
+        nc = await nats.connect(server.url)
+        await provision(nc, ProvisionSpec(streams=[StreamSpec(name="BENCH_RAW", subjects=["bench.raw.>"])]))
+        payloads = [os.urandom(SIZE) for _ in range(args.ingest)]
+        hub = Hub(server.url, tmp, max_body_size=1 << 20)
+        await asyncio.to_thread(hub.start)
+        procs.append(hub)
+        raw = await raw_publish(nc, payloads)
+        via_hub = await hub_ingest(hub.url, payloads)
+        print(f"ingest 4 KiB, {CLIENTS} clients: hub {via_hub:,.0f} units/s; raw publish_async {raw:,.0f} msg/s; "
+              f"ratio {via_hub / raw:.3f}")
+
+        await seed_units(nc, args.units)
+        (tmp / "users").write_text(f"admin:{hash_password(PASSWORD)}\n")
+        port = free_port()
+        ui = f"http://127.0.0.1:{port}"
+        agent = Agent("ui", {"nats": {"servers": [server.url]}, "http": {"port": port}, "password_file": str(tmp / "users")}, tmp)
+        procs.append(agent)
+        started = time.perf_counter()
+
+        async def caught_up():
+            if not http_ok(ui + "/healthz"):
+                return False
+            async with aiohttp.ClientSession() as s, s.get(ui + "/healthz") as r:
+                return (await r.json())["caught_up"]
+
+        await async_wait_until(caught_up, 300, what="the UI projection to catch up")
+        print(f"UI projection caught up on {args.units + args.ingest:,} units in {time.perf_counter() - started:.1f}s")
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+            async with s.post(ui + "/login", data={"user": "admin", "password": PASSWORD}, headers={"Origin": ui}) as r:
+                assert r.status == 200
+            pages = {"first page": "/units", "page 1000": "/units?page=1000", "label filter": "/units?label=group-3&page=50",
+                     "search": "/units?q=report+0999"}
+            for name, path in pages.items():
+                times = []
+                for _ in range(60):
+                    t = time.perf_counter()
+                    async with s.get(ui + path) as r:
+                        assert r.status == 200 and b"report 0" in await r.read(), "not logged in, or no rows"
+                    times.append((time.perf_counter() - t) * 1000)
+                print(f"units page ({name}) at {args.units:,} units: p50 {statistics.median(times):.1f} ms, p95 {pct(times, 0.95):.1f} ms")
+        rtt = []
+        for _ in range(200):
+            t = time.perf_counter()
+            await nc.request("$JS.API.STREAM.INFO.CIM_EVENTS", b"", timeout=5)
+            rtt.append((time.perf_counter() - t) * 1000)
+        print(f"raw NATS request round trip (STREAM.INFO): p95 {pct(rtt, 0.95):.2f} ms")
+        await nc.close()
+    finally:
+        for p in procs:
+            p.stop()
+        server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
