@@ -253,30 +253,31 @@ class Agent:
     # --- last access ----------------------------------------------------------------------
 
     async def _load_access(self) -> None:
+        from ..jsread import read_stream
+
         try:
-            kv = await self.nc.jetstream().key_value(ACCESS_BUCKET)
-            for key in await kv.keys():
-                entry = await kv.get(key)
-                self.access[key] = float(entry.value or 0)
-        except Exception as err:  # no bucket or no keys yet: every unit counts as never read
-            log.debug("no access times loaded: %s", err)
+            async for m in read_stream(self.nc, f"KV_{ACCESS_BUCKET}", [f"$KV.{ACCESS_BUCKET}.>"], resume_for=5):
+                self.access[m.subject.rsplit(".", 1)[-1]] = float(m.data or 0)
+        except CimError as err:  # no bucket yet: every unit counts as never read
+            log.info("no access times loaded: %s", err)
 
     async def _on_access(self, msg) -> None:
         cid = msg.data.decode(errors="replace").strip()
-        if cid.startswith("b") and len(cid) < 100:
+        if cid.startswith("b") and len(cid) < 100 and "." not in cid:
             self.access[cid] = time.time()
             self._access_dirty.add(cid)
-            if len(self._access_dirty) == 1:
+            if len(self._access_dirty) == 1:  # flush a batch a little later, not one put per read
                 asyncio.get_running_loop().call_later(2.0, lambda: asyncio.ensure_future(self._flush_access()))
 
     async def _flush_access(self) -> None:
         dirty, self._access_dirty = self._access_dirty, set()
         if not dirty:
             return
+        js = self.nc.jetstream()
         try:
-            kv = await self.nc.jetstream().key_value(ACCESS_BUCKET)
             for cid in dirty:
-                await kv.put(cid, str(self.access[cid]).encode())
+                # Straight to the KV subject: no bucket lookup, so no extra permission needed.
+                await js.publish(f"$KV.{ACCESS_BUCKET}.{cid}", str(self.access[cid]).encode(), stream=f"KV_{ACCESS_BUCKET}")
         except Exception as err:
             self.migrator.note_error("recording last access", err)
 

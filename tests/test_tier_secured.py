@@ -1,0 +1,58 @@
+"""The tier agent under its own restricted nkey identity (the permissions capabilities.json
+declares, as modules/nats.nix renders them): it migrates, serves reads, records access,
+verifies and exports backups without a single permissions violation."""
+
+from __future__ import annotations
+
+import json
+
+import nats
+
+from cim.capabilities import permissions
+from cim.embedded.nats_server import NatsServer
+from cim.embedded.procs import async_wait_until
+from cim.provision import ProvisionSpec, provision
+from cim.unit_store import UnitStore
+from test_secured_leaf import seed_file
+from tierkit import TierAgent, s3_tier
+
+
+async def test_the_tier_agent_works_within_its_own_permissions(s3_server, tmp_path, cli):
+    admin_seed, admin_pub = seed_file(tmp_path, "admin")
+    tier_seed, tier_pub = seed_file(tmp_path, "tier")
+    perms = {kind: {"allow": subjects} for kind, subjects in permissions("tier").items()}
+    server = NatsServer(store_dir=tmp_path / "nats", extra_config={
+        "accounts": {"CIM": {"jetstream": "enabled", "users": [{"nkey": tier_pub, "permissions": perms}, {"nkey": admin_pub}]}},
+    })
+    server.start()
+    admin_env = {"CIM_NKEY": str(admin_seed)}
+    agent = TierAgent(tmp_path, server.url, {
+        "tiers": [s3_tier(s3_server, "warm", tmp_path), {"name": "archive", "url": f"file://{tmp_path / 'archive'}"}],
+        "policies": [{"name": "all", "to": "warm"}], "migrate_interval": 3600,
+        "backup": {"tier": "archive", "interval": 0.3},
+    }, nkey=tier_seed)
+    admin = await nats.connect(server.url, nkeys_seed=str(admin_seed))
+    try:
+        await provision(admin, ProvisionSpec())
+        store = UnitStore(admin)
+        cids = [(await store.put_bytes(bytes([i]) * 50_000 + b"x")).unit.cid for i in range(5)]
+        agent.start()
+        await agent.ready(admin)
+        cli("tier", "migrate", env=admin_env, server=server.url)
+        for i, c in enumerate(cids):
+            assert b"".join([x async for x in store.get(c)]) == bytes([i]) * 50_000 + b"x"
+        cli("tier", "restore", cids[0], env=admin_env, server=server.url)
+
+        async def backed_up() -> bool:
+            s = json.loads(cli("--json", "backup", "status", env=admin_env, server=server.url).stdout)
+            return s["lag_events"] == 0 and s["units_archived"] == 5
+
+        await async_wait_until(backed_up, 60, what="the backup to catch up")
+        assert json.loads(cli("--json", "tier", "verify", env=admin_env, server=server.url).stdout)["clean"]
+        status = json.loads(cli("--json", "tier", "status", env=admin_env, server=server.url).stdout)
+        assert status["errors"] == [], status["errors"]
+        assert "violation" not in agent.log.read_text().lower(), agent.log.read_text()
+    finally:
+        agent.stop()
+        await admin.close()
+        server.stop()
