@@ -215,3 +215,38 @@ def agent_process(tmp_path) -> Iterator[Callable[..., AgentProcess]]:
     yield start
     for agent in started:
         agent.stop()
+
+
+@pytest.fixture
+def secured_nats(tmp_path_factory) -> Iterator[Callable[..., tuple[NatsServer, dict]]]:
+    """A nats-server configured as modules/nats.nix renders it: an account CIM, an
+    unrestricted `admin` user, and one nkey user per capability with exactly the
+    permissions capabilities.json declares. `server, seeds = secured_nats("store", "pipeline")`;
+    `seeds[name]` is the seed file of `admin` or of a capability's agent."""
+    from cim.capabilities import permissions
+    from cim.cli.keys import new_user_seed, public_key_of
+
+    started: list[NatsServer] = []
+
+    def start(*capabilities: str) -> tuple[NatsServer, dict]:
+        base = tmp_path_factory.mktemp("secured")
+        seeds, users = {}, []
+        for name in ("admin", *capabilities):
+            seed = new_user_seed()
+            path = base / f"{name}.nk"
+            path.write_bytes(seed + b"\n")
+            path.chmod(0o600)
+            seeds[name] = path
+            user = {"nkey": public_key_of(seed)}
+            if name != "admin":
+                user["permissions"] = {kind: {"allow": subjects} for kind, subjects in permissions(name).items()}
+            users.append(user)
+        server = NatsServer(store_dir=base / "nats" / "store",
+                            extra_config={"accounts": {"CIM": {"jetstream": "enabled", "users": users}}})
+        server.start()
+        started.append(server)
+        return server, seeds
+
+    yield start
+    for server in started:
+        server.stop()
