@@ -10,10 +10,8 @@ import sys
 import nats
 import pytest
 
-from cim.capabilities import permissions
 from cim.cli.keys import new_user_seed, public_key_of
 from cim.discovery import discover
-from cim.embedded.nats_server import NatsServer
 from cim.embedded.procs import async_wait_until, wait_until
 
 
@@ -26,21 +24,9 @@ def seed_file(dir, name):
 
 
 @pytest.fixture
-def secured(tmp_path):
-    admin_seed, admin_pub = seed_file(tmp_path, "admin")
-    store_seed, store_pub = seed_file(tmp_path, "store")
-    perms = {kind: {"allow": subjects} for kind, subjects in permissions("store").items()}
-    server = NatsServer(store_dir=tmp_path / "nats" / "store", extra_config={
-        "accounts": {"CIM": {"jetstream": "enabled", "users": [
-            {"nkey": store_pub, "permissions": perms},
-            {"nkey": admin_pub},
-        ]}},
-    })
-    server.start()
-    try:
-        yield server, admin_seed, store_seed, tmp_path
-    finally:
-        server.stop()
+def secured(secured_nats, tmp_path):
+    server, seeds = secured_nats("store")
+    return server, seeds["admin"], seeds["store"], tmp_path
 
 
 def run_store_agent(server, store_seed, tmp_path):
