@@ -39,9 +39,10 @@ def test_every_error_names_its_field_path(cli, tmp_path, config, paths):
     assert "Traceback" not in r.stderr
 
 
-def test_a_capability_without_an_agent_yet_says_so(cli, tmp_path):
+def test_a_hub_config_without_its_token_file_names_the_field(cli, tmp_path):
+    # Every capability has an agent now; a missing required key is refused by name instead.
     r = check(cli, tmp_path, {"capability": "hub"})
-    assert r.returncode == 1 and "no 'hub' agent" in r.stderr
+    assert r.returncode == 1 and "tokens_file" in r.stderr
 
 
 def test_not_json_says_where(cli, tmp_path):
