@@ -127,6 +127,7 @@
           vm-cluster = vmTest ./tests/nixos/cluster.nix;
           vm-security = vmTest ./tests/nixos/security.nix;
           vm-pipeline = vmTest ./tests/nixos/pipeline.nix;
+          vm-tiering = vmTest ./tests/nixos/tiering.nix;
         }
       );
 

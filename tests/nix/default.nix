@@ -47,6 +47,34 @@ let
     ]
   );
   registryContainer = config: config.containers.cim-registry;
+  # A leaf with tiering: MinIO on the host as `warm`, Wasabi as the archive, two policies.
+  tierKey = "UCOJ2BQHBQ5QGYNFUWAOBXTFR4JUSX2HVN3K7RC2ZGM4GZ6Z3DLZKQ7A";
+  tierModules = f.leaf ++ [
+      {
+        services.cim.tier = {
+          enable = true;
+          nkeyPublicKey = tierKey;
+          nkeySeedFile = "/run/keys/cim-tier.nk";
+          minio = {
+            enable = true;
+            rootCredentialsFile = "/run/keys/cim-minio.env";
+          };
+          archive = {
+            enable = true;
+            endpoint = "https://s3.eu-central-1.wasabisys.com";
+            bucket = "acme-cim";
+            region = "eu-central-1";
+            credentialsFile = "/run/keys/cim-wasabi.env";
+          };
+          policies = {
+            warm-after-30d = { to = "warm"; min_age = "30d"; };
+            drop-scratch = { action = "expire"; labels = [ "scratch" ]; };
+          };
+        };
+      }
+    ];
+  withTier = cfgOf tierModules;
+  tierContainer = withTier.containers.cim-tier;
   # A leaf with the pipeline engine and two pipelines declared as Nix attrsets.
   pipelineKey = "UBXDUVWRGIWAK3WC7BZ2DBPY5DDQFEDT73LXJCWPEEZP74TJBN54DHCM";
   withPipeline = cfgOf (
@@ -648,6 +676,58 @@ let
     "assertion: provisioning without the admin public key" = fires (
       f.leaf ++ [ { services.cim.nats.adminPublicKey = lib.mkForce null; } ]
     ) "adminPublicKey is not set";
+    "tier: tiers from hot to cold, keys only as credential paths" = {
+      expr = map (t: { inherit (t) name url credentials_file; endpoint = t.endpoint or null; }) withTier.services.cim.tier.settings.tiers;
+      expected = [
+        {
+          name = "warm";
+          url = "s3://cim-warm/units";
+          endpoint = "http://10.233.5.1:9000";
+          credentials_file = "/run/credentials/cim-agent.service/tier-warm";
+        }
+        {
+          name = "archive";
+          url = "s3://acme-cim/cim";
+          endpoint = "https://s3.eu-central-1.wasabisys.com";
+          credentials_file = "/run/credentials/cim-agent.service/tier-archive";
+        }
+      ];
+    };
+    "tier: policies are named by their attribute, backups go to the archive" = {
+      expr = {
+        policies = map (p: p.name) withTier.services.cim.tier.settings.policies;
+        inherit (withTier.services.cim.tier.settings) backup;
+      };
+      expected = {
+        policies = [ "drop-scratch" "warm-after-30d" ];
+        backup.tier = "archive";
+      };
+    };
+    "tier: the S3 key files are bind-mounted read-only, never copied" = {
+      expr = lib.mapAttrs (_: m: { inherit (m) hostPath isReadOnly; }) tierContainer.bindMounts;
+      expected = {
+        "/run/cim/secrets/nkey" = { hostPath = "/run/keys/cim-tier.nk"; isReadOnly = true; };
+        "/run/cim/secrets/tier-warm" = { hostPath = "/run/keys/cim-minio.env"; isReadOnly = true; };
+        "/run/cim/secrets/tier-archive" = { hostPath = "/run/keys/cim-wasabi.env"; isReadOnly = true; };
+      };
+    };
+    "tier: MinIO runs on the host with its root credentials file, only the tier container reaches it" = {
+      expr = {
+        inherit (withTier.services.minio) enable rootCredentialsFile listenAddress;
+        firewall = withTier.networking.firewall.interfaces."ve-cim-tier".allowedTCPPorts;
+        bucket = withTier.systemd.services.cim-minio-bucket.serviceConfig.EnvironmentFile;
+      };
+      expected = {
+        enable = true;
+        rootCredentialsFile = "/run/keys/cim-minio.env";
+        listenAddress = ":9000";
+        firewall = [ 4222 9000 ];
+        bucket = "/run/keys/cim-minio.env";
+      };
+    };
+    "assertion: an archive without its credentials file" = fires (
+      tierModules ++ [ { services.cim.tier.archive.credentialsFile = lib.mkForce null; } ]
+    ) "archive.credentialsFile must name";
     "assertion: a TLS certificate without its key" = fires (
       f.leaf ++ [ { services.cim.nats.tls.client.certFile = "/run/keys/client.crt"; } ]
     ) "certFile and keyFile go together";
@@ -684,6 +764,7 @@ in
     attached-leaf-store = attached.services.cim.store.settings;
     leaf-registry = withRegistry.services.cim.registry.settings;
     leaf-pipeline = withPipeline.services.cim.pipeline.settings;
+    leaf-tier = withTier.services.cim.tier.settings;
   }
   // lib.mapAttrs' (name: _: lib.nameValuePair "host-${name}-store" (host name).services.cim.store.settings) hosts;
 }

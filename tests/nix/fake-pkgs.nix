@@ -52,6 +52,8 @@ in
 
   cim = package "cim";
   nats-server = package "nats-server";
+  minio = package "minio";
+  minio-client = package "minio-client";
   jq = package "jq";
   coreutils = package "coreutils";
 }

@@ -444,6 +444,23 @@ in
       default = { };
     };
 
+    # nixos/modules/services/web-servers/minio.nix: the options services.cim.tier.minio sets.
+    services.minio = {
+      enable = lib.mkEnableOption "Minio Object Storage";
+      listenAddress = mkOption {
+        type = types.str;
+        default = ":9000";
+      };
+      rootCredentialsFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+      };
+      browser = mkOption {
+        type = types.bool;
+        default = true;
+      };
+    };
+
     # nixos/modules/services/networking/nats.nix: the whole interface.
     services.nats = {
       enable = lib.mkEnableOption "NATS messaging system";
