@@ -9,7 +9,6 @@ import sys
 
 import nats
 import pytest
-
 from cim import __version__
 from cim.capabilities import permissions
 from cim.embedded.procs import async_wait_until, wait_until

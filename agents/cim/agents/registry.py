@@ -29,7 +29,14 @@ from ..events import Event, EventStore
 from ..events.envelope import aggregate_filter
 from ..jsread import read_stream
 from ..registry.client import PREFIX, STREAM, is_removal, parse_record, select
-from ..registry.model import STALE_AFTER_BEATS, AgentRecord, AgentView, Match, Requirement, State
+from ..registry.model import (
+    STALE_AFTER_BEATS,
+    AgentRecord,
+    AgentView,
+    Match,
+    Requirement,
+    State,
+)
 from ..registry.query import negotiate, providers
 from ..runtime import AgentContext, endpoint
 

@@ -183,7 +183,7 @@ def negotiate(
 
     def human(d: dict[str, Any]) -> str:
         return "\n".join(
-            f"{str(Requirement.model_validate(m['requirement'])):<24} -> {m['provider']['name']} "
+            f"{Requirement.model_validate(m['requirement'])!s:<24} -> {m['provider']['name']} "
             f"({m['requirement']['capability']} {m['version']}, {m['provider']['id']})"
             for m in d["matches"]
         )

@@ -9,7 +9,14 @@ registry agent is down:
     matches = await negotiate(nc, ["store>=0.1", "search"])  # [Match] or NoProvider
 """
 
-from .client import AgentNotFound, find_providers, list_agents, negotiate, read_records, show_agent
+from .client import (
+    AgentNotFound,
+    find_providers,
+    list_agents,
+    negotiate,
+    read_records,
+    show_agent,
+)
 from .model import AgentRecord, AgentView, Match, Requirement, State, registry_key
 from .query import NoProvider
 

@@ -100,7 +100,7 @@ async def snapshot(nc: Client, *, timeout: float = 5.0) -> list[StreamMsg]:
             await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{name}", json.dumps(body).encode(), reply=inbox)
             try:
                 await asyncio.wait_for(done.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise JetStreamUnavailable(f"the registry bucket {REGISTRY_BUCKET} did not deliver within {timeout:g}s") from None
         finally:
             with contextlib.suppress(Exception):
