@@ -12,6 +12,7 @@ secret over `<t>.<body>`, so a receiver can check both origin and freshness; see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -132,6 +133,8 @@ class Dispatcher:
         self.concurrency = concurrency
         self._task: asyncio.Task | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._running: set[asyncio.Task] = set()
+        self._sub = None
 
     async def start(self) -> None:
         if not self.webhooks:
@@ -140,19 +143,26 @@ class Dispatcher:
         self._task = asyncio.create_task(self._run(), name="webhooks")
 
     async def stop(self) -> None:
+        """Stop fetching and abandon what is in flight: unacknowledged, it is delivered again
+        after the restart. Everything is finished here, before the runtime drains NATS."""
         if self._task:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for t in self._running:
+            t.cancel()
+        await asyncio.gather(*(t for t in (self._task, *self._running) if t), return_exceptions=True)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
         if self._http:
             await self._http.close()
 
     async def _run(self) -> None:
-        sub = None
-        running: set[asyncio.Task] = set()
+        running = self._running
         while True:
             try:
-                if sub is None:
-                    sub = await self.js.pull_subscribe_bind(CONSUMER, stream=EVENTS_STREAM)
+                if self._sub is None:
+                    self._sub = await self.js.pull_subscribe_bind(CONSUMER, stream=EVENTS_STREAM)
+                sub = self._sub
                 room = self.concurrency - len(running)
                 if room <= 0:
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -166,12 +176,10 @@ class Dispatcher:
                     running.add(t)
                     t.add_done_callback(running.discard)
             except asyncio.CancelledError:
-                for t in running:
-                    t.cancel()
                 raise
             except Exception as err:  # the consumer vanished or the server restarted: bind again
                 log.warning("webhook consumer: %s: %s; binding again", type(err).__name__, err)
-                sub = None
+                self._sub = None
                 await asyncio.sleep(1)  # backoff between reconnect attempts, not a wait for a condition
 
     async def _handle(self, msg: Msg) -> None:
