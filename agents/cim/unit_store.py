@@ -145,6 +145,15 @@ class UnitStore:
 
     # --- read ---------------------------------------------------------------------------
 
+    async def unit(self, cid: str) -> Unit:
+        """Just the unit (its `unit.created` record): one request, for hot paths."""
+        cidlib.validate(cid)
+        try:
+            created = await self.events.last(f"cim.evt.unit.{cid}.created")
+        except NotFound:
+            raise UnitNotFound(cid) from None
+        return Unit.model_validate(created.data)
+
     async def show(self, cid: str) -> UnitView:
         cidlib.validate(cid)
         events = await self.events.aggregate("unit", cid)

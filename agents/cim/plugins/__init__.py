@@ -39,7 +39,8 @@ class NoSettings(BaseModel):
 class StepOutput:
     """What a step made: `output` is recorded in its `step.done` event (provenance and the
     input of later steps); `events` are its effects on other aggregates (e.g. `unit.labeled`),
-    stored in the same atomic batch, so an effect is applied exactly when the step is."""
+    stored just before that record with ids derived from it, so each effect is applied
+    exactly once however often the step runs."""
 
     output: dict[str, JsonValue] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)

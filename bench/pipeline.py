@@ -1,0 +1,164 @@
+"""Pipeline benchmark: units per second through classify -> extract -> index, as a ratio to
+a raw nats-py fetch + publish loop over the same messages, and end-to-end latency at half
+the maximum rate.
+
+    python bench/pipeline.py [--units 2000]
+
+Starts its own nats-server (loopback, temp dir). The raw loop does the same shape of work
+without CIM: fetch the `unit.created` events from a durable consumer, publish three
+records per event (one per step), ack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from cim.content import ContentStore
+from cim.embedded.nats_server import NatsServer
+from cim.pipeline.engine import Runner
+from cim.pipeline.model import PipelineDef, StepDef
+from cim.plugins import discover
+from cim.provision import ProvisionSpec, StreamSpec, provision
+from cim.unit_store import UnitStore
+
+STEPS = ("classify", "extract", "index")
+
+
+async def put_units(units: UnitStore, n: int, tag: str) -> list[str]:
+    cids = []
+    for start in range(0, n, 200):
+        batch = await asyncio.gather(*(
+            units.put_bytes(f"{tag} document {i}: the quick brown fox jumps over the lazy dog {i}".encode(),
+                            media_type="text/plain", title=f"{tag}-{i}.txt")
+            for i in range(start, min(n, start + 200))))
+        cids += [r.unit.cid for r in batch]
+    return cids
+
+
+async def raw_loop(nc, n: int) -> float:
+    js = nc.jetstream()
+    sub = await js.pull_subscribe("cim.evt.unit.*.created", durable="raw-bench", stream="CIM_EVENTS",
+                                  config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=1000))
+    t0 = time.perf_counter()
+    done = 0
+    while done < n:
+        msgs = await sub.fetch(32, timeout=5)
+        futs = []
+        for m in msgs:
+            for step in STEPS:
+                futs.append(await js.publish_async(f"bench.raw.{step}", m.data))
+        await asyncio.gather(*futs)
+        for m in msgs:
+            await m.ack()
+        done += len(msgs)
+    return n / (time.perf_counter() - t0)
+
+
+def make_runner(nc, name: str, plugins, content: ContentStore, units: UnitStore, start: str = "all") -> Runner:
+    async def read(cid: str) -> bytes:
+        return b"".join([c async for c in units.get(cid)])
+
+    async def store_text(text: str) -> str:
+        return await content.put_bytes(text.encode())
+
+    definition = PipelineDef(name=name, start=start, concurrency=32,
+                             steps=[StepDef(name=s, plugin=s) for s in STEPS])
+    return Runner(nc, definition, plugins, agent="bench", read=read, store_text=store_text)
+
+
+
+async def ours(nc, n: int, plugins, content, units) -> float:
+    runner = make_runner(nc, "bench", plugins, content, units)
+    done = asyncio.Event()
+    seen = 0
+
+    async def on_done(msg):
+        nonlocal seen
+        if ".bench--index--" in msg.subject:
+            seen += 1
+            if seen >= n:
+                done.set()
+
+    sub = await nc.subscribe("cim.evt.step.*.done", cb=on_done)
+    t0 = time.perf_counter()
+    runner.start()
+    await asyncio.wait_for(done.wait(), 600)
+    rate = n / (time.perf_counter() - t0)
+    await runner.stop()
+    await sub.unsubscribe()
+    return rate
+
+
+async def latency(nc, rate: float, seconds: float, plugins, content, units) -> list[float]:
+    runner = make_runner(nc, "live", plugins, content, units, start="new")
+    runner.start()
+    await asyncio.sleep(0.5)  # let the consumer exist before the first unit (start="new")
+    put_at: dict[str, float] = {}
+    lat: list[float] = []
+
+    async def on_done(msg):
+        if ".live--index--" in msg.subject:
+            cid = msg.subject.split("--")[-1].split(".")[0]
+            if cid in put_at:
+                lat.append(time.perf_counter() - put_at.pop(cid))
+
+    sub = await nc.subscribe("cim.evt.step.*.done", cb=on_done)
+    n = int(rate * seconds)
+    interval = 1 / rate
+    start = time.perf_counter()
+    for i in range(n):
+        target = start + i * interval
+        if (delay := target - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)  # pacing the load, not waiting for a condition
+        r = await units.put_bytes(f"live document {i} about herons and kestrels".encode(), media_type="text/plain")
+        put_at[r.unit.cid] = time.perf_counter()
+    deadline = time.perf_counter() + 60
+    while put_at and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    await runner.stop()
+    await sub.unsubscribe()
+    return lat
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--units", type=int, default=2000)
+    ap.add_argument("--latency-seconds", type=float, default=8)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = NatsServer(store_dir=Path(tmp) / "store")
+        server.start()
+        try:
+            nc = await nats.connect(server.url)
+            await provision(nc, ProvisionSpec(streams=[
+                StreamSpec(name="CIM_EVENTS", subjects=["cim.evt.>"], allow_atomic=True, duplicate_window=30),
+                StreamSpec(name="BENCH_RAW", subjects=["bench.raw.>"])]))
+            units, content, plugins = UnitStore(nc), ContentStore(nc), discover()
+            await put_units(units, args.units, "bench")
+            raw = await raw_loop(nc, args.units)
+            cim_rate = await ours(nc, args.units, plugins, content, units)
+            lat = await latency(nc, cim_rate / 2, args.latency_seconds, plugins, content, units)
+            await nc.close()
+        finally:
+            server.stop()
+    lat.sort()
+    p50 = statistics.median(lat) * 1000 if lat else float("nan")
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
+    print(f"{'measured':<40} {'cim':>12}   {'raw baseline':<32} {'ratio':>6}  target")
+    print(f"{'units through classify->extract->index':<40} {cim_rate:>8,.0f} u/s   {raw:>8,.0f} u/s fetch+3 publishes+ack   {cim_rate / raw:>6.2f}  >= 0.5")
+    print(f"end-to-end latency at {cim_rate / 2:,.0f} u/s (half max): p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(lat)} units)")
+    print(json.dumps({"cim_units_per_s": round(cim_rate), "raw_units_per_s": round(raw),
+                      "ratio": round(cim_rate / raw, 3), "p50_ms": round(p50, 1), "p99_ms": round(p99, 1)}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
