@@ -231,3 +231,31 @@ async def test_a_pipeline_with_an_unknown_plugin_is_reported_not_run(env, agent_
     await async_wait_until(reported, 20, what="the pipeline's error to be reported")
     row = json.loads(cli("--json", "pipelines", "ls").stdout)[0]
     assert row["state"] == "error" and "no step plugin named 'nope'" in row["last_error"]
+
+
+async def test_pause_holds_units_in_the_consumer_and_resume_processes_them(env, agent_process, cli):
+    nc, servers = env
+    # A short ack_wait: a unit handed to the last fetch before the pause is redelivered soon.
+    await agent_process("pipeline", {"nats": servers, "pipelines": [pipeline("p", "classify", ack_wait=2)]}).ready(nc)
+    units = UnitStore(nc)
+    first = (await units.put_bytes(b"before the pause", media_type="text/plain")).unit.cid
+    await async_wait_until(lambda: _processed(nc, "p", "classify", first), 30, what="the first unit processed")
+
+    cli("pipelines", "pause", "p")
+
+    async def state_is(state):
+        return (await call(nc, "cim.pipeline.status"))["pipelines"].get("p", {}).get("state") == state
+
+    await async_wait_until(lambda: state_is("paused"), 30, what="the agent to pause the pipeline")
+    held = (await units.put_bytes(b"during the pause", media_type="text/plain")).unit.cid
+
+    async def waiting_in_consumer():
+        info = await nc.jetstream().consumer_info("CIM_EVENTS", "pipeline-p")
+        return info.num_pending + info.num_ack_pending == 1
+
+    await async_wait_until(waiting_in_consumer, 10, what="the unit to wait in the consumer")
+    assert await count(nc, f"cim.evt.step.p--classify--{held}.done") == 0
+    assert "paused" in cli("pipelines", "ls").stdout
+
+    cli("pipelines", "resume", "p")
+    await async_wait_until(lambda: _processed(nc, "p", "classify", held), 30, what="the held unit processed after resume")

@@ -82,6 +82,7 @@ class Agent:
         self.runners: dict[str, Runner] = {}
         self.versions: dict[str, str] = {}
         self.errors: dict[str, str] = {}
+        self.paused: set[str] = set()
         self.index = SearchIndex()
         self.graph = RelationGraph()
         self._tasks: list[asyncio.Task] = []
@@ -130,6 +131,7 @@ class Agent:
             await asyncio.sleep(POLL_SECONDS)  # the polling interval, not a wait for a condition
 
     async def _reconcile(self, records: dict[str, definitions.PipelineRecord]) -> None:
+        self.paused = {name for name, r in records.items() if r.paused}
         for name in list(self.runners):
             r = records.get(name)
             version = r.definition.model_dump_json() if r else None
@@ -192,6 +194,8 @@ class Agent:
                          "last_error": s.last_error, **await runner.lag()}
         for name, why in self.errors.items():
             out[name] = {"state": "error", "last_error": why}
+        for name in self.paused:
+            out[name] = {"state": "paused"}
         return {"pipelines": out, "plugins": {n: p.version for n, p in self.plugins.found.items()},
                 "broken_plugins": self.plugins.broken}
 
