@@ -259,3 +259,33 @@ async def test_pause_holds_units_in_the_consumer_and_resume_processes_them(env, 
 
     cli("pipelines", "resume", "p")
     await async_wait_until(lambda: _processed(nc, "p", "classify", held), 30, what="the held unit processed after resume")
+
+
+async def test_a_pipeline_needing_a_capability_nobody_provides_says_so_and_runs_once_it_is_met(env, agent_process, cli, tmp_path):
+    nc, servers = env
+    needy = pipeline("needy", "classify", requires=["search>=2"])
+    await agent_process("pipeline", {"nats": servers, "pipelines": [needy]}).ready(nc)
+
+    async def state():
+        return (await call(nc, "cim.pipeline.status"))["pipelines"].get("needy", {})
+
+    async def refused():
+        return "nothing provides search >= 2" in ((await state()).get("last_error") or "")
+
+    await async_wait_until(refused, 30, what="the unmet requirement to be reported")
+    assert "available: search 1.0.0 from cim-pipeline" in (await state())["last_error"]
+    spec = tmp_path / "needy.json"
+    spec.write_text(json.dumps(dict(needy, requires=["search>=1", "store"])))
+    cli("pipelines", "apply", spec)
+    # `store` is met by a store agent only once one runs.
+    await async_wait_until(lambda: _error_has(nc, "nothing provides store"), 30, what="store reported missing")
+    await agent_process("store", {"nats": servers}).ready(nc)
+
+    async def running():
+        return (await state()).get("state") == "running"
+
+    await async_wait_until(running, 30, what="the pipeline to run once its providers are up")
+
+
+async def _error_has(nc, text) -> bool:
+    return text in ((await call(nc, "cim.pipeline.status"))["pipelines"].get("needy", {}).get("last_error") or "")

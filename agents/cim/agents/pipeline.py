@@ -29,6 +29,7 @@ from ..pipeline.model import PipelineDef, default_pipelines
 from ..pipeline.search import SearchIndex
 from ..plugins import discover
 from ..provision import EVENTS_STREAM, KvSpec, ProvisionSpec
+from ..registry import NoProvider, negotiate
 from ..runtime import AgentContext, endpoint
 from ..unit_store import UnitStore
 
@@ -87,6 +88,11 @@ class Agent:
         self.graph = RelationGraph()
         self._tasks: list[asyncio.Task] = []
 
+    @property
+    def capabilities(self) -> dict[str, str]:
+        """Announced in the registry: what the loaded plugins provide."""
+        return self.plugins.providers()
+
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -142,6 +148,14 @@ class Agent:
         for name, r in records.items():
             if r.paused or name in self.runners:
                 continue
+            if r.definition.requires:
+                try:
+                    await negotiate(self.nc, r.definition.requires)
+                except NoProvider as err:  # e.g. "nothing provides ocr >= 2 (available: ...)"
+                    if self.errors.get(name) != str(err):
+                        log.error("pipeline %s waits for a provider: %s", name, err)
+                    self.errors[name] = str(err)
+                    continue
             try:
                 runner = Runner(self.nc, r.definition, self.plugins, agent=self.config.agent_name,
                                 read=self._read, store_text=self._store_text)

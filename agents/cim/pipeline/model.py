@@ -36,6 +36,7 @@ class PipelineDef(BaseModel):
     trigger: list[str] = Field(default_factory=lambda: [UNIT_CREATED], min_length=1)
     context: ContextDef = Field(default_factory=ContextDef)
     steps: list[StepDef] = Field(min_length=1)
+    requires: list[str] = Field(default_factory=list, description="capabilities some live agent must provide first, e.g. 'search>=1'")
     start: Literal["all", "new"] = Field(default="all", description="process existing units too, or only new ones")
     max_attempts: int = Field(default=5, ge=1, le=100, description="tries before a message goes to the dead letters")
     backoff: list[float] = Field(default_factory=lambda: [1, 5, 15, 60], description="seconds between tries")
