@@ -190,8 +190,11 @@ async def _read_once(
                 await nc.publish(next_subject, body, reply=inbox)
                 outstanding += batch
             try:
-                msg = await asyncio.wait_for(queue.get(), timeout * 2)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that arrives as the queue yields, and the agent never stops.
+                async with asyncio.timeout(timeout * 2):
+                    msg = await queue.get()
+            except TimeoutError:
                 # No data and no heartbeat for two request lifetimes: the consumer is gone.
                 raise _Gone("no messages or heartbeats from the server") from None
             if msg.reply and msg.reply.startswith("$JS.ACK."):
