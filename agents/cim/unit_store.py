@@ -59,8 +59,12 @@ class UnitStore:
         agent: str = "cim-cli",
         agent_version: str = __version__,
         timeout: float = 5.0,
+        report_access: bool = False,
     ):
         self.nc = nc
+        # Off by default: a report is a publish on cim.tier.access, which an agent's
+        # permissions must allow; `cim units get` turns it on for the `idle` policies.
+        self.report_access = report_access
         self.events = EventStore(nc, timeout=timeout)
         self.content = ContentStore(nc, timeout=timeout)
         self.max_unit_size = max_unit_size
@@ -191,6 +195,8 @@ class UnitStore:
 
     async def _report_access(self, cid: str) -> None:
         """Tell the tier agent a unit was read (its `idle` policies); best effort, no reply."""
+        if not self.report_access:
+            return
         try:
             await self.nc.publish("cim.tier.access", cid.encode())
         except Exception:  # a read never fails for want of this report

@@ -92,7 +92,7 @@ def get(
 
     async def body() -> None:
         async with nats_connection(g) as nc:
-            store = UnitStore(nc)
+            store = UnitStore(nc, report_access=True)  # feeds the tier agent's `idle` policies
             if output is None:
                 out = sys.stdout.buffer
                 async for chunk in store.get(cid):

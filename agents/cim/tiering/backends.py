@@ -31,6 +31,7 @@ from .errors import ObjectMissing, TierConfigError, TierUnavailable
 from .urls import TierSpec, read_credentials
 
 READ_CHUNK = 1024 * 1024
+S3_READ_CHUNK = 8 * 1024 * 1024
 SPOOL_IN_MEMORY = 32 * 1024**2  # larger sources spill to a temporary file while they are copied
 
 
@@ -367,9 +368,13 @@ class S3Backend(Backend):
     async def _raw_get(self, cid: str) -> AsyncIterator[bytes]:
         resp = await self._call(f"reading {cid}", self.client.get_object, Bucket=self.spec.bucket, Key=self._key(cid), cid=cid)
         body = resp["Body"]
+        # Big reads: each one is a hop to a worker thread, so fewer of them keeps up with the wire.
+        block = S3_READ_CHUNK if int(resp.get("ContentLength", 0)) > S3_READ_CHUNK else None
         try:
-            while chunk := await self._call(f"reading {cid}", body.read, READ_CHUNK):
+            while chunk := await self._call(f"reading {cid}", body.read, block):
                 yield chunk
+                if block is None:
+                    break
         finally:
             body.close()
 
