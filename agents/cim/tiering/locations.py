@@ -54,6 +54,10 @@ class LocationIndex:
             created = d.get("created_at")
             u.created_at = datetime.fromisoformat(created.replace("Z", "+00:00")) if created else e.time
             u.tiers.add(HOT)  # a put stores the content in the hot bucket before this event
+        elif e.type == "unit.labeled":
+            # Labels a pipeline added later (classification, retention) count for policies:
+            # this is how lifecycle labels such as `tier:archive` drive tiering.
+            u.labels = tuple(sorted(set(u.labels) | set(d.get("labels") or ())))
         elif e.type == "unit.moving":
             u.pending = {**d, "seq": e.seq}
         elif e.type == "unit.located":
