@@ -97,6 +97,47 @@ let
     ]
   );
 
+  # A leaf with the hub and the dashboard, each behind nginx, every secret a file (keys made
+  # by `cim keys new hub` / `cim keys new ui`, seeds discarded).
+  hubKey = "UCPXDPH4KWINP5RB2HOIHVA67YHDMHEEBR7CCHEKY27WNQIM4GQ5MM7B";
+  uiKey = "UAKAJXSFJ6V55UOXUN2GP74A7F3IVJ4CFRKAXL6EZRBXXUGCBHCPXCLZ";
+  hubUiModules = f.leaf ++ [
+    {
+      services.cim.hub = {
+        enable = true;
+        nkeyPublicKey = hubKey;
+        nkeySeedFile = "/run/keys/cim-hub-agent.nk";
+        tokensFile = "/run/keys/cim-hub-tokens.json";
+        webhooks.ci = {
+          url = "https://ci.example.org/hooks/cim";
+          secretFile = "/run/keys/cim-webhook-ci";
+          max_attempts = 3;
+        };
+        connectors.scans = {
+          plugin = "s3-import";
+          settings = { bucket = "scans"; interval = 300; };
+          secretFiles = {
+            access_key_id_file = "/run/keys/cim-scans-id";
+            secret_access_key_file = "/run/keys/cim-scans-secret";
+          };
+        };
+        nginx = { enable = true; virtualHost = "ingest.example.org"; };
+      };
+      services.cim.ui = {
+        enable = true;
+        nkeyPublicKey = uiKey;
+        nkeySeedFile = "/run/keys/cim-ui.nk";
+        passwordFile = "/run/keys/cim-ui-users";
+        sessionSecretFile = "/run/keys/cim-ui-session";
+        nginx = { enable = true; virtualHost = "cim.example.org"; };
+      };
+    }
+  ];
+  withHubUi = cfgOf hubUiModules;
+  hubSettings = withHubUi.services.cim.hub.settings;
+  uiSettings = withHubUi.services.cim.ui.settings;
+  vhosts = c: c.services.nginx.virtualHosts;
+
   # Every string anywhere in a value.
   strings =
     value:
@@ -164,6 +205,10 @@ let
     };
     "a misspelled option inside a container's config fails" = {
       expr = h.fails (storeContainer (cfgOf (f.leaf ++ [ { containers.cim-store.config.systemd.service.x = { }; } ]))).config;
+      expected = true;
+    };
+    "a misspelled nginx virtual host option fails" = {
+      expr = h.fails (cfgOf (f.leaf ++ [ { services.nginx.virtualHosts."cim.example.org".enableAcme = true; } ])).services.nginx;
       expected = true;
     };
     "a misspelled systemd unit key fails" = {
@@ -728,6 +773,243 @@ let
     "assertion: an archive without its credentials file" = fires (
       tierModules ++ [ { services.cim.tier.archive.credentialsFile = lib.mkForce null; } ]
     ) "archive.credentialsFile must name";
+    # --- the hub and the dashboard -------------------------------------------------------
+    "hub and ui: a correct configuration passes every assertion and evaluates completely" = {
+      expr = {
+        failed = h.failedAssertions withHubUi;
+        fails = h.fails (everything withHubUi);
+      };
+      expected = { failed = [ ]; fails = false; };
+    };
+    "hub and ui: each has its container, its port forwarded on the host and open inside" = {
+      expr = lib.genAttrs [ "cim-hub" "cim-ui" ] (n: {
+        inherit (withHubUi.containers.${n}) forwardPorts localAddress;
+        inside = withHubUi.containers.${n}.config.networking.firewall.allowedTCPPorts;
+        exec = withHubUi.containers.${n}.config.systemd.services.cim-agent.serviceConfig.ExecStart;
+      });
+      expected = {
+        cim-hub = {
+          forwardPorts = [ { protocol = "tcp"; hostPort = 8471; containerPort = 8471; } ];
+          localAddress = "10.233.1.2";
+          inside = [ 8471 9464 ];
+          exec = "${h.pkgs.cim}/bin/cim agent run hub --config /etc/cim/hub.json";
+        };
+        cim-ui = {
+          forwardPorts = [ { protocol = "tcp"; hostPort = 8470; containerPort = 8470; } ];
+          localAddress = "10.233.6.2";
+          inside = [ 8470 9464 ];
+          exec = "${h.pkgs.cim}/bin/cim agent run ui --config /etc/cim/ui.json";
+        };
+      };
+    };
+    "hub and ui: the agents listen on every address inside the container, so the host reaches them" = {
+      expr = map (s: s.http) [ hubSettings uiSettings ];
+      expected = [ { host = "0.0.0.0"; port = 8471; } { host = "0.0.0.0"; port = 8470; } ];
+    };
+    "hub: tokens, webhook secret and S3 keys are named only by their credential paths" = {
+      expr = {
+        inherit (hubSettings) tokens_file;
+        webhooks = hubSettings.webhooks;
+        connectors = hubSettings.connectors;
+      };
+      expected = {
+        tokens_file = "/run/credentials/cim-agent.service/tokens";
+        webhooks = [
+          {
+            name = "ci";
+            url = "https://ci.example.org/hooks/cim";
+            max_attempts = 3;
+            secret_file = "/run/credentials/cim-agent.service/webhook-ci";
+          }
+        ];
+        connectors = [
+          {
+            name = "scans";
+            plugin = "s3-import";
+            settings = {
+              bucket = "scans";
+              interval = 300;
+              access_key_id_file = "/run/credentials/cim-agent.service/connector-scans-access_key_id_file";
+              secret_access_key_file = "/run/credentials/cim-agent.service/connector-scans-secret_access_key_file";
+            };
+          }
+        ];
+      };
+    };
+    "hub: every secret file is bind-mounted read-only and loaded as a credential" = {
+      expr = {
+        mounts = lib.mapAttrs (_: m: { inherit (m) hostPath isReadOnly; }) withHubUi.containers.cim-hub.bindMounts;
+        creds = withHubUi.containers.cim-hub.config.systemd.services.cim-agent.serviceConfig.LoadCredential;
+      };
+      expected = {
+        mounts = {
+          "/run/cim/secrets/nkey" = { hostPath = "/run/keys/cim-hub-agent.nk"; isReadOnly = true; };
+          "/run/cim/secrets/tokens" = { hostPath = "/run/keys/cim-hub-tokens.json"; isReadOnly = true; };
+          "/run/cim/secrets/webhook-ci" = { hostPath = "/run/keys/cim-webhook-ci"; isReadOnly = true; };
+          "/run/cim/secrets/connector-scans-access_key_id_file" = { hostPath = "/run/keys/cim-scans-id"; isReadOnly = true; };
+          "/run/cim/secrets/connector-scans-secret_access_key_file" = { hostPath = "/run/keys/cim-scans-secret"; isReadOnly = true; };
+        };
+        creds = [
+          "connector-scans-access_key_id_file:/run/cim/secrets/connector-scans-access_key_id_file"
+          "connector-scans-secret_access_key_file:/run/cim/secrets/connector-scans-secret_access_key_file"
+          "nkey:/run/cim/secrets/nkey"
+          "tokens:/run/cim/secrets/tokens"
+          "webhook-ci:/run/cim/secrets/webhook-ci"
+        ];
+      };
+    };
+    "ui: password hashes and session key by credential path; behind nginx it trusts only the link and sets Secure cookies" = {
+      expr = {
+        inherit (uiSettings) password_file session_secret_file trusted_proxies secure_cookies;
+        header = uiSettings ? trusted_header;
+      };
+      expected = {
+        password_file = "/run/credentials/cim-agent.service/passwords";
+        session_secret_file = "/run/credentials/cim-agent.service/session-secret";
+        trusted_proxies = [ "10.233.6.1" ];
+        secure_cookies = true;
+        header = false;
+      };
+    };
+    "hub and ui: no host secret path and no seed appears in any rendered config" = {
+      expr = {
+        paths = lib.filter (lib.hasPrefix "/run/keys/") (strings [
+          hubSettings
+          uiSettings
+          (vhosts withHubUi)
+          (natsSettings withHubUi)
+        ]);
+        seed = hasSeed (everything withHubUi);
+      };
+      expected = { paths = [ ]; seed = false; };
+    };
+    "hub and ui: each agent's NATS user has exactly its capability's permissions" = {
+      expr = map (key: (lib.findFirst (u: u.nkey == key) null (users withHubUi)).permissions) [ hubKey uiKey ];
+      expected = map (n: {
+        publish.allow = (capabilities.permissions n).publish;
+        subscribe.allow = (capabilities.permissions n).subscribe;
+      }) [ "hub" "ui" ];
+    };
+    "nginx: no virtual host and no nginx unless enabled" = {
+      expr = {
+        leaf = { inherit (leaf.services.nginx) enable; hosts = builtins.attrNames (vhosts leaf); };
+        off =
+          let
+            c = cfgOf (hubUiModules ++ [ { services.cim.hub.nginx.enable = lib.mkForce false; services.cim.ui.nginx.enable = lib.mkForce false; } ]);
+          in
+          { inherit (c.services.nginx) enable; hosts = builtins.attrNames (vhosts c); };
+      };
+      expected = {
+        leaf = { enable = false; hosts = [ "localhost" ]; };
+        off = { enable = false; hosts = [ "localhost" ]; };
+      };
+    };
+    "nginx: the dashboard's virtual host has ACME, forces HTTPS, proxies to the container, and streams events unbuffered" =
+      let
+        v = (vhosts withHubUi)."cim.example.org";
+        sse = v.locations."/events/stream";
+      in
+      {
+        expr = {
+          inherit (withHubUi.services.nginx) enable;
+          inherit (v) enableACME forceSSL;
+          root = { inherit (v.locations."/") proxyPass recommendedProxySettings; };
+          sse = {
+            inherit (sse) proxyPass proxyWebsockets;
+            unbuffered = lib.hasInfix "proxy_buffering off;" sse.extraConfig;
+          };
+        };
+        expected = {
+          enable = true;
+          enableACME = true;
+          forceSSL = true;
+          root = { proxyPass = "http://10.233.6.2:8470"; recommendedProxySettings = true; };
+          sse = { proxyPass = "http://10.233.6.2:8470"; proxyWebsockets = true; unbuffered = true; };
+        };
+      };
+    "nginx: the ingest API's virtual host proxies to the container and takes bodies as large as the agent" =
+      let
+        root = (vhosts withHubUi)."ingest.example.org".locations."/";
+      in
+      {
+        expr = {
+          inherit (root) proxyPass;
+          body = lib.hasInfix "client_max_body_size 67108864;" root.extraConfig;
+        };
+        expected = { proxyPass = "http://10.233.1.2:8471"; body = true; };
+      };
+    "hub and ui: the host firewall stays shut unless openFirewall, which opens the forwarded ports and 80/443" = {
+      expr = {
+        default = withHubUi.networking.firewall.allowedTCPPorts;
+        opened = (cfgOf (hubUiModules ++ [ { services.cim.ui.openFirewall = true; services.cim.hub.openFirewall = true; services.cim.hub.nginx.enable = lib.mkForce false; } ])).networking.firewall.allowedTCPPorts;
+      };
+      expected = { default = [ ]; opened = [ 80 443 8470 8471 ]; };
+    };
+    "hub and ui: hostPort = null forwards nothing" = {
+      expr = (cfgOf (hubUiModules ++ [ { services.cim.ui.hostPort = null; } ])).containers.cim-ui.forwardPorts;
+      expected = [ ];
+    };
+    "ui: a trusted header behind nginx is set from nginx's basic auth user, replacing what the client sent" =
+      let
+        c = cfgOf (hubUiModules ++ [
+          {
+            services.cim.ui = {
+              passwordFile = lib.mkForce null;
+              trustedHeader = "X-Remote-User";
+              nginx.basicAuthFile = "/run/keys/cim-ui-htpasswd";
+            };
+          }
+        ]);
+        v = (vhosts c)."cim.example.org";
+      in
+      {
+        expr = {
+          failed = h.failedAssertions c;
+          inherit (c.services.cim.ui.settings) trusted_header trusted_proxies;
+          auth = v.basicAuthFile;
+          header = map (l: lib.hasInfix "proxy_set_header X-Remote-User $remote_user;" v.locations.${l}.extraConfig) [ "/" "/events/stream" ];
+        };
+        expected = {
+          failed = [ ];
+          trusted_header = "X-Remote-User";
+          trusted_proxies = [ "10.233.6.1" ];
+          auth = "/run/keys/cim-ui-htpasswd";
+          header = [ true true ];
+        };
+      };
+    "assertion: a hub without its tokens file" = fires (
+      hubUiModules ++ [ { services.cim.hub.tokensFile = lib.mkForce null; } ]
+    ) "services.cim.hub.tokensFile is not set";
+    "assertion: hub tokens inline in the settings" = fires (
+      hubUiModules ++ [ { services.cim.hub.settings.tokens = [ { name = "ci"; token = "0123456789abcdef"; } ]; } ]
+    ) "services.cim.hub.settings.tokens would put a secret";
+    "assertion: a webhook secret inline" = fires (
+      hubUiModules ++ [ { services.cim.hub.webhooks.ci.secret = "shared"; } ]
+    ) "services.cim.hub.settings.webhooks.0.secret would put a secret";
+    "assertion: a connector's S3 key inline" = fires (
+      hubUiModules ++ [ { services.cim.hub.connectors.scans.settings.secret_access_key = "xyz"; } ]
+    ) "connectors.0.settings.secret_access_key would put a secret";
+    "assertion: a connector secret file under a key that is not a *_file key" = fires (
+      hubUiModules ++ [ { services.cim.hub.connectors.scans.secretFiles.secret_access_key = "/run/keys/x"; } ]
+    ) "secretFiles.secret_access_key: secret files go to `*_file` settings keys";
+    "assertion: the hub's tokens file given as a Nix path" = fires (
+      hubUiModules ++ [ { services.cim.hub.tokensFile = lib.mkForce ./fixtures.nix; } ]
+    ) "services.cim.hub.tokensFile is the Nix path";
+    "assertion: a dashboard without a login" = fires (
+      hubUiModules ++ [ { services.cim.ui.passwordFile = lib.mkForce null; } ]
+    ) "the dashboard needs a login";
+    "assertion: a dashboard password inline in the settings" = fires (
+      hubUiModules ++ [ { services.cim.ui.settings.password = "hunter2"; } ]
+    ) "services.cim.ui.settings.password would put a secret";
+    "assertion: a session secret file inside the Nix store" = fires (
+      hubUiModules ++ [ { services.cim.ui.sessionSecretFile = lib.mkForce "${builtins.storeDir}/x-session"; } ]
+    ) "services.cim.ui.sessionSecretFile = \"${builtins.storeDir}/x-session\" is inside the Nix store";
+    "assertion: nginx in front of the dashboard without a domain name" = fires (
+      hubUiModules ++ [ { services.cim.ui.nginx.virtualHost = lib.mkForce null; } ]
+    ) "services.cim.ui.nginx.virtualHost is not";
+    "assertion: a trusted header behind nginx without nginx's basic auth" = fires (
+      hubUiModules ++ [ { services.cim.ui.trustedHeader = "X-Remote-User"; } ]
+    ) "nginx.basicAuthFile is not";
     "assertion: a TLS certificate without its key" = fires (
       f.leaf ++ [ { services.cim.nats.tls.client.certFile = "/run/keys/client.crt"; } ]
     ) "certFile and keyFile go together";
@@ -765,6 +1047,8 @@ in
     leaf-registry = withRegistry.services.cim.registry.settings;
     leaf-pipeline = withPipeline.services.cim.pipeline.settings;
     leaf-tier = withTier.services.cim.tier.settings;
+    leaf-hub = hubSettings;
+    leaf-ui = uiSettings;
   }
   // lib.mapAttrs' (name: _: lib.nameValuePair "host-${name}-store" (host name).services.cim.store.settings) hosts;
 }

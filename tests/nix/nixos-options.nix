@@ -369,6 +369,87 @@ let
     }
   );
 
+  # nixos/modules/services/web-servers/nginx/location-options.nix: the options the CIM
+  # modules set, and their neighbours a user is likely to set beside them.
+  nginxLocationType = types.submodule {
+    options = {
+      proxyPass = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+      };
+      proxyWebsockets = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      basicAuthFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+      };
+      return = mkOption {
+        type = types.nullOr (types.oneOf [ types.str types.int ]);
+        default = null;
+      };
+      extraConfig = mkOption {
+        type = types.lines;
+        default = "";
+      };
+      priority = mkOption {
+        type = types.int;
+        default = 1000;
+      };
+      recommendedProxySettings = mkOption {
+        type = types.bool;
+        default = config.services.nginx.recommendedProxySettings;
+      };
+    };
+  };
+
+  # nixos/modules/services/web-servers/nginx/vhost-options.nix: likewise.
+  nginxVhostType = types.submodule {
+    options = {
+      serverName = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+      };
+      serverAliases = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      enableACME = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      useACMEHost = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+      };
+      addSSL = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      onlySSL = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      forceSSL = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      basicAuthFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+      };
+      extraConfig = mkOption {
+        type = types.lines;
+        default = "";
+      };
+      locations = mkOption {
+        type = types.attrsOf nginxLocationType;
+        default = { };
+      };
+    };
+  };
+
   natsFormat = pkgs.formats.json { };
 in
 {
@@ -458,6 +539,30 @@ in
       browser = mkOption {
         type = types.bool;
         default = true;
+      };
+    };
+
+    # nixos/modules/services/web-servers/nginx/default.nix: the options services.cim.hub
+    # and services.cim.ui set (ACME itself stays nixpkgs' security.acme, set by the user).
+    services.nginx = {
+      enable = lib.mkEnableOption "Nginx Web Server";
+      recommendedTlsSettings = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      recommendedProxySettings = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      clientMaxBodySize = mkOption {
+        type = types.str;
+        default = "10m";
+      };
+      virtualHosts = mkOption {
+        type = types.attrsOf nginxVhostType;
+        default = {
+          localhost = { };
+        };
       };
     };
 

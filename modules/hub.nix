@@ -1,0 +1,223 @@
+# The `hub` capability: the HTTP ingest API, outbound webhooks and connectors (inbox folder,
+# S3 import). Its port is forwarded on the host, optionally behind nginx with ACME. Every
+# secret (the bearer tokens, each webhook's HMAC secret, a connector's S3 keys) is a file:
+# bind-mounted into the container, handed to the agent as a systemd credential and named in
+# the settings only by its credential path.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.services.cim.hub;
+  fmt = pkgs.formats.json { };
+  secrets = import ./secrets.nix { inherit lib; };
+  credentialPath = id: "/run/credentials/cim-agent.service/${id}";
+  opt = "services.cim.hub";
+
+  webhookType = lib.types.submodule {
+    freeformType = fmt.type;
+    options = {
+      url = lib.mkOption {
+        type = lib.types.str;
+        example = "https://ci.example.org/hooks/cim";
+        description = "Where the events are POSTed.";
+      };
+      secretFile = lib.mkOption {
+        type = secrets.fileType;
+        default = null;
+        example = "/run/keys/cim-webhook-ci";
+        description = "File outside the Nix store with the HMAC secret shared with the receiver.";
+      };
+    };
+  };
+
+  connectorType = lib.types.submodule {
+    options = {
+      plugin = lib.mkOption {
+        type = lib.types.str;
+        example = "s3-import";
+        description = "The connector plugin: `inbox` or `s3-import`.";
+      };
+      settings = lib.mkOption {
+        type = lib.types.submodule { freeformType = fmt.type; };
+        default = { };
+        description = "The plugin's settings. Secrets never go here: use `secretFiles`.";
+      };
+      secretFiles = lib.mkOption {
+        type = lib.types.attrsOf secrets.fileType;
+        default = { };
+        example = lib.literalExpression ''
+          {
+            access_key_id_file = "/run/keys/cim-import-id";
+            secret_access_key_file = "/run/keys/cim-import-secret";
+          }
+        '';
+        description = ''
+          Secret files of the plugin by settings key (a `*_file` key): each is bind-mounted
+          into the container and the key set to its credential path.
+        '';
+      };
+    };
+  };
+
+  webhookId = name: "webhook-${name}";
+  connectorId = name: key: "connector-${name}-${key}";
+
+  # Keys that would carry a secret inline (the agent would refuse most of them at build time,
+  # but by then the JSON is already in the store).
+  secretLooking = key: builtins.match ".*(secret|password|token|access_key).*" key != null && !(lib.hasSuffix "_file" key);
+  inlineSecrets =
+    prefix: value:
+    if builtins.isAttrs value then
+      lib.concatLists (
+        lib.mapAttrsToList (
+          key: v: lib.optional (secretLooking key) "${prefix}.${key}" ++ inlineSecrets "${prefix}.${key}" v
+        ) value
+      )
+    else if builtins.isList value then
+      lib.concatLists (lib.imap0 (i: v: inlineSecrets "${prefix}.${toString i}" v) value)
+    else
+      [ ];
+in
+{
+  imports = [
+    (import ./capability.nix {
+      name = "hub";
+      extraSecretFiles = {
+        tokens = "the bearer tokens (set through `services.cim.hub.tokensFile`)";
+        "webhook-NAME" = "HMAC secret of the webhook NAME (`services.cim.hub.webhooks.NAME.secretFile`)";
+        "connector-NAME-KEY" = "secret file KEY of the connector NAME (`services.cim.hub.connectors.NAME.secretFiles.KEY`)";
+      };
+    })
+    (import ./web.nix {
+      name = "hub";
+      defaultPort = 8471;
+      what = "the ingest API";
+    })
+  ];
+
+  options.services.cim.hub = {
+    tokensFile = lib.mkOption {
+      type = secrets.fileType;
+      default = null;
+      example = "/run/keys/cim-hub-tokens.json";
+      description = ''
+        File outside the Nix store with the API's bearer tokens:
+        `{"tokens": [{"name": "ci", "token": "...", "sources": ["ci/*"], "labels": ["*"]}]}`
+        (`token_sha256` may stand in for `token`).
+      '';
+    };
+
+    webhooks = lib.mkOption {
+      type = lib.types.attrsOf webhookType;
+      default = { };
+      example = lib.literalExpression ''
+        {
+          ci = {
+            url = "https://ci.example.org/hooks/cim";
+            secretFile = "/run/keys/cim-webhook-ci";
+            subjects = [ "cim.evt.unit.*.created" ];
+          };
+        }
+      '';
+      description = "Outbound webhooks by name: `url`, `secretFile`, and the agent's other keys (`subjects`, `max_attempts`, `backoff`, `timeout`).";
+    };
+
+    connectors = lib.mkOption {
+      type = lib.types.attrsOf connectorType;
+      default = { };
+      example = lib.literalExpression ''
+        {
+          bucket = {
+            plugin = "s3-import";
+            settings = { bucket = "scans"; endpoint_url = "https://s3.example.org"; interval = 300; };
+            secretFiles = {
+              access_key_id_file = "/run/keys/cim-import-id";
+              secret_access_key_file = "/run/keys/cim-import-secret";
+            };
+          };
+        }
+      '';
+      description = "Connectors by name: the plugin, its settings, and its secret files.";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    services.cim.hub.secretFiles =
+      { tokens = cfg.tokensFile; }
+      // lib.mapAttrs' (name: w: lib.nameValuePair (webhookId name) w.secretFile) cfg.webhooks
+      // lib.concatMapAttrs (
+        name: c: lib.mapAttrs' (key: file: lib.nameValuePair (connectorId name key) file) c.secretFiles
+      ) cfg.connectors;
+
+    services.cim.hub.settings = {
+      tokens_file = lib.mkIf (cfg.tokensFile != null) (credentialPath "tokens");
+      webhooks = lib.mkIf (cfg.webhooks != { }) (
+        lib.mapAttrsToList (
+          name: w:
+          builtins.removeAttrs w [ "secretFile" ]
+          // {
+            inherit name;
+            secret_file = credentialPath (webhookId name);
+          }
+        ) cfg.webhooks
+      );
+      connectors = lib.mkIf (cfg.connectors != { }) (
+        lib.mapAttrsToList (name: c: {
+          inherit name;
+          inherit (c) plugin;
+          settings = c.settings // lib.mapAttrs (key: _: credentialPath (connectorId name key)) c.secretFiles;
+        }) cfg.connectors
+      );
+    };
+
+    # The body limit of nginx follows the agent's, which answers 413 itself above it.
+    services.nginx.virtualHosts = lib.mkIf (cfg.nginx.enable && cfg.nginx.virtualHost != null) {
+      ${cfg.nginx.virtualHost}.locations."/".extraConfig = ''
+        client_max_body_size ${toString (cfg.settings.max_body_size or (64 * 1024 * 1024))};
+        proxy_request_buffering off;
+      '';
+    };
+
+    assertions =
+      [
+        {
+          assertion = cfg.tokensFile != null;
+          message = "${opt}.tokensFile is not set: the ingest API has no tokens. Write a JSON file of tokens outside the Nix store (e.g. /run/keys/cim-hub-tokens.json) and set ${opt}.tokensFile to its path.";
+        }
+      ]
+      ++ lib.mapAttrsToList (name: w: {
+        assertion = w.secretFile != null;
+        message = "${opt}.webhooks.${name}.secretFile is not set: the receiver could not tell our deliveries from forged ones. Put the shared HMAC secret in a file outside the Nix store and give its path.";
+      }) cfg.webhooks
+      ++ lib.concatLists (
+        lib.mapAttrsToList (
+          name: c:
+          map (key: {
+            assertion = lib.hasSuffix "_file" key;
+            message = "${opt}.connectors.${name}.secretFiles.${key}: secret files go to `*_file` settings keys (e.g. secret_access_key_file); rename the key.";
+          }) (builtins.attrNames c.secretFiles)
+        ) cfg.connectors
+      )
+      ++ map (m: {
+        assertion = false;
+        message = m;
+      }) (
+        lib.filter (m: m != null) (
+          [ (secrets.fileProblem "${opt}.tokensFile" cfg.tokensFile) ]
+          ++ lib.mapAttrsToList (name: w: secrets.fileProblem "${opt}.webhooks.${name}.secretFile" w.secretFile) cfg.webhooks
+          ++ lib.concatLists (
+            lib.mapAttrsToList (
+              name: c: lib.mapAttrsToList (key: secrets.fileProblem "${opt}.connectors.${name}.secretFiles.${key}") c.secretFiles
+            ) cfg.connectors
+          )
+        )
+      )
+      ++ map (path: {
+        assertion = false;
+        message = "${path} would put a secret into the rendered config (in the Nix store). Put it in a file outside the store and use the matching file option (${opt}.tokensFile, ${opt}.webhooks.NAME.secretFile, ${opt}.connectors.NAME.secretFiles) instead.";
+      }) (inlineSecrets "${opt}.settings" cfg.settings);
+  };
+}
