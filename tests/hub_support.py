@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
+from agentkit import AgentProcess
 from cim.embedded.procs import free_port, wait_until
 
 TOKEN = "test-token-0123456789abcdef"
@@ -24,25 +21,20 @@ def write_tokens(path: Path) -> Path:
     return path
 
 
-class Hub:
+class Hub(AgentProcess):
+    """The hub agent on a free port, with the test tokens; `start()` waits for /healthz."""
+
     def __init__(self, nats_url: str, tmp: Path, *, nkey: Path | None = None, **settings):
-        self.tmp = tmp
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.config_path = tmp / "hub.json"
         nats = {"servers": [nats_url]}
         if nkey:
             nats["nkey_seed_file"] = str(nkey)
-        config = {"capability": "hub", "nats": nats, "http": {"port": self.port},
-                  "tokens_file": str(write_tokens(tmp / "tokens.json")), **settings}
-        self.config_path.write_text(json.dumps(config))
-        self.log_path = tmp / "hub.log"
-        self.proc: subprocess.Popen | None = None
+        super().__init__("hub", {"nats": nats, "http": {"port": self.port},
+                                 "tokens_file": str(write_tokens(tmp / "tokens.json")), **settings}, tmp)
 
     def start(self) -> Hub:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cim", "agent", "run", "hub", "--config", str(self.config_path)],
-                                     stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        super().start()
         wait_until(lambda: self.healthy() or self.proc.poll() is not None, 30, what="the hub to answer /healthz")
         assert self.proc.poll() is None, self.log()
         return self
@@ -53,20 +45,3 @@ class Hub:
                 return r.status == 200
         except OSError:
             return False
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()

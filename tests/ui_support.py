@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+from agentkit import AgentProcess
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.procs import free_port, wait_until
 from cim.ui.auth import hash_password
-
 from hub_support import Hub
 
 PASSWORD = "correct horse battery"
 
 
-class Agent:
-    def __init__(self, capability: str, config: dict, tmp: Path):
-        self.path = tmp / f"{capability}.json"
-        self.path.write_text(json.dumps({"capability": capability, **config}))
-        self.log_path = tmp / f"{capability}.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "cim", "agent", "run", capability, "--config", str(self.path)],
-                                     stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def Agent(capability: str, config: dict, tmp: Path) -> AgentProcess:  # noqa: N802 - reads like the class it was
+    """An agent process, started."""
+    return AgentProcess(capability, config, tmp).start()
 
 
 def http_ok(url: str) -> bool:
