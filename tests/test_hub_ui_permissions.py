@@ -3,7 +3,6 @@ with exactly the permissions capabilities.json declares (as modules/nats.nix ren
 them): any subject they touch beyond those shows as a permissions violation."""
 
 import asyncio
-import json
 import subprocess
 import sys
 
@@ -11,35 +10,16 @@ import pytest
 
 aiohttp = pytest.importorskip("aiohttp", reason="the hub and UI need aiohttp")
 
-from cim.capabilities import permissions  # noqa: E402
-from cim.embedded.nats_server import NatsServer  # noqa: E402
 from cim.embedded.procs import async_wait_until, free_port  # noqa: E402
 from cim.ui.auth import hash_password  # noqa: E402
 
 from hub_support import TOKEN, Hub  # noqa: E402
-from test_secured_leaf import seed_file  # noqa: E402
 from ui_support import PASSWORD, Agent, http_ok  # noqa: E402
 
 
-def perms_of(capability: str) -> dict:
-    return {kind: {"allow": [s.replace("{capability}", capability) for s in subjects]}
-            for kind, subjects in permissions(capability).items()}
-
-
 @pytest.fixture
-def secured(tmp_path):
-    seeds, users = {}, []
-    for name in ("admin", "store", "hub", "ui"):
-        path, pub = seed_file(tmp_path, name)
-        seeds[name] = path
-        users.append({"nkey": pub} if name == "admin" else {"nkey": pub, "permissions": perms_of(name)})
-    server = NatsServer(store_dir=tmp_path / "nats", extra_config={
-        "accounts": {"CIM": {"jetstream": "enabled", "users": users}}})
-    server.start()
-    try:
-        yield server, seeds
-    finally:
-        server.stop()
+def secured(secured_nats):
+    return secured_nats("store", "hub", "ui")
 
 
 async def test_hub_and_ui_work_within_their_own_permissions(secured, tmp_path):

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from cim.content import ContentStore
 from cim.unit_store import UnitStore
 from tierkit import TierAgent, count_events, mixed_sizes, provisioned, s3_tier
 
-
 async def read_all(store: UnitStore, cid: str) -> bytes:
     return b"".join([c async for c in store.get(cid)])
-
 
 async def test_units_migrate_by_policy_and_read_back_by_cid(nats_server, s3_server, s3_server_2, tmp_path, cli):
     nc = await provisioned(nats_server.url)
@@ -59,7 +55,6 @@ async def test_units_migrate_by_policy_and_read_back_by_cid(nats_server, s3_serv
     finally:
         agent.stop()
         await nc.close()
-
 
 async def test_a_corrupt_object_is_reported_and_never_read_as_wrong_bytes(nats_server, s3_server, tmp_path, cli):
     nc = await provisioned(nats_server.url)
