@@ -48,8 +48,9 @@ async def test_putting_the_same_content_twice_stores_one_unit(units, nc):
     assert await stored_events(nc) == 1
 
 
-async def test_tampered_content_fails_the_read_with_a_cid_mismatch(units, nc):
-    data = os.urandom(300_000)  # three chunks
+@pytest.mark.parametrize("size", [1000, 300_000])  # one chunk (a one-request read) and three
+async def test_tampered_content_fails_the_read_with_a_cid_mismatch(units, nc, size):
+    data = os.urandom(size)
     c = (await units.put_bytes(data)).unit.cid
     loc = await ContentStore(nc).locate(c)
     js = nc.jetstream()
@@ -58,7 +59,7 @@ async def test_tampered_content_fails_the_read_with_a_cid_mismatch(units, nc):
     chunk_subject = f"$O.CIM_CONTENT.C.{loc.nuid}"
     await js.purge_stream("OBJ_CIM_CONTENT", subject=chunk_subject)
     forged = bytearray(data)
-    forged[12345] ^= 0xFF
+    forged[len(forged) // 2] ^= 0xFF
     for i in range(0, len(forged), 128 * 1024):
         await js.publish(chunk_subject, bytes(forged[i:i + 128 * 1024]))
     received = []
