@@ -10,7 +10,6 @@ import sys
 import nats
 import pytest
 from cim import __version__
-from cim.capabilities import permissions
 from cim.embedded.procs import async_wait_until, wait_until
 from cim.events import EventStore
 from cim.provision import KvSpec, ProvisionSpec, provision
@@ -258,25 +257,9 @@ def test_cim_agents_ls_show_and_negotiate(admin, agents, cli):
     assert "cim-registry" in cli("agents", "ls").stdout
 
 
-async def test_agents_announce_and_the_registry_works_under_their_own_restricted_identities(nats_server, tmp_path):
+async def test_agents_announce_and_the_registry_works_under_their_own_restricted_identities(secured_nats, tmp_path):
     """The NATS users capabilities.json declares suffice, and one agent cannot announce as another capability."""
-    from cim.cli.keys import new_user_seed, public_key_of
-    from cim.embedded.nats_server import NatsServer
-
-    users, seeds = [], {}
-    for name in ("admin", "store", "registry", "pipeline"):
-        seed = new_user_seed()
-        path = tmp_path / f"{name}.nk"
-        path.write_bytes(seed + b"\n")
-        path.chmod(0o600)
-        seeds[name] = path
-        entry = {"nkey": public_key_of(seed)}
-        if name != "admin":
-            entry["permissions"] = {k: {"allow": v} for k, v in permissions(name).items()}
-        users.append(entry)
-    server = NatsServer(store_dir=tmp_path / "secured", extra_config={
-        "accounts": {"CIM": {"jetstream": "enabled", "users": users}}})
-    server.start()
+    server, seeds = secured_nats("store", "registry", "pipeline")
     a = Agents(server.url, tmp_path)
     try:
         admin = await nats.connect(server.url, nkeys_seed=str(seeds["admin"]))
@@ -316,4 +299,3 @@ async def test_agents_announce_and_the_registry_works_under_their_own_restricted
         await admin.close()
     finally:
         a.stop_all()
-        server.stop()
