@@ -24,14 +24,15 @@ def write_tokens(path: Path) -> Path:
 class Hub(AgentProcess):
     """The hub agent on a free port, with the test tokens; `start()` waits for /healthz."""
 
-    def __init__(self, nats_url: str, tmp: Path, *, nkey: Path | None = None, **settings):
+    def __init__(self, nats_url: str, tmp: Path, *, nkey: Path | None = None, env: dict[str, str] | None = None,
+                 **settings):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         nats = {"servers": [nats_url]}
         if nkey:
             nats["nkey_seed_file"] = str(nkey)
         super().__init__("hub", {"nats": nats, "http": {"port": self.port},
-                                 "tokens_file": str(write_tokens(tmp / "tokens.json")), **settings}, tmp)
+                                 "tokens_file": str(write_tokens(tmp / "tokens.json")), **settings}, tmp, env)
 
     def start(self) -> Hub:
         super().start()

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..config import AgentConfig
 from ..embedded.procs import free_port, port_is_free
 from ..events import EventStore
-from ..hub.connectors import STATE_BUCKET, ConnectorConfig, ConnectorContext, build
+from ..hub.connectors import STATE_BUCKET, ConnectorConfig, ConnectorContext, build, load
 from ..hub.http_api import HubApi
 from ..hub.tokens import Tokens
 from ..hub.webhooks import CONSUMER, Dispatcher, Webhook, WebhookSettings
@@ -61,6 +61,7 @@ class InfoReply(BaseModel):
     url: str
     webhooks: list[str]
     connectors: list[str]
+    broken_plugins: dict[str, str] = Field(default_factory=dict, description="plugins that failed to load: name -> why")
 
 
 class Agent:
@@ -71,10 +72,13 @@ class Agent:
         self.api = HubApi(self.units, Tokens(self.config.tokens_file), max_body_size=self.config.max_body_size)
         self.webhooks = Dispatcher(ctx.nc, [Webhook(w) for w in self.config.webhooks], agent=self.config.agent_name)
         events = EventStore(ctx.nc)
+        plugins, self.broken_plugins = load()  # a third party's broken plugin is reported and skipped
+        for name, why in self.broken_plugins.items():
+            log.error("plugin %s is not available: %s", name, why)
         self.connectors = build(self.config.connectors, lambda name: ConnectorContext(
             name=name, units=self.units, events=events, agent=self.config.agent_name, stopping=ctx.stopping,
             log=logging.getLogger(f"cim.hub.{name}"),
-        ))
+        ), loaded=(plugins, self.broken_plugins))
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self.url = ""
@@ -116,9 +120,10 @@ class Agent:
 
     @endpoint("info")
     async def info(self) -> InfoReply:
-        """Where the ingest API listens, and the webhooks and connectors configured."""
+        """Where the ingest API listens, the webhooks and connectors configured, and the plugins that failed to load."""
         return InfoReply(url=self.url, webhooks=[w.name for w in self.webhooks.webhooks],
-                         connectors=[f"{c.name} ({c.plugin})" for c, _ in self.connectors])
+                         connectors=[f"{c.name} ({c.plugin})" for c, _ in self.connectors],
+                         broken_plugins=self.broken_plugins)
 
     @endpoint("retry")
     async def retry(self, req: RetryRequest) -> RetryReply:

@@ -75,22 +75,31 @@ def _builtin() -> dict[str, Plugin]:
     return {inbox.name: inbox, s3.name: s3}
 
 
-def available() -> dict[str, Plugin]:
+def load() -> tuple[dict[str, Plugin], dict[str, str]]:
     """Every connector plugin: installed entry points, and the built-in ones even when the
-    installed metadata predates them (an editable install that was not re-run)."""
-    found = {name: p for name, p in discover().found.items() if p.kind == KIND and p.connector is not None}
+    installed metadata predates them (an editable install that was not re-run); and the
+    entry points that failed to load (name -> why), reported and skipped."""
+    plugins = discover()
+    found = {name: p for name, p in plugins.found.items() if p.kind == KIND and p.connector is not None}
     for name, p in _builtin().items():
         found.setdefault(name, p)
-    return found
+    return found, dict(plugins.broken)
 
 
-def build(configs: list[ConnectorConfig], make_ctx) -> list[tuple[ConnectorConfig, Connector]]:
-    plugins = available()
+def available() -> dict[str, Plugin]:
+    return load()[0]
+
+
+def build(configs: list[ConnectorConfig], make_ctx,
+          loaded: tuple[dict[str, Plugin], dict[str, str]] | None = None) -> list[tuple[ConnectorConfig, Connector]]:
+    plugins, broken = loaded or load()
     out, errors = [], []
     for i, c in enumerate(configs):
         plugin = plugins.get(c.plugin)
         if plugin is None:
-            errors.append((f"connectors.{i}.plugin", f"no connector plugin {c.plugin!r}; installed: {', '.join(sorted(plugins))}"))
+            extra = f" (it failed to load: {broken[c.plugin]})" if c.plugin in broken else ""
+            errors.append((f"connectors.{i}.plugin",
+                           f"no connector plugin {c.plugin!r}{extra}; installed: {', '.join(sorted(plugins))}"))
             continue
         try:
             settings = plugin.settings.model_validate(c.settings)
