@@ -140,6 +140,7 @@ class Agent:
         self.last_migration: dict | None = None
         self._tasks: list[asyncio.Task] = []
         self._wake = asyncio.Event()
+        self._promotions: set[asyncio.Task] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -327,7 +328,9 @@ class Agent:
         async for chunk in gen:
             yield chunk
         if self.config.promote_on_read and tier != HOT:
-            asyncio.create_task(self.migrator.restore(cid))
+            task = asyncio.create_task(self.migrator.restore(cid))  # held: an unreferenced task may vanish
+            self._promotions.add(task)
+            task.add_done_callback(self._promotions.discard)
 
     # --- endpoints -------------------------------------------------------------------------
 

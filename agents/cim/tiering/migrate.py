@@ -116,7 +116,9 @@ class Migrator:
         if source is None or target is None:
             raise TierError(f"unit {u.cid} is being moved {src} -> {dst}, but tier {src if source is None else dst!r} "
                             "is not configured any more; add it back to finish the move")
-        if not u.holds(dst):
+        # A move onto a tier that already holds a copy (a unit promoted on read, moved back)
+        # still records the drop: the index must not place the unit where it is deleted.
+        if not u.holds(dst) or (action == "move" and u.holds(src)):
             verified_by = await self._copy(u, source, target)
             dropped = [src] if action == "move" else []
             located = self._event("unit.located", u.cid, {
