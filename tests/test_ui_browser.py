@@ -171,6 +171,83 @@ async def test_a_dead_letter_is_retried_from_the_pipelines_page(page, stack):
         await runner.cleanup()
 
 
+async def test_a_pipeline_dead_letter_is_retried_from_the_pipelines_page_once_the_cause_is_fixed(page, stack, tmp_path):
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    from agentkit import AgentProcess
+    from pipeline_support import install_plugins
+
+    # A pipeline agent with a third-party step that refuses "POISON".
+    site = install_plugins(tmp_path / "site", "cim-example-plugin")
+    guarded = {"name": "guarded", "max_attempts": 2, "backoff": [0.1],
+               "steps": [{"name": "guard", "plugin": "guard", "settings": {"reject": "POISON"}},
+                         {"name": "classify", "plugin": "classify"}]}
+    stack.agents.append(AgentProcess("pipeline", {"nats": {"servers": [stack.server.url]}, "pipelines": [guarded]},
+                                     tmp_path, {"PYTHONPATH": site}).start())
+    await login(page, stack)
+
+    async def running():
+        await page.goto(stack.ui_url + "/pipelines")
+        return await page.locator("section", has_text="Pipelines").first.locator("tr", has_text="guarded").filter(
+            has_text="running").count() == 1
+
+    await async_wait_until(running, 30, what="the guarded pipeline to run")
+
+    request = urllib.request.Request(stack.hub.url + "/v1/units?title=poisoned.txt", data=b"this is POISON",
+                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        cid = json.loads(r.read())["cid"]
+    letter = page.locator("#dead-letters tbody tr", has_text="guarded")
+
+    async def dead_lettered():
+        await page.goto(stack.ui_url + "/pipelines")
+        return await letter.count() == 1
+
+    await async_wait_until(dead_lettered, 60, what="the poison unit's dead letter to show")
+    await playwright_api.expect(letter).to_contain_text("matches 'POISON'")
+    await shot(page, "pipelines-dead-letter")
+
+    # The operator fixes the cause: the same pipeline without the rejection.
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(json.dumps(dict(guarded, steps=[{"name": "guard", "plugin": "guard", "settings": {}},
+                                                     {"name": "classify", "plugin": "classify"}])))
+    applied = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "cim", "--server", stack.server.url,
+                                                       "pipelines", "apply", str(fixed)], capture_output=True, text=True)
+    assert applied.returncode == 0, applied.stderr
+
+    alerts = []
+
+    async def retried():
+        # The agent loads the new definition within its polling interval; until then the
+        # retry fails (the unit is still refused, or the pipeline is reloading), the page
+        # says why and the letter stays, so the operator clicks again.
+        await page.goto(stack.ui_url + "/pipelines")
+        await letter.get_by_role("button", name="Retry").click()
+        await page.wait_for_load_state()
+        if await page.get_by_role("status").count():
+            return True
+        alerts.append(await page.get_by_role("alert").inner_text())
+        return False
+
+    try:
+        await async_wait_until(retried, 30, what="the retry to succeed once the fix is loaded")
+    except Exception as err:
+        raise AssertionError(f"{err}; the page said: {alerts[-3:]}") from None
+    await playwright_api.expect(page.get_by_role("status")).to_contain_text("processed again")
+    await playwright_api.expect(letter).to_have_count(0)
+    await shot(page, "pipelines-retried")
+
+    await page.goto(f"{stack.ui_url}/units/{cid}")
+    await playwright_api.expect(page.get_by_role("heading", level=1)).to_have_text("poisoned.txt")
+    # Processed: the guard passed it and classify ran, each recording its labels on the unit.
+    labeled = page.get_by_role("region", name="Events").get_by_role("listitem").filter(has_text="unit.labeled")
+    await playwright_api.expect(labeled).to_have_count(2)
+    await playwright_api.expect(labeled.first).to_contain_text("by cim-pipeline")
+
+
 async def test_a_cross_site_post_is_refused_even_with_the_session_cookie(page, stack):
     await login(page, stack)
     evil_port = free_port()
