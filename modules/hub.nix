@@ -62,6 +62,26 @@ let
     };
   };
 
+  # The folders of `inbox` connectors: the same path on the host and in the container, owned
+  # by the group `cim-inbox` (the same GID on both sides: a container shares the host's ids).
+  inboxGroup = "cim-inbox";
+  inboxes = lib.unique (
+    lib.concatLists (
+      lib.mapAttrsToList (_: c: lib.optional (c.plugin == "inbox" && c.settings ? path) (toString c.settings.path)) cfg.connectors
+    )
+  );
+  # Where the hardened unit cannot write whatever ReadWritePaths says (ProtectHome, PrivateTmp).
+  hiddenFromAgent = [ "/home" "/root" "/run/user" "/tmp" "/var/tmp" "/nix/store" ];
+  inboxProblem =
+    path:
+    if !(lib.hasPrefix "/" path) then
+      "must be an absolute path"
+    else
+      let
+        under = lib.findFirst (d: path == d || lib.hasPrefix "${d}/" path) null hiddenFromAgent;
+      in
+      if under != null then "is under ${under}, which the hardened agent cannot write; use e.g. /srv/cim-inbox" else null;
+
   webhookId = name: "webhook-${name}";
   connectorId = name: key: "connector-${name}-${key}";
 
@@ -140,7 +160,23 @@ in
           };
         }
       '';
-      description = "Connectors by name: the plugin, its settings, and its secret files.";
+      description = ''
+        Connectors by name: the plugin, its settings, and its secret files. An `inbox`
+        connector's `settings.path` (absolute, e.g. `/srv/cim-inbox`) is made on the host
+        with `done/` and `failed/`, owned by the group `cim-inbox` (mode 2770), bind-mounted
+        read-write at the same path into the container and writable by the agent; users
+        who drop files there join `cim-inbox`.
+      '';
+    };
+
+    inboxGid = lib.mkOption {
+      type = lib.types.int;
+      default = 8471;
+      description = ''
+        GID of the group `cim-inbox` that owns the folders of `inbox` connectors, on the host
+        and in the hub's container (the same number on both sides). The agent, a
+        DynamicUser, gets it as a supplementary group.
+      '';
     };
   };
 
@@ -173,6 +209,27 @@ in
       );
     };
 
+    # Inbox folders: made on the host, mounted read-write, writable by the agent through the
+    # group (its DynamicUser's UID may change between starts; the setgid folders keep the
+    # group on everything made inside). Kept apart from ProtectSystem=strict by ReadWritePaths.
+    users.groups = lib.mkIf (inboxes != [ ]) { ${inboxGroup}.gid = cfg.inboxGid; };
+    systemd.tmpfiles.rules = lib.concatMap (
+      path: map (d: "d ${d} 2770 root ${inboxGroup} - -") [ path "${path}/done" "${path}/failed" ]
+    ) inboxes;
+    containers.cim-hub = lib.mkIf (inboxes != [ ]) {
+      bindMounts = lib.genAttrs inboxes (path: {
+        hostPath = path;
+        isReadOnly = false;
+      });
+      config = {
+        users.groups.${inboxGroup}.gid = cfg.inboxGid;
+        systemd.services.cim-agent.serviceConfig = {
+          ReadWritePaths = inboxes;
+          SupplementaryGroups = [ inboxGroup ];
+        };
+      };
+    };
+
     # The body limit of nginx follows the agent's, which answers 413 itself above it.
     services.nginx.virtualHosts = lib.mkIf (cfg.nginx.enable && cfg.nginx.virtualHost != null) {
       ${cfg.nginx.virtualHost}.locations."/".extraConfig = ''
@@ -192,6 +249,14 @@ in
         assertion = w.secretFile != null;
         message = "${opt}.webhooks.${name}.secretFile is not set: the receiver could not tell our deliveries from forged ones. Put the shared HMAC secret in a file outside the Nix store and give its path.";
       }) cfg.webhooks
+      ++ lib.mapAttrsToList (name: c: {
+        assertion = c.plugin != "inbox" || c.settings ? path;
+        message = "${opt}.connectors.${name}.settings.path is not set: an inbox connector needs its folder (e.g. /srv/cim-inbox).";
+      }) cfg.connectors
+      ++ map (path: {
+        assertion = inboxProblem path == null;
+        message = "${opt}.connectors: the inbox folder ${path} ${toString (inboxProblem path)}.";
+      }) inboxes
       ++ lib.concatLists (
         lib.mapAttrsToList (
           name: c:

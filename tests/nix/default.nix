@@ -858,6 +858,49 @@ let
         ];
       };
     };
+    "hub: an inbox folder is made on the host, mounted read-write and writable by the hardened agent through its group" = {
+      expr =
+        let
+          c = cfgOf (hubUiModules ++ [ { services.cim.hub.connectors.drop = { plugin = "inbox"; settings = { path = "/srv/cim-inbox"; labels = [ "dropped" ]; }; }; } ]);
+          ct = c.containers.cim-hub;
+          unit = ct.config.systemd.services.cim-agent.serviceConfig;
+        in
+        {
+          failed = h.failedAssertions c;
+          mount = ct.bindMounts."/srv/cim-inbox";
+          inherit (unit) ReadWritePaths SupplementaryGroups DynamicUser ProtectSystem;
+          groupInside = ct.config.users.groups.cim-inbox.gid;
+          groupOnHost = c.users.groups.cim-inbox.gid;
+          tmpfiles = c.systemd.tmpfiles.rules;
+          connector = lib.findFirst (x: x.name == "drop") null c.services.cim.hub.settings.connectors;
+          secretMountsStayReadOnly = lib.all (m: m.isReadOnly) (lib.attrValues (removeAttrs ct.bindMounts [ "/srv/cim-inbox" ]));
+          withoutInbox = { inherit (withHubUi.systemd.tmpfiles) rules; groups = withHubUi.users.groups; rw = withHubUi.containers.cim-hub.config.systemd.services.cim-agent.serviceConfig ? ReadWritePaths; };
+        };
+      expected = {
+        failed = [ ];
+        mount = { mountPoint = "/srv/cim-inbox"; hostPath = "/srv/cim-inbox"; isReadOnly = false; };
+        ReadWritePaths = [ "/srv/cim-inbox" ];
+        SupplementaryGroups = [ "cim-inbox" ];
+        DynamicUser = true;
+        ProtectSystem = "strict";
+        groupInside = 8471;
+        groupOnHost = 8471;
+        tmpfiles = [
+          "d /srv/cim-inbox 2770 root cim-inbox - -"
+          "d /srv/cim-inbox/done 2770 root cim-inbox - -"
+          "d /srv/cim-inbox/failed 2770 root cim-inbox - -"
+        ];
+        connector = { name = "drop"; plugin = "inbox"; settings = { path = "/srv/cim-inbox"; labels = [ "dropped" ]; }; };
+        secretMountsStayReadOnly = true;
+        withoutInbox = { rules = [ ]; groups = { }; rw = false; };
+      };
+    };
+    "assertion: an inbox folder the hardened agent cannot write (under /home)" = fires (
+      hubUiModules ++ [ { services.cim.hub.connectors.drop = { plugin = "inbox"; settings.path = "/home/alice/inbox"; }; } ]
+    ) "is under /home, which the hardened agent cannot write";
+    "assertion: an inbox connector without its folder" = fires (
+      hubUiModules ++ [ { services.cim.hub.connectors.drop.plugin = "inbox"; } ]
+    ) "connectors.drop.settings.path is not set";
     "ui: password hashes and session key by credential path; behind nginx it trusts only the link and sets Secure cookies" = {
       expr = {
         inherit (uiSettings) password_file session_secret_file trusted_proxies secure_cookies;

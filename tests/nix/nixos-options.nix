@@ -524,6 +524,37 @@ in
       type = types.attrsOf serviceType;
       default = { };
     };
+    # nixos/modules/system/boot/systemd/tmpfiles.nix.
+    systemd.tmpfiles.rules = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
+
+    # nixos/modules/config/users-groups.nix: the group options the modules set.
+    users.groups = mkOption {
+      type = types.attrsOf (
+        types.submodule (
+          { name, ... }:
+          {
+            options = {
+              name = mkOption {
+                type = types.str;
+                default = name;
+              };
+              gid = mkOption {
+                type = types.nullOr types.int;
+                default = null;
+              };
+              members = mkOption {
+                type = types.listOf types.str;
+                default = [ ];
+              };
+            };
+          }
+        )
+      );
+      default = { };
+    };
 
     # nixos/modules/services/web-servers/minio.nix: the options services.cim.tier.minio sets.
     services.minio = {
