@@ -5,13 +5,35 @@ from __future__ import annotations
 
 import json
 
+from pipeline_support import count
+
+from cim.calls import call
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.procs import async_wait_until
 from tierkit import TierAgent, mixed_sizes, provisioned, s3_tier
 from cim.unit_store import UnitStore
 
 
-async def test_a_wiped_leaf_is_rebuilt_from_the_archive_alone(nats_server, s3_server, s3_server_2, tmp_path, tmp_path_factory, cli):
+TEXTS = {  # indexed by the default pipeline; one of them moves to warm
+    "solar.txt": (b"Solar panels turn sunlight into electricity.", "new"),
+    "grid.txt": (b"The grid carries electricity, electricity and more electricity.", "old"),
+    "wind.html": (b"<html><head><title>Wind</title></head><body><p>Turbines make electricity on windy days.</p></body></html>",
+                  "new"),
+}
+MEDIA = {"txt": "text/plain", "html": "text/html"}
+
+
+async def _drained(nc) -> bool:
+    i = await nc.jetstream().consumer_info("CIM_EVENTS", "pipeline-default")
+    return i.num_pending == 0 and i.num_ack_pending == 0
+
+
+async def _indexed(nc, n: int) -> bool:
+    return (await call(nc, "cim.pipeline.index"))["documents"] == n
+
+
+async def test_a_wiped_leaf_is_rebuilt_from_the_archive_alone(nats_server, s3_server, s3_server_2, tmp_path, tmp_path_factory,
+                                                              cli, agent_process):
     nc = await provisioned(nats_server.url)
     warm = s3_tier(s3_server, "warm", tmp_path)
     archive = s3_tier(s3_server_2, "archive", tmp_path, bucket="cim-archive")
@@ -28,6 +50,17 @@ async def test_a_wiped_leaf_is_rebuilt_from_the_archive_alone(nats_server, s3_se
         cids = [(await store.put_bytes(p, labels=["old"] if i % 2 else ["new"], title=f"unit {i}")).unit.cid
                 for i, p in enumerate(payloads)]
         await store.revise(cids[2], b"a revision of unit 2", title="unit 2, revised")
+        texts = [(await store.put_bytes(data, labels=[label], title=name,
+                                               media_type=MEDIA[name.rsplit(".", 1)[1]])).unit.cid
+                 for name, (data, label) in TEXTS.items()]
+        pipeline = await agent_process("pipeline", {"nats": {"servers": [nats_server.url]}}).ready(nc)
+        await async_wait_until(lambda: _indexed(nc, len(TEXTS)), 60, what="the text units indexed")
+        await async_wait_until(lambda: _drained(nc), 60, what="every unit through the default pipeline")
+        before_search = json.loads(cli("--json", "search", "electricity").stdout)["hits"]
+        assert {h["cid"] for h in before_search} == set(texts)
+        steps_done = await count(nc, "cim.evt.step.*.done")
+        labeled = await count(nc, "cim.evt.unit.*.labeled")
+        pipeline.stop()
         agent.start()
         await agent.ready(nc)
 
@@ -35,7 +68,7 @@ async def test_a_wiped_leaf_is_rebuilt_from_the_archive_alone(nats_server, s3_se
             s = json.loads(cli("--json", "backup", "status").stdout)
             t = json.loads(cli("--json", "tier", "status").stdout)
             warm_units = {x["name"]: x["units"] for x in t["tiers"]}["warm"]
-            return (s["units_archived"] == s["units"] == 31 and warm_units == 15 and t["pending"] == 0
+            return (s["units_archived"] == s["units"] == 34 and warm_units == 16 and t["pending"] == 0
                     and s["lag_events"] == 0)
 
         await async_wait_until(backed_up, 90, what="every unit and event in the archive")
@@ -53,7 +86,10 @@ async def test_a_wiped_leaf_is_rebuilt_from_the_archive_alone(nats_server, s3_se
     try:
         out = json.loads(cli("--json", "restore", "--from", "s3://cim-archive/units", "--endpoint", s3_server_2.endpoint_url,
                              "--credentials-file", archive["credentials_file"], server=fresh.url).stdout)
-        assert out["events"] == before_events and out["units"] == 31 and out["units_restored"] == 16
+        assert out["events"] == before_events and out["units"] == 34 and out["units_restored"] == 18
+        # Texts the search index is built from: the one extracted from the HTML page, and that of
+        # grid.txt (its own bytes, whose unit lives in warm) are back in the content bucket.
+        assert out["derived_restored"] == 2
         nc = await provisioned(fresh.url)
         assert (await nc.jetstream().stream_info("CIM_EVENTS")).state.messages == before_events
         assert cli("--json", "units", "ls", server=fresh.url).stdout == before_units
@@ -62,6 +98,15 @@ async def test_a_wiped_leaf_is_rebuilt_from_the_archive_alone(nats_server, s3_se
         # A hot unit reads straight from the rebuilt content bucket, with no agent at all.
         cli("units", "get", cids[0], "-o", tmp_path / "unit0", server=fresh.url)
         assert (tmp_path / "unit0").read_bytes() == payloads[0]
+        # The same search results: the pipeline rebuilds its index by replaying the restored
+        # events, and re-runs no step (its fresh consumer finds every step.done recorded).
+        await agent_process("pipeline", {"nats": {"servers": [fresh.url]}}).ready(nc)
+        await async_wait_until(lambda: _indexed(nc, len(TEXTS)), 60, what="the index replayed on the fresh leaf")
+        assert json.loads(cli("--json", "search", "electricity", server=fresh.url).stdout)["hits"] == before_search
+        await async_wait_until(lambda: _drained(nc), 60, what="the fresh consumer to go through every unit")
+        assert await count(nc, "cim.evt.step.*.done") == steps_done
+        assert await count(nc, "cim.evt.unit.*.labeled") == labeled
+        assert (await nc.jetstream().stream_info("CIM_EVENTS")).state.messages == before_events
         # The warm tier is lost too: reads of the units that lived there fall back to the archive.
         s3_server.stop()
         agent = TierAgent(tmp_path_factory.mktemp("agent2"), fresh.url, settings)

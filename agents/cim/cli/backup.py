@@ -80,7 +80,7 @@ def restore_cmd(
             print(file=sys.stderr)
         archive.close()
         return {"events": report.events, "units": report.units, "units_restored": report.units_restored,
-                "chunks": report.chunks}
+                "chunks": report.chunks, "derived_restored": report.derived_restored}
 
     emit(g, run(body), lambda r: f"restored {r['events']} events from {r['chunks']} chunks; {r['units']} units, "
                                  f"{r['units_restored']} of them back in the hot tier")

@@ -4,7 +4,10 @@ Delivery is at least once (a message is acked only after every step is recorded)
 step's result is appended as `step.done` with expected revision 0 on its own aggregate,
 after the step's effects (which carry deterministic ids), so a redelivered message never
 applies an effect twice: the server refuses the second `step.done`, the engine reuses the
-first, and effects already stored are recognised by their ids.
+first, and effects already stored are recognised by their ids. A step whose `step.done` is
+recorded already is not run again on a redelivery: its recorded output is used. The same
+holds for a fresh consumer on a stream that already holds step records (a leaf rebuilt by
+`cim restore`): every event up to then counts as possibly processed, so no step re-runs.
 After `max_attempts` failures the message goes to CIM_DLQ with the reason and its headers.
 """
 
@@ -23,7 +26,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from .. import __version__
-from ..errors import CimError, ConcurrencyConflict, UnitNotFound
+from ..errors import CimError, ConcurrencyConflict, NotFound, UnitNotFound
 from ..events import Event, EventStore, StoredEvent
 from ..events.envelope import H_MSG_ID, subject_for
 from ..plugins import Plugins, StepContext
@@ -91,6 +94,7 @@ class Runner:
         self.stats = RunnerStats()
         self._task: asyncio.Task | None = None
         self._stop = asyncio.Event()
+        self._replay_until = 0  # events up to this sequence may have been processed before
         # Resolve plugins and settings up front: a bad pipeline fails when applied, not per unit.
         self.steps = [(s, plugins.get(s.plugin), plugins.get(s.plugin).parse_settings(s.settings)) for s in definition.steps]
 
@@ -111,6 +115,7 @@ class Runner:
 
     async def _loop(self) -> None:
         await ensure_consumer(self.nc, self.p)
+        self._replay_until = await self._processed_before()
         sub = await self.js.pull_subscribe_bind(self.p.consumer, stream=EVENTS_STREAM)
         log.info("pipeline %s running (%d steps)", self.p.name, len(self.steps))
         try:
@@ -118,6 +123,19 @@ class Runner:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _processed_before(self) -> int:
+        """For a consumer that has delivered nothing yet on a stream that already holds step
+        records (a restored leaf): the last sequence now, else 0. (Step subjects cannot be
+        filtered by pipeline, so any pipeline's records count; that costs a lookup, no more.)"""
+        info = await self.js.consumer_info(EVENTS_STREAM, self.p.consumer)
+        if info.delivered.stream_seq:
+            return 0
+        try:
+            await self.events.last("cim.evt.step.*.done")
+        except NotFound:
+            return 0
+        return int((await self.js.stream_info(EVENTS_STREAM)).state.last_seq)
 
     async def _fetch_loop(self, sub) -> None:
         while not self._stop.is_set():
@@ -137,7 +155,7 @@ class Runner:
         attempt = msg.metadata.num_delivered
         event = StoredEvent.from_message(msg.subject, msg.metadata.sequence.stream, dict(msg.headers or {}), msg.data)
         try:
-            done = await self.process(event, redelivered=attempt > 1)
+            done = await self.process(event, redelivered=attempt > 1 or event.seq <= self._replay_until)
         except Exception as err:
             reason = f"{type(err).__name__}: {err}" if not isinstance(err, CimError) else str(err)
             self.stats.failed_attempts += 1
@@ -198,6 +216,11 @@ class Runner:
     async def _apply(self, trigger: StoredEvent, unit: Unit, step: str, plugin, settings, previous,
                      redelivered: bool, read, store_text) -> dict:
         key = step_key(self.p.name, step, unit.cid)
+        if redelivered:  # recorded before: keep that output, run nothing again
+            try:
+                return (await self.events.last(subject_for("step.done", key))).data["output"]
+            except NotFound:
+                pass
         ctx = StepContext(unit=unit, settings=settings, previous=dict(previous), read=read,
                           store_text=store_text, pipeline=self.p.name, step=step)
         result = await plugin.run(ctx)

@@ -7,6 +7,11 @@ event count and sha256. A chunk is written and read back before the manifest nam
 so the manifest never points at a missing or broken chunk; the manifest is also where the
 export resumes. Unit bytes reach the archive as ordinary copies (`unit.located` events),
 so the archive alone holds everything: events, content, and so every projection.
+
+Content that is not a unit but that events point at (what pipeline steps derived, such as
+the text `extract` stored as `text_cid`, which the search index is rebuilt from) is copied
+to `_backup/content/<cid>` before the chunk holding the event is named in the manifest,
+and `restore` puts it back in the content bucket: the same search results, no step re-run.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 
+from .. import cid as cidlib
 from ..content import ContentStore
-from ..errors import CimError, JetStreamUnavailable
+from ..errors import CimError, JetStreamUnavailable, UnitNotFound
 from ..events import StoredEvent
 from ..jsread import last_seq, read_stream
 from ..provision import EVENTS_STREAM, ProvisionSpec, provision
@@ -35,8 +41,19 @@ log = logging.getLogger("cim.tier.backup")
 
 PREFIX = "_backup/"
 MANIFEST = f"{PREFIX}manifest.json"
+DERIVED = f"{PREFIX}content/"
 # Headers that were instructions to the original stream, not part of the event.
 _DROP_HEADERS = ("Nats-Expected-", "Nats-Batch-")
+
+
+def derived_cids(e: StoredEvent) -> list[str]:
+    """Content a `step.done` event points at (its output's `*_cid` values), e.g. extracted text."""
+    if e.type != "step.done" or e.problem or not isinstance(e.data, dict):
+        return []
+    out = e.data.get("output")
+    if not isinstance(out, dict):
+        return []
+    return [v for k, v in out.items() if k.endswith("_cid") and isinstance(v, str) and v.startswith("b") and "/" not in v]
 
 
 def _empty_manifest() -> dict:
@@ -61,6 +78,22 @@ class Exporter:
         self.timeout = timeout
         self.last_run: float | None = None
         self.last_error: str | None = None
+        self.content = ContentStore(nc, timeout=timeout)
+        self._archived: set[str] = set()  # derived content known to be in the archive
+
+    async def _archive_derived(self, cid: str) -> None:
+        """Copy content an event points at to the archive (once), verified by CID."""
+        if cid in self._archived:
+            return
+        key = f"{DERIVED}{cid}"
+        if await self.archive.size_of(key) is None:
+            try:
+                data = await self.content.read(cid)  # verified against the CID by the content store
+            except UnitNotFound:
+                log.warning("content %s named by a step.done event is not in the content bucket; not archived", cid)
+                return
+            await self.archive.put_blob(key, data)
+        self._archived.add(cid)
 
     async def export(self) -> int:
         """Export every event not yet in the archive; returns how many were written."""
@@ -71,9 +104,12 @@ class Exporter:
         while start <= end:
             lines: list[bytes] = []
             first = last = 0
+            derived: list[str] = []
             async for m in read_stream(self.nc, EVENTS_STREAM, None, start_seq=start, timeout=self.timeout):
                 first = first or m.seq
                 last = m.seq
+                if m.subject.endswith(".done"):
+                    derived += derived_cids(StoredEvent.from_message(m.subject, m.seq, m.headers or {}, m.data))
                 lines.append(json.dumps({
                     "seq": m.seq, "subject": m.subject, "headers": m.headers, "time_ns": m.timestamp_ns,
                     "data": m.data.decode("utf-8", "surrogateescape"),
@@ -82,6 +118,8 @@ class Exporter:
                     break
             if not lines:
                 break
+            for cid in derived:  # before the manifest names the chunk that points at it
+                await self._archive_derived(cid)
             body = gzip.compress(b"\n".join(lines) + b"\n", compresslevel=5)
             name = f"{PREFIX}events/{first:020d}-{last:020d}.jsonl.gz"
             digest = hashlib.sha256(body).hexdigest()
@@ -125,6 +163,7 @@ class RestoreReport:
     units: int
     units_restored: int
     chunks: int
+    derived_restored: int = 0
 
 
 def _decode_chunk(name: str, body: bytes, sha256: str) -> list[dict]:
@@ -152,6 +191,7 @@ async def restore(nc: Client, archive: Backend, *, progress: Callable[[str, int,
     total = manifest["events"]
     done = 0
     expected_seq = 1
+    derived: dict[str, None] = {}
     for chunk in manifest["chunks"]:
         body = await archive.get_blob(chunk["name"])
         if body is None:
@@ -164,7 +204,9 @@ async def restore(nc: Client, archive: Backend, *, progress: Callable[[str, int,
             headers = {k: v for k, v in rec["headers"].items() if not k.startswith(_DROP_HEADERS)}
             data = rec["data"].encode("utf-8", "surrogateescape")
             futures.append(await js.publish_async(rec["subject"], data, headers=headers))
-            index.apply(StoredEvent.from_message(rec["subject"], rec["seq"], headers, data))
+            stored = StoredEvent.from_message(rec["subject"], rec["seq"], headers, data)
+            index.apply(stored)
+            derived.update(dict.fromkeys(derived_cids(stored)))
         for fut in futures:
             ack = await fut
             if ack.seq is None:
@@ -191,4 +233,19 @@ async def restore(nc: Client, archive: Backend, *, progress: Callable[[str, int,
         restored += 1
         if progress:
             progress("units", restored, len(hot))
-    return RestoreReport(events=done, units=len(index.live()), units_restored=restored, chunks=len(manifest["chunks"]))
+    derived_restored = 0
+    for cid in derived:
+        if await content.has(cid):  # a unit's own bytes, restored above
+            continue
+        data = await archive.get_blob(f"{DERIVED}{cid}")
+        if data is None:
+            log.warning("derived content %s is not in the archive; what depends on it cannot be rebuilt", cid)
+            continue
+        if cidlib.compute(data) != cid:
+            raise TierError(f"the archived content {DERIVED}{cid} does not match its CID; the archive is damaged")
+        await content.put_bytes(data)
+        derived_restored += 1
+        if progress:
+            progress("derived content", derived_restored, len(derived))
+    return RestoreReport(events=done, units=len(index.live()), units_restored=restored, chunks=len(manifest["chunks"]),
+                         derived_restored=derived_restored)
