@@ -125,3 +125,6 @@ def test_a_newcomer_puts_a_folder_watches_the_pipeline_and_finds_it(up, cli, tmp
     assert "unit.labeled" in tail and "step.done default--index--" in tail
     hit = json.loads(cli("--json", "search", "kestrel", "meadow", server=u.url).stdout)["hits"][0]
     assert hit["title"] == "Kestrel"
+    # The labels classification added show on the unit, next to its own.
+    shown = json.loads(cli("--json", "units", "show", hit["cid"], server=u.url).stdout)
+    assert "document" in shown["labels"] and shown["unit"]["labels"] == []

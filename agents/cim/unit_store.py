@@ -43,6 +43,12 @@ class UnitView:
     events: list[StoredEvent] = field(default_factory=list)
     revision: int = 0
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The unit's own labels plus those pipeline steps added later (`unit.labeled`)."""
+        added = {label for e in self.events if e.type == "unit.labeled" and not e.problem for label in e.data["labels"]}
+        return tuple(sorted(set(self.unit.labels) | added))
+
 
 def guess_media_type(name: str | None) -> str:
     if not name:

@@ -116,6 +116,7 @@ def get(
 def _view_dict(v: UnitView) -> dict:
     return {
         "unit": v.unit.model_dump(mode="json"),
+        "labels": list(v.labels),
         "children": v.children,
         "revision": v.revision,
         "events": [{"seq": e.seq, "type": e.type, "time": e.time, "agent": e.agent} for e in v.events],
@@ -129,7 +130,7 @@ def _view_text(d: dict) -> str:
         f"title:      {u['title']}",
         f"size:       {u['size']} bytes",
         f"media type: {u['media_type']}",
-        f"labels:     {', '.join(u['labels']) or '-'}",
+        f"labels:     {', '.join(d['labels']) or '-'}",
         f"source:     {u['source'] or '-'}",
         f"author:     {u['author'] or '-'}",
         f"created:    {u['created_at']}",

@@ -209,7 +209,7 @@ class Dashboard:
         parents = [(p, self._title(p)) for p in unit.parents]
         children = [(c, self._title(c)) for c in view.children]
         return self.render(
-            request, "unit.html", unit=unit, meta=meta, provenance=provenance, tiers=tiers, tier_note=tier_note,
+            request, "unit.html", unit=unit, labels=view.labels, meta=meta, provenance=provenance, tiers=tiers, tier_note=tier_note,
             preview_text=preview_text, image=unit.media_type in INLINE_IMAGES, parents=parents, children=children,
             events=view.events, revision=view.revision,
         )
