@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 import asyncio
 import atexit
 import inspect
@@ -147,7 +149,7 @@ class _ExitedEarly(Exception):
     pass
 
 
-class ManagedProcess:
+class ManagedProcess(abc.ABC):
     """One server binary run as a child in its own session, logging to `log_path`.
 
     Subclasses provide `command()`, `is_ready()` and optionally `prepare()` / `env()`.
@@ -163,11 +165,13 @@ class ManagedProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- what subclasses supply ------------------------------------------------------------
+    @abc.abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The argv that starts the server."""
 
+    @abc.abstractmethod
     def is_ready(self) -> bool:
-        raise NotImplementedError
+        """True once the server answers (polled with a bound by `wait_ready`)."""
 
     def prepare(self) -> None:
         """Write config files and directories before each start."""
