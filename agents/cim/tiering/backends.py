@@ -379,8 +379,11 @@ class S3Backend(Backend):
             body.close()
 
     async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
-        spool = await Spool(self.spec.multipart_chunksize).fill(source)
         key = self._key(cid)
+        if size >= self.spec.multipart_threshold and self.spec.max_bandwidth is None:
+            # Streamed: parts go up while the source is still being read, nothing is spooled.
+            return await self._checked(cid, size, key, await self._put_streaming(cid, key, source))
+        spool = await Spool(self.spec.multipart_chunksize).fill(source)
         try:
             if size < self.spec.multipart_threshold:
                 # One request; the server checks the SHA-256 we send (BadDigest otherwise).
@@ -401,6 +404,67 @@ class S3Backend(Backend):
             )
         finally:
             spool.close()
+        return await self._checked(cid, size, key, expected)
+
+    async def _put_streaming(self, cid: str, key: str, source: AsyncIterator[bytes]) -> str:
+        """A multipart upload fed straight from `source`, up to max_concurrency parts in flight,
+        each with its SHA-256 checked by the server. `source` holds its last chunk back until
+        the CID checked out, so the last part (and the completion) only follow a good source;
+        on any failure the upload is aborted and no object appears. Returns the expected
+        composite checksum."""
+        part_size = self.spec.multipart_chunksize
+        upload = await self._call(f"storing {cid}", self.client.create_multipart_upload, Bucket=self.spec.bucket, Key=key,
+                                  ChecksumAlgorithm="SHA256")
+        upload_id = upload["UploadId"]
+        digests: list[bytes] = []
+        parts: dict[int, dict] = {}
+        gate = asyncio.Semaphore(self.spec.max_concurrency)
+        sending: set[asyncio.Task] = set()
+
+        async def send(number: int, data: bytes, digest: bytes) -> None:
+            try:
+                checksum = base64.b64encode(digest).decode()
+                r = await self._call(f"storing part {number} of {cid}", self.client.upload_part, Bucket=self.spec.bucket,
+                                     Key=key, UploadId=upload_id, PartNumber=number, Body=data, ChecksumSHA256=checksum)
+                parts[number] = {"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": checksum}
+            finally:
+                gate.release()
+
+        async def part(data: bytes) -> None:
+            for t in [t for t in sending if t.done()]:
+                sending.discard(t)
+                t.result()  # a failed part fails the upload now
+            digest = await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
+            digests.append(digest)
+            await gate.acquire()
+            sending.add(asyncio.create_task(send(len(digests), data, digest)))
+
+        try:
+            buf = bytearray()
+            async for chunk in source:
+                buf += chunk
+                while len(buf) >= part_size:
+                    await part(bytes(buf[:part_size]))
+                    del buf[:part_size]
+            if buf or not digests:
+                await part(bytes(buf))
+            await asyncio.gather(*sending)
+            await self._call(f"storing {cid}", self.client.complete_multipart_upload, Bucket=self.spec.bucket, Key=key,
+                             UploadId=upload_id,
+                             MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]})
+        except BaseException:
+            for t in sending:
+                t.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.client.abort_multipart_upload, Bucket=self.spec.bucket, Key=key,
+                                        UploadId=upload_id)
+            raise
+        joined = hashlib.sha256(b"".join(digests)).digest()
+        return f"{base64.b64encode(joined).decode()}-{len(digests)}"
+
+    async def _checked(self, cid: str, size: int, key: str, expected: str) -> str:
+        """Verified THERE: the size, then the server's SHA-256 checksum, else a read-back."""
         head = await self._call(
             f"checking {cid}", self.client.head_object, Bucket=self.spec.bucket, Key=key, ChecksumMode="ENABLED", cid=cid
         )
