@@ -8,6 +8,8 @@ server keeps them, else a read-back), returning how it verified.
 
 from __future__ import annotations
 
+import abc
+
 import asyncio
 import base64
 import contextlib
@@ -27,7 +29,7 @@ from nats.aio.client import Client
 from .. import cid as cidlib
 from ..content import THREADED_HASH_MIN_CHUNKS, ContentStore, _ThreadedHasher
 from ..errors import CidMismatch, CimError, UnitNotFound
-from .errors import ObjectMissing, TierConfigError, TierUnavailable
+from .errors import ObjectMissing, TierConfigError, TierError, TierUnavailable
 from .urls import TierSpec, read_credentials
 
 READ_CHUNK = 1024 * 1024
@@ -102,7 +104,7 @@ class Spool:
         self.file.close()
 
 
-class Backend:
+class Backend(abc.ABC):
     """A tier's store. Subclasses implement the raw operations; errors are CimErrors."""
 
     def __init__(self, spec: TierSpec):
@@ -116,31 +118,34 @@ class Backend:
         async for chunk in verified(cid, size, self._raw_get(cid), self.where()):
             yield chunk
 
-    async def _raw_get(self, cid: str) -> AsyncIterator[bytes]:
-        raise NotImplementedError
-        yield b""
+    @abc.abstractmethod
+    def _raw_get(self, cid: str) -> AsyncIterator[bytes]:
+        """The stored bytes, unverified (`get` verifies them)."""
 
+    @abc.abstractmethod
     async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
-        raise NotImplementedError
+        """Store and verify there; returns the checksum the tier holds."""
 
+    @abc.abstractmethod
     async def size_of(self, cid: str) -> int | None:
-        raise NotImplementedError
+        """The stored size, or None when the tier does not hold it."""
 
+    @abc.abstractmethod
     async def delete(self, cid: str) -> None:
-        raise NotImplementedError
+        """Remove the object (no error when it is gone already)."""
 
-    async def list(self) -> AsyncIterator[tuple[str, int]]:
-        raise NotImplementedError
-        yield ("", 0)
+    @abc.abstractmethod
+    def list(self) -> AsyncIterator[tuple[str, int]]:
+        """Every (cid, size) the tier holds."""
 
     async def check(self) -> None:
         """Fail now, with what to fix, if this tier cannot work (bucket, keys, endpoint)."""
 
     async def put_blob(self, key: str, data: bytes) -> None:
-        raise NotImplementedError
+        raise TierError(f"{self.where()} cannot hold backups; give the archive an s3:// or file:// tier")
 
     async def get_blob(self, key: str) -> bytes | None:
-        raise NotImplementedError
+        raise TierError(f"{self.where()} holds no backups; restore from an s3:// or file:// archive")
 
     async def read_back(self, cid: str, size: int) -> None:
         async for _ in self.get(cid, size):
@@ -158,6 +163,10 @@ class JetStreamBackend(Backend):
         super().__init__(spec)
         self.content = ContentStore(nc, spec.bucket, timeout=timeout)
         self.nc = nc
+
+    def _raw_get(self, cid: str) -> AsyncIterator[bytes]:
+        # The content store verifies the CID itself; `get` below reads through it directly.
+        return self.content.get(cid)
 
     async def get(self, cid: str, size: int | None = None) -> AsyncIterator[bytes]:
         try:
