@@ -21,7 +21,6 @@ async def test_no_acknowledged_event_is_lost_when_the_stream_leader_is_killed(na
         leader = await asyncio.to_thread(nats_cluster.wait_for_leader, "CIM_EVENTS")
         events = EventStore(nc, timeout=2.0)
         acked: dict[str, int] = {}
-        failures = 0
         killed = None
         for i in range(TOTAL):
             if i == KILL_AT:
@@ -35,7 +34,6 @@ async def test_no_acknowledged_event_is_lost_when_the_stream_leader_is_killed(na
                     acked[e.id] = (await events.append(e)).seq
                     break
                 except (CimError, asyncio.TimeoutError, nats.errors.Error) as err:
-                    failures += 1
                     last = err
                     await asyncio.sleep(0.2)  # back off while a new leader is elected
             else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -90,6 +89,3 @@ def emit(g: Globals, data: Any, human: Callable[[Any], str] | None = None) -> No
         if text:
             typer.echo(text)
 
-
-def stdout_binary():
-    return sys.stdout.buffer
