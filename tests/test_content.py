@@ -130,3 +130,24 @@ async def test_list_filters_by_label(units):
     assert [u.cid async for u in units.list(label="red")] == [a]
 
 
+
+
+async def test_a_batched_read_returns_verified_small_contents_and_leaves_out_the_rest(units, nc):
+    """`read_small` (the pipeline's batched reads) answers for hot one-chunk contents only,
+    and never with bytes that do not match their CID; the rest is for the single read."""
+    small = [os.urandom(100 + i) for i in range(40)]
+    cids = [(await units.put_bytes(d)).unit.cid for d in small]
+    big = (await units.put_bytes(os.urandom(300_000))).unit.cid  # three chunks
+    tampered_data = os.urandom(500)
+    tampered = (await units.put_bytes(tampered_data)).unit.cid
+    loc = await ContentStore(nc).locate(tampered)
+    js = nc.jetstream()
+    await js.purge_stream("OBJ_CIM_CONTENT", subject=f"$O.CIM_CONTENT.C.{loc.nuid}")
+    await js.publish(f"$O.CIM_CONTENT.C.{loc.nuid}", tampered_data[::-1])
+    absent = str(CID("base32", 1, "raw", multihash.digest(b"never stored", "sha2-256")))
+
+    found = await ContentStore(nc).read_small([*cids, big, tampered, absent])
+
+    assert found == dict(zip(cids, small, strict=True))
+    with pytest.raises(CidMismatch):
+        await read_all(units, tampered)  # the single read says what is wrong

@@ -120,6 +120,10 @@ class Agent:
             parts.append(chunk)
         return b"".join(parts)
 
+    async def _read_many(self, cids: list[str]) -> dict[str, bytes]:
+        found = await self.content.read_small(cids)
+        return {cid: data for cid, data in found.items() if len(data) <= self.config.max_content_bytes}
+
     async def _read_text(self, cid: str) -> bytes:
         return await self.content.read(cid)
 
@@ -158,7 +162,7 @@ class Agent:
                     continue
             try:
                 runner = Runner(self.nc, r.definition, self.plugins, agent=self.config.agent_name,
-                                read=self._read, store_text=self._store_text)
+                                read=self._read, store_text=self._store_text, read_many=self._read_many)
             except CimError as err:
                 if self.errors.get(name) != str(err):
                     log.error("pipeline %s cannot run: %s", name, err)

@@ -114,11 +114,22 @@ class EventStore:
         raise AssertionError("unreachable")
 
     async def append_many(self, events: Iterable[Event], *, window: int = 2000) -> list[Appended]:
-        """Pipelined appends without a revision check: up to `window` in flight, each acked.
+        """Pipelined appends without a revision check, each acked; the first failure is raised."""
+        out = await self.append_each(events, window=window)
+        for result in out:
+            if isinstance(result, CimError):
+                raise result
+        return out  # type: ignore[return-value]
 
-        The window stays under nats-py's own limit of pending publishes, so its semaphore
-        never blocks; `wait_stall` would bound that wait but wraps every publish in a task,
-        which costs more than half the throughput. Every wait here is bounded instead.
+    async def append_each(self, events: Iterable[Event], *, expected_revision: int | None = None,
+                          window: int = 2000) -> list[Appended | CimError]:
+        """Pipelined appends, up to `window` in flight: each event's own outcome, in order.
+
+        `expected_revision` (if given) applies to every event's own aggregate, e.g. 0 for
+        "this aggregate must be new". The window stays under nats-py's own limit of pending
+        publishes, so its semaphore never blocks; `wait_stall` would bound that wait but wraps
+        every publish in a task, which costs more than half the throughput. Every wait here
+        is bounded instead.
         """
         prepared = [validated(e) for e in events]
         futures: list[asyncio.Future] = []
@@ -128,18 +139,20 @@ class EventStore:
                 await self._acked(futures[oldest], len(futures) - oldest)
                 while oldest < len(futures) and futures[oldest].done():
                     oldest += 1
-            futures.append(await self.js.publish_async(event.subject, event.payload(), headers=event.headers()))
+            futures.append(await self.js.publish_async(event.subject, event.payload(),
+                                                       headers=_expect_headers(event, expected_revision)))
         for fut in futures[oldest:]:
             await self._acked(fut, len(futures) - oldest)
-        out = []
+        out: list[Appended | CimError] = []
         for event, fut in zip(prepared, futures, strict=True):
             err = fut.exception()
             if isinstance(err, APIError):
-                raise self._map(err, event, None)
-            if err is not None:
-                raise JetStreamUnavailable(f"append of {event.subject} was not acknowledged: {err or type(err).__name__}")
-            ack = fut.result()
-            out.append(Appended(ack.seq, bool(ack.duplicate)))
+                out.append(self._map(err, event, expected_revision))
+            elif err is not None:
+                out.append(JetStreamUnavailable(f"append of {event.subject} was not acknowledged: {err or type(err).__name__}"))
+            else:
+                ack = fut.result()
+                out.append(Appended(ack.seq, bool(ack.duplicate)))
         return out
 
     async def _acked(self, fut: asyncio.Future, in_flight: int) -> None:

@@ -26,6 +26,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from .. import __version__
+from .. import cid as cidlib
 from ..errors import CimError, ConcurrencyConflict, NotFound, UnitNotFound
 from ..events import Event, EventStore, StoredEvent
 from ..events.envelope import H_MSG_ID, subject_for
@@ -33,10 +34,30 @@ from ..plugins import Plugins, StepContext
 from ..provision import DLQ_STREAM, EVENTS_STREAM
 from ..unit_store import UnitStore
 from ..units import Unit
+from .coalesce import CoalescedReads
 from .model import PipelineDef, step_key
 
 log = logging.getLogger("cim.pipeline")
 NS = 1_000_000_000
+
+
+def _batch_size(concurrency: int) -> int:
+    """Units per fetched batch: big enough to pipeline the appends, small enough that a few
+    batches overlap (one computes while another waits for the server)."""
+    return max(1, min(64, -(-concurrency // 4)))
+
+
+@dataclass
+class _Work:
+    """One fetched event on its way through the steps of a batch."""
+
+    event: StoredEvent
+    redelivered: bool
+    msg: Msg | None = None
+    applied: bool = False  # False: not a unit event, or the unit is out of this pipeline's context
+    effects: list[Event] = field(default_factory=list)
+    records: list[Event] = field(default_factory=list)
+    error: BaseException | None = None
 
 
 @dataclass
@@ -81,7 +102,8 @@ async def ensure_consumer(nc: Client, p: PipelineDef) -> None:
 
 class Runner:
     def __init__(self, nc: Client, definition: PipelineDef, plugins: Plugins, *, agent: str,
-                 read: Callable[[str], Awaitable[bytes]], store_text: Callable[[str], Awaitable[str]]):
+                 read: Callable[[str], Awaitable[bytes]], store_text: Callable[[str], Awaitable[str]],
+                 read_many: Callable[[list[str]], Awaitable[dict[str, bytes]]] | None = None):
         self.nc = nc
         self.js = nc.jetstream(timeout=10)
         self.p = definition
@@ -90,6 +112,9 @@ class Runner:
         self.events = EventStore(nc, timeout=10)
         self.units = UnitStore(nc, agent=agent, timeout=10)
         self.read = read
+        # Small contents the units of a batch ask for together come in one request;
+        # whatever that misses is read singly through `read` (tiers, limits, errors).
+        self._batched = CoalescedReads(read_many) if read_many else None
         self.store_text = store_text
         self.stats = RunnerStats()
         self._task: asyncio.Task | None = None
@@ -116,13 +141,19 @@ class Runner:
     async def _loop(self) -> None:
         await ensure_consumer(self.nc, self.p)
         self._replay_until = await self._processed_before()
-        sub = await self.js.pull_subscribe_bind(self.p.consumer, stream=EVENTS_STREAM)
-        log.info("pipeline %s running (%d steps)", self.p.name, len(self.steps))
+        # Several batches in flight, each fetched on its own subscription to the one durable
+        # consumer: while one batch waits for its acknowledgements the next one runs.
+        size = _batch_size(self.p.concurrency)
+        subs = [await self.js.pull_subscribe_bind(self.p.consumer, stream=EVENTS_STREAM)
+                for _ in range(-(-self.p.concurrency // size))]
+        log.info("pipeline %s running (%d steps, %d batches of %d in flight)", self.p.name, len(self.steps),
+                 len(subs), size)
         try:
-            await self._fetch_loop(sub)
+            await asyncio.gather(*(self._fetch_loop(sub, size) for sub in subs))
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     async def _processed_before(self) -> int:
         """For a consumer that has delivered nothing yet on a stream that already holds step
@@ -137,10 +168,10 @@ class Runner:
             return 0
         return int((await self.js.stream_info(EVENTS_STREAM)).state.last_seq)
 
-    async def _fetch_loop(self, sub) -> None:
+    async def _fetch_loop(self, sub, size: int) -> None:
         while not self._stop.is_set():
             try:
-                msgs = await sub.fetch(self.p.concurrency, timeout=2)
+                msgs = await sub.fetch(size, timeout=2)
             except asyncio.TimeoutError:
                 continue
             except Exception as err:  # a reconnect or leader change: try again shortly
@@ -149,33 +180,52 @@ class Runner:
                 log.warning("pipeline %s: fetch failed (%s); retrying", self.p.name, err)
                 await asyncio.sleep(1)  # backoff before the next fetch, not a wait for a condition
                 continue
-            await asyncio.gather(*(self._handle(m) for m in msgs))
+            await self._handle_batch(msgs)
 
-    async def _handle(self, msg: Msg) -> None:
-        attempt = msg.metadata.num_delivered
-        event = StoredEvent.from_message(msg.subject, msg.metadata.sequence.stream, dict(msg.headers or {}), msg.data)
-        try:
-            done = await self.process(event, redelivered=attempt > 1 or event.seq <= self._replay_until)
-        except Exception as err:
-            reason = f"{type(err).__name__}: {err}" if not isinstance(err, CimError) else str(err)
-            self.stats.failed_attempts += 1
-            self.stats.last_error = reason
-            if attempt >= self.p.max_attempts:
-                await self._dead_letter(msg, event, reason, attempt)
-                await msg.term()
-                self.stats.dead_letters += 1
-                log.error("pipeline %s: event #%d dead-lettered after %d tries: %s", self.p.name, event.seq, attempt, reason)
+    async def _handle_batch(self, msgs: list[Msg]) -> None:
+        """Run the steps of a whole fetched batch, then commit it in two pipelined waves.
+
+        Per unit the steps run in order as before; across the batch they run concurrently,
+        and their appends are not awaited one by one: every effect of the batch goes out
+        in one wave, every `step.done` in the next, each wave acknowledged as a whole.
+        A unit's records therefore still follow its effects (the commit rule above), and
+        a crash between the waves is the redelivery case the engine handles already.
+        """
+        works = []
+        for msg in msgs:
+            event = StoredEvent.from_message(msg.subject, msg.metadata.sequence.stream, dict(msg.headers or {}),
+                                             msg.data)
+            redelivered = msg.metadata.num_delivered > 1 or event.seq <= self._replay_until
+            works.append(_Work(event, redelivered, msg))
+        await asyncio.gather(*(self._run_steps(w) for w in works))
+        await self._commit(works)
+        await asyncio.gather(*(self._settle(w) for w in works))
+
+    async def _settle(self, w: _Work) -> None:
+        msg, event = w.msg, w.event
+        assert msg is not None
+        if w.error is None:
+            if w.applied:
+                self.stats.processed += 1
             else:
-                delay = self.p.backoff[min(attempt - 1, len(self.p.backoff) - 1)] if self.p.backoff else 0
-                log.warning("pipeline %s: event #%d failed (try %d of %d, again in %gs): %s",
-                            self.p.name, event.seq, attempt, self.p.max_attempts, delay, reason)
-                await msg.nak(delay=delay)
+                self.stats.skipped += 1
+            await msg.ack()
             return
-        if done:
-            self.stats.processed += 1
+        err = w.error
+        attempt = msg.metadata.num_delivered
+        reason = f"{type(err).__name__}: {err}" if not isinstance(err, CimError) else str(err)
+        self.stats.failed_attempts += 1
+        self.stats.last_error = reason
+        if attempt >= self.p.max_attempts:
+            await self._dead_letter(msg, event, reason, attempt)
+            await msg.term()
+            self.stats.dead_letters += 1
+            log.error("pipeline %s: event #%d dead-lettered after %d tries: %s", self.p.name, event.seq, attempt, reason)
         else:
-            self.stats.skipped += 1
-        await msg.ack()
+            delay = self.p.backoff[min(attempt - 1, len(self.p.backoff) - 1)] if self.p.backoff else 0
+            log.warning("pipeline %s: event #%d failed (try %d of %d, again in %gs): %s",
+                        self.p.name, event.seq, attempt, self.p.max_attempts, delay, reason)
+            await msg.nak(delay=delay)
 
     def _in_context(self, unit: Unit) -> bool:
         c = self.p.context
@@ -184,39 +234,61 @@ class Runner:
         return not c.sources or any(fnmatch.fnmatch(unit.source, g) for g in c.sources)
 
     async def process(self, event: StoredEvent, redelivered: bool = True) -> bool:
-        """Apply every step to the event's unit; False when the unit is out of context."""
+        """Apply every step to the event's unit and commit; False when it is out of context.
+        (One event on its own: `cim dlq retry`. Errors are raised.)"""
+        w = _Work(event, redelivered)
+        await self._run_steps(w)
+        await self._commit([w])
+        if w.error is not None:
+            raise w.error
+        return w.applied
+
+    async def _unit_of(self, event: StoredEvent) -> Unit | None:
         if event.problem or event.aggregate != "unit":
-            return False
+            return None
+        if event.type == "unit.created":  # the trigger is the unit's own record: no lookup
+            return Unit.model_validate(event.data)
         try:
-            unit = await self.units.unit(event.aggregate_id)
+            return await self.units.unit(event.aggregate_id)
         except UnitNotFound:
-            return False
-        if not self._in_context(unit):
-            return False
-        previous: dict[str, dict] = {}
-        # Content read or written while this unit goes through its steps, by CID: the text
-        # one step extracts is what the next one indexes, with no second trip to the store.
-        seen: dict[str, bytes] = {}
+            return None
 
-        async def read(cid: str) -> bytes:
-            if cid not in seen:
-                seen[cid] = await self.read(cid)
-            return seen[cid]
+    async def _run_steps(self, w: _Work) -> None:
+        """Run the steps for one unit, collecting (not yet storing) their effects and records."""
+        try:
+            unit = await self._unit_of(w.event)
+            if unit is None or not self._in_context(unit):
+                return
+            w.applied = True
+            previous: dict[str, dict] = {}
+            # Content read or written while this unit goes through its steps, by CID: the
+            # text one step extracts is what the next one indexes, with no second trip.
+            seen: dict[str, bytes] = {}
 
-        async def store_text(text: str) -> str:
-            cid = await self.store_text(text)
-            seen[cid] = text.encode("utf-8")
-            return cid
+            async def read(cid: str) -> bytes:
+                if cid not in seen:
+                    data = await self._batched.get(cid) if self._batched else None
+                    seen[cid] = data if data is not None else await self.read(cid)
+                return seen[cid]
 
-        for step, plugin, settings in self.steps:
-            previous[step.name] = await self._apply(event, unit, step.name, plugin, settings, previous, redelivered,
-                                                    read, store_text)
-        return True
+            async def store_text(text: str) -> str:
+                data = text.encode("utf-8")
+                cid = cidlib.compute(data)
+                if cid not in seen:  # bytes just read (plain text is its own text) are stored
+                    cid = await self.store_text(text)
+                    seen[cid] = data
+                return cid
 
-    async def _apply(self, trigger: StoredEvent, unit: Unit, step: str, plugin, settings, previous,
-                     redelivered: bool, read, store_text) -> dict:
+            for step, plugin, settings in self.steps:
+                previous[step.name] = await self._run_step(w, unit, step.name, plugin, settings, previous,
+                                                           read, store_text)
+        except Exception as err:
+            w.error = err
+
+    async def _run_step(self, w: _Work, unit: Unit, step: str, plugin, settings, previous, read, store_text) -> dict:
+        trigger = w.event
         key = step_key(self.p.name, step, unit.cid)
-        if redelivered:  # recorded before: keep that output, run nothing again
+        if w.redelivered:  # recorded before: keep that output, run nothing again
             try:
                 return (await self.events.last(subject_for("step.done", key))).data["output"]
             except NotFound:
@@ -235,22 +307,36 @@ class Runner:
                                         "agent_version": __version__, "correlation_id": correlation,
                                         "causation_id": done.id})
                    for i, e in enumerate(result.events)]
-        # Effects first, `step.done` last: the record is the commit. (An atomic batch would
-        # say the same, but the server serialises batches at ~2 ms each, which caps a whole
-        # pipeline at a few hundred units a second.) A redelivery after a crash between the
-        # two re-sends effects with the same ids: the server drops them within its
-        # de-duplication window, and `_already` finds them after it.
-        if redelivered:
+        if w.redelivered:  # a crash may have come after some effects were stored
             effects = [e for e in effects if not await self._already(e)]
-        if effects:
-            await self.events.append_many(effects)
-        try:
-            await self.events.append(done, expected_revision=0)
-        except ConcurrencyConflict:
-            # Applied before (a redelivery after a crash): keep the recorded output.
-            recorded = await self.events.last(subject_for("step.done", key))
-            return recorded.data["output"]
+        w.effects += effects
+        w.records.append(done)
         return result.output
+
+    async def _commit(self, works: list[_Work]) -> None:
+        """Effects first, `step.done` records last: the record is the commit.
+
+        (An atomic batch would say the same, but the server serialises batches at ~2 ms
+        each, which caps a pipeline at a few hundred units a second.) A redelivery after a
+        crash between the two waves re-sends effects with the same ids: the server drops
+        them within its de-duplication window, and `_already` finds them after it. A record
+        refused because it exists (expected revision 0) means the step was recorded by an
+        earlier delivery: that is success, not an error.
+        """
+        for wave in ("effects", "records"):
+            items = [(w, e) for w in works if w.error is None for e in getattr(w, wave)]
+            if not items:
+                continue
+            try:
+                results = await self.events.append_each([e for _, e in items],
+                                                        expected_revision=0 if wave == "records" else None)
+            except CimError as err:  # no answer for the wave: every unit in it goes again
+                results = [err] * len(items)
+            for (w, _), result in zip(items, results, strict=True):
+                if isinstance(result, ConcurrencyConflict) and wave == "records":
+                    continue
+                if isinstance(result, Exception) and w.error is None:
+                    w.error = result
 
     async def _already(self, effect: Event) -> bool:
         """Is this effect (by its id) stored already? Only asked on redeliveries."""
