@@ -1,7 +1,10 @@
 """Tier benchmark: migration and read-through as ratios to raw boto3 on the same objects,
 measured in one run against the same S3 server (`weed mini`) and nats-server.
 
-    python bench/tier.py [--big 4] [--big-mib 32] [--small 64] [--small-kib 512]
+    python bench/tier.py [--rounds 3] [--big 4] [--big-mib 32] [--small 64] [--small-kib 512]
+
+Each round puts fresh units, then runs raw and CIM in alternating order; the figures are
+the median and range of the rounds' ratios.
 
 - migration: the tier protocol moving units hot -> S3 (read from JetStream, verified, copied
   with the S3 checksum, recorded as events, deleted from hot) vs raw boto3
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import io
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -37,9 +41,31 @@ from cim.unit_store import UnitStore
 TARGET = 0.8
 
 
-def row(name: str, cim: float, raw: float) -> None:
-    ratio = cim / raw if raw else 0
-    print(f"{name:<44} {cim:>9.1f} MB/s  raw {raw:>9.1f} MB/s  ratio {ratio:5.2f}  (target >= {TARGET})")
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU a process has used so far (to show where a run's time went)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """Wall time and the CPU of this process, nats-server and the S3 server, for one phase."""
+
+    def __init__(self, *servers) -> None:
+        self.pids = [s.pid for s in servers]
+
+    async def run(self, coro) -> tuple[float, list[float]]:
+        before = [time.process_time(), *map(cpu_seconds, self.pids)]
+        t = time.perf_counter()
+        await coro
+        wall = time.perf_counter() - t
+        after = [time.process_time(), *map(cpu_seconds, self.pids)]
+        return wall, [a - b for a, b in zip(after, before, strict=True)]
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 async def main(args) -> None:
@@ -55,65 +81,74 @@ async def main(args) -> None:
         creds = tmp / "s3.creds"
         creds.write_text(f"AWS_ACCESS_KEY_ID={s3.access_key}\nAWS_SECRET_ACCESS_KEY={s3.secret_key}\n")
         spec = TierSpec(name="warm", url="s3://cim-warm/units", endpoint=s3.endpoint_url, credentials_file=creds)
-        payloads = [os.urandom(args.big_mib * 1024**2) for _ in range(args.big)]
-        payloads += [os.urandom(args.small_kib * 1024) for _ in range(args.small)]
-        total_mb = sum(map(len, payloads)) / 1e6
-
         nc = await nats.connect(server.url)
         await provision(nc, ProvisionSpec())
-        store = UnitStore(nc)
-        cids = [(await store.put_bytes(p)).unit.cid for p in payloads]
-
+        store, events = UnitStore(nc), EventStore(nc)
+        warm = S3Backend(spec)
+        tiers = {"hot": JetStreamBackend(TierSpec(name="hot", url="jetstream://CIM_CONTENT"), nc), "warm": warm}
+        meter = Meter(server, s3)
         # Raw boto3: the same objects from memory, the same transfer settings, 4 at a time.
         transfer = TransferConfig(multipart_threshold=spec.multipart_threshold, multipart_chunksize=spec.multipart_chunksize,
                                   max_concurrency=spec.max_concurrency)
-
-        def raw_put(i: int, data: bytes) -> None:
-            if len(data) < spec.multipart_threshold:
-                client.put_object(Bucket="raw-bench", Key=f"o{i}", Body=data)
-            else:
-                client.upload_fileobj(io.BytesIO(data), "raw-bench", f"o{i}", Config=transfer)
-
         gate = asyncio.Semaphore(4)
 
-        async def put_one(i, data):
-            async with gate:
-                await asyncio.to_thread(raw_put, i, data)
+        def raw_put(key: str, data: bytes) -> None:
+            if len(data) < spec.multipart_threshold:
+                client.put_object(Bucket="raw-bench", Key=key, Body=data)
+            else:
+                client.upload_fileobj(io.BytesIO(data), "raw-bench", key, Config=transfer)
 
-        t = time.perf_counter()
-        await asyncio.gather(*(put_one(i, p) for i, p in enumerate(payloads)))
-        raw_put_rate = total_mb / (time.perf_counter() - t)
+        async def raw_puts(r: int, payloads: list[bytes]) -> None:
+            async def one(i, data):
+                async with gate:
+                    await asyncio.to_thread(raw_put, f"r{r}-{i}", data)
+            await asyncio.gather(*(one(i, p) for i, p in enumerate(payloads)))
 
-        events = EventStore(nc)
-        warm = S3Backend(spec)
-        tiers = {"hot": JetStreamBackend(TierSpec(name="hot", url="jetstream://CIM_CONTENT"), nc), "warm": warm}
-        migrator = Migrator(events, tiers, concurrency=4)
-        index = await LocationIndex.build(events)
-        t = time.perf_counter()
-        report = await migrator.run_policies(index, [Policy(name="all", to="warm")], {})
-        cim_move_rate = total_mb / (time.perf_counter() - t)
-        assert not report.failed and len(report.moved) == len(cids), report.failed[:3]
+        async def migrate(n: int) -> None:
+            index = await LocationIndex.build(events)
+            report = await Migrator(events, tiers, concurrency=4).run_policies(index, [Policy(name="all", to="warm")], {})
+            assert not report.failed and len(report.moved) == n, report.failed[:3]
 
-        # Reads: raw get_object vs the verified read the agent streams from.
-        def raw_get(i: int) -> int:
-            return len(client.get_object(Bucket="raw-bench", Key=f"o{i}")["Body"].read())
+        async def raw_gets(r: int, n: int) -> None:
+            for i in range(n):
+                await asyncio.to_thread(lambda i=i: client.get_object(Bucket="raw-bench", Key=f"r{r}-{i}")["Body"].read())
 
-        t = time.perf_counter()
-        for i in range(len(payloads)):
-            await asyncio.to_thread(raw_get, i)
-        raw_get_rate = total_mb / (time.perf_counter() - t)
+        async def cim_gets(cids: list[str], payloads: list[bytes]) -> None:
+            for c, p in zip(cids, payloads, strict=True):
+                n = 0
+                async for chunk in warm.get(c, len(p)):
+                    n += len(chunk)
+                assert n == len(p)
 
-        t = time.perf_counter()
-        for c, p in zip(cids, payloads, strict=True):
-            n = 0
-            async for chunk in warm.get(c, len(p)):
-                n += len(chunk)
-            assert n == len(p)
-        cim_get_rate = total_mb / (time.perf_counter() - t)
+        moves, reads, cpu = [], [], {"raw put": [], "migration": []}
+        for r in range(args.rounds):
+            # Fresh units each round (the last round's are in the S3 tier now); the two sides
+            # alternate which goes first, so neither always meets a warmer server.
+            payloads = [os.urandom(args.big_mib * 1024**2) for _ in range(args.big)]
+            payloads += [os.urandom(args.small_kib * 1024) for _ in range(args.small)]
+            total_mb = sum(map(len, payloads)) / 1e6
+            cids = [(await store.put_bytes(p)).unit.cid for p in payloads]
+            order = [("raw put", lambda: raw_puts(r, payloads)), ("migration", lambda: migrate(len(cids)))]
+            walls = {}
+            for name, run in order if r % 2 == 0 else order[::-1]:
+                walls[name], used = await meter.run(run())
+                cpu[name].append(used)
+            moves.append((total_mb / walls["migration"], total_mb / walls["raw put"]))
+            raw_get = total_mb / (await meter.run(raw_gets(r, len(payloads))))[0]
+            cim_get = total_mb / (await meter.run(cim_gets(cids, payloads)))[0]
+            reads.append((cim_get, raw_get))
 
-        print(f"{len(payloads)} objects, {total_mb:.0f} MB ({args.big} x {args.big_mib} MiB, {args.small} x {args.small_kib} KiB)")
-        row("migration hot -> S3 (verified, recorded)", cim_move_rate, raw_put_rate)
-        row("read-through from the S3 tier (CID-verified)", cim_get_rate, raw_get_rate)
+        print(f"{args.rounds} rounds of {len(payloads)} objects, {total_mb:.0f} MB "
+              f"({args.big} x {args.big_mib} MiB, {args.small} x {args.small_kib} KiB); median (range) of the rounds:")
+        for name, pairs in (("migration hot -> S3 (verified, recorded)", moves),
+                            ("read-through from the S3 tier (CID-verified)", reads)):
+            print(f"{name:<46} cim {spread([c for c, _ in pairs])} MB/s  raw {spread([b for _, b in pairs])} MB/s  "
+                  f"ratio {spread([c / b for c, b in pairs])}  (target >= {TARGET})")
+        # Where the CPU went (this process, nats-server, S3 server): the machine has 2 cores,
+        # so a phase that needs more core-seconds than another is slower by about as much.
+        for name, runs in cpu.items():
+            mean = [statistics.mean(x[i] for x in runs) for i in range(3)]
+            print(f"cpu seconds per round, {name:<10} client {mean[0]:.2f}  nats-server {mean[1]:.2f}  S3 server {mean[2]:.2f}")
         await nc.close()
     finally:
         s3.stop()
@@ -122,6 +157,7 @@ async def main(args) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--big", type=int, default=4)
     p.add_argument("--big-mib", type=int, default=32)
     p.add_argument("--small", type=int, default=64)
