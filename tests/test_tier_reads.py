@@ -56,7 +56,7 @@ async def test_promote_on_read_brings_a_unit_read_from_s3_back_to_the_hot_tier(n
     warm = s3_tier(s3_server, "warm", tmp_path)
     agent = TierAgent(tmp_path, nats_server.url, {
         "tiers": [warm], "policies": [{"name": "cold", "to": "warm", "labels": ["cold"]}],
-        "migrate_interval": 3600, "promote_on_read": True,
+        "migrate_interval": 3600, "promote_on_read": True, "promote_hold": "8s",
     })
     try:
         store = UnitStore(nc)
@@ -82,9 +82,18 @@ async def test_promote_on_read_brings_a_unit_read_from_s3_back_to_the_hot_tier(n
         assert out.read_bytes() == big
         assert "clean" in cli("tier", "verify").stdout
 
-        # The policy moves it back to warm; the copy warm kept is reused, the index stays right.
+        # Just read, it stays hot: the policy that moved it once leaves it alone while it is held.
         cli("tier", "migrate")
-        assert not await content.has(cid)
+        assert await content.has(cid), "a unit promoted on read was sent straight back"
+        assert _units_per_tier(cli) == {"hot": 1, "warm": 2}
+
+        # Once the hold (8 s after the last read) is over, the policy moves it back to warm;
+        # the copy warm kept is reused, the index stays right.
+        async def moved_back() -> bool:
+            await asyncio.to_thread(cli, "tier", "migrate")
+            return not await content.has(cid)
+
+        await async_wait_until(moved_back, 60, interval=1, what="the policy to move the unit back after its hold")
         assert _units_per_tier(cli) == {"hot": 0, "warm": 2}
         assert "clean" in cli("tier", "verify").stdout
         assert cli("units", "get", other).stdout == "a small cold unit"

@@ -57,6 +57,9 @@ class Config(AgentConfig):
     concurrency: int = Field(default=4, ge=1, le=64, description="units moved at once")
     read_retry_for: Duration = Field(default=10, ge=0, description="seconds a read or move retries a tier that is down")
     promote_on_read: bool = Field(default=False, description="copy a unit back to the hot tier when it is read")
+    promote_hold: Duration = Field(default=86400, ge=0, description=(
+        "a unit brought back to the hot tier (promoted on read, or `cim tier restore`) stays there this long "
+        "after its last read before a move policy takes it out again"))
     backup: BackupSettings | None = None
 
     @model_validator(mode="after")
@@ -239,7 +242,7 @@ class Agent:
                 sent.append(asyncio.create_task(progress(_result(r))))
 
         report = await self.migrator.run_policies(self.index, self.config.policies, self.access, dry_run=dry_run,
-                                                  progress=each, planned=planned)
+                                                  progress=each, planned=planned, promote_hold=self.config.promote_hold)
         await asyncio.gather(*sent)
         summary = {
             "dry_run": dry_run, "planned": planned_info.get("units", 0), "bytes": planned_info.get("bytes", 0),

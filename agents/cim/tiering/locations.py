@@ -28,6 +28,7 @@ class UnitLocation:
     pending: dict | None = None  # an unfinished `unit.moving` (its data + "seq")
     expired: dict | None = None  # the `unit.expired` data + "time", once expired
     known: bool = False  # a `unit.created` was seen
+    promoted_at: float | None = None  # when a restore (promotion on read, `cim tier restore`) put it back in hot
 
     def holds(self, tier: str) -> bool:
         return tier in self.tiers
@@ -61,6 +62,8 @@ class LocationIndex:
         elif e.type == "unit.moving":
             u.pending = {**d, "seq": e.seq}
         elif e.type == "unit.located":
+            if d["tier"] == HOT and (u.pending or {}).get("policy") == "restore" and e.time:
+                u.promoted_at = e.time.timestamp()
             u.tiers.add(d["tier"])
             for t in d.get("dropped") or ():
                 u.tiers.discard(t)

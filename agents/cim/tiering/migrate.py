@@ -241,9 +241,9 @@ class Migrator:
 
     async def run_policies(self, index: LocationIndex, policies: list[Policy], access: dict[str, float], *,
                            dry_run: bool = False, progress: Callable[[MoveResult], None] | None = None,
-                           planned: Callable[[int, int], None] | None = None) -> Report:
+                           planned: Callable[[int, int], None] | None = None, promote_hold: float = 0) -> Report:
         async with self._lock:
-            jobs = plan(policies, index.live(), access)
+            jobs = plan(policies, index.live(), access, promote_hold=promote_hold)
             if planned:
                 planned(len(jobs), sum(u.size for u, _ in jobs))
             if dry_run:

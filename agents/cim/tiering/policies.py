@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..tier_events import TIER_NAME
 from .locations import UnitLocation
-from .urls import Duration, Size
+from .urls import HOT, Duration, Size
 
 
 class Policy(BaseModel):
@@ -39,10 +39,16 @@ class Policy(BaseModel):
             raise ValueError(f"policy {self.name!r}: 'from' and 'to' are the same tier")
         return self
 
-    def matches(self, u: UnitLocation, last_access: float | None, now: datetime | None = None) -> bool:
+    def matches(self, u: UnitLocation, last_access: float | None, now: datetime | None = None, *,
+                promote_hold: float = 0) -> bool:
         now = now or datetime.now(UTC)
         if not u.known or u.expired or u.pending:
             return False
+        if self.action == "move" and self.from_tier == HOT and u.promoted_at is not None:
+            # Brought back to hot because someone needed it: it stays there for a while after
+            # its last read, or a policy that moved it once would send it straight back.
+            if now.timestamp() - max(u.promoted_at, last_access or 0) < promote_hold:
+                return False
         if self.action != "expire" and not u.holds(self.from_tier):
             return False
         if self.to_tier and u.holds(self.to_tier) and self.action == "copy":
@@ -60,14 +66,16 @@ class Policy(BaseModel):
         return True
 
 
-def plan(policies: list[Policy], units: list[UnitLocation], access: dict[str, float]) -> list[tuple[UnitLocation, Policy]]:
-    """Each unit with the first policy that matches it (expiry first: no point moving what goes)."""
+def plan(policies: list[Policy], units: list[UnitLocation], access: dict[str, float], *,
+         promote_hold: float = 0) -> list[tuple[UnitLocation, Policy]]:
+    """Each unit with the first policy that matches it (expiry first: no point moving what goes);
+    a unit promoted back to hot is left there for `promote_hold` seconds after its last read."""
     now = datetime.now(UTC)
     ordered = [p for p in policies if p.action == "expire"] + [p for p in policies if p.action != "expire"]
     out = []
     for u in units:
         for p in ordered:
-            if p.matches(u, access.get(u.cid), now):
+            if p.matches(u, access.get(u.cid), now, promote_hold=promote_hold):
                 out.append((u, p))
                 break
     return out
