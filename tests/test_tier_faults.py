@@ -3,6 +3,7 @@ mid-migration, and bad settings that must say what to fix."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 
@@ -100,6 +101,47 @@ async def test_an_s3_outage_mid_migration_deletes_nothing_and_migration_resumes(
         assert cli("units", "get", in_warm).stdout.encode("latin-1") == payloads[cids.index(in_warm)]
         for cid, data in zip(cids, payloads, strict=True):
             assert await read_all(store, cid) == data
+    finally:
+        agent.stop()
+        await nc.close()
+
+
+async def test_a_restore_while_the_s3_tier_is_down_fails_cleanly_and_works_once_it_is_back(nats_server, s3_server,
+                                                                                          tmp_path, cli):
+    nc = await provisioned(nats_server.url)
+    warm = s3_tier(s3_server, "warm", tmp_path)
+    agent = TierAgent(tmp_path, nats_server.url, {
+        "tiers": [warm], "policies": [{"name": "all", "to": "warm"}], "migrate_interval": 3600, "read_retry_for": 1,
+    })
+    try:
+        store, content = UnitStore(nc), ContentStore(nc)
+        data = b"bring me back to the hot tier " * 5000
+        cid = (await store.put_bytes(data)).unit.cid
+        agent.start()
+        await agent.ready(nc)
+        cli("tier", "migrate")
+        assert not await content.has(cid)
+
+        s3_server.stop()
+        r = cli("tier", "restore", cid, check=False)
+        assert r.returncode == 1, r.stdout
+        assert "unreachable" in r.stderr and "the data is not lost" in r.stderr, r.stderr
+        assert not await content.has(cid)
+        status = json.loads(cli("--json", "tier", "status").stdout)
+        assert {t["name"]: t["units"] for t in status["tiers"]} == {"hot": 0, "warm": 1}
+
+        s3_server.start()
+
+        def restored() -> bool:
+            return cli("tier", "restore", cid, check=False).returncode == 0
+
+        from cim.embedded.procs import wait_until
+        await asyncio.to_thread(wait_until, restored, 60, 0.5, "the restore to work once S3 is back")
+        assert await content.has(cid) and await read_all(store, cid) == data
+        status = json.loads(cli("--json", "tier", "status").stdout)
+        assert {t["name"]: t["units"] for t in status["tiers"]} == {"hot": 1, "warm": 1}
+        assert status["pending"] == 0
+        assert "clean" in cli("tier", "verify").stdout
     finally:
         agent.stop()
         await nc.close()
