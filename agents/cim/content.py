@@ -258,7 +258,7 @@ class ContentStore:
             elif loc.chunks:
                 async for m in read_stream(
                     self.nc, self.stream, [f"$O.{self.bucket}.C.{loc.nuid}"], batch=64, timeout=self.timeout,
-                    resume_for=self.timeout * 3,
+                    resume_for=self.timeout * 3, count=loc.chunks,
                 ):
                     hasher.update(m.data)
                     if held is not None:

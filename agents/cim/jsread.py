@@ -86,36 +86,49 @@ async def read_stream(
     timeout: float = 5.0,
     resume_wait: float = 0.5,
     resume_for: float = 60.0,
+    count: int | None = None,
 ) -> AsyncIterator[StreamMsg]:
     """Yield the stream's messages from `start_seq` in order.
 
-    Without `follow` it ends at the last message that existed when reading started.
-    With `follow` it keeps going live and survives server restarts: it retries for
+    Without `follow` it ends at the last message that existed when reading started (as the
+    leader says), or after `count` messages when the caller knows how many there are (an
+    object's chunks): that saves asking the leader, which answers with the whole last
+    message. With `follow` it keeps going live and survives server restarts: it retries for
     `resume_for` seconds after a failure before giving up with JetStreamUnavailable.
     """
     next_seq = max(1, start_seq)
     failing_since: float | None = None
     loop = asyncio.get_running_loop()
     end_seq: int | None = None
+    delivered = 0
     while True:
         try:
-            if not follow and end_seq is None:
+            if not follow and end_seq is None and count is None:
                 end_seq = await last_seq(nc, stream, subjects, timeout)
-            if end_seq is not None and next_seq > end_seq:
+            if (end_seq is not None and next_seq > end_seq) or (count is not None and delivered >= count):
                 return
             async for m in _read_once(nc, stream, subjects, next_seq, follow, batch, max_bytes, timeout):
                 failing_since = None
                 next_seq = m.seq + 1
+                delivered += 1
                 yield m
-                if end_seq is not None and m.seq >= end_seq:
+                if (end_seq is not None and m.seq >= end_seq) or (count is not None and delivered >= count):
                     return
                 if not follow and m.pending == 0:
-                    raise _Gone(f"the consumer's replica ended at {m.seq}, before the leader's {end_seq}")
-            if end_seq is not None:
-                raise _Gone(f"the consumer's replica had nothing after {next_seq - 1}, the leader has up to {end_seq}")
+                    raise _Gone(f"the consumer's replica ended at {m.seq}, before the leader's {end_seq or 'end'}")
+            if end_seq is not None or count is not None:
+                raise _Gone(f"the consumer's replica had nothing after {next_seq - 1}, the leader has up to "
+                            f"{end_seq or 'more'}")
             return
         except _Gone as gone:
             reason = str(gone)
+            if count is not None and end_seq is None:
+                # Fewer than `count` here: a lagging replica, or really fewer (a damaged
+                # object). The leader's end tells which; the caller's checks say what is wrong.
+                with contextlib.suppress(Exception):
+                    end_seq = await last_seq(nc, stream, subjects, timeout)
+                    if next_seq > end_seq:
+                        return
         except (asyncio.TimeoutError, ConnectionError, OSError) as err:
             reason = f"{type(err).__name__}: {err}"
         except Exception as err:  # nats-py raises its own connection errors; all mean "try again"

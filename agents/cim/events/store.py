@@ -136,13 +136,12 @@ class EventStore:
         oldest = 0
         for event in prepared:
             if len(futures) - oldest >= window:
-                await self._acked(futures[oldest], len(futures) - oldest)
+                await self._acked(futures[oldest:oldest + 1])
                 while oldest < len(futures) and futures[oldest].done():
                     oldest += 1
             futures.append(await self.js.publish_async(event.subject, event.payload(),
                                                        headers=_expect_headers(event, expected_revision)))
-        for fut in futures[oldest:]:
-            await self._acked(fut, len(futures) - oldest)
+        await self._acked(futures[oldest:])  # the rest at once: one wait, not one per append
         out: list[Appended | CimError] = []
         for event, fut in zip(prepared, futures, strict=True):
             err = fut.exception()
@@ -155,11 +154,13 @@ class EventStore:
                 out.append(Appended(ack.seq, bool(ack.duplicate)))
         return out
 
-    async def _acked(self, fut: asyncio.Future, in_flight: int) -> None:
-        done, _ = await asyncio.wait([fut], timeout=self.timeout)
-        if not done:
+    async def _acked(self, futures: list[asyncio.Future]) -> None:
+        if not futures:
+            return
+        _, late = await asyncio.wait(futures, timeout=self.timeout)
+        if late:
             raise JetStreamUnavailable(
-                f"{in_flight} appends were not acknowledged within {self.timeout:g}s; their outcome is unknown: "
+                f"{len(late)} appends were not acknowledged within {self.timeout:g}s; their outcome is unknown: "
                 "send the same events again, their ids make the retry safe"
             )
 
