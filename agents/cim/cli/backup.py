@@ -8,9 +8,6 @@ from pathlib import Path
 
 import typer
 
-from ..tiering.backends import open_backend
-from ..tiering.backup import restore as restore_leaf
-from ..tiering.urls import TierSpec
 from .common import emit, globals_of, nats_connection, run
 from .tier import ask
 
@@ -57,7 +54,12 @@ def restore_cmd(
     g = globals_of(ctx)
     from pydantic import ValidationError
 
+    # Here, not at the top: boto3 costs every agent process (they all start through this
+    # CLI) some 20 MB, and only this command and the tier agent need it.
     from ..errors import InvalidInput
+    from ..tiering.backends import open_backend
+    from ..tiering.backup import restore as restore_leaf
+    from ..tiering.urls import TierSpec
 
     async def body() -> dict:
         try:
