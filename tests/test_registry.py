@@ -2,6 +2,7 @@
 view (up, stale, gone) and its history as events, and negotiation picks providers or says
 clearly what nothing provides. Real nats-server, real agent processes."""
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -171,6 +172,51 @@ async def test_a_restarted_registry_does_not_record_an_agent_twice(admin, agents
     assert await agent_events(admin, view.record.id) == ["agent.appeared"]
 
 
+async def test_agents_that_left_while_the_registry_was_down_are_recorded_gone_once_it_is_back(nats_server, agents):
+    admin = await nats.connect(nats_server.url)
+    ttl = 8.0  # long enough for a clean stop's removal marker to outlive a registry's start
+    await provision(admin, ProvisionSpec(kv=[KvSpec(bucket="CIM_REGISTRY", ttl=ttl)]))
+    try:
+        registry = agents.start("registry", sweep_interval=0.1)
+        stopped = agents.start("store", name="cim-store-a")
+        killed = agents.start("store", name="cim-store-b")
+        (a,) = await async_wait_until(lambda: _records(admin, "cim-store-a"), 20, what="the first store's record")
+        (b,) = await async_wait_until(lambda: _records(admin, "cim-store-b"), 20, what="the second store's record")
+        for view in (a, b):
+            await async_wait_until(lambda v=view: _state_is(admin, v.record.id, "up"), 20, what="the registry to see both")
+        registry.send_signal(signal.SIGTERM)
+        assert registry.wait(15) == 0
+        agents.procs.pop("cim-registry")
+
+        # While no registry runs: one store is killed and its record expires; the other
+        # stops cleanly just before a registry starts again (its removal marker is fresh).
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(5)
+        await async_wait_until(lambda: _no_record(admin, "cim-store-b"), ttl + 5, what="the killed store's record to expire")
+        stopped.send_signal(signal.SIGTERM)
+        assert stopped.wait(15) == 0
+        agents.start("registry", sweep_interval=0.1)
+
+        def checked(times: int) -> bool:
+            return agents.log("cim-registry").count("history checked:") >= times
+
+        await asyncio.to_thread(wait_until, lambda: checked(2), 20, 0.1, "the returning registry to check the history")
+        for v in (a, b):
+            assert await agent_events(admin, v.record.id) == ["agent.appeared", "agent.gone"]
+        reasons = {v.record.id: (await EventStore(admin).aggregate("agent", v.record.id))[-1].data["reason"] for v in (a, b)}
+        assert reasons == {a.record.id: "stopped", b.record.id: "unseen"}
+
+        # A registry started again records nothing twice.
+        agents.procs["cim-registry"][0].send_signal(signal.SIGTERM)
+        assert agents.procs.pop("cim-registry")[0].wait(15) == 0
+        agents.start("registry", sweep_interval=0.1)
+        await asyncio.to_thread(wait_until, lambda: checked(3), 20, 0.1, "the third registry to check the history")
+        for v in (a, b):
+            assert await agent_events(admin, v.record.id) == ["agent.appeared", "agent.gone"]
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
 async def announced(admin):
     """Two providers of `search` (1.0.0 and 2.1.0) announced through the library, as agents do."""
@@ -280,6 +326,7 @@ async def test_agents_announce_and_the_registry_works_under_their_own_restricted
         await async_wait_until(lambda: _state_is(admin, view.record.id, "gone"), 10, what="the registry to see it gone")
         assert await agent_events(admin, view.record.id) == ["agent.appeared", "agent.gone"]
         assert "cannot announce" not in a.log("cim-store") and "could not record" not in a.log("cim-registry")
+        assert "history checked:" in a.log("cim-registry")  # it may read the agents' history too
 
         violations = []
 

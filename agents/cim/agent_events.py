@@ -45,6 +45,7 @@ class AgentRecovered(_AgentEvent):
 
 @event_type("agent.gone")
 class AgentGone(_AgentEvent):
-    """An instance left: `stopped` (it removed its record) or `expired` (its record aged out)."""
+    """An instance left: `stopped` (it removed its record), `expired` (its record aged out) or
+    `unseen` (it left while no registry was running, and the bucket no longer tells how)."""
 
-    reason: Literal["stopped", "expired"]
+    reason: Literal["stopped", "expired", "unseen"]

@@ -36,6 +36,7 @@ from ..registry.model import (
     Match,
     Requirement,
     State,
+    registry_key,
 )
 from ..registry.query import negotiate, providers
 from ..runtime import AgentContext, endpoint
@@ -121,6 +122,8 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()
         self._closing = False
+        self._caught_up = asyncio.Event()  # the bucket's history has been read once
+        self._removed_keys: set[str] = set()  # removals of records this registry never saw
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -129,6 +132,7 @@ class Agent:
         self._tasks = [
             asyncio.create_task(self._follow(), name="registry-follow"),
             asyncio.create_task(self._sweeper(), name="registry-sweep"),
+            asyncio.create_task(self._close_missed(), name="registry-missed"),
         ]
 
     async def stop(self) -> None:
@@ -164,22 +168,34 @@ class Agent:
     # --- the live view ------------------------------------------------------------------
 
     async def _follow(self) -> None:
+        next_seq = 1
         while True:
             try:
-                async for msg in read_stream(self.nc, STREAM, [PREFIX + ">"], follow=True):
+                if not self._caught_up.is_set():
+                    # The bucket's history first, to its end as it is now (records may expire
+                    # meanwhile: a bounded read still ends), then live.
+                    async for msg in read_stream(self.nc, STREAM, [PREFIX + ">"], start_seq=next_seq):
+                        await self._apply(msg)
+                        next_seq = msg.seq + 1
+                    self._caught_up.set()
+                async for msg in read_stream(self.nc, STREAM, [PREFIX + ">"], start_seq=next_seq, follow=True):
                     if self._closing:
                         return
-                    age = max(0.0, time.time() - msg.timestamp_ns / 1e9)
-                    async with self._lock:
-                        if is_removal(msg):
-                            await self._removed(msg.subject[len(PREFIX):])
-                        elif (record := parse_record(msg)) is not None:
-                            await self._heard(record, time.monotonic() - age)
+                    await self._apply(msg)
+                    next_seq = msg.seq + 1
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # keep the view alive: the bucket may not exist yet
                 log.warning("following the registry bucket failed (%s); retrying", err)
             await asyncio.sleep(2)  # backoff before following again, not a wait for a condition
+
+    async def _apply(self, msg) -> None:
+        age = max(0.0, time.time() - msg.timestamp_ns / 1e9)
+        async with self._lock:
+            if is_removal(msg):
+                await self._removed(msg.subject[len(PREFIX):])
+            elif (record := parse_record(msg)) is not None:
+                await self._heard(record, time.monotonic() - age)
 
     async def _heard(self, record: AgentRecord, seen: float) -> None:
         t = self.instances.get(record.id)
@@ -201,9 +217,51 @@ class Agent:
 
     async def _removed(self, key: str) -> None:
         t = next((t for t in self.instances.values() if t.record.key == key), None)
-        if t is not None and t.state != "gone":
+        if t is None:
+            self._removed_keys.add(key)
+        elif t.state != "gone":
             self._set(t, "gone")
             await self._record(t, "agent.gone", AgentGone(**self._common(t.record), reason="stopped"))
+
+    async def _close_missed(self) -> None:
+        """Agents that left while no registry was running: their history still ends with
+        them here (appeared, recovered or stale) but the bucket no longer holds their
+        record. Once the bucket has been read, each gets its `agent.gone`, once."""
+        await self._caught_up.wait()
+        latest: dict[str, tuple[int, str, dict]] = {}  # instance id -> (last seq, last type, identity)
+        try:
+            async for e in self.events.read([aggregate_filter("agent")]):
+                if e.problem or not isinstance(e.data, dict):
+                    continue
+                latest[e.aggregate_id] = (e.seq, e.type, e.data)  # every agent event names the agent
+        except JetStreamUnavailable as err:
+            log.warning("cannot read the agents' history to find those that left unseen: %s", err)
+            return
+        missed = 0
+        async with self._lock:
+            for instance_id, (seq, last_type, identity) in latest.items():
+                tracked = self.instances.get(instance_id)
+                if last_type == "agent.gone" or (tracked is not None and tracked.state != "gone"):
+                    continue
+                key = registry_key(identity.get("capability", ""), instance_id)
+                # A removal marker still in the bucket says it stopped cleanly; without one (it
+                # aged out, or the record simply expired) the registry cannot tell which.
+                reason = "stopped" if key in self._removed_keys else "unseen"
+                data = AgentGone(name=identity.get("name", "?"), capability=identity.get("capability", "?"),
+                                 host=identity.get("host", "?"), container=identity.get("container"),
+                                 last_seen=identity.get("last_seen"), reason=reason)
+                event = Event(type="agent.gone", aggregate_id=instance_id, data=data.model_dump(mode="json"),
+                              source=f"cim/{self.config.agent_name}", agent=self.config.agent_name,
+                              agent_version=__version__)
+                try:
+                    await self.events.append(event, expected_revision=seq)
+                    missed += 1
+                    log.info("agent %s (%s) left while no registry was watching (%s)", data.name, instance_id, reason)
+                except ConcurrencyConflict:
+                    pass  # something happened to it meanwhile (it is back, or a twin recorded it)
+                except JetStreamUnavailable as err:
+                    log.warning("could not record agent.gone for %s: %s", instance_id, err)
+        log.info("history checked: %d agents of %d left while no registry was watching", missed, len(latest))
 
     async def _sweeper(self) -> None:
         while True:
