@@ -6,7 +6,7 @@ import pytest
 from multiformats import CID, multihash
 
 from cim.content import ContentStore
-from cim.errors import CidMismatch, InvalidCid, UnitNotFound, UnitTooLarge
+from cim.errors import CidMismatch, InvalidCid, InvalidInput, UnitNotFound, UnitTooLarge
 from cim.provision import ProvisionSpec, provision
 from cim.unit_store import UnitStore
 
@@ -116,6 +116,18 @@ async def test_a_revision_names_its_parent_and_the_parent_lists_it(units):
     assert child.parents == (parent.cid,)
     assert (await units.show(parent.cid)).children == [child.cid]
     assert (await units.show(parent.cid)).unit.title == "doc"  # the parent is untouched
+
+
+async def test_a_revision_from_a_file_streams_it_and_refuses_a_missing_one(units, tmp_path):
+    parent = (await units.put_bytes(b"v1", title="doc")).unit
+    data = os.urandom(300_000)  # three chunks
+    path = tmp_path / "v2.bin"
+    path.write_bytes(data)
+    child = (await units.revise(parent.cid, path)).unit
+    assert child.cid == str(CID("base32", 1, "raw", multihash.digest(data, "sha2-256")))
+    assert child.parents == (parent.cid,) and await read_all(units, child.cid) == data
+    with pytest.raises(InvalidInput, match="does not exist"):
+        await units.revise(parent.cid, tmp_path / "nope.bin")
 
 
 async def test_a_revision_of_an_unknown_unit_is_refused(units):

@@ -122,14 +122,22 @@ class UnitStore:
         """Store new content as a revision of `parent`: a new unit naming it as parent."""
         base = (await self.show(parent)).unit
         if isinstance(source, bytes):
-            data = source
-        else:
-            self._check_size(Path(source).stat().st_size, str(source))
-            data = Path(source).read_bytes()
-        self._check_size(len(data), "the revision")
-        new = base.revise(cid=cidlib.compute(data), size=len(data), **changes)
-        fields = new.model_dump()
-        return await self._put(new.cid, new.size, io.BytesIO(data), **{k: v for k, v in fields.items() if k not in ("cid", "size")})
+            self._check_size(len(source), "the revision")
+            return await self._put_revision(base, cidlib.compute(source), len(source), io.BytesIO(source), changes)
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise InvalidInput("file", f"{path} does not exist") from None
+        self._check_size(size, str(path))
+        with path.open("rb") as f:  # streamed, like put_file: a big revision is never all in memory
+            cid = await asyncio.to_thread(_hash_file, f)
+            f.seek(0)
+            return await self._put_revision(base, cid, size, f, changes)
+
+    async def _put_revision(self, base: Unit, cid: str, size: int, content: BinaryIO, changes: dict) -> PutResult:
+        fields = base.revise(cid=cid, size=size, **changes).model_dump()
+        return await self._put(cid, size, content, **{k: v for k, v in fields.items() if k not in ("cid", "size")})
 
     async def _put(self, cid: str, size: int, content: BinaryIO, *, progress=None, **meta: Any) -> PutResult:
         unit = Unit.create(cid=cid, size=size, **meta)  # validates before anything is stored
