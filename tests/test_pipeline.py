@@ -13,6 +13,7 @@ from cim.calls import call
 from cim.content import ContentStore
 from cim.embedded.procs import async_wait_until
 from cim.events import EventStore
+from cim.pipeline.dlq import list_letters
 from cim.pipeline.search import SearchIndex
 from cim.provision import ProvisionSpec, provision
 from cim.unit_store import UnitStore
@@ -106,6 +107,31 @@ async def test_a_poison_unit_goes_to_the_dead_letters_and_is_retried_once_fixed(
     assert await count(nc, f"cim.evt.step.guarded--guard--{bad}.done") == 1
     assert await count(nc, "cim.evt.dlq.*.retried") == 1
     assert agent.proc.poll() is None
+
+
+async def test_a_step_emitting_a_bad_event_fails_only_its_own_unit_in_a_batch(env, agent_process, tmp_path):
+    nc, servers = env
+    path = install_plugins(tmp_path / "site", "cim-example-plugin")
+    guarded = pipeline("checked", {"name": "guard", "plugin": "guard", "settings": {"malformed": "MALFORMED"}},
+                       max_attempts=2, backoff=[0.1], concurrency=64)
+    units = UnitStore(nc)
+    # Put first, then start the agent: the units arrive together, in one fetched batch.
+    good = [(await units.put_bytes(f"good unit {i}".encode(), media_type="text/plain")).unit.cid for i in range(30)]
+    bad = (await units.put_bytes(b"a MALFORMED unit", media_type="text/plain")).unit.cid
+    await agent_process("pipeline", {"nats": servers, "pipelines": [guarded]}, env={"PYTHONPATH": path}).ready(nc)
+
+    async def settled() -> bool:
+        return (await count(nc, "cim.evt.step.*.done") == len(good)
+                and await count(nc, "cim.dlq.>", stream="CIM_DLQ") == 1)
+
+    await async_wait_until(settled, 60, what="the good units recorded and the bad one dead-lettered")
+    for cid in good:
+        assert await count(nc, f"cim.evt.step.checked--guard--{cid}.done") == 1
+        assert await count(nc, f"cim.evt.unit.{cid}.labeled") == 1
+    assert await count(nc, f"cim.evt.step.checked--guard--{bad}.done") == 0
+    assert await count(nc, f"cim.evt.unit.{bad}.labeled") == 0  # nothing of it stored half-way
+    (letter,) = await list_letters(nc, "checked")
+    assert letter.headers["ce-subject"] == bad and "labels" in letter.reason, letter.reason
 
 
 async def test_the_search_index_rebuilt_by_replay_equals_the_live_one(env, agent_process, cli):

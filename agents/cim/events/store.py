@@ -114,36 +114,51 @@ class EventStore:
         raise AssertionError("unreachable")
 
     async def append_many(self, events: Iterable[Event], *, window: int = 2000) -> list[Appended]:
-        """Pipelined appends without a revision check, each acked; the first failure is raised."""
-        out = await self.append_each(events, window=window)
+        """Pipelined appends without a revision check, each acked; the first failure is raised.
+        All are validated first: bad input stores nothing."""
+        out = await self.append_each([validated(e) for e in events], window=window, checked=True)
         for result in out:
             if isinstance(result, CimError):
                 raise result
         return out  # type: ignore[return-value]
 
     async def append_each(self, events: Iterable[Event], *, expected_revision: int | None = None,
-                          window: int = 2000) -> list[Appended | CimError]:
+                          window: int = 2000, checked: bool = False) -> list[Appended | CimError]:
         """Pipelined appends, up to `window` in flight: each event's own outcome, in order.
 
         `expected_revision` (if given) applies to every event's own aggregate, e.g. 0 for
-        "this aggregate must be new". The window stays under nats-py's own limit of pending
-        publishes, so its semaphore never blocks; `wait_stall` would bound that wait but wraps
-        every publish in a task, which costs more than half the throughput. Every wait here
-        is bounded instead.
+        "this aggregate must be new". An invalid event is not sent; its outcome is the error
+        (`checked`: the caller has passed every event through `validated` already).
+        The window stays under nats-py's own limit of pending publishes, so its semaphore never
+        blocks; `wait_stall` would bound that wait but wraps every publish in a task, which
+        costs more than half the throughput. Every wait here is bounded instead.
         """
-        prepared = [validated(e) for e in events]
-        futures: list[asyncio.Future] = []
+        prepared: list[Event | CimError] = []
+        for e in events:
+            try:
+                prepared.append(e if checked else validated(e))
+            except CimError as err:
+                prepared.append(err)
+        futures: list[asyncio.Future | CimError] = []
+        sent: list[asyncio.Future] = []
         oldest = 0
         for event in prepared:
-            if len(futures) - oldest >= window:
-                await self._acked(futures[oldest:oldest + 1])
-                while oldest < len(futures) and futures[oldest].done():
+            if isinstance(event, CimError):
+                futures.append(event)
+                continue
+            if len(sent) - oldest >= window:
+                await self._acked(sent[oldest:oldest + 1])
+                while oldest < len(sent) and sent[oldest].done():
                     oldest += 1
-            futures.append(await self.js.publish_async(event.subject, event.payload(),
-                                                       headers=_expect_headers(event, expected_revision)))
-        await self._acked(futures[oldest:])  # the rest at once: one wait, not one per append
+            fut = await self.js.publish_async(event.subject, event.payload(), headers=_expect_headers(event, expected_revision))
+            futures.append(fut)
+            sent.append(fut)
+        await self._acked(sent[oldest:])  # the rest at once: one wait, not one per append
         out: list[Appended | CimError] = []
         for event, fut in zip(prepared, futures, strict=True):
+            if isinstance(fut, CimError):
+                out.append(fut)
+                continue
             err = fut.exception()
             if isinstance(err, APIError):
                 out.append(self._map(err, event, expected_revision))

@@ -29,7 +29,7 @@ from .. import __version__
 from .. import cid as cidlib
 from ..errors import CimError, ConcurrencyConflict, NotFound, UnitNotFound
 from ..events import Event, EventStore, StoredEvent
-from ..events.envelope import H_MSG_ID, subject_for
+from ..events.envelope import H_MSG_ID, subject_for, validated
 from ..plugins import Plugins, StepContext
 from ..provision import DLQ_STREAM, EVENTS_STREAM
 from ..unit_store import UnitStore
@@ -307,10 +307,12 @@ class Runner:
                                         "agent_version": __version__, "correlation_id": correlation,
                                         "causation_id": done.id})
                    for i, e in enumerate(result.events)]
+        # Checked here, not when the batch is sent: a step's bad event fails its own unit only.
+        effects = [validated(e) for e in effects]
         if w.redelivered:  # a crash may have come after some effects were stored
             effects = [e for e in effects if not await self._already(e)]
         w.effects += effects
-        w.records.append(done)
+        w.records.append(validated(done))
         return result.output
 
     async def _commit(self, works: list[_Work]) -> None:
@@ -328,7 +330,7 @@ class Runner:
             if not items:
                 continue
             try:
-                results = await self.events.append_each([e for _, e in items],
+                results = await self.events.append_each([e for _, e in items], checked=True,
                                                         expected_revision=0 if wave == "records" else None)
             except CimError as err:  # no answer for the wave: every unit in it goes again
                 results = [err] * len(items)

@@ -14,14 +14,16 @@ from cim.plugins import Plugin, StepContext, StepOutput
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reject: str | None = None  # a regular expression; matching units fail the step
+    malformed: str | None = None  # a regular expression; matching units get an effect with bad data
 
 
 async def run(ctx: StepContext) -> StepOutput:
     text = (await ctx.content()).decode("utf-8", "replace")
     if ctx.settings.reject and re.search(ctx.settings.reject, text):
         raise ValueError(f"guard: the content matches {ctx.settings.reject!r}")
+    labels = "not a list" if ctx.settings.malformed and re.search(ctx.settings.malformed, text) else ["checked"]
     return StepOutput({"checked": True},
-                      [Event(type="unit.labeled", aggregate_id=ctx.unit.cid, data={"labels": ["checked"], "by": "guard"})])
+                      [Event(type="unit.labeled", aggregate_id=ctx.unit.cid, data={"labels": labels, "by": "guard"})])
 
 
 plugin = Plugin(name="guard", version="1.2.0", kind="step", run=run, settings=Settings,
