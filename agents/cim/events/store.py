@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from nats.aio.client import Client
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NoStreamResponseError
 
 from ..errors import CimError, ConcurrencyConflict, InvalidInput, JetStreamUnavailable, NotFound
+from ..jspublish import publisher_for
 from ..jsread import read_stream
 from ..provision import EVENTS_STREAM
 from ..retry import through_elections, transient
@@ -142,25 +143,33 @@ class EventStore:
         futures: list[asyncio.Future | CimError] = []
         sent: list[asyncio.Future] = []
         oldest = 0
-        for event in prepared:
-            if isinstance(event, CimError):
-                futures.append(event)
-                continue
-            if len(sent) - oldest >= window:
-                await self._acked(sent[oldest:oldest + 1])
-                while oldest < len(sent) and sent[oldest].done():
-                    oldest += 1
-            fut = await self.js.publish_async(event.subject, event.payload(), headers=_expect_headers(event, expected_revision))
-            futures.append(fut)
-            sent.append(fut)
-        await self._acked(sent[oldest:])  # the rest at once: one wait, not one per append
+        pub = publisher_for(self.nc)
+        try:
+            for event in prepared:
+                if isinstance(event, CimError):
+                    futures.append(event)
+                    continue
+                if len(sent) - oldest >= window:
+                    await self._acked(sent[oldest:oldest + 1])
+                    while oldest < len(sent) and sent[oldest].done():
+                        oldest += 1
+                fut = await pub.publish(event.subject, event.payload(), _expect_headers(event, expected_revision))
+                futures.append(fut)
+                sent.append(fut)
+            await self._acked(sent[oldest:])  # the rest at once: one wait, not one per append
+        except BaseException:
+            for fut in sent:  # no answer will be waited for any more
+                fut.cancel()
+            raise
         out: list[Appended | CimError] = []
         for event, fut in zip(prepared, futures, strict=True):
             if isinstance(fut, CimError):
                 out.append(fut)
                 continue
             err = fut.exception()
-            if isinstance(err, APIError):
+            if isinstance(err, NoStreamResponseError):
+                out.append(self._no_stream())
+            elif isinstance(err, APIError):
                 out.append(self._map(err, event, expected_revision))
             elif err is not None:
                 out.append(JetStreamUnavailable(f"append of {event.subject} was not acknowledged: {err or type(err).__name__}"))
