@@ -152,7 +152,11 @@ async def connect(settings: ConnectionSettings, *, initial_attempts: int = 1) ->
     async def on_error(err: Exception) -> None:
         server = getattr(nc, "connected_url", None) or getattr(nc, "_current_server", None)
         where = _server_name(server) if server else "nats"
-        failures[where] = _describe(err)
+        why = _describe(err)
+        # The server answers refused credentials with an error and then closes the socket;
+        # a later attempt may only see the reset. Keep the telling reason.
+        if not (_is_reset(why) and where in failures):
+            failures[where] = why
         if connected:
             log.warning("nats error from %s: %s", where, _describe(err))
 
@@ -187,8 +191,12 @@ async def connect(settings: ConnectionSettings, *, initial_attempts: int = 1) ->
             await nc.close()
     detail = "; ".join(f"{srv}: {why}" for srv, why in failures.items()) or _describe(last)
     servers = ", ".join(settings.servers)
+    credentials = "Check the credentials (--nkey, --creds, --user/--password-file or the agent config)."
     if "authorization" in detail or "credentials" in detail:
-        hint = "Check the credentials (--nkey, --creds, --user/--password-file or the agent config)."
+        hint = credentials
+    elif _is_reset(detail) and any((settings.user, settings.nkey_seed_file, settings.creds_file, settings.token_file)):
+        hint = ("The server closed the connection during the handshake, which it does on an authorization "
+                f"failure. {credentials}")
     elif "certificate" in detail.lower() or "ssl" in detail.lower():
         hint = "Check the TLS files (--tls-ca, --tls-cert, --tls-key)."
     else:
@@ -201,6 +209,10 @@ def _server_name(server: Any) -> str:
     if hasattr(uri, "netloc"):
         return f"{uri.scheme}://{uri.hostname}:{uri.port}"
     return str(uri)
+
+
+def _is_reset(why: str) -> bool:
+    return "reset by peer" in why.lower() or "connection reset" in why.lower()
 
 
 def _describe(err: BaseException | None) -> str:

@@ -264,19 +264,26 @@ class Runner:
             # Content read or written while this unit goes through its steps, by CID: the
             # text one step extracts is what the next one indexes, with no second trip.
             seen: dict[str, bytes] = {}
+            hot: set[str] = set()  # of those, the ones read from (or written to) the hot content bucket
 
             async def read(cid: str) -> bytes:
                 if cid not in seen:
                     data = await self._batched.get(cid) if self._batched else None
+                    if data is not None:
+                        hot.add(cid)
                     seen[cid] = data if data is not None else await self.read(cid)
                 return seen[cid]
 
             async def store_text(text: str) -> str:
                 data = text.encode("utf-8")
                 cid = cidlib.compute(data)
-                if cid not in seen:  # bytes just read (plain text is its own text) are stored
+                # Plain text is its own text: bytes just read from the hot bucket are there
+                # already. (Read through from a colder tier, they are stored hot like any text:
+                # the search index reads texts from the hot bucket.)
+                if cid not in hot:
                     cid = await self.store_text(text)
                     seen[cid] = data
+                    hot.add(cid)
                 return cid
 
             for step, plugin, settings in self.steps:

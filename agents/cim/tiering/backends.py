@@ -394,16 +394,18 @@ class S3Backend(Backend):
         key = self._key(cid)
         if size >= self.spec.multipart_threshold and self.spec.max_bandwidth is None:
             # Streamed: parts go up while the source is still being read, nothing is spooled.
-            return await self._checked(cid, size, key, await self._put_streaming(cid, key, source))
+            return await self._checked(cid, size, key, *await self._put_streaming(cid, key, source))
         spool = await Spool(self.spec.multipart_chunksize).fill(source)
+        echoed = None
         try:
             if size < self.spec.multipart_threshold:
                 # One request; the server checks the SHA-256 we send (BadDigest otherwise).
                 data = spool.file.read()
-                await self._call(
+                r = await self._call(
                     f"storing {cid}", self.client.put_object, Bucket=self.spec.bucket, Key=key, Body=data,
                     ChecksumSHA256=base64.b64encode(digest_of(cid)).decode(),
                 )
+                echoed = r.get("ChecksumSHA256")
             else:
                 # Multipart, parts in parallel (bounded) and bandwidth-limited; each part's
                 # SHA-256 is checked by the server.
@@ -416,14 +418,14 @@ class S3Backend(Backend):
             )
         finally:
             spool.close()
-        return await self._checked(cid, size, key, expected)
+        return await self._checked(cid, size, key, expected, echoed)
 
-    async def _put_streaming(self, cid: str, key: str, source: AsyncIterator[bytes]) -> str:
+    async def _put_streaming(self, cid: str, key: str, source: AsyncIterator[bytes]) -> tuple[str, str | None]:
         """A multipart upload fed straight from `source`, up to max_concurrency parts in flight,
         each with its SHA-256 checked by the server. `source` holds its last chunk back until
         the CID checked out, so the last part (and the completion) only follow a good source;
         on any failure the upload is aborted and no object appears. Returns the expected
-        composite checksum."""
+        composite checksum, and the one the server reports for what it assembled."""
         part_size = self.spec.multipart_chunksize
         upload = await self._call(f"storing {cid}", self.client.create_multipart_upload, Bucket=self.spec.bucket, Key=key,
                                   ChecksumAlgorithm="SHA256")
@@ -466,9 +468,9 @@ class S3Backend(Backend):
             if have or not digests:
                 await part(b"".join(pending))
             await asyncio.gather(*sending)
-            await self._call(f"storing {cid}", self.client.complete_multipart_upload, Bucket=self.spec.bucket, Key=key,
-                             UploadId=upload_id,
-                             MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]})
+            done = await self._call(f"storing {cid}", self.client.complete_multipart_upload, Bucket=self.spec.bucket,
+                                    Key=key, UploadId=upload_id,
+                                    MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]})
         except BaseException:
             for t in sending:
                 t.cancel()
@@ -478,10 +480,14 @@ class S3Backend(Backend):
                                         UploadId=upload_id)
             raise
         joined = hashlib.sha256(b"".join(digests)).digest()
-        return f"{base64.b64encode(joined).decode()}-{len(digests)}"
+        return f"{base64.b64encode(joined).decode()}-{len(digests)}", done.get("ChecksumSHA256")
 
-    async def _checked(self, cid: str, size: int, key: str, expected: str) -> str:
-        """Verified THERE: the size, then the server's SHA-256 checksum, else a read-back."""
+    async def _checked(self, cid: str, size: int, key: str, expected: str, echoed: str | None = None) -> str:
+        """Verified THERE: the SHA-256 checksum the server computed over what it stored, as
+        its answer to the write reports it (the usual case: no further request) or as a HEAD
+        reports it with the size; failing both, a read-back."""
+        if echoed == expected:
+            return "s3-checksum"
         head = await self._call(
             f"checking {cid}", self.client.head_object, Bucket=self.spec.bucket, Key=key, ChecksumMode="ENABLED", cid=cid
         )

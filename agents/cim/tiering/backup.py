@@ -16,6 +16,7 @@ and `restore` puts it back in the content bucket: the same search results, no st
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -90,9 +91,14 @@ class Exporter:
             try:
                 data = await self.content.read(cid)  # verified against the CID by the content store
             except UnitNotFound:
-                log.warning("content %s named by a step.done event is not in the content bucket; not archived", cid)
-                return
-            await self.archive.put_blob(key, data)
+                # Plain text is its own text: these bytes may be a unit's, moved on to a colder
+                # tier since; the archive holds every unit, so it holds them as that unit.
+                if await self.archive.size_of(cid) is None:
+                    log.warning("content %s named by a step.done event is neither in the content bucket nor "
+                                "in the archive; not archived", cid)
+                    return
+            else:
+                await self.archive.put_blob(key, data)
         self._archived.add(cid)
 
     async def export(self) -> int:
@@ -238,6 +244,9 @@ async def restore(nc: Client, archive: Backend, *, progress: Callable[[str, int,
         if await content.has(cid):  # a unit's own bytes, restored above
             continue
         data = await archive.get_blob(f"{DERIVED}{cid}")
+        if data is None and index.units.get(cid) is not None:  # a unit's own bytes: archived as that unit
+            with contextlib.suppress(ObjectMissing):
+                data = b"".join([chunk async for chunk in archive.get(cid, index.units[cid].size)])
         if data is None:
             log.warning("derived content %s is not in the archive; what depends on it cannot be rebuilt", cid)
             continue

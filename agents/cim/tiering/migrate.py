@@ -99,7 +99,7 @@ class Migrator:
             appended = await self.events.append(intent, expected_revision=u.revision)
             u.pending = {**intent.data, "seq": appended.seq}
             u.revision = appended.seq
-            return await self._finish(u)
+            return await self._finish(u, fresh=True)
         except ConcurrencyConflict as err:
             result.error = f"the unit changed while it was being moved ({err}); the next run retries it"
         except CimError as err:
@@ -107,8 +107,9 @@ class Migrator:
             self.note_error(f"{action} {cid} {src} -> {to_tier}", err)
         return result
 
-    async def _finish(self, u: UnitLocation) -> MoveResult:
-        """Steps 2-4 of a recorded intent; harmless to repeat."""
+    async def _finish(self, u: UnitLocation, fresh: bool = False) -> MoveResult:
+        """Steps 2-4 of a recorded intent; harmless to repeat. `fresh`: the intent was just
+        recorded by this run, so no earlier attempt can have left a copy to reuse."""
         p = u.pending or {}
         src, dst, action = p["from_tier"], p["to_tier"], p["action"]
         result = MoveResult(u.cid, p.get("policy", ""), action, src, dst, u.size, ok=False)
@@ -119,7 +120,7 @@ class Migrator:
         # A move onto a tier that already holds a copy (a unit promoted on read, moved back)
         # still records the drop: the index must not place the unit where it is deleted.
         if not u.holds(dst) or (action == "move" and u.holds(src)):
-            verified_by = await self._copy(u, source, target)
+            verified_by = await self._copy(u, source, target, fresh)
             dropped = [src] if action == "move" else []
             located = self._event("unit.located", u.cid, {
                 "tier": dst, "url": target.spec.where(), "size": u.size, "verified_by": verified_by, "dropped": dropped,
@@ -134,10 +135,15 @@ class Migrator:
         result.ok = True
         return result
 
-    async def _copy(self, u: UnitLocation, source: Backend, target: Backend) -> str:
+    async def _copy(self, u: UnitLocation, source: Backend, target: Backend, fresh: bool) -> str:
+        attempts = 0
+
         async def copy() -> str:
-            # A copy already verified there (a crash after step 2) needs no second upload.
-            if await target.size_of(u.cid) == u.size:
+            nonlocal attempts
+            attempts += 1
+            # A copy already verified there (a crash after step 2) needs no second upload;
+            # only a resumed intent or a retry can find one, so a fresh one does not ask.
+            if (not fresh or attempts > 1) and await target.size_of(u.cid) == u.size:
                 try:
                     await target.read_back(u.cid, u.size)
                     return "read-back"
