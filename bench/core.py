@@ -158,26 +158,21 @@ async def main() -> None:
     ap.add_argument("--object-mib", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        server = NatsServer(store_dir=Path(tmp) / "store")
-        server.start()
-        try:
-            nc = await nats.connect(server.url)
-            # A longer duplicate window is not needed here and would only grow server memory.
-            await provision(nc, ProvisionSpec(streams=[StreamSpec(
-                name="CIM_EVENTS", subjects=["cim.evt.>"], allow_atomic=True, duplicate_window=10)]))
-            rows = []
-            ours, raw = await bench_append(nc, args.events, args.repeat)
-            rows.append(("event append, pipelined", f"{ours:,.0f} ev/s", f"{raw:,.0f} msg/s publish_async", ours / raw, ">= 0.7"))
-            ours, raw = await bench_replay(nc, args.repeat)
-            rows.append(("stream replay", f"{ours:,.0f} ev/s", f"{raw:,.0f} msg/s fetch(256)+ack", ours / raw, ">= 0.8"))
-            ours, raw, default = await bench_content(nc, args.object_mib, args.repeat)
-            rows.append((f"content get {args.object_mib} MiB", f"{ours:,.0f} MB/s", f"{raw:,.0f} MB/s raw pull", ours / raw, ">= 0.8"))
-            rows.append((f"content get {args.object_mib} MiB", f"{ours:,.0f} MB/s", f"{default:,.1f} MB/s nats-py get", ours / default, ">= 20"))
-            await nc.close()
-            rss = await idle_agent_rss(server.url, Path(tmp))
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory() as tmp, NatsServer(store_dir=Path(tmp) / "store") as server:
+        nc = await nats.connect(server.url)
+        # A longer duplicate window is not needed here and would only grow server memory.
+        await provision(nc, ProvisionSpec(streams=[StreamSpec(
+            name="CIM_EVENTS", subjects=["cim.evt.>"], allow_atomic=True, duplicate_window=10)]))
+        rows = []
+        ours, raw = await bench_append(nc, args.events, args.repeat)
+        rows.append(("event append, pipelined", f"{ours:,.0f} ev/s", f"{raw:,.0f} msg/s publish_async", ours / raw, ">= 0.7"))
+        ours, raw = await bench_replay(nc, args.repeat)
+        rows.append(("stream replay", f"{ours:,.0f} ev/s", f"{raw:,.0f} msg/s fetch(256)+ack", ours / raw, ">= 0.8"))
+        ours, raw, default = await bench_content(nc, args.object_mib, args.repeat)
+        rows.append((f"content get {args.object_mib} MiB", f"{ours:,.0f} MB/s", f"{raw:,.0f} MB/s raw pull", ours / raw, ">= 0.8"))
+        rows.append((f"content get {args.object_mib} MiB", f"{ours:,.0f} MB/s", f"{default:,.1f} MB/s nats-py get", ours / default, ">= 20"))
+        await nc.close()
+        rss = await idle_agent_rss(server.url, Path(tmp))
     print(f"{'measured':<26} {'cim':>14}   {'raw baseline':<34} {'ratio':>7}  target")
     for name, a, b, ratio, target in rows:
         print(f"{name:<26} {a:>14}   {b:<34} {ratio:>7.2f}  {target}")

@@ -161,23 +161,18 @@ async def main() -> None:
     ap.add_argument("--units", type=int, default=2000)
     ap.add_argument("--latency-seconds", type=float, default=8)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        server = NatsServer(store_dir=Path(tmp) / "store")
-        server.start()
-        try:
-            nc = await nats.connect(server.url)
-            await provision(nc, ProvisionSpec(streams=[
-                StreamSpec(name="CIM_EVENTS", subjects=["cim.evt.>"], allow_atomic=True, duplicate_window=30),
-                StreamSpec(name="BENCH_RAW", subjects=["bench.raw.>"])]))
-            units, content, plugins = UnitStore(nc), ContentStore(nc), discover()
-            await put_units(units, args.units, "bench")
-            raw = await raw_loop(nc, args.units)
-            same = await same_messages_loop(nc, args.units, content)
-            cim_rate = await ours(nc, args.units, plugins, content, units)
-            lat = await latency(nc, cim_rate / 2, args.latency_seconds, plugins, content, units)
-            await nc.close()
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory() as tmp, NatsServer(store_dir=Path(tmp) / "store") as server:
+        nc = await nats.connect(server.url)
+        await provision(nc, ProvisionSpec(streams=[
+            StreamSpec(name="CIM_EVENTS", subjects=["cim.evt.>"], allow_atomic=True, duplicate_window=30),
+            StreamSpec(name="BENCH_RAW", subjects=["bench.raw.>"])]))
+        units, content, plugins = UnitStore(nc), ContentStore(nc), discover()
+        await put_units(units, args.units, "bench")
+        raw = await raw_loop(nc, args.units)
+        same = await same_messages_loop(nc, args.units, content)
+        cim_rate = await ours(nc, args.units, plugins, content, units)
+        lat = await latency(nc, cim_rate / 2, args.latency_seconds, plugins, content, units)
+        await nc.close()
     lat.sort()
     p50 = statistics.median(lat) * 1000 if lat else float("nan")
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")

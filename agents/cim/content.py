@@ -281,10 +281,11 @@ class ContentStore:
         was asked of a replica that has not caught up is simply left out (the same holds
         for bytes that do not match their CID): read those with `get`, which says why.
         """
-        metas = await self._direct_last([self._meta_subject(c) for c in cids])
+        meta_of = {c: self._meta_subject(c) for c in cids}
+        metas = await self._direct_last(list(meta_of.values()))
         chunk_of: dict[str, str] = {}
-        for cid in cids:
-            raw = metas.get(self._meta_subject(cid))
+        for cid, subject in meta_of.items():
+            raw = metas.get(subject)
             if raw is None:
                 continue
             try:
