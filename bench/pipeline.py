@@ -9,8 +9,8 @@ without CIM: fetch the `unit.created` events from a durable consumer, publish th
 records per event (one per step), ack.
 
 A third loop, also bare nats-py, sends exactly the messages CIM's pipeline sends per unit
-(the batched content reads, four appends with their CloudEvents headers: one effect and
-three step records) and nothing else. It splits the gap in two: what those messages cost
+(the batched content reads, two appends with their CloudEvents headers: one effect and
+the unit's `steps.done` record) and nothing else. It splits the gap in two: what those messages cost
 in nats-py at all (its ratio to the raw loop) and what the engine adds on top (CIM's ratio
 to it).
 """
@@ -74,7 +74,7 @@ async def same_messages_loop(nc, n: int, content: ContentStore) -> float:
     js = nc.jetstream()
     sub = await js.pull_subscribe("cim.evt.unit.*.created", durable="same-messages-bench", stream="CIM_EVENTS",
                                   config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=1000))
-    headers = Event(type="step.done", aggregate_id="x", source="bench", agent="bench", agent_version="0",
+    headers = Event(type="steps.done", aggregate_id="x", source="bench", agent="bench", agent_version="0",
                     correlation_id="c", causation_id="d").headers()
     t0 = time.perf_counter()
     done = 0
@@ -83,7 +83,7 @@ async def same_messages_loop(nc, n: int, content: ContentStore) -> float:
         await content.read_small([m.subject.split(".")[3] for m in msgs])
         futs = []
         for m in msgs:
-            for i in range(1 + len(STEPS)):
+            for i in range(2):
                 futs.append(await js.publish_async(f"bench.raw.same.{i}", m.data,
                                                    headers={**headers, "Nats-Msg-Id": f"{m.subject}-{i}"}))
         await asyncio.gather(*futs)
@@ -108,8 +108,8 @@ def make_runner(nc, name: str, plugins, content: ContentStore, units: UnitStore,
 
 
 async def ours(nc, n: int, plugins, content, units) -> float:
-    # Completion is read off the runner's own counters: a subscription to every `step.done`
-    # would charge this process the parsing of three extra messages per unit.
+    # Completion is read off the runner's own counters: a subscription to every `steps.done`
+    # would charge this process the parsing of an extra message per unit.
     runner = make_runner(nc, "bench", plugins, content, units)
     t0 = time.perf_counter()
     runner.start()
@@ -133,12 +133,12 @@ async def latency(nc, rate: float, seconds: float, plugins, content, units) -> l
     lat: list[float] = []
 
     async def on_done(msg):
-        if ".live--index--" in msg.subject:
+        if ".live--" in msg.subject:
             cid = msg.subject.split("--")[-1].split(".")[0]
             if cid in put_at:
                 lat.append(time.perf_counter() - put_at.pop(cid))
 
-    sub = await nc.subscribe("cim.evt.step.*.done", cb=on_done)
+    sub = await nc.subscribe("cim.evt.steps.*.done", cb=on_done)
     n = int(rate * seconds)
     interval = 1 / rate
     start = time.perf_counter()

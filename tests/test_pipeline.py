@@ -38,11 +38,11 @@ async def test_1000_units_through_three_steps_survive_two_sigkills_with_no_effec
                                for i in range(start, start + 100)))
     config = {"nats": servers, "pipelines": [pipeline("three", "classify", "extract", "index", ack_wait=3, concurrency=32)]}
     agent = await agent_process("pipeline", config).ready(nc)
-    for threshold in (600, 1800):
-        await async_wait_until(lambda t=threshold: _at_least(nc, t), 120, what=f"{threshold} steps done")
+    for threshold in (200, 600):
+        await async_wait_until(lambda t=threshold: _at_least(nc, t), 120, what=f"{threshold} units done")
         agent.kill()
         agent = await agent_process("pipeline", config).ready(nc)
-    await async_wait_until(lambda: _at_least(nc, 3000), 180, what="all 3000 steps done")
+    await async_wait_until(lambda: _at_least(nc, 1000), 180, what="all 1000 units done")
     info = await nc.jetstream().consumer_info("CIM_EVENTS", "pipeline-three")
 
     async def drained():
@@ -50,20 +50,16 @@ async def test_1000_units_through_three_steps_survive_two_sigkills_with_no_effec
         return i.num_pending == 0 and i.num_ack_pending == 0
 
     await async_wait_until(drained, 60, what="the consumer to drain")
-    done = await events_on(nc, "cim.evt.step.*.done")
-    keys = [e.aggregate_id for e in done]
-    assert len(done) == 3000 and len(set(keys)) == 3000, "a step was recorded twice"
-    per_unit = {}
-    for e in done:
-        per_unit.setdefault(e.data["cid"], set()).add(e.data["step"])
-    assert len(per_unit) == 1000 and all(s == {"classify", "extract", "index"} for s in per_unit.values())
+    done = await events_on(nc, "cim.evt.steps.*.done")
+    assert len(done) == 1000 and len({e.data["cid"] for e in done}) == 1000, "a unit was recorded twice"
+    assert all([s["step"] for s in e.data["steps"]] == ["classify", "extract", "index"] for e in done)
     labeled = await events_on(nc, "cim.evt.unit.*.labeled")
     assert len(labeled) == 1000 and len({e.aggregate_id for e in labeled}) == 1000, "an effect was applied twice"
     assert info is not None
 
 
 async def _at_least(nc, n: int) -> bool:
-    return await count(nc, "cim.evt.step.*.done") >= n
+    return await count(nc, "cim.evt.steps.*.done") >= n
 
 
 async def test_a_poison_unit_goes_to_the_dead_letters_and_is_retried_once_fixed(env, agent_process, cli, tmp_path):
@@ -86,7 +82,7 @@ async def test_a_poison_unit_goes_to_the_dead_letters_and_is_retried_once_fixed(
     assert letter["pipeline"] == "guarded" and letter["attempts"] == 3 and "matches 'POISON'" in letter["reason"]
     shown = json.loads(cli("--json", "dlq", "show", str(letter["seq"])).stdout)
     assert shown["headers"]["ce-type"] == "unit.created" and shown["headers"]["ce-subject"] == bad
-    assert await count(nc, f"cim.evt.step.guarded--guard--{good}.done") == 1
+    assert await count(nc, f"cim.evt.steps.guarded--{good}.done") == 1
     # The third-party plugin ran; the broken one was reported and skipped.
     status = await call(nc, "cim.pipeline.status")
     assert status["plugins"]["guard"] == "1.2.0" and "broken on purpose" in status["broken_plugins"]["broken"]
@@ -104,7 +100,7 @@ async def test_a_poison_unit_goes_to_the_dead_letters_and_is_retried_once_fixed(
 
     await asyncio.to_thread(wait_until, retried, 30, 0.5, "the retry to succeed once the fix is loaded")
     assert cli("dlq", "ls").stdout.strip() == "no dead letters"
-    assert await count(nc, f"cim.evt.step.guarded--guard--{bad}.done") == 1
+    assert await count(nc, f"cim.evt.steps.guarded--{bad}.done") == 1
     assert await count(nc, "cim.evt.dlq.*.retried") == 1
     assert agent.proc.poll() is None
 
@@ -121,14 +117,14 @@ async def test_a_step_emitting_a_bad_event_fails_only_its_own_unit_in_a_batch(en
     await agent_process("pipeline", {"nats": servers, "pipelines": [guarded]}, env={"PYTHONPATH": path}).ready(nc)
 
     async def settled() -> bool:
-        return (await count(nc, "cim.evt.step.*.done") == len(good)
+        return (await count(nc, "cim.evt.steps.*.done") == len(good)
                 and await count(nc, "cim.dlq.>", stream="CIM_DLQ") == 1)
 
     await async_wait_until(settled, 60, what="the good units recorded and the bad one dead-lettered")
     for cid in good:
-        assert await count(nc, f"cim.evt.step.checked--guard--{cid}.done") == 1
+        assert await count(nc, f"cim.evt.steps.checked--{cid}.done") == 1
         assert await count(nc, f"cim.evt.unit.{cid}.labeled") == 1
-    assert await count(nc, f"cim.evt.step.checked--guard--{bad}.done") == 0
+    assert await count(nc, f"cim.evt.steps.checked--{bad}.done") == 0
     assert await count(nc, f"cim.evt.unit.{bad}.labeled") == 0  # nothing of it stored half-way
     (letter,) = await list_letters(nc, "checked")
     assert letter.headers["ce-subject"] == bad and "labels" in letter.reason, letter.reason
@@ -162,7 +158,7 @@ async def test_the_search_index_rebuilt_by_replay_equals_the_live_one(env, agent
 
     rebuilt = SearchIndex()
     content = ContentStore(nc)
-    async for e in EventStore(nc).read(["cim.evt.step.*.done", "cim.evt.unit.*.created"]):
+    async for e in EventStore(nc).read(["cim.evt.steps.*.done", "cim.evt.unit.*.created"]):
         await rebuilt.apply(e, content.read)
     digest = hashlib.sha256(json.dumps(rebuilt.snapshot(), sort_keys=True).encode()).hexdigest()
     assert digest == live["digest"]
@@ -192,7 +188,7 @@ async def test_context_scopes_a_pipeline_and_step_settings_change_without_a_rest
         return (await call(nc, "cim.pipeline.status"))["pipelines"]["scoped"]["skipped"] >= 1
 
     await async_wait_until(skipped, 30, what="the unit out of context to be passed over")
-    assert await count(nc, f"cim.evt.step.scoped--label--{outside}.done") == 0
+    assert await count(nc, f"cim.evt.steps.scoped--{outside}.done") == 0
 
     changed = dict(scoped, steps=[{"name": "label", "plugin": "classify",
                                    "settings": {"rules": [{"label": "beta", "content": "alpha"}]}}])
@@ -204,15 +200,15 @@ async def test_context_scopes_a_pipeline_and_step_settings_change_without_a_rest
 
     async def later_unit_gets_beta():
         cid = (await units.put_bytes(f"alpha again {asyncio.get_running_loop().time()}".encode(), labels=["project-x"])).unit.cid
-        await async_wait_until(lambda: _processed(nc, "scoped", "label", cid), 30, what="the new unit processed")
+        await async_wait_until(lambda: _processed(nc, "scoped", cid), 30, what="the new unit processed")
         return await labeled(cid, "beta")
 
     await async_wait_until(later_unit_gets_beta, 30, what="the new setting to apply")
     assert agent.proc.poll() is None  # same process: no restart needed
 
 
-async def _processed(nc, pipeline_name, step, cid) -> bool:
-    return await count(nc, f"cim.evt.step.{pipeline_name}--{step}--{cid}.done") > 0
+async def _processed(nc, pipeline_name, cid) -> bool:
+    return await count(nc, f"cim.evt.steps.{pipeline_name}--{cid}.done") > 0
 
 
 async def test_relations_references_derived_from_and_same_source(env, agent_process, cli):
@@ -223,7 +219,7 @@ async def test_relations_references_derived_from_and_same_source(env, agent_proc
     b = (await units.put_bytes(f"This memo cites {a} twice: {a}.".encode(), media_type="text/plain", title="b")).unit.cid
     c = (await units.revise(a, b"The original report, corrected.", title="c")).unit.cid
     d = (await units.put_bytes(b"Another record.", media_type="text/plain", source="crm", title="d")).unit.cid
-    await async_wait_until(lambda: _processed(nc, "default", "relate", b), 60, what="b processed")
+    await async_wait_until(lambda: _processed(nc, "default", b), 60, what="b processed")
     await async_wait_until(lambda: _related_count(nc, a, 3), 60, what="a's relations")
     rel = json.loads(cli("--json", "units", "related", a).stdout)["related"]
     assert {(r["type"], r["direction"], r["cid"]) for r in rel} == {
@@ -265,7 +261,7 @@ async def test_pause_holds_units_in_the_consumer_and_resume_processes_them(env, 
     await agent_process("pipeline", {"nats": servers, "pipelines": [pipeline("p", "classify", ack_wait=2)]}).ready(nc)
     units = UnitStore(nc)
     first = (await units.put_bytes(b"before the pause", media_type="text/plain")).unit.cid
-    await async_wait_until(lambda: _processed(nc, "p", "classify", first), 30, what="the first unit processed")
+    await async_wait_until(lambda: _processed(nc, "p", first), 30, what="the first unit processed")
 
     cli("pipelines", "pause", "p")
 
@@ -280,11 +276,11 @@ async def test_pause_holds_units_in_the_consumer_and_resume_processes_them(env, 
         return info.num_pending + info.num_ack_pending == 1
 
     await async_wait_until(waiting_in_consumer, 10, what="the unit to wait in the consumer")
-    assert await count(nc, f"cim.evt.step.p--classify--{held}.done") == 0
+    assert await count(nc, f"cim.evt.steps.p--{held}.done") == 0
     assert "paused" in cli("pipelines", "ls").stdout
 
     cli("pipelines", "resume", "p")
-    await async_wait_until(lambda: _processed(nc, "p", "classify", held), 30, what="the held unit processed after resume")
+    await async_wait_until(lambda: _processed(nc, "p", held), 30, what="the held unit processed after resume")
 
 
 async def test_a_pipeline_needing_a_capability_nobody_provides_says_so_and_runs_once_it_is_met(env, agent_process, cli, tmp_path):

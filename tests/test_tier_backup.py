@@ -58,7 +58,7 @@ async def test_a_wiped_leaf_is_rebuilt_from_the_archive_alone(nats_server, s3_se
         await async_wait_until(lambda: _drained(nc), 60, what="every unit through the default pipeline")
         before_search = json.loads(cli("--json", "search", "electricity").stdout)["hits"]
         assert {h["cid"] for h in before_search} == set(texts)
-        steps_done = await count(nc, "cim.evt.step.*.done")
+        steps_done = await count(nc, "cim.evt.steps.*.done")
         labeled = await count(nc, "cim.evt.unit.*.labeled")
         pipeline.stop()
         agent.start()
@@ -99,12 +99,12 @@ async def test_a_wiped_leaf_is_rebuilt_from_the_archive_alone(nats_server, s3_se
         cli("units", "get", cids[0], "-o", tmp_path / "unit0", server=fresh.url)
         assert (tmp_path / "unit0").read_bytes() == payloads[0]
         # The same search results: the pipeline rebuilds its index by replaying the restored
-        # events, and re-runs no step (its fresh consumer finds every step.done recorded).
+        # events, and re-runs no step (its fresh consumer finds every unit recorded).
         await agent_process("pipeline", {"nats": {"servers": [fresh.url]}}).ready(nc)
         await async_wait_until(lambda: _indexed(nc, len(TEXTS)), 60, what="the index replayed on the fresh leaf")
         assert json.loads(cli("--json", "search", "electricity", server=fresh.url).stdout)["hits"] == before_search
         await async_wait_until(lambda: _drained(nc), 60, what="the fresh consumer to go through every unit")
-        assert await count(nc, "cim.evt.step.*.done") == steps_done
+        assert await count(nc, "cim.evt.steps.*.done") == steps_done
         assert await count(nc, "cim.evt.unit.*.labeled") == labeled
         assert (await nc.jetstream().stream_info("CIM_EVENTS")).state.messages == before_events
         # The warm tier is lost too: reads of the units that lived there fall back to the archive.

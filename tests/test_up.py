@@ -122,7 +122,7 @@ def test_a_newcomer_puts_a_folder_watches_the_pipeline_and_finds_it(up, cli, tmp
 
     wait_until(found, 60, what="cim search to find the heron")
     tail = cli("events", "tail", server=u.url).stdout
-    assert "unit.labeled" in tail and "step.done default--index--" in tail
+    assert "unit.labeled" in tail and "steps.done default--" in tail
     hit = json.loads(cli("--json", "search", "kestrel", "meadow", server=u.url).stdout)["hits"][0]
     assert hit["title"] == "Kestrel"
     # The labels classification added show on the unit, next to its own.

@@ -35,7 +35,7 @@ from ..unit_store import UnitStore
 
 log = logging.getLogger("cim.pipeline")
 POLL_SECONDS = 2.0
-PROJECTED = ["cim.evt.step.*.done", "cim.evt.unit.*.created"]
+PROJECTED = ["cim.evt.steps.*.done", "cim.evt.unit.*.created"]
 
 
 class Config(AgentConfig):

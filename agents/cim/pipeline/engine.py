@@ -1,13 +1,14 @@
 """Running one pipeline: a durable pull consumer, steps applied exactly once, dead letters.
 
-Delivery is at least once (a message is acked only after every step is recorded). Each
-step's result is appended as `step.done` with expected revision 0 on its own aggregate,
-after the step's effects (which carry deterministic ids), so a redelivered message never
-applies an effect twice: the server refuses the second `step.done`, the engine reuses the
-first, and effects already stored are recognised by their ids. A step whose `step.done` is
-recorded already is not run again on a redelivery: its recorded output is used. The same
-holds for a fresh consumer on a stream that already holds step records (a leaf rebuilt by
-`cim restore`): every event up to then counts as possibly processed, so no step re-runs.
+Delivery is at least once (a message is acked only after the unit is recorded). A unit's
+steps run in order; their effects (with ids made of pipeline, step and unit CID) are
+appended first, then one `steps.done` with every step's provenance and output, with
+expected revision 0 on `<pipeline>--<cid>`. That record is the commit: a unit is done
+with all of its steps or with none. A redelivered message whose unit is recorded runs no
+step again; one that crashed before its record re-runs the steps, and their effects,
+already stored, are recognised by their ids, so none is applied twice. A fresh consumer
+on a stream that already holds records (a leaf rebuilt by `cim restore`) treats every
+event up to then as possibly processed, so no step re-runs there either.
 After `max_attempts` failures the message goes to CIM_DLQ with the reason and its headers.
 """
 
@@ -35,9 +36,10 @@ from ..provision import DLQ_STREAM, EVENTS_STREAM
 from ..unit_store import UnitStore
 from ..units import Unit
 from .coalesce import CoalescedReads
-from .model import PipelineDef, step_key
+from .model import PipelineDef, run_key, step_key
 
 log = logging.getLogger("cim.pipeline")
+RECORDS = "cim.evt.steps.*.done"
 NS = 1_000_000_000
 
 
@@ -56,7 +58,7 @@ class _Work:
     msg: Msg | None = None
     applied: bool = False  # False: not a unit event, or the unit is out of this pipeline's context
     effects: list[Event] = field(default_factory=list)
-    records: list[Event] = field(default_factory=list)
+    record: Event | None = None  # its `steps.done`; None when there is nothing to record
     error: BaseException | None = None
 
 
@@ -163,7 +165,7 @@ class Runner:
         if info.delivered.stream_seq:
             return 0
         try:
-            await self.events.last("cim.evt.step.*.done")
+            await self.events.last(RECORDS)
         except NotFound:
             return 0
         return int((await self.js.stream_info(EVENTS_STREAM)).state.last_seq)
@@ -185,11 +187,11 @@ class Runner:
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         """Run the steps of a whole fetched batch, then commit it in two pipelined waves.
 
-        Per unit the steps run in order as before; across the batch they run concurrently,
-        and their appends are not awaited one by one: every effect of the batch goes out
-        in one wave, every `step.done` in the next, each wave acknowledged as a whole.
-        A unit's records therefore still follow its effects (the commit rule above), and
-        a crash between the waves is the redelivery case the engine handles already.
+        Per unit the steps run in order; across the batch they run concurrently, and their
+        appends are not awaited one by one: every effect of the batch goes out in one wave,
+        every `steps.done` in the next, each wave acknowledged as a whole. A unit's record
+        therefore still follows its effects (the commit rule above), and a crash between
+        the waves is the redelivery case the engine handles already.
         """
         works = []
         for msg in msgs:
@@ -254,86 +256,93 @@ class Runner:
             return None
 
     async def _run_steps(self, w: _Work) -> None:
-        """Run the steps for one unit, collecting (not yet storing) their effects and records."""
+        """Run the steps for one unit, collecting (not yet storing) its effects and record."""
         try:
             unit = await self._unit_of(w.event)
             if unit is None or not self._in_context(unit):
                 return
             w.applied = True
+            key = run_key(self.p.name, unit.cid)
+            if w.redelivered and await self._recorded(key):
+                return  # done by an earlier delivery: nothing runs again
+            trigger = w.event
+            correlation = trigger.correlation_id or trigger.id
+            record_id = f"steps-done-{key}"
             previous: dict[str, dict] = {}
-            # Content read or written while this unit goes through its steps, by CID: the
-            # text one step extracts is what the next one indexes, with no second trip.
-            seen: dict[str, bytes] = {}
-            hot: set[str] = set()  # of those, the ones read from (or written to) the hot content bucket
-
-            async def read(cid: str) -> bytes:
-                if cid not in seen:
-                    data = await self._batched.get(cid) if self._batched else None
-                    if data is not None:
-                        hot.add(cid)
-                    seen[cid] = data if data is not None else await self.read(cid)
-                return seen[cid]
-
-            async def store_text(text: str) -> str:
-                data = text.encode("utf-8")
-                cid = cidlib.compute(data)
-                # Plain text is its own text: bytes just read from the hot bucket are there
-                # already. (Read through from a colder tier, they are stored hot like any text:
-                # the search index reads texts from the hot bucket.)
-                if cid not in hot:
-                    cid = await self.store_text(text)
-                    seen[cid] = data
-                    hot.add(cid)
-                return cid
-
+            steps: list[dict] = []
+            read, store_text = self._content_access()
             for step, plugin, settings in self.steps:
-                previous[step.name] = await self._run_step(w, unit, step.name, plugin, settings, previous,
-                                                           read, store_text)
+                ctx = StepContext(unit=unit, settings=settings, previous=dict(previous), read=read,
+                                  store_text=store_text, pipeline=self.p.name, step=step.name)
+                result = await plugin.run(ctx)
+                skey = step_key(self.p.name, step.name, unit.cid)
+                effects = [e.model_copy(update={"id": f"{skey}-effect-{i}", "agent": self.agent, "source": self.agent,
+                                                "agent_version": __version__, "correlation_id": correlation,
+                                                "causation_id": record_id})
+                           for i, e in enumerate(result.events)]
+                # Checked here, not when the batch is sent: a step's bad event fails its own unit only.
+                w.effects += [validated(e) for e in effects]
+                previous[step.name] = result.output
+                steps.append({"step": step.name, "plugin": plugin.name, "plugin_version": plugin.version,
+                              "output": result.output})
+            if w.redelivered:  # a crash may have come after some effects were stored
+                w.effects = [e for e in w.effects if not await self._already(e)]
+            w.record = validated(Event(
+                type="steps.done", aggregate_id=key, id=record_id, source=self.agent, agent=self.agent,
+                agent_version=__version__, correlation_id=correlation, causation_id=trigger.id,
+                data={"pipeline": self.p.name, "cid": unit.cid, "trigger_seq": trigger.seq, "steps": steps}))
         except Exception as err:
             w.error = err
 
-    async def _run_step(self, w: _Work, unit: Unit, step: str, plugin, settings, previous, read, store_text) -> dict:
-        trigger = w.event
-        key = step_key(self.p.name, step, unit.cid)
-        if w.redelivered:  # recorded before: keep that output, run nothing again
-            try:
-                return (await self.events.last(subject_for("step.done", key))).data["output"]
-            except NotFound:
-                pass
-        ctx = StepContext(unit=unit, settings=settings, previous=dict(previous), read=read,
-                          store_text=store_text, pipeline=self.p.name, step=step)
-        result = await plugin.run(ctx)
-        correlation = trigger.correlation_id or trigger.id
-        done = Event(
-            type="step.done", aggregate_id=key, id=f"step-done-{key}", source=self.agent, agent=self.agent,
-            agent_version=__version__, correlation_id=correlation, causation_id=trigger.id,
-            data={"pipeline": self.p.name, "step": step, "plugin": plugin.name, "plugin_version": plugin.version,
-                  "cid": unit.cid, "output": result.output, "trigger_seq": trigger.seq},
-        )
-        effects = [e.model_copy(update={"id": f"{key}-effect-{i}", "agent": self.agent, "source": self.agent,
-                                        "agent_version": __version__, "correlation_id": correlation,
-                                        "causation_id": done.id})
-                   for i, e in enumerate(result.events)]
-        # Checked here, not when the batch is sent: a step's bad event fails its own unit only.
-        effects = [validated(e) for e in effects]
-        if w.redelivered:  # a crash may have come after some effects were stored
-            effects = [e for e in effects if not await self._already(e)]
-        w.effects += effects
-        w.records.append(validated(done))
-        return result.output
+    def _content_access(self) -> tuple[Callable[[str], Awaitable[bytes]], Callable[[str], Awaitable[str]]]:
+        """`read` and `store_text` for one unit's steps. Content read or written while the
+        unit goes through them is kept by CID: the text one step extracts is what the next
+        one indexes, with no second trip."""
+        seen: dict[str, bytes] = {}
+        hot: set[str] = set()  # of those, the ones read from (or written to) the hot content bucket
+
+        async def read(cid: str) -> bytes:
+            if cid not in seen:
+                data = await self._batched.get(cid) if self._batched else None
+                if data is not None:
+                    hot.add(cid)
+                seen[cid] = data if data is not None else await self.read(cid)
+            return seen[cid]
+
+        async def store_text(text: str) -> str:
+            data = text.encode("utf-8")
+            cid = cidlib.compute(data)
+            # Plain text is its own text: bytes just read from the hot bucket are there
+            # already. (Read through from a colder tier, they are stored hot like any text:
+            # the search index reads texts from the hot bucket.)
+            if cid not in hot:
+                cid = await self.store_text(text)
+                seen[cid] = data
+                hot.add(cid)
+            return cid
+
+        return read, store_text
+
+    async def _recorded(self, key: str) -> bool:
+        try:
+            await self.events.last(subject_for("steps.done", key))
+        except NotFound:
+            return False
+        return True
 
     async def _commit(self, works: list[_Work]) -> None:
-        """Effects first, `step.done` records last: the record is the commit.
+        """Effects first, `steps.done` records last: the record is the commit.
 
         (An atomic batch would say the same, but the server serialises batches at ~2 ms
         each, which caps a pipeline at a few hundred units a second.) A redelivery after a
         crash between the two waves re-sends effects with the same ids: the server drops
         them within its de-duplication window, and `_already` finds them after it. A record
-        refused because it exists (expected revision 0) means the step was recorded by an
+        refused because it exists (expected revision 0) means the unit was recorded by an
         earlier delivery: that is success, not an error.
         """
         for wave in ("effects", "records"):
-            items = [(w, e) for w in works if w.error is None for e in getattr(w, wave)]
+            items = [(w, e) for w in works if w.error is None
+                     for e in (w.effects if wave == "effects" else [w.record] if w.record else [])]
             if not items:
                 continue
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..events import StoredEvent
+from ..pipeline_events import step_outputs
 
 
 class RelationGraph:
@@ -36,9 +37,8 @@ class RelationGraph:
             if source:
                 self.by_source[source].add(cid)
                 self.source_of[cid] = source
-        elif e.type == "step.done" and e.data.get("plugin") == "relate":
-            cid = e.data["cid"]
-            for rel in (e.data.get("output") or {}).get("relations") or []:
+        for cid, out in step_outputs(e, "relate"):
+            for rel in out.get("relations") or []:
                 self._edge(rel.get("type", "references"), cid, rel["target"])
 
     def related(self, cid: str) -> list[dict]:

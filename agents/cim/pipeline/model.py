@@ -66,8 +66,13 @@ class PipelineDef(BaseModel):
 
 
 def step_key(pipeline: str, step: str, cid: str) -> str:
-    """The aggregate id of one step applied to one unit: its `step.done` happens once."""
+    """One step applied to one unit: the idempotency key its effects' ids are made of."""
     return f"{pipeline}--{step}--{cid}"
+
+
+def run_key(pipeline: str, cid: str) -> str:
+    """The aggregate id of one unit through one pipeline: its `steps.done` happens once."""
+    return f"{pipeline}--{cid}"
 
 
 def default_pipelines() -> list[PipelineDef]:

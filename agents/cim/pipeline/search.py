@@ -1,4 +1,4 @@
-"""The full-text search index: a projection of `step.done` events of the `index` plugin.
+"""The full-text search index: a projection of the `index` steps recorded in `steps.done`.
 
 It is rebuilt by replaying the event stream from the start (the pipeline agent does so on
 every start) and kept current by following it. Ranking is BM25.
@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..events import StoredEvent
+from ..pipeline_events import step_outputs
 from .text import terms
 
 K1, B = 1.2, 0.75
@@ -34,20 +35,13 @@ class SearchIndex:
         self.texts: dict[str, str] = {}  # for snippets; bounded by what the extract step keeps
         self.last_seq = 0
 
-    @staticmethod
-    def wants(e: StoredEvent) -> bool:
-        return e.type == "step.done" and not e.problem and e.data.get("plugin") == "index"
-
     async def apply(self, e: StoredEvent, read_text: Callable[[str], Awaitable[bytes]]) -> None:
         self.last_seq = max(self.last_seq, e.seq)
-        if not self.wants(e):
-            return
-        out = e.data.get("output") or {}
-        text_cid = out.get("text_cid")
-        if not text_cid:
-            return
-        text = (await read_text(text_cid)).decode("utf-8", "replace")
-        self.add(e.data["cid"], text, out.get("title") or "")
+        for cid, out in step_outputs(e, "index"):
+            text_cid = out.get("text_cid")
+            if text_cid:
+                text = (await read_text(text_cid)).decode("utf-8", "replace")
+                self.add(cid, text, out.get("title") or "")
 
     def add(self, cid: str, text: str, title: str) -> None:
         self.remove(cid)

@@ -37,10 +37,10 @@ class NoSettings(BaseModel):
 
 @dataclass
 class StepOutput:
-    """What a step made: `output` is recorded in its `step.done` event (provenance and the
-    input of later steps); `events` are its effects on other aggregates (e.g. `unit.labeled`),
-    stored just before that record with ids derived from it, so each effect is applied
-    exactly once however often the step runs."""
+    """What a step made: `output` is recorded in the unit's `steps.done` event (provenance,
+    and the input of later steps); `events` are its effects on other aggregates (e.g.
+    `unit.labeled`), stored just before that record with ids derived from the pipeline, the
+    step and the unit, so each effect is applied exactly once however often the step runs."""
 
     output: dict[str, JsonValue] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)

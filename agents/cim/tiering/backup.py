@@ -32,6 +32,7 @@ from ..content import ContentStore
 from ..errors import CimError, JetStreamUnavailable, UnitNotFound
 from ..events import StoredEvent
 from ..jsread import last_seq, read_stream
+from ..pipeline_events import step_outputs
 from ..provision import EVENTS_STREAM, ProvisionSpec, provision
 from .backends import Backend
 from .errors import ObjectMissing, TierError
@@ -48,13 +49,9 @@ _DROP_HEADERS = ("Nats-Expected-", "Nats-Batch-")
 
 
 def derived_cids(e: StoredEvent) -> list[str]:
-    """Content a `step.done` event points at (its output's `*_cid` values), e.g. extracted text."""
-    if e.type != "step.done" or e.problem or not isinstance(e.data, dict):
-        return []
-    out = e.data.get("output")
-    if not isinstance(out, dict):
-        return []
-    return [v for k, v in out.items() if k.endswith("_cid") and isinstance(v, str) and v.startswith("b") and "/" not in v]
+    """Content a `steps.done` event points at (its steps' `*_cid` outputs), e.g. extracted text."""
+    return [v for _, out in step_outputs(e) if isinstance(out, dict) for k, v in out.items()
+            if k.endswith("_cid") and isinstance(v, str) and v.startswith("b") and "/" not in v]
 
 
 def _empty_manifest() -> dict:
@@ -94,7 +91,7 @@ class Exporter:
                 # Plain text is its own text: these bytes may be a unit's, moved on to a colder
                 # tier since; the archive holds every unit, so it holds them as that unit.
                 if await self.archive.size_of(cid) is None:
-                    log.warning("content %s named by a step.done event is neither in the content bucket nor "
+                    log.warning("content %s named by a steps.done event is neither in the content bucket nor "
                                 "in the archive; not archived", cid)
                     return
             else:

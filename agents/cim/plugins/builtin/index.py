@@ -1,6 +1,6 @@
 """Retrieval: marks a unit's extracted text for the full-text search projection.
 
-The index itself is a projection of these `step.done` events (cim.pipeline.search), so it
+The index itself is a projection of the `steps.done` events that record this step (cim.pipeline.search), so it
 can always be rebuilt by replaying the event stream.
 """
 
