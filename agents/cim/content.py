@@ -28,6 +28,7 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from . import cid as cidlib
 from .errors import CidMismatch, CimError, JetStreamUnavailable, UnitNotFound
+from .jspublish import publisher_for
 from .jsread import read_stream
 from .provision import CONTENT_BUCKET
 from .retry import through_elections
@@ -311,27 +312,17 @@ class ContentStore:
         out: dict[str, bytes] = {}
         if not subjects:
             return out
-        inbox = self.nc.new_inbox()
-        try:
-            sub = await self.nc.subscribe(inbox)
-        except Exception:
-            return out
+        pub = publisher_for(self.nc)
         try:
             for start in range(0, len(subjects), DIRECT_BATCH):
                 part = subjects[start:start + DIRECT_BATCH]
-                await self.nc.publish(f"$JS.API.DIRECT.GET.{self.stream}",
-                                      json.dumps({"multi_last": part, "batch": len(part)}).encode(), reply=inbox)
-                while True:  # the messages, then a status message (204 "EOB", or 404: none)
-                    m = await sub.next_msg(timeout=self.timeout)
-                    headers = m.headers or {}
-                    if api.Header.STATUS in headers or "Nats-Subject" not in headers:
-                        break
-                    out[headers["Nats-Subject"]] = m.data
+                # The messages, then a status message (204 "EOB", or 404: none).
+                for m in await pub.collect(f"$JS.API.DIRECT.GET.{self.stream}",
+                                           json.dumps({"multi_last": part, "batch": len(part)}).encode(), self.timeout):
+                    if m.headers and "Nats-Subject" in m.headers:
+                        out[m.headers["Nats-Subject"]] = m.data
         except Exception:  # a timeout or an older server: the callers fall back to `get`
             pass
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
         return out
 
     async def read(self, cid: str) -> bytes:

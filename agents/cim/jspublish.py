@@ -9,6 +9,10 @@ its acknowledgement matched by a counter on one reply subscription per connectio
 flusher, the same calls its own `publish` makes), so every message takes the public path
 instead whenever those are missing, the connection is not up, or a message is unusual (a
 header with a line break, a payload over the server's limit).
+
+The same reply subscription serves requests answered by several messages that end in a
+status message (batched direct gets), so those need no subscription of their own and no
+`next_msg` (a task and a timer) per message either.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import asyncio
 import json
 import re
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.errors import APIError, NoStreamResponseError
 
 _NATS_HDR = b"NATS/1.0\r\n"
@@ -32,6 +37,14 @@ class Ack:
     stream: str
     seq: int
     duplicate: bool
+
+
+@dataclass(slots=True)
+class _Replies:
+    """The messages of one multi-message answer, until its closing status message."""
+
+    done: asyncio.Future
+    msgs: list[Msg] = field(default_factory=list)
 
 
 def publisher_for(nc: Client) -> Publisher:
@@ -51,7 +64,7 @@ class Publisher:
         self.nc = nc
         self.fast = _fast_path_available(nc)
         self._prefix: str | None = None
-        self._waiting: dict[str, asyncio.Future] = {}
+        self._waiting: dict[str, asyncio.Future | _Replies] = {}
         self._next = 0
         self._lock = asyncio.Lock()
         self._good_keys: set[str] = set()
@@ -76,11 +89,7 @@ class Publisher:
             return await nc.jetstream().publish_async(subject, payload, headers=headers)
         hdr = _NATS_HDR + block.encode() + b"\r\n"
         prefix = await self._reply_subject()
-        self._next += 1
-        token = str(self._next)
-        fut = asyncio.get_running_loop().create_future()
-        self._waiting[token] = fut
-        fut.add_done_callback(lambda _f, t=token: self._waiting.pop(t, None))
+        token, fut = self._expect(None)
         cmd = f"HPUB {subject} {prefix}.{token} {len(hdr)} {len(hdr) + len(payload)}\r\n".encode() + hdr + payload + b"\r\n"
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += len(payload)
@@ -88,6 +97,28 @@ class Publisher:
         if nc._flush_queue is not None and nc._flush_queue.empty():  # noqa: SLF001
             await nc._flush_pending()  # noqa: SLF001
         return fut
+
+    def _expect(self, replies: _Replies | None) -> tuple[str, asyncio.Future]:
+        """A fresh reply token and the future its answer resolves."""
+        self._next += 1
+        token = str(self._next)
+        fut = replies.done if replies else asyncio.get_running_loop().create_future()
+        self._waiting[token] = replies or fut
+        fut.add_done_callback(lambda _f, t=token: self._waiting.pop(t, None))
+        return token, fut
+
+    async def collect(self, subject: str, payload: bytes, timeout: float) -> list[Msg]:
+        """Send a request answered by messages and then a status message (e.g. a batched
+        direct get: its messages, then 204 EOB, or 404 when there are none); those
+        messages. Raises asyncio.TimeoutError when the answer does not end in time."""
+        prefix = await self._reply_subject()
+        replies = _Replies(asyncio.get_running_loop().create_future())
+        token, fut = self._expect(replies)
+        await self.nc.publish(subject, payload, reply=f"{prefix}.{token}")
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            fut.cancel()  # no-op once resolved; otherwise stops collecting
 
     def _plain_keys(self, headers: dict[str, str]) -> bool:
         """Header names are tokens (no space, no colon); the few names in use are remembered."""
@@ -101,6 +132,13 @@ class Publisher:
     async def _on_ack(self, msg) -> None:
         assert self._prefix is not None
         fut = self._waiting.get(msg.subject[len(self._prefix) + 1:])
+        if isinstance(fut, _Replies):
+            if not fut.done.done():
+                if msg.headers and "Status" in msg.headers:
+                    fut.done.set_result(fut.msgs)
+                else:
+                    fut.msgs.append(msg)
+            return
         if fut is None or fut.done():
             return
         if msg.headers and msg.headers.get("Status") == "503":

@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, field_validator
 
 from ..errors import InvalidInput
 
@@ -121,11 +121,19 @@ class StoredEvent(BaseModel):
     data: Any = None
     known: bool = True  # False: no model is registered for this type (a newer producer?)
     problem: str | None = None  # why the body could not be decoded or validated, if it could not
+    _typed: BaseModel | None = PrivateAttr(default=None)  # the model `from_message` checked the body with
+
+    def __eq__(self, other: object) -> bool:  # the cached model above is not part of the event
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    __hash__ = BaseModel.__hash__
 
     def typed(self) -> BaseModel | None:
         """The data as its registered model, or None for unknown or broken events."""
         from .types import model_for
 
+        if self._typed is not None:
+            return self._typed
         model = model_for(self.type)
         if model is None or self.problem:
             return None
@@ -145,16 +153,17 @@ class StoredEvent(BaseModel):
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             body, problem = data.decode("utf-8", "replace"), f"body is not JSON: {err}"
         model = model_for(type_name)
+        typed = None
         if model is not None and problem is None:
             try:
-                model.model_validate(body)
+                typed = model.model_validate(body)
             except Exception as err:
                 problem = f"body does not match {type_name}: {err}"
         try:
             when = datetime.fromisoformat(headers[H_TIME].replace("Z", "+00:00")) if H_TIME in headers else None
         except ValueError:
             when, problem = None, problem or f"bad {H_TIME} header {headers[H_TIME]!r}"
-        return cls(
+        stored = cls(
             seq=seq,
             subject=subject,
             type=type_name,
@@ -171,6 +180,8 @@ class StoredEvent(BaseModel):
             known=model is not None,
             problem=problem,
         )
+        stored._typed = None if problem else typed
+        return stored
 
 
 def validated(event: Event) -> Event:

@@ -14,19 +14,20 @@ from collections.abc import Awaitable, Callable
 class CoalescedReads:
     def __init__(self, read_many: Callable[[list[str]], Awaitable[dict[str, bytes]]]):
         self._read_many = read_many
-        self._pending: dict[str, asyncio.Future] = {}
+        # Each asker waits on a future of its own: one cancelled asker cancels only its
+        # own (cheaper than shielding a shared one).
+        self._pending: dict[str, list[asyncio.Future]] = {}
         self._running: set[asyncio.Task] = set()
 
     async def get(self, cid: str) -> bytes | None:
         """The content, or None when the batched read did not have it (read it singly)."""
         loop = asyncio.get_running_loop()
-        fut = self._pending.get(cid)
-        if fut is None:
-            fut = self._pending[cid] = loop.create_future()
-            if len(self._pending) == 1:
-                # After every task already runnable has had its turn (and maybe asked too).
-                loop.call_soon(self._flush)
-        return await asyncio.shield(fut)  # one asker cancelled must not cancel the others
+        fut = loop.create_future()
+        if not self._pending:
+            # After every task already runnable has had its turn (and maybe asked too).
+            loop.call_soon(self._flush)
+        self._pending.setdefault(cid, []).append(fut)
+        return await fut
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, {}
@@ -34,11 +35,12 @@ class CoalescedReads:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, batch: dict[str, asyncio.Future]) -> None:
+    async def _run(self, batch: dict[str, list[asyncio.Future]]) -> None:
         try:
             found = await self._read_many(list(batch))
         except Exception:  # the single reads that follow report what is wrong
             found = {}
-        for cid, fut in batch.items():
-            if not fut.done():
-                fut.set_result(found.get(cid))
+        for cid, futs in batch.items():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(found.get(cid))

@@ -31,6 +31,7 @@ from .. import cid as cidlib
 from ..errors import CimError, ConcurrencyConflict, NotFound, UnitNotFound
 from ..events import Event, EventStore, StoredEvent
 from ..events.envelope import H_MSG_ID, subject_for, validated
+from ..jsfetch import PullFetcher
 from ..plugins import Plugins, StepContext
 from ..provision import DLQ_STREAM, EVENTS_STREAM
 from ..unit_store import UnitStore
@@ -146,16 +147,13 @@ class Runner:
         # Several batches in flight, each fetched on its own subscription to the one durable
         # consumer: while one batch waits for its acknowledgements the next one runs.
         size = _batch_size(self.p.concurrency)
-        subs = [await self.js.pull_subscribe_bind(self.p.consumer, stream=EVENTS_STREAM)
-                for _ in range(-(-self.p.concurrency // size))]
+        fetchers = [PullFetcher(self.nc, EVENTS_STREAM, self.p.consumer) for _ in range(-(-self.p.concurrency // size))]
         log.info("pipeline %s running (%d steps, %d batches of %d in flight)", self.p.name, len(self.steps),
-                 len(subs), size)
-        try:
-            await asyncio.gather(*(self._fetch_loop(sub, size) for sub in subs))
-        finally:
-            for sub in subs:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                 len(fetchers), size)
+        async with contextlib.AsyncExitStack() as stack:
+            for f in fetchers:
+                await stack.enter_async_context(f)
+            await asyncio.gather(*(self._fetch_loop(f, size) for f in fetchers))
 
     async def _processed_before(self) -> int:
         """For a consumer that has delivered nothing yet on a stream that already holds step
@@ -170,12 +168,12 @@ class Runner:
             return 0
         return int((await self.js.stream_info(EVENTS_STREAM)).state.last_seq)
 
-    async def _fetch_loop(self, sub, size: int) -> None:
+    async def _fetch_loop(self, fetcher: PullFetcher, size: int) -> None:
         while not self._stop.is_set():
             try:
-                msgs = await sub.fetch(size, timeout=2)
-            except asyncio.TimeoutError:
-                continue
+                msgs = await fetcher.fetch(size, timeout=2)
+                if not msgs:
+                    continue
             except Exception as err:  # a reconnect or leader change: try again shortly
                 if self._stop.is_set():
                     return
@@ -249,7 +247,9 @@ class Runner:
         if event.problem or event.aggregate != "unit":
             return None
         if event.type == "unit.created":  # the trigger is the unit's own record: no lookup
-            return Unit.model_validate(event.data)
+            unit = event.typed()
+            assert isinstance(unit, Unit)
+            return unit
         try:
             return await self.units.unit(event.aggregate_id)
         except UnitNotFound:
