@@ -28,6 +28,7 @@ from pathlib import Path
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from cim.connection import ConnectionSettings, connect
 from cim.content import ContentStore
 from cim.embedded.nats_server import NatsServer
 from cim.events import Event
@@ -170,8 +171,12 @@ async def main() -> None:
         await put_units(units, args.units, "bench")
         raw = await raw_loop(nc, args.units)
         same = await same_messages_loop(nc, args.units, content)
-        cim_rate = await ours(nc, args.units, plugins, content, units)
-        lat = await latency(nc, cim_rate / 2, args.latency_seconds, plugins, content, units)
+        # The engine on a connection made as the pipeline agent makes its own.
+        agent_nc = await connect(ConnectionSettings(servers=[server.url]))
+        units, content = UnitStore(agent_nc), ContentStore(agent_nc)
+        cim_rate = await ours(agent_nc, args.units, plugins, content, units)
+        lat = await latency(agent_nc, cim_rate / 2, args.latency_seconds, plugins, content, units)
+        await agent_nc.close()
         await nc.close()
     lat.sort()
     p50 = statistics.median(lat) * 1000 if lat else float("nan")

@@ -18,6 +18,7 @@ import nats
 from nats.aio.client import Client
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from . import header_parsing
 from .errors import ConnectionFailed
 
 log = logging.getLogger("cim.connection")
@@ -168,6 +169,7 @@ async def connect(settings: ConnectionSettings, *, initial_attempts: int = 1) ->
         log.info("reconnected to %s", _server_name(nc.connected_url))
 
     nc = nats.NATS()
+    header_parsing.install(nc)
     opts = connect_options(settings)
     # nats-py applies max_reconnect_attempts to the first connect too, and with -1 (or 0)
     # it retries a refused password for ever. Bound the first connect; restore afterwards.
