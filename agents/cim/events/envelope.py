@@ -132,8 +132,9 @@ class StoredEvent(BaseModel):
         """The data as its registered model, or None for unknown or broken events."""
         from .types import model_for
 
-        if self._typed is not None:
-            return self._typed
+        cached = (self.__pydantic_private__ or {}).get("_typed")  # not `self._typed`: pydantic's slow __getattr__
+        if cached is not None:
+            return cached
         model = model_for(self.type)
         if model is None or self.problem:
             return None
@@ -184,8 +185,12 @@ class StoredEvent(BaseModel):
         return stored
 
 
-def validated(event: Event) -> Event:
-    """Check the event's type is registered and its data matches; return it normalised."""
+def validated(event: Event, *, as_built: bool = False) -> Event:
+    """Check the event's type is registered and its data matches; return it normalised.
+
+    `as_built`: the caller built the data in its stored form already (the engine's own
+    records): it is checked, not normalised, which saves dumping it again.
+    """
     from .types import TYPE_PATTERN, model_for
 
     if not TYPE_PATTERN.match(event.type):
@@ -197,7 +202,10 @@ def validated(event: Event) -> Event:
 
         raise UnknownEventType("type", f"unknown event type {event.type!r}; known types: {', '.join(known_types())}")
     try:
-        data = model.model_validate(event.data).model_dump(mode="json")
+        checked = model.model_validate(event.data)
+        if as_built:
+            return event
+        data = checked.model_dump(mode="json")
     except Exception as err:
         from pydantic import ValidationError
 

@@ -199,7 +199,13 @@ class Runner:
             works.append(_Work(event, redelivered, msg))
         await asyncio.gather(*(self._run_steps(w) for w in works))
         await self._commit(works)
-        await asyncio.gather(*(self._settle(w) for w in works))
+        failed = []
+        for w in works:  # the usual case in line: a task per unit only to ack it costs more than the ack
+            if w.error is None:
+                await self._settle(w)
+            else:
+                failed.append(w)
+        await asyncio.gather(*(self._settle(w) for w in failed))
 
     async def _settle(self, w: _Work) -> None:
         msg, event = w.msg, w.event
@@ -287,10 +293,11 @@ class Runner:
                               "output": result.output})
             if w.redelivered:  # a crash may have come after some effects were stored
                 w.effects = [e for e in w.effects if not await self._already(e)]
-            w.record = validated(Event(
+            record = Event(
                 type="steps.done", aggregate_id=key, id=record_id, source=self.agent, agent=self.agent,
                 agent_version=__version__, correlation_id=correlation, causation_id=trigger.id,
-                data={"pipeline": self.p.name, "cid": unit.cid, "trigger_seq": trigger.seq, "steps": steps}))
+                data={"pipeline": self.p.name, "cid": unit.cid, "trigger_seq": trigger.seq, "steps": steps})
+            w.record = validated(record, as_built=True)
         except Exception as err:
             w.error = err
 
