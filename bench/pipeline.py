@@ -2,9 +2,11 @@
 a raw nats-py fetch + publish loop over the same messages, and end-to-end latency at half
 the maximum rate.
 
-    python bench/pipeline.py [--units 2000]
+    python bench/pipeline.py [--units 2000] [--rounds 3]
 
-Starts its own nats-server (loopback, temp dir). The raw loop does the same shape of work
+Starts its own nats-server (loopback, temp dir). Each round puts fresh units and runs every
+loop over them, alternating which goes first; it prints the median and range of the
+rounds' ratios, since one run of the 0.2 s raw loop on a shared machine is a coin toss. The raw loop does the same shape of work
 without CIM: fetch the `unit.created` events from a durable consumer, publish three
 records per event (one per step), ack.
 
@@ -52,9 +54,9 @@ async def put_units(units: UnitStore, n: int, tag: str) -> list[str]:
     return cids
 
 
-async def raw_loop(nc, n: int) -> float:
+async def raw_loop(nc, n: int, r: int) -> float:
     js = nc.jetstream()
-    sub = await js.pull_subscribe("cim.evt.unit.*.created", durable="raw-bench", stream="CIM_EVENTS",
+    sub = await js.pull_subscribe("cim.evt.unit.*.created", durable=f"raw-bench-{r}", stream="CIM_EVENTS",
                                   config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=1000))
     t0 = time.perf_counter()
     done = 0
@@ -71,9 +73,9 @@ async def raw_loop(nc, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def same_messages_loop(nc, n: int, content: ContentStore) -> float:
+async def same_messages_loop(nc, n: int, content: ContentStore, r: int) -> float:
     js = nc.jetstream()
-    sub = await js.pull_subscribe("cim.evt.unit.*.created", durable="same-messages-bench", stream="CIM_EVENTS",
+    sub = await js.pull_subscribe("cim.evt.unit.*.created", durable=f"same-messages-bench-{r}", stream="CIM_EVENTS",
                                   config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=1000))
     headers = Event(type="steps.done", aggregate_id="x", source="bench", agent="bench", agent_version="0",
                     correlation_id="c", causation_id="d").headers()
@@ -108,10 +110,10 @@ def make_runner(nc, name: str, plugins, content: ContentStore, units: UnitStore,
 
 
 
-async def ours(nc, n: int, plugins, content, units) -> float:
+async def ours(nc, n: int, plugins, content, units, r: int) -> float:
     # Completion is read off the runner's own counters: a subscription to every `steps.done`
     # would charge this process the parsing of an extra message per unit.
-    runner = make_runner(nc, "bench", plugins, content, units)
+    runner = make_runner(nc, f"bench{r}", plugins, content, units)
     t0 = time.perf_counter()
     runner.start()
     deadline = t0 + 600
@@ -157,38 +159,57 @@ async def latency(nc, rate: float, seconds: float, plugins, content, units) -> l
     return lat
 
 
+def spread(values: list[float], fmt: str = ".2f") -> str:
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--units", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--latency-seconds", type=float, default=8)
     args = ap.parse_args()
+    n = args.units
     with tempfile.TemporaryDirectory() as tmp, NatsServer(store_dir=Path(tmp) / "store") as server:
         nc = await nats.connect(server.url)
         await provision(nc, ProvisionSpec(streams=[
             StreamSpec(name="CIM_EVENTS", subjects=["cim.evt.>"], allow_atomic=True, duplicate_window=30),
             StreamSpec(name="BENCH_RAW", subjects=["bench.raw.>"])]))
-        units, content, plugins = UnitStore(nc), ContentStore(nc), discover()
-        await put_units(units, args.units, "bench")
-        raw = await raw_loop(nc, args.units)
-        same = await same_messages_loop(nc, args.units, content)
+        plugins = discover()
         # The engine on a connection made as the pipeline agent makes its own.
         agent_nc = await connect(ConnectionSettings(servers=[server.url]))
         units, content = UnitStore(agent_nc), ContentStore(agent_nc)
-        cim_rate = await ours(agent_nc, args.units, plugins, content, units)
+        rates: dict[str, list[float]] = {"raw": [], "same": [], "cim": []}
+        for r in range(args.rounds):
+            # Fresh units on an emptied event stream: no round sees another's events.
+            for stream in ("CIM_EVENTS", "BENCH_RAW"):
+                await nc.jetstream().purge_stream(stream)
+            await put_units(UnitStore(nc), n, f"round{r}")
+            loops = [("raw", lambda: raw_loop(nc, n, r)),
+                     ("same", lambda: same_messages_loop(nc, n, ContentStore(nc), r)),
+                     ("cim", lambda: ours(agent_nc, n, plugins, content, units, r))]
+            for name, run in loops if r % 2 == 0 else loops[::-1]:
+                rates[name].append(await run())
+        cim_rate = statistics.median(rates["cim"])
         lat = await latency(agent_nc, cim_rate / 2, args.latency_seconds, plugins, content, units)
         await agent_nc.close()
         await nc.close()
     lat.sort()
     p50 = statistics.median(lat) * 1000 if lat else float("nan")
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
-    print(f"{'measured':<40} {'cim':>12}   {'raw baseline':<32} {'ratio':>6}  target")
-    print(f"{'units through classify->extract->index':<40} {cim_rate:>8,.0f} u/s   {raw:>8,.0f} u/s fetch+3 publishes+ack   {cim_rate / raw:>6.2f}  >= 0.5")
-    print(f"{'  the same messages, bare nats-py':<40} {same:>8,.0f} u/s   {'(what the messages cost)':<32} {same / raw:>6.2f}")
-    print(f"{'  cim against that':<40} {'':>12}   {'(what the engine adds)':<32} {cim_rate / same:>6.2f}")
+    ratio = [c / b for c, b in zip(rates["cim"], rates["raw"], strict=True)]
+    same = [s / b for s, b in zip(rates["same"], rates["raw"], strict=True)]
+    added = [c / s for c, s in zip(rates["cim"], rates["same"], strict=True)]
+    print(f"{args.rounds} rounds of {n} units; median (range) of the rounds")
+    print(f"{'units/s through classify->extract->index':<42} cim {spread(rates['cim'], ',.0f')}")
+    print(f"{'raw fetch + 3 publishes + ack':<42} raw {spread(rates['raw'], ',.0f')}")
+    print(f"{'ratio cim / raw':<42} {spread(ratio)}  (target >= 0.5)")
+    print(f"{'  the same messages, bare nats-py / raw':<42} {spread(same)}  (what the messages cost)")
+    print(f"{'  cim / the same messages':<42} {spread(added)}  (what the engine adds)")
     print(f"end-to-end latency at {cim_rate / 2:,.0f} u/s (half max): p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(lat)} units)")
-    print(json.dumps({"cim_units_per_s": round(cim_rate), "raw_units_per_s": round(raw),
-                      "ratio": round(cim_rate / raw, 3),
-                      "same_messages_units_per_s": round(same), "same_messages_ratio": round(same / raw, 3), "p50_ms": round(p50, 1), "p99_ms": round(p99, 1)}))
+    print(json.dumps({"cim_units_per_s": [round(x) for x in rates["cim"]], "raw_units_per_s": [round(x) for x in rates["raw"]],
+                      "ratio": [round(x, 3) for x in ratio], "same_messages_ratio": [round(x, 3) for x in same],
+                      "p50_ms": round(p50, 1), "p99_ms": round(p99, 1)}))
 
 
 if __name__ == "__main__":

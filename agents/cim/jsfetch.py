@@ -7,9 +7,10 @@ pull request stays open across fetches: a fetch hands out what has arrived, asks
 only when the request is used up or has expired, and returns as soon as anything is
 there, so a slow trickle is not held back to fill a batch.
 
-Messages are nats-py's own (`ack`, `nak`, `term` and `metadata` work as usual). Those
-still in the buffer when the fetcher closes are nak'ed, so they go out again at once
-instead of after their ack wait.
+Messages are nats-py's own (`ack`, `nak`, `term` and `metadata` work as usual). Closing
+naks what is still in the buffer and, until the open request expires (at most one fetch
+timeout), whatever else it brings: those go out again at once instead of after their
+ack wait, which they would sit out delivered to an inbox nobody reads.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from .errors import JetStreamUnavailable
+from .jsread import status_of
 
 NS = 1_000_000_000
 
@@ -39,6 +41,8 @@ class PullFetcher:
         self._arrived = asyncio.Event()
         self._open = 0  # messages the open request may still bring; 0: no request open
         self._failure: str | None = None  # why the open request ended badly, for the next fetch
+        self._request_ends = 0.0  # loop time the open request expires at
+        self._closing = False
 
     async def __aenter__(self) -> PullFetcher:
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
@@ -48,25 +52,36 @@ class PullFetcher:
         await self.close()
 
     async def close(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        self._closing = True
         while self._buffer:
             with contextlib.suppress(Exception):
                 await self._buffer.popleft().nak()
+        if self._sub is None:
+            return
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(TimeoutError):  # bounded by the request's own expiry
+            async with asyncio.timeout(max(0.0, self._request_ends - loop.time()) + 0.5):
+                while self._open:
+                    self._arrived.clear()
+                    await self._arrived.wait()
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+        self._sub = None
 
     async def _on_msg(self, msg: Msg) -> None:
         if msg.reply and msg.reply.startswith("$JS.ACK."):
-            self._buffer.append(msg)
             self._open = max(0, self._open - 1)
+            if self._closing:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            else:
+                self._buffer.append(msg)
         else:
-            headers = msg.headers or {}
-            status = headers.get("Status", "")
+            status, description = status_of(msg)
             if status == "100":  # a heartbeat: nothing ended
                 return
             self._open = 0  # 404 no messages, 408 expired, 409 ended early: ask again
-            if status == "409" and ("Deleted" in headers.get("Description", "")):
+            if status == "409" and "Deleted" in description:
                 self._failure = f"the consumer {self.consumer} on {self.stream} was deleted"
         self._arrived.set()
 
@@ -87,6 +102,7 @@ class PullFetcher:
                 # the fetch that made it by much (its messages would wait in the buffer).
                 request = {"batch": batch, "expires": int((left - 0.05) * NS)}
                 self._open = batch
+                self._request_ends = loop.time() + left
                 self._arrived.clear()
                 await self.nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._inbox)
             try:

@@ -65,6 +65,16 @@ async def last_seq(nc: Client, stream: str, subjects: list[str] | None, timeout:
     return best
 
 
+def status_of(msg: Msg) -> tuple[str, str]:
+    """A status message's code and description ("" for a data message).
+
+    nats-py keys the description by an enum that does not hash like its text, so a plain
+    `headers.get("Description")` never finds it.
+    """
+    headers = msg.headers or {}
+    return headers.get("Status", ""), next((v for k, v in headers.items() if k == "Description"), "")
+
+
 class _Gone(Exception):
     """The consumer is gone; recreate it after the last delivered sequence."""
 
@@ -215,8 +225,7 @@ async def _read_once(
                 sseq, ts, pending = _parse_ack_subject(msg.reply)
                 yield StreamMsg(msg.subject, sseq, msg.data, dict(msg.headers or {}), ts, pending)
                 continue
-            status = (msg.headers or {}).get("Status", "")
-            desc = (msg.headers or {}).get("Description", "")
+            status, desc = status_of(msg)
             if status == "100":  # idle heartbeat (or flow control): the consumer is alive
                 if msg.reply:
                     await nc.publish(msg.reply, b"")
