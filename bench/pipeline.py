@@ -30,6 +30,7 @@ from pathlib import Path
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from cim import gc_tuning
 from cim.connection import ConnectionSettings, connect
 from cim.content import ContentStore
 from cim.embedded.nats_server import NatsServer
@@ -176,6 +177,7 @@ async def main() -> None:
             StreamSpec(name="CIM_EVENTS", subjects=["cim.evt.>"], allow_atomic=True, duplicate_window=30),
             StreamSpec(name="BENCH_RAW", subjects=["bench.raw.>"])]))
         plugins = discover()
+        gc_tuning.tune()  # as the agent runtime does once an agent has started
         # The engine on a connection made as the pipeline agent makes its own.
         agent_nc = await connect(ConnectionSettings(servers=[server.url]))
         units, content = UnitStore(agent_nc), ContentStore(agent_nc)

@@ -27,7 +27,7 @@ from nats.micro.request import Request, ServiceError
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from pydantic import BaseModel, ValidationError
 
-from . import __version__, logs
+from . import __version__, gc_tuning, logs
 from .config import AgentConfig
 from .connection import connect
 from .errors import CimError, InvalidInput, NotFound, UnitTooLarge
@@ -144,6 +144,7 @@ async def run_agent(config: AgentConfig, agent_factory: Callable[[AgentContext],
     CONNECTED.set(1)
     ctx = AgentContext(config, nc)
     agent = agent_factory(ctx)
+    gc_tuning.tune()
     metrics_port = None
     if config.metrics.port is not None:
         server, _thread = start_http_server(config.metrics.port, addr=config.metrics.host)
