@@ -27,6 +27,7 @@ from pathlib import Path
 import nats
 from boto3.s3.transfer import TransferConfig
 
+from cim import gc_tuning
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.s3_server import S3Server
 from cim.events import EventStore
@@ -82,6 +83,7 @@ async def main(args) -> None:
         creds.write_text(f"AWS_ACCESS_KEY_ID={s3.access_key}\nAWS_SECRET_ACCESS_KEY={s3.secret_key}\n")
         spec = TierSpec(name="warm", url="s3://cim-warm/units", endpoint=s3.endpoint_url, credentials_file=creds)
         nc = await nats.connect(server.url)
+        gc_tuning.tune()  # as the agent runtime does once an agent has started
         await provision(nc, ProvisionSpec())
         store, events = UnitStore(nc), EventStore(nc)
         warm = S3Backend(spec)
