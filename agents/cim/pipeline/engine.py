@@ -144,7 +144,7 @@ class Runner:
     async def _loop(self) -> None:
         await ensure_consumer(self.nc, self.p)
         self._replay_until = await self._processed_before()
-        # Several batches in flight, each fetched on its own subscription to the one durable
+        # Several batches in flight, each fetched by its own fetcher from the one durable
         # consumer: while one batch waits for its acknowledgements the next one runs.
         size = _batch_size(self.p.concurrency)
         fetchers = [PullFetcher(self.nc, EVENTS_STREAM, self.p.consumer) for _ in range(-(-self.p.concurrency // size))]
