@@ -23,7 +23,7 @@ from ..errors import CimError, InvalidInput, NotFound
 from ..events import Event, EventStore, StoredEvent
 from ..pipeline import definitions
 from ..pipeline.dlq import delete_letter, get_letter
-from ..pipeline.engine import Runner
+from ..pipeline.engine import RECORDS, Runner
 from ..pipeline.graph import RelationGraph
 from ..pipeline.model import PipelineDef, default_pipelines
 from ..pipeline.search import SearchIndex
@@ -35,7 +35,7 @@ from ..unit_store import UnitStore
 
 log = logging.getLogger("cim.pipeline")
 POLL_SECONDS = 2.0
-PROJECTED = ["cim.evt.steps.*.done", "cim.evt.unit.*.created"]
+PROJECTED = [RECORDS, "cim.evt.unit.*.created"]
 
 
 class Config(AgentConfig):

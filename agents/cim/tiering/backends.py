@@ -67,10 +67,11 @@ async def verified(cid: str, size: int | None, chunks: AsyncIterator[bytes], whe
 
 
 class Spool:
-    """A verified source copied into memory or a temporary file, hashed in S3 part sizes so a
-    multipart object's composite checksum can be predicted."""
+    """A verified source copied into memory or a temporary file. With `part_size` it is also
+    hashed in S3 part sizes, so a multipart object's composite checksum can be predicted;
+    without, nothing is hashed again (the source was verified against its CID already)."""
 
-    def __init__(self, part_size: int):
+    def __init__(self, part_size: int | None = None):
         self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
         self.part_size = part_size
         self.part_digests: list[bytes] = []
@@ -82,6 +83,8 @@ class Spool:
         async for chunk in chunks:
             self.file.write(chunk)
             self.size += len(chunk)
+            if self.part_size is None:
+                continue
             view = memoryview(chunk)
             while view:
                 take = min(len(view), self.part_size - self._in_part)
@@ -91,7 +94,7 @@ class Spool:
                 if self._in_part == self.part_size:
                     self.part_digests.append(self._part.digest())
                     self._part, self._in_part = hashlib.sha256(), 0
-        if self._in_part or not self.part_digests:
+        if self.part_size is not None and (self._in_part or not self.part_digests):
             self.part_digests.append(self._part.digest())
         self.file.seek(0)
         return self
@@ -176,7 +179,7 @@ class JetStreamBackend(Backend):
             raise ObjectMissing(self.name, cid) from None
 
     async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
-        spool = await Spool(READ_CHUNK).fill(source)
+        spool = await Spool().fill(source)
         try:
             # put_stream hashes what it sends and refuses (and removes) bytes that do not
             # match the CID: verified by the CID there.
@@ -258,7 +261,7 @@ class FileBackend(Backend):
             raise
 
     async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
-        spool = await Spool(READ_CHUNK).fill(source)
+        spool = await Spool().fill(source)
         try:
             await asyncio.to_thread(self._write, cid, spool.file)
         except OSError as err:
@@ -392,13 +395,14 @@ class S3Backend(Backend):
 
     async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
         key = self._key(cid)
-        if size >= self.spec.multipart_threshold and self.spec.max_bandwidth is None:
+        multipart = size >= self.spec.multipart_threshold
+        if multipart and self.spec.max_bandwidth is None:
             # Streamed: parts go up while the source is still being read, nothing is spooled.
             return await self._checked(cid, size, key, *await self._put_streaming(cid, key, source))
-        spool = await Spool(self.spec.multipart_chunksize).fill(source)
+        spool = await Spool(self.spec.multipart_chunksize if multipart else None).fill(source)
         echoed = None
         try:
-            if size < self.spec.multipart_threshold:
+            if not multipart:
                 # One request; the server checks the SHA-256 we send (BadDigest otherwise).
                 data = spool.file.read()
                 r = await self._call(
@@ -413,9 +417,7 @@ class S3Backend(Backend):
                     f"storing {cid}", self.client.upload_fileobj, spool.file, self.spec.bucket, key,
                     ExtraArgs={"ChecksumAlgorithm": "SHA256"}, Config=self.transfer,
                 )
-            expected = (
-                base64.b64encode(digest_of(cid)).decode() if size < self.spec.multipart_threshold else spool.composite_sha256()
-            )
+            expected = spool.composite_sha256() if multipart else base64.b64encode(digest_of(cid)).decode()
         finally:
             spool.close()
         return await self._checked(cid, size, key, expected, echoed)

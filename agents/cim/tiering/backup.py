@@ -224,7 +224,7 @@ async def restore(nc: Client, archive: Backend, *, progress: Callable[[str, int,
         try:
             from .backends import Spool
 
-            spool = await Spool(1024 * 1024).fill(archive.get(u.cid, u.size))
+            spool = await Spool().fill(archive.get(u.cid, u.size))
             try:
                 await content.put_stream(u.cid, spool.file)
             finally:
