@@ -73,6 +73,17 @@ async def test_closing_hands_back_what_its_open_request_still_brings(js, nc):
         assert await fetch_all(again, 1, rounds=3) == [b"m1"]
 
 
+async def test_messages_put_back_unread_are_handed_back_on_close_in_order(js, nc):
+    await publish(js, b"m0", b"m1", b"m2")
+    async with PullFetcher(nc, STREAM, "work") as fetcher:
+        got = await fetcher.fetch(3, timeout=3)
+        assert [m.data for m in got] == [b"m0", b"m1", b"m2"]
+        fetcher.unread(got[1:])  # the caller ran m0, then learnt it was stopping
+        await got[0].ack()
+    async with PullFetcher(nc, STREAM, "work") as again:
+        assert await fetch_all(again, 2, rounds=3) == [b"m1", b"m2"]
+
+
 async def test_a_deleted_consumer_is_reported(js, nc):
     async with PullFetcher(nc, STREAM, "work") as fetcher:
         waiting = asyncio.create_task(fetcher.fetch(5, timeout=10))

@@ -68,6 +68,11 @@ class PullFetcher:
             await self._sub.unsubscribe()
         self._sub = None
 
+    def unread(self, msgs: list[Msg]) -> None:
+        """Put fetched messages back in front of the buffer, unprocessed: a caller that
+        learns it is stopping after a fetch returned leaves them for `close` to nak."""
+        self._buffer.extendleft(reversed(msgs))
+
     async def _on_msg(self, msg: Msg) -> None:
         if msg.reply and msg.reply.startswith("$JS.ACK."):
             self._open = max(0, self._open - 1)

@@ -141,7 +141,6 @@ class Agent:
             await asyncio.sleep(POLL_SECONDS)  # the polling interval, not a wait for a condition
 
     async def _reconcile(self, records: dict[str, definitions.PipelineRecord]) -> None:
-        self.paused = {name for name, r in records.items() if r.paused}
         for name in list(self.runners):
             r = records.get(name)
             version = r.definition.model_dump_json() if r else None
@@ -149,6 +148,8 @@ class Agent:
                 await self.runners.pop(name).stop()
                 self.versions.pop(name, None)
                 log.info("pipeline %s %s", name, "paused" if r and r.paused else "stopped" if r is None else "reloading")
+        # Reported only now that its runner has stopped: "paused" means nothing more runs.
+        self.paused = {name for name, r in records.items() if r.paused}
         for name, r in records.items():
             if r.paused or name in self.runners:
                 continue

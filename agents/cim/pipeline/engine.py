@@ -172,6 +172,9 @@ class Runner:
         while not self._stop.is_set():
             try:
                 msgs = await fetcher.fetch(size, timeout=2)
+                if self._stop.is_set():  # paused or reloaded while waiting: what came is not ours to run
+                    fetcher.unread(msgs)
+                    return
                 if not msgs:
                     continue
             except Exception as err:  # a reconnect or leader change: try again shortly
