@@ -11,6 +11,12 @@ the median and range of the rounds' ratios.
   `put_object` / multipart `upload_fileobj` of the same bytes from memory;
 - read-through: what the agent serves a reader from the S3 tier (get_object, hashed and
   checked against the CID, last chunk held back) vs raw `get_object(...).read()`.
+
+A third copy, bare nats-py + boto3, moves the same bytes out of JetStream (an ordered
+consumer on each object's chunks, joined in memory) into the same raw upload, and does
+nothing else: no verification, no events, no delete. It splits the migration's gap in two:
+what reading the bytes out of JetStream costs at all on this machine (its ratio to raw),
+and what the tier protocol adds on top (CIM's ratio to it).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from cim import gc_tuning
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.s3_server import S3Server
 from cim.events import EventStore
-from cim.provision import ProvisionSpec, provision
+from cim.provision import CONTENT_BUCKET, ProvisionSpec, provision
 from cim.tiering.backends import JetStreamBackend, S3Backend
 from cim.tiering.locations import LocationIndex
 from cim.tiering.migrate import Migrator
@@ -106,6 +112,26 @@ async def main(args) -> None:
                     await asyncio.to_thread(raw_put, f"r{r}-{i}", data)
             await asyncio.gather(*(one(i, p) for i, p in enumerate(payloads)))
 
+        objects = await nc.jetstream().object_store(CONTENT_BUCKET)
+
+        async def bare_read(cid: str) -> bytes:
+            info = await objects.get_info(cid)
+            sub = await nc.jetstream().subscribe(f"$O.{CONTENT_BUCKET}.C.{info.nuid}", ordered_consumer=True)
+            parts = []
+            async for msg in sub.messages:
+                parts.append(msg.data)
+                if msg.metadata.num_pending == 0:
+                    break
+            await sub.unsubscribe()
+            return b"".join(parts)
+
+        async def bare_copies(r: int, cids: list[str]) -> None:
+            async def one(i, cid):
+                async with gate:
+                    data = await bare_read(cid)
+                    await asyncio.to_thread(raw_put, f"b{r}-{i}", data)
+            await asyncio.gather(*(one(i, c) for i, c in enumerate(cids)))
+
         async def migrate(n: int) -> None:
             index = await LocationIndex.build(events)
             report = await Migrator(events, tiers, concurrency=4).run_policies(index, [Policy(name="all", to="warm")], {})
@@ -122,7 +148,7 @@ async def main(args) -> None:
                     n += len(chunk)
                 assert n == len(p)
 
-        moves, reads, cpu = [], [], {"raw put": [], "migration": []}
+        moves, bares, reads, cpu = [], [], [], {"raw put": [], "bare copy": [], "migration": []}
         for r in range(args.rounds):
             # Fresh units each round (the last round's are in the S3 tier now); the two sides
             # alternate which goes first, so neither always meets a warmer server.
@@ -130,12 +156,17 @@ async def main(args) -> None:
             payloads += [os.urandom(args.small_kib * 1024) for _ in range(args.small)]
             total_mb = sum(map(len, payloads)) / 1e6
             cids = [(await store.put_bytes(p)).unit.cid for p in payloads]
-            order = [("raw put", lambda: raw_puts(r, payloads)), ("migration", lambda: migrate(len(cids)))]
+            runs = {"raw put": lambda: raw_puts(r, payloads), "bare copy": lambda: bare_copies(r, cids),
+                    "migration": lambda: migrate(len(cids))}
+            # Each goes first in turn; the bare copy reads the hot objects the migration removes.
+            order = [("raw put", "bare copy", "migration"), ("bare copy", "migration", "raw put"),
+                     ("bare copy", "raw put", "migration")][r % 3]
             walls = {}
-            for name, run in order if r % 2 == 0 else order[::-1]:
-                walls[name], used = await meter.run(run())
+            for name in order:
+                walls[name], used = await meter.run(runs[name]())
                 cpu[name].append(used)
             moves.append((total_mb / walls["migration"], total_mb / walls["raw put"]))
+            bares.append((total_mb / walls["bare copy"], total_mb / walls["raw put"], total_mb / walls["migration"]))
             raw_get = total_mb / (await meter.run(raw_gets(r, len(payloads))))[0]
             cim_get = total_mb / (await meter.run(cim_gets(cids, payloads)))[0]
             reads.append((cim_get, raw_get))
@@ -146,6 +177,9 @@ async def main(args) -> None:
                             ("read-through from the S3 tier (CID-verified)", reads)):
             print(f"{name:<46} cim {spread([c for c, _ in pairs])} MB/s  raw {spread([b for _, b in pairs])} MB/s  "
                   f"ratio {spread([c / b for c, b in pairs])}  (target >= {TARGET})")
+        print(f"{'  bare JetStream -> S3 copy / raw put':<46} {spread([b / raw for b, raw, _ in bares])}  "
+              "(reading the bytes out of JetStream at all)")
+        print(f"{'  migration / bare copy':<46} {spread([m / b for b, _, m in bares])}  (what the protocol adds)")
         # Where the CPU went (this process, nats-server, S3 server): the machine has 2 cores,
         # so a phase that needs more core-seconds than another is slower by about as much.
         for name, runs in cpu.items():
