@@ -14,7 +14,7 @@ from cim.unit_store import UnitStore
 @pytest.fixture
 async def units(nc):
     await provision(nc, ProvisionSpec())
-    return UnitStore(nc, max_unit_size=4 * 1024 * 1024)
+    return UnitStore(nc, max_unit_size=5 * 1024 * 1024)
 
 
 async def read_all(units, c):
@@ -26,7 +26,9 @@ async def stored_events(nc) -> int:
     return info.state.messages
 
 
-@pytest.mark.parametrize("size", [0, 1, 128 * 1024, 128 * 1024 + 1, 3 * 1024 * 1024 + 17])
+# One chunk, two, 25 and 32 (one batched direct get), 33 (a consumer).
+@pytest.mark.parametrize("size", [0, 1, 128 * 1024, 128 * 1024 + 1, 3 * 1024 * 1024 + 17, 4 * 1024 * 1024,
+                                  4 * 1024 * 1024 + 1])
 async def test_put_and_get_round_trip_with_an_independent_cid(units, tmp_path, size):
     data = os.urandom(size)
     path = tmp_path / "f.bin"
@@ -70,9 +72,40 @@ async def test_tampered_content_fails_the_read_with_a_cid_mismatch(units, nc, si
     assert sum(map(len, received)) < len(data)  # the wrong content never arrives complete
 
 
+@pytest.mark.parametrize(("size", "consumers"), [(300_000, 0), (4 * 1024 * 1024, 0), (4 * 1024 * 1024 + 1, 1)])
+async def test_objects_of_up_to_32_chunks_are_read_without_a_consumer(units, nc, size, consumers):
+    data = os.urandom(size)
+    c = (await units.put_bytes(data)).unit.cid
+    # The connection sees its own API requests; the flush after the read means every one
+    # it sent has come back to this subscription by then.
+    creates = await nc.subscribe("$JS.API.CONSUMER.CREATE.>")
+    await nc.flush()
+    assert await read_all(units, c) == data
+    await nc.flush()
+    assert creates.delivered == consumers
+    await creates.unsubscribe()
+
+
+@pytest.mark.parametrize("size", [300_000, 4 * 1024 * 1024 + 1])  # read by a direct get, by a consumer
+async def test_a_missing_chunk_fails_the_read_with_a_cid_mismatch(units, nc, size):
+    data = os.urandom(size)
+    c = (await units.put_bytes(data)).unit.cid
+    loc = await ContentStore(nc).locate(c)
+    chunk_subject = f"$O.CIM_CONTENT.C.{loc.nuid}"
+    second = await nc.jetstream().get_msg("OBJ_CIM_CONTENT", seq=1, next=True, subject=chunk_subject)
+    second = await nc.jetstream().get_msg("OBJ_CIM_CONTENT", seq=second.seq + 1, next=True, subject=chunk_subject)
+    await nc.jetstream().delete_msg("OBJ_CIM_CONTENT", second.seq)
+    received = []
+    with pytest.raises(CidMismatch) as err:
+        async for chunk in units.get(c):
+            received.append(chunk)
+    assert c in str(err.value)
+    assert sum(map(len, received)) < len(data) - 128 * 1024  # the chunk is gone, the last one held back
+
+
 async def test_a_unit_over_the_size_limit_is_refused_and_nothing_is_stored(units, nc, tmp_path):
     big = tmp_path / "big.bin"
-    big.write_bytes(os.urandom(4 * 1024 * 1024 + 1))
+    big.write_bytes(os.urandom(5 * 1024 * 1024 + 1))
     with pytest.raises(UnitTooLarge) as err:
         await units.put_file(big)
     assert "max_unit_size" in str(err.value) and err.value.field == "size"
@@ -85,7 +118,7 @@ async def test_a_piped_unit_over_the_limit_is_refused_and_nothing_is_stored(unit
     import io
 
     with pytest.raises(UnitTooLarge):
-        await units.put_stream(io.BytesIO(os.urandom(5 * 1024 * 1024)))
+        await units.put_stream(io.BytesIO(os.urandom(6 * 1024 * 1024)))
     assert (await nc.jetstream().stream_info("OBJ_CIM_CONTENT")).state.messages == 0
 
 

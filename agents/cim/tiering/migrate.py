@@ -13,6 +13,7 @@ every copy the index says was dropped but still exists is deleted (step 4 again)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -55,6 +56,11 @@ class Report:
         return [m for m in self.moved if not m.ok]
 
 
+def _snapshot(u: UnitLocation) -> UnitLocation:
+    """A copy a move can change without changing the index it came from."""
+    return dataclasses.replace(u, tiers=set(u.tiers), pending=dict(u.pending) if u.pending else None)
+
+
 class Migrator:
     def __init__(self, events: EventStore, tiers: dict[str, Backend], *, agent: str = "cim-tier",
                  concurrency: int = 4, retry_for: float = 10.0):
@@ -78,9 +84,14 @@ class Migrator:
 
     # --- one unit -----------------------------------------------------------------------
 
-    async def move(self, cid: str, policy: str, from_tier: str | None, to_tier: str, action: str) -> MoveResult:
-        """Copy or move one unit, from `from_tier` (None: the hottest that holds it)."""
-        u = await for_unit(self.events, cid)
+    async def move(self, cid: str, policy: str, from_tier: str | None, to_tier: str, action: str, *,
+                   seen: UnitLocation | None = None) -> MoveResult:
+        """Copy or move one unit, from `from_tier` (None: the hottest that holds it).
+
+        `seen` is the unit as the caller's index has it, taken as is instead of reading the
+        unit's events again: the intent's expected revision refuses a stale view, and then
+        the move starts over from the events."""
+        u = _snapshot(seen) if seen else await for_unit(self.events, cid)
         src = from_tier or next(iter(self.order(u.tiers)), None)
         result = MoveResult(cid, policy, action, src, to_tier, u.size, ok=False)
         try:
@@ -101,6 +112,8 @@ class Migrator:
             u.revision = appended.seq
             return await self._finish(u, fresh=True)
         except ConcurrencyConflict as err:
+            if seen is not None:  # the index was behind the unit: once more, from its events
+                return await self.move(cid, policy, from_tier, to_tier, action)
             result.error = f"the unit changed while it was being moved ({err}); the next run retries it"
         except CimError as err:
             result.error = str(err)
@@ -260,7 +273,7 @@ class Migrator:
                 u, p = job
                 if p.action == "expire":
                     return await self.expire(u.cid, p.name, f"matched retention policy {p.name!r}")
-                return await self.move(u.cid, p.name, p.from_tier, p.to_tier, p.action)
+                return await self.move(u.cid, p.name, p.from_tier, p.to_tier, p.action, seen=u)
 
             return await self._each(jobs, run, progress)
 
@@ -268,7 +281,7 @@ class Migrator:
         """Every live unit gets a copy in `tier` (the archive: disaster recovery needs them all)."""
         async with self._lock:
             todo = [u for u in index.live() if not u.holds(tier) and not u.pending]
-            return await self._each(todo, lambda u: self.move(u.cid, policy, None, tier, "copy"), None)
+            return await self._each(todo, lambda u: self.move(u.cid, policy, None, tier, "copy", seen=u), None)
 
     # --- verify -------------------------------------------------------------------------
 

@@ -1,0 +1,44 @@
+"""The migrator against real servers when the location index it plans from is behind the
+events: each move starts from the index's view of the unit, and the expected revision of
+its intent is what notices the view is stale."""
+
+from __future__ import annotations
+
+from cim.events import Event, EventStore
+from cim.tiering.backends import JetStreamBackend, S3Backend
+from cim.tiering.locations import LocationIndex
+from cim.tiering.migrate import Migrator
+from cim.tiering.policies import Policy
+from cim.tiering.urls import TierSpec
+from cim.unit_store import UnitStore
+from tierkit import count_events, provisioned, s3_tier
+
+
+async def test_a_move_planned_from_a_stale_index_is_redone_from_the_events_and_recorded_once(
+        nats_server, s3_server, tmp_path):
+    nc = await provisioned(nats_server.url)
+    try:
+        store, events = UnitStore(nc), EventStore(nc)
+        payloads = [b"stale view", b"fresh view", b"x" * 300_000]
+        cids = [(await store.put_bytes(p)).unit.cid for p in payloads]
+        index = await LocationIndex.build(events)
+        # The unit changes after the index was built and before the move: its revision moves on.
+        await events.append(Event(type="unit.labeled", aggregate_id=cids[0], data={"labels": ["late"], "by": "test"}))
+
+        warm = S3Backend(TierSpec(**s3_tier(s3_server, "warm", tmp_path)))
+        tiers = {"hot": JetStreamBackend(TierSpec(name="hot", url="jetstream://CIM_CONTENT"), nc), "warm": warm}
+        report = await Migrator(events, tiers).run_policies(index, [Policy(name="all", to="warm")], {})
+
+        assert sorted(m.cid for m in report.moved if m.ok) == sorted(cids), report.failed
+        for c in cids:
+            assert await count_events(nc, f"cim.evt.unit.{c}.moving") == 1
+            assert await count_events(nc, f"cim.evt.unit.{c}.located") == 1
+        # The index changes only by the events it is given, never by a move's own bookkeeping.
+        assert all(index.units[c].tiers == {"hot"} for c in cids)
+        fresh = await LocationIndex.build(events)
+        assert all(fresh.units[c].tiers == {"warm"} for c in cids)
+        for c, p in zip(cids, payloads, strict=True):
+            assert await store.content.has(c) is False
+            assert b"".join([chunk async for chunk in warm.get(c, len(p))]) == p
+    finally:
+        await nc.close()
