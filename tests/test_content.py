@@ -103,6 +103,39 @@ async def test_a_missing_chunk_fails_the_read_with_a_cid_mismatch(units, nc, siz
     assert sum(map(len, received)) < len(data) - 128 * 1024  # the chunk is gone, the last one held back
 
 
+async def test_a_user_refused_direct_gets_reads_through_a_consumer_and_stops_asking(tmp_path, caplog):
+    import nats
+
+    from cim.embedded.nats_server import NatsServer
+
+    refused = {"publish": {"allow": [">"], "deny": ["$JS.API.DIRECT.GET.OBJ_CIM_CONTENT"]}}
+    server = NatsServer(store_dir=tmp_path / "nats", extra_config={"accounts": {"CIM": {"jetstream": "enabled", "users": [
+        {"user": "reader", "password": "r", "permissions": refused}, {"user": "admin", "password": "a"}]}}})
+    server.start()
+    violations = []
+
+    async def on_error(err):
+        violations.append(str(err))
+
+    admin = await nats.connect(server.url, user="admin", password="a")
+    reader = await nats.connect(server.url, user="reader", password="r", error_cb=on_error)
+    try:
+        await provision(admin, ProvisionSpec())
+        data = os.urandom(300_000)
+        c = (await UnitStore(admin).put_bytes(data)).unit.cid
+        content = ContentStore(reader, timeout=1)
+        for _ in range(2):
+            assert b"".join([chunk async for chunk in content.get(c)]) == data
+        await reader.flush()
+        # One refused request, then none: the second read went straight to a consumer.
+        assert len([v for v in violations if "permissions violation" in v.lower()]) == 1, violations
+        assert "allow publishing to $JS.API.DIRECT.GET.OBJ_CIM_CONTENT" in caplog.text
+    finally:
+        await reader.close()
+        await admin.close()
+        server.stop()
+
+
 async def test_a_unit_over_the_size_limit_is_refused_and_nothing_is_stored(units, nc, tmp_path):
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(5 * 1024 * 1024 + 1))

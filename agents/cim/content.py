@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -33,11 +34,14 @@ from .jsread import read_stream
 from .provision import CONTENT_BUCKET
 from .retry import through_elections
 
+log = logging.getLogger("cim.content")
+
 CHUNK_SIZE = 128 * 1024
 DIRECT_BATCH = 256  # subjects per batched direct get
 # Objects of up to this many chunks (4 MiB) are read in one batched direct get; a consumer
 # (create, pull, delete) costs the server and the client about twice as much per object.
 DIRECT_CHUNKS = 32
+DIRECT_PAUSE = 300  # seconds without direct gets after one went unanswered
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,7 @@ class ContentStore:
         self.stream = f"OBJ_{bucket}"
         self.timeout = timeout
         self._obj = None
+        self._direct_off_until = 0.0
 
     async def _store(self):
         if self._obj is None:
@@ -316,11 +321,21 @@ class ContentStore:
         """All the chunks of a small object in one batched direct get, or None when that
         did not bring exactly them (an older server, a replica still catching up, a
         timeout): the caller then reads through a consumer, which says what is wrong."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._direct_off_until:
+            return None
         subject = f"$O.{self.bucket}.C.{loc.nuid}"
         request = json.dumps({"seq": 1, "next_by_subj": subject, "batch": loc.chunks}).encode()
         try:
             msgs = await publisher_for(self.nc).collect(f"$JS.API.DIRECT.GET.{self.stream}", request, self.timeout)
-        except Exception:  # every failure here means "take the consumer path"
+        except Exception as err:  # every failure here means "take the consumer path"
+            # No answer at all is what a refused publish looks like (the server reports a
+            # permissions violation to the connection, not to the request): stop asking for
+            # a while rather than wait out every read.
+            self._direct_off_until = loop.time() + DIRECT_PAUSE
+            log.warning("batched direct gets on %s failed (%s); reading content through consumers for %d s. "
+                        "If this user's permissions are restricted, allow publishing to $JS.API.DIRECT.GET.%s",
+                        self.stream, type(err).__name__, DIRECT_PAUSE, self.stream)
             return None
         if len(msgs) != loc.chunks or any((m.headers or {}).get("Nats-Subject") != subject for m in msgs):
             return None
