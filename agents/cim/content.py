@@ -3,8 +3,9 @@
 Writes use nats-py's object store (its layout is the standard one, so `nats object get`
 works too). Reads do not: nats-py's `get` grows one bytes object chunk by chunk, quadratic
 in the object size. Here a small object's chunks come in one batched direct get, a larger
-one's are pulled through `jsread`, and they are handed out one by one while being hashed; the last chunk is held back until the CID checks out, so a reader never
-receives complete-looking content that is wrong.
+one's are pulled through `jsread`, and they are handed out one by one while being hashed;
+the last chunk is held back until the CID checks out, so a reader never receives
+complete-looking content that is wrong.
 """
 
 from __future__ import annotations
