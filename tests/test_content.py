@@ -2,10 +2,12 @@
 
 import os
 
+import nats
 import pytest
 from multiformats import CID, multihash
 
 from cim.content import ContentStore
+from cim.embedded.nats_server import NatsServer
 from cim.errors import CidMismatch, InvalidCid, InvalidInput, UnitNotFound, UnitTooLarge
 from cim.provision import ProvisionSpec, provision
 from cim.unit_store import UnitStore
@@ -104,10 +106,6 @@ async def test_a_missing_chunk_fails_the_read_with_a_cid_mismatch(units, nc, siz
 
 
 async def test_a_user_refused_direct_gets_reads_through_a_consumer_and_stops_asking(tmp_path, caplog):
-    import nats
-
-    from cim.embedded.nats_server import NatsServer
-
     refused = {"publish": {"allow": [">"], "deny": ["$JS.API.DIRECT.GET.OBJ_CIM_CONTENT"]}}
     server = NatsServer(store_dir=tmp_path / "nats", extra_config={"accounts": {"CIM": {"jetstream": "enabled", "users": [
         {"user": "reader", "password": "r", "permissions": refused}, {"user": "admin", "password": "a"}]}}})

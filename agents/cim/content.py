@@ -265,7 +265,7 @@ class ContentStore:
                 )
                 held = msg.data or b""
                 hasher.update(held)
-            elif loc.chunks <= DIRECT_CHUNKS and (chunks := await self._direct_chunks(loc)):
+            elif 1 < loc.chunks <= DIRECT_CHUNKS and (chunks := await self._direct_chunks(loc)):
                 for data in chunks[:-1]:
                     hasher.update(data)
                     yield data
