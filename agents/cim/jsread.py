@@ -132,6 +132,13 @@ async def read_stream(
             return
         except _Gone as gone:
             reason = str(gone)
+            if count is None and end_seq is not None:
+                # Ask the leader again: the end it gave may be gone by now (a KV entry's TTL,
+                # a delete), and a read cannot wait for messages that no longer exist.
+                with contextlib.suppress(Exception):
+                    end_seq = await last_seq(nc, stream, subjects, timeout)
+                    if next_seq > end_seq:
+                        return
             if count is not None and end_seq is None:
                 # Fewer than `count` here: a lagging replica, or really fewer (a damaged
                 # object). The leader's end tells which; the caller's checks say what is wrong.
