@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -146,6 +147,7 @@ async def main() -> None:
         for p in procs:
             p.stop()
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the seeded units take gigabytes of disk
 
 
 if __name__ == "__main__":

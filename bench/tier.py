@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import io
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -189,6 +190,7 @@ async def main(args) -> None:
     finally:
         s3.stop()
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # each run stores over a gigabyte
 
 
 if __name__ == "__main__":
