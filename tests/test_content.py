@@ -105,8 +105,11 @@ async def test_a_missing_chunk_fails_the_read_with_a_cid_mismatch(units, nc, siz
     assert sum(map(len, received)) < len(data) - 128 * 1024  # the chunk is gone, the last one held back
 
 
-async def test_a_user_refused_direct_gets_reads_through_a_consumer_and_stops_asking(tmp_path, caplog):
-    refused = {"publish": {"allow": [">"], "deny": ["$JS.API.DIRECT.GET.OBJ_CIM_CONTENT"]}}
+@pytest.mark.parametrize("deny", [["$JS.API.DIRECT.GET.OBJ_CIM_CONTENT"],
+                                  ["$JS.API.DIRECT.GET.OBJ_CIM_CONTENT", "$JS.API.DIRECT.GET.OBJ_CIM_CONTENT.>"]],
+                         ids=["batched-refused", "all-direct-refused"])
+async def test_a_user_refused_direct_gets_reads_through_a_consumer_and_stops_asking(tmp_path, caplog, deny):
+    refused = {"publish": {"allow": [">"], "deny": deny}}
     server = NatsServer(store_dir=tmp_path / "nats", extra_config={"accounts": {"CIM": {"jetstream": "enabled", "users": [
         {"user": "reader", "password": "r", "permissions": refused}, {"user": "admin", "password": "a"}]}}})
     server.start()
@@ -132,6 +135,71 @@ async def test_a_user_refused_direct_gets_reads_through_a_consumer_and_stops_ask
         await reader.close()
         await admin.close()
         server.stop()
+
+
+async def api_requests(nc, pattern: str, action) -> int:
+    """How many JetStream API requests matching `pattern` this connection sent during `action`."""
+    seen = await nc.subscribe(pattern)
+    await nc.flush()
+    await action()
+    await nc.flush()
+    await seen.unsubscribe()
+    return seen.delivered
+
+
+async def chunks_left(nc, nuid: str) -> int:
+    info = await nc.jetstream().stream_info("OBJ_CIM_CONTENT", subjects_filter=f"$O.CIM_CONTENT.C.{nuid}")
+    return sum((info.state.subjects or {}).values())
+
+
+@pytest.mark.parametrize("size", [100, 300_000, 4 * 1024 * 1024 + 1])
+async def test_reads_ask_nothing_of_the_leaders_message_api_and_a_delete_after_a_read_looks_nothing_up(units, nc, size):
+    data = os.urandom(size)
+    c = (await units.put_bytes(data)).unit.cid
+    content = ContentStore(nc)
+    loc = await content.locate(c)
+
+    async def read_then_delete():
+        assert b"".join([chunk async for chunk in content.get(c, keep_location=True)]) == data
+        await content.delete(c)
+
+    assert await api_requests(nc, "$JS.API.STREAM.MSG.GET.>", read_then_delete) == 0
+    assert await content.locate(c) is None and await chunks_left(nc, loc.nuid) == 0
+    with pytest.raises(UnitNotFound):
+        await content.read(c)
+
+
+async def test_a_delete_after_a_read_never_trusts_a_location_that_changed_meanwhile(units, nc):
+    """Stored again after the read (a new chunk id), the object is deleted by what is there
+    now: no chunks of either copy remain behind a deleted entry."""
+    data = os.urandom(300_000)
+    c = (await units.put_bytes(data)).unit.cid
+    content, other = ContentStore(nc), ContentStore(nc)
+    first = await content.locate(c)
+    assert b"".join([chunk async for chunk in content.get(c, keep_location=True)]) == data
+    await other.delete(c)
+    await other.put_bytes(data)
+    second = await other.locate(c)
+    assert second.nuid != first.nuid
+    await content.delete(c)  # remembers the first location: the server refuses to act on it
+    assert await content.locate(c) is None
+    assert await chunks_left(nc, first.nuid) == 0 and await chunks_left(nc, second.nuid) == 0
+
+
+async def test_a_read_given_a_stale_index_entry_by_a_replica_asks_the_leader(units, nc):
+    """A replica that lags answers a direct get with the entry from before the object was
+    deleted and stored again: its chunks are gone, so the read asks the leader instead."""
+    data = os.urandom(300_000)
+    c = (await units.put_bytes(data)).unit.cid
+    stale = await ContentStore(nc).locate(c)
+    await units.content.delete(c)
+    await units.content.put_bytes(data)
+
+    class LaggingReplica(ContentStore):
+        async def _locate_direct(self, cid):
+            return stale
+
+    assert b"".join([chunk async for chunk in LaggingReplica(nc).get(c)]) == data
 
 
 async def test_a_unit_over_the_size_limit_is_refused_and_nothing_is_stored(units, nc, tmp_path):

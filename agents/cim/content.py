@@ -19,14 +19,15 @@ import json
 import logging
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 
 from nats.aio.client import Client
 from nats.js import api
-from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.errors import APIError, NotFoundError, ObjectNotFoundError
 
 from . import cid as cidlib
 from .errors import CidMismatch, CimError, JetStreamUnavailable, UnitNotFound
@@ -43,6 +44,7 @@ DIRECT_BATCH = 256  # subjects per batched direct get
 # (create, pull, delete) costs the server and the client about twice as much per object.
 DIRECT_CHUNKS = 32
 DIRECT_PAUSE = 300  # seconds without direct gets after one went unanswered
+LOCATED_KEPT = 1024  # locations a read found, kept for the delete that may follow it
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,15 @@ class ObjectLocation:
     chunks: int
     nuid: str
     digest: str
+    seq: int = 0  # the stream sequence of the index entry this came from
+    meta: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, cid: str, raw: bytes, seq: int) -> ObjectLocation | None:
+        info = json.loads(raw)
+        if info.get("deleted") or not info.get("nuid"):
+            return None
+        return cls(cid, int(info.get("size", 0)), int(info.get("chunks", 0)), info["nuid"], info.get("digest", ""), seq, info)
 
 
 class _CountingReader(io.RawIOBase):
@@ -118,6 +129,7 @@ class ContentStore:
         self.timeout = timeout
         self._obj = None
         self._direct_off_until = 0.0
+        self._located: OrderedDict[str, ObjectLocation] = OrderedDict()
 
     async def _store(self):
         if self._obj is None:
@@ -146,10 +158,33 @@ class ContentStore:
                     f"the content bucket {self.bucket} does not exist; run `cim provision` (or `cim up`)"
                 ) from None
             raise JetStreamUnavailable(f"cannot read the content index for {cid}: {err or type(err).__name__}") from err
-        info = json.loads(msg.data)
-        if info.get("deleted"):
+        return ObjectLocation.parse(cid, msg.data, msg.seq)
+
+    async def _locate_direct(self, cid: str) -> ObjectLocation | None:
+        """The index entry by a direct get, which costs the server a tenth of the leader's
+        message API; but any replica may answer, so the entry can lag the leader's. None
+        means "ask the leader" (not stored, or not known here yet, or no answer)."""
+        msg = await self._direct_one(self._meta_subject(cid))
+        if msg is None:
             return None
-        return ObjectLocation(cid, int(info.get("size", 0)), int(info.get("chunks", 0)), info["nuid"], info.get("digest", ""))
+        try:
+            return ObjectLocation.parse(cid, msg.data, int(msg.headers["Nats-Sequence"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    async def _direct_one(self, subject: str):
+        """The last message on `subject` by a direct get, or None (none there, or no answer:
+        then direct gets pause, as in `_direct_chunks`)."""
+        if self._direct_paused():
+            return None
+        try:
+            msg = await self.nc.request(f"$JS.API.DIRECT.GET.{self.stream}.{subject}", b"", timeout=self.timeout)
+        except Exception as err:
+            self._pause_direct(err)
+            return None
+        if not msg.headers or "Nats-Sequence" not in msg.headers or msg.headers.get("Status"):
+            return None
+        return msg
 
     async def has(self, cid: str) -> bool:
         return await self.locate(cid) is not None
@@ -243,24 +278,72 @@ class ContentStore:
             raise JetStreamUnavailable(f"storing the content of {cid} failed: {err or 'no acknowledgement'}; put it again")
 
     async def delete(self, cid: str) -> None:
+        """Remove the object, as nats-py does: its index entry marked deleted (rolling up the
+        earlier ones), then its chunks purged. Right after a read of it (a move), the entry
+        that read found is replaced on condition that it is still the last one, which saves
+        looking it up again; if anything changed meanwhile, the server refuses, and the
+        object is deleted the usual way."""
+        known = self._located.pop(cid, None)
+        if known is not None and known.seq:
+            gone = {**known.meta, "deleted": True, "size": 0, "chunks": 0, "digest": "", "mtime": ""}
+            try:
+                await self.js.publish(self._meta_subject(cid), json.dumps(gone).encode(), headers={
+                    "Nats-Rollup": "sub", "Nats-Expected-Last-Subject-Sequence": str(known.seq)})
+            except APIError:
+                pass  # the entry changed (or the server refused): the usual way below
+            else:
+                await self.js.purge_stream(self.stream, subject=f"$O.{self.bucket}.C.{known.nuid}")
+                return
         store = await self._store()
         try:
             await store.delete(cid)
         except ObjectNotFoundError:
             pass
 
-    async def get(self, cid: str) -> AsyncIterator[bytes]:
-        """The content, chunk by chunk, verified against `cid` before the last chunk is given."""
+    async def get(self, cid: str, *, keep_location: bool = False) -> AsyncIterator[bytes]:
+        """The content, chunk by chunk, verified against `cid` before the last chunk is given.
+        `keep_location`: a delete of it follows (a move), which can then skip the lookup."""
+        loc = await self._locate_direct(cid)
+        if loc is not None:
+            started = False
+            try:
+                async for chunk in self._read(loc):
+                    started = True
+                    yield chunk
+                if keep_location:
+                    self._remember(loc)
+                return
+            except Exception:
+                if started:
+                    raise
+                # A replica's index entry can lag the leader's (the object deleted or stored
+                # again meanwhile, its chunks gone): nothing was given yet, so ask the leader.
         loc = await self.locate(cid)
         if loc is None:
             raise UnitNotFound(cid)
+        async for chunk in self._read(loc):
+            yield chunk
+        if keep_location:
+            self._remember(loc)
+
+    def _remember(self, loc: ObjectLocation) -> None:
+        """Keep where a read found the object, for a delete that may follow (a move)."""
+        self._located[loc.cid] = loc
+        self._located.move_to_end(loc.cid)
+        while len(self._located) > LOCATED_KEPT:
+            self._located.popitem(last=False)
+
+    async def _read(self, loc: ObjectLocation) -> AsyncIterator[bytes]:
+        cid = loc.cid
         hasher = _ThreadedHasher() if loc.chunks > THREADED_HASH_MIN_CHUNKS else cidlib.Hasher()
         held: bytes | None = None
         try:
             if loc.chunks == 1:
-                # One chunk (most units): one request instead of a consumer's four.
-                msg = await through_elections(
-                    lambda: self.js.get_last_msg(self.stream, f"$O.{self.bucket}.C.{loc.nuid}"),
+                # One chunk (most units): one request instead of a consumer's four; a direct
+                # get when it answers (chunks never change, and the CID checks them).
+                subject = f"$O.{self.bucket}.C.{loc.nuid}"
+                msg = await self._direct_one(subject) or await through_elections(
+                    lambda: self.js.get_last_msg(self.stream, subject),
                     within=self.timeout * 3, what=f"reading the content of {cid}",
                 )
                 held = msg.data or b""
@@ -322,25 +405,30 @@ class ContentStore:
         """All the chunks of a small object in one batched direct get, or None when that
         did not bring exactly them (an older server, a replica still catching up, a
         timeout): the caller then reads through a consumer, which says what is wrong."""
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._direct_off_until:
+        if self._direct_paused():
             return None
         subject = f"$O.{self.bucket}.C.{loc.nuid}"
         request = json.dumps({"seq": 1, "next_by_subj": subject, "batch": loc.chunks}).encode()
         try:
             msgs = await publisher_for(self.nc).collect(f"$JS.API.DIRECT.GET.{self.stream}", request, self.timeout)
         except Exception as err:  # every failure here means "take the consumer path"
-            # No answer at all is what a refused publish looks like (the server reports a
-            # permissions violation to the connection, not to the request): stop asking for
-            # a while rather than wait out every read.
-            self._direct_off_until = loop.time() + DIRECT_PAUSE
-            log.warning("batched direct gets on %s failed (%s); reading content through consumers for %d s. "
-                        "If this user's permissions are restricted, allow publishing to $JS.API.DIRECT.GET.%s",
-                        self.stream, type(err).__name__, DIRECT_PAUSE, self.stream)
+            self._pause_direct(err)
             return None
         if len(msgs) != loc.chunks or any((m.headers or {}).get("Nats-Subject") != subject for m in msgs):
             return None
         return [m.data for m in msgs]
+
+    def _direct_paused(self) -> bool:
+        return asyncio.get_running_loop().time() < self._direct_off_until
+
+    def _pause_direct(self, err: BaseException) -> None:
+        """No answer at all is what a refused publish looks like (the server reports a
+        permissions violation to the connection, not to the request): stop asking for a
+        while rather than wait out every read."""
+        self._direct_off_until = asyncio.get_running_loop().time() + DIRECT_PAUSE
+        log.warning("direct gets on %s failed (%s); reading content through the leader and consumers for %d s. "
+                    "If this user's permissions are restricted, allow publishing to $JS.API.DIRECT.GET.%s and "
+                    "$JS.API.DIRECT.GET.%s.>", self.stream, type(err).__name__, DIRECT_PAUSE, self.stream, self.stream)
 
     def _meta_subject(self, cid: str) -> str:
         return f"$O.{self.bucket}.M.{base64.urlsafe_b64encode(cid.encode()).decode()}"

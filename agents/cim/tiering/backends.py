@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
@@ -37,10 +38,46 @@ S3_READ_CHUNK = 8 * 1024 * 1024
 SPOOL_IN_MEMORY = 32 * 1024**2  # larger sources spill to a temporary file while they are copied
 
 
-def digest_of(cid: str) -> bytes:
-    """The sha2-256 digest inside a raw CIDv1 (what S3's ChecksumSHA256 holds for a whole object)."""
-    raw = base64.b32decode(cid[1:].upper() + "=" * (-len(cid[1:]) % 8))
-    return raw[-32:]
+class _Crc32:
+    """zlib's CRC-32 behind hashlib's update/digest (big-endian, as S3's ChecksumCRC32)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+class S3Checksum:
+    """The checksum every S3 upload carries, computed over the bytes sent; the server refuses
+    (BadDigest) bytes that do not match it and reports it for what it stored, per object or,
+    multipart, as the composite of the parts' (the checksum of their checksums, "-N")."""
+
+    def __init__(self, algorithm: str) -> None:
+        self.algorithm = algorithm.upper()  # CRC32 or SHA256, S3's names
+        self.field = f"Checksum{self.algorithm}"
+
+    def new(self):
+        return hashlib.sha256() if self.algorithm == "SHA256" else _Crc32()
+
+    def digest(self, data) -> bytes:
+        h = self.new()
+        h.update(data)
+        return h.digest()
+
+    @staticmethod
+    def encode(digest: bytes) -> str:
+        return base64.b64encode(digest).decode()
+
+    def of_object(self, cid: str, data: bytes) -> str:
+        # SHA-256 over a whole object is the CID's own digest: nothing to compute.
+        return self.encode(cidlib.digest_of(cid) if self.algorithm == "SHA256" else self.digest(data))
+
+    def composite(self, part_digests: list[bytes]) -> str:
+        return f"{self.encode(self.digest(b''.join(part_digests)))}-{len(part_digests)}"
 
 
 async def verified(cid: str, size: int | None, chunks: AsyncIterator[bytes], where: str) -> AsyncIterator[bytes]:
@@ -67,15 +104,17 @@ async def verified(cid: str, size: int | None, chunks: AsyncIterator[bytes], whe
 
 
 class Spool:
-    """A verified source copied into memory or a temporary file. With `part_size` it is also
-    hashed in S3 part sizes, so a multipart object's composite checksum can be predicted;
-    without, nothing is hashed again (the source was verified against its CID already)."""
+    """A verified source copied into memory or a temporary file. With `part_size` and a
+    checksum it is also summed in S3 part sizes, so a multipart object's composite checksum
+    can be predicted; without, nothing is hashed again (the source was verified against its
+    CID already)."""
 
-    def __init__(self, part_size: int | None = None):
+    def __init__(self, part_size: int | None = None, checksum: S3Checksum | None = None):
         self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
         self.part_size = part_size
+        self.checksum = checksum or S3Checksum("crc32")
         self.part_digests: list[bytes] = []
-        self._part = hashlib.sha256()
+        self._part = self.checksum.new()
         self._in_part = 0
         self.size = 0
 
@@ -93,15 +132,14 @@ class Spool:
                 view = view[take:]
                 if self._in_part == self.part_size:
                     self.part_digests.append(self._part.digest())
-                    self._part, self._in_part = hashlib.sha256(), 0
+                    self._part, self._in_part = self.checksum.new(), 0
         if self.part_size is not None and (self._in_part or not self.part_digests):
             self.part_digests.append(self._part.digest())
         self.file.seek(0)
         return self
 
-    def composite_sha256(self) -> str:
-        joined = hashlib.sha256(b"".join(self.part_digests)).digest()
-        return f"{base64.b64encode(joined).decode()}-{len(self.part_digests)}"
+    def composite(self) -> str:
+        return self.checksum.composite(self.part_digests)
 
     def close(self) -> None:
         self.file.close()
@@ -173,7 +211,8 @@ class JetStreamBackend(Backend):
 
     async def get(self, cid: str, size: int | None = None) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self.content.get(cid):  # verified by the content store itself
+            # Verified by the content store itself; a move deletes what it read next.
+            async for chunk in self.content.get(cid, keep_location=True):
                 yield chunk
         except UnitNotFound:
             raise ObjectMissing(self.name, cid) from None
@@ -322,9 +361,9 @@ class S3Backend(Backend):
             aws_access_key_id=key,
             aws_secret_access_key=secret,
             config=botocore.config.Config(
-                # Every upload here carries its SHA-256 checksum in a signed header, which the
-                # server checks against the body; signing the body as well (what SigV4 does
-                # over plain http) would hash every byte once more for no more safety.
+                # Every upload here carries its checksum in a signed header, which the server
+                # checks against the body; signing the body as well (what SigV4 does over
+                # plain http) would hash every byte with SHA-256 once more for no more safety.
                 s3={"addressing_style": spec.addressing_style, "payload_signing_enabled": False},
                 # The agent retries with backoff itself; one quick retry here covers a blip.
                 retries={"max_attempts": 2, "mode": "standard"},
@@ -339,6 +378,7 @@ class S3Backend(Backend):
             max_concurrency=spec.max_concurrency,
             max_bandwidth=spec.max_bandwidth,
         )
+        self.checksum = S3Checksum(spec.checksum)
 
     def _key(self, name: str) -> str:
         return f"{self.spec.prefix}{name}"
@@ -399,38 +439,41 @@ class S3Backend(Backend):
         if multipart and self.spec.max_bandwidth is None:
             # Streamed: parts go up while the source is still being read, nothing is spooled.
             return await self._checked(cid, size, key, *await self._put_streaming(cid, key, source))
-        spool = await Spool(self.spec.multipart_chunksize if multipart else None).fill(source)
+        spool = await Spool(self.spec.multipart_chunksize if multipart else None, self.checksum).fill(source)
         echoed = None
         try:
             if not multipart:
-                # One request; the server checks the SHA-256 we send (BadDigest otherwise).
+                # One request; the server checks the checksum we send (BadDigest otherwise).
                 data = spool.file.read()
+                # (off the event loop when big: a CRC over 16 MiB takes milliseconds)
+                expected = (self.checksum.of_object(cid, data) if len(data) <= READ_CHUNK
+                            else await asyncio.to_thread(self.checksum.of_object, cid, data))
                 r = await self._call(
                     f"storing {cid}", self.client.put_object, Bucket=self.spec.bucket, Key=key, Body=data,
-                    ChecksumSHA256=base64.b64encode(digest_of(cid)).decode(),
+                    **{self.checksum.field: expected},
                 )
-                echoed = r.get("ChecksumSHA256")
+                echoed = r.get(self.checksum.field)
             else:
                 # Multipart, parts in parallel (bounded) and bandwidth-limited; each part's
-                # SHA-256 is checked by the server.
+                # checksum is checked by the server.
                 await self._call(
                     f"storing {cid}", self.client.upload_fileobj, spool.file, self.spec.bucket, key,
-                    ExtraArgs={"ChecksumAlgorithm": "SHA256"}, Config=self.transfer,
+                    ExtraArgs={"ChecksumAlgorithm": self.checksum.algorithm}, Config=self.transfer,
                 )
-            expected = spool.composite_sha256() if multipart else base64.b64encode(digest_of(cid)).decode()
+                expected = spool.composite()
         finally:
             spool.close()
         return await self._checked(cid, size, key, expected, echoed)
 
     async def _put_streaming(self, cid: str, key: str, source: AsyncIterator[bytes]) -> tuple[str, str | None]:
         """A multipart upload fed straight from `source`, up to max_concurrency parts in flight,
-        each with its SHA-256 checked by the server. `source` holds its last chunk back until
+        each with its checksum checked by the server. `source` holds its last chunk back until
         the CID checked out, so the last part (and the completion) only follow a good source;
         on any failure the upload is aborted and no object appears. Returns the expected
         composite checksum, and the one the server reports for what it assembled."""
         part_size = self.spec.multipart_chunksize
         upload = await self._call(f"storing {cid}", self.client.create_multipart_upload, Bucket=self.spec.bucket, Key=key,
-                                  ChecksumAlgorithm="SHA256")
+                                  ChecksumAlgorithm=self.checksum.algorithm)
         upload_id = upload["UploadId"]
         digests: list[bytes] = []
         parts: dict[int, dict] = {}
@@ -439,10 +482,10 @@ class S3Backend(Backend):
 
         async def send(number: int, data: bytes, digest: bytes) -> None:
             try:
-                checksum = base64.b64encode(digest).decode()
+                checksum = {self.checksum.field: self.checksum.encode(digest)}
                 r = await self._call(f"storing part {number} of {cid}", self.client.upload_part, Bucket=self.spec.bucket,
-                                     Key=key, UploadId=upload_id, PartNumber=number, Body=data, ChecksumSHA256=checksum)
-                parts[number] = {"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": checksum}
+                                     Key=key, UploadId=upload_id, PartNumber=number, Body=data, **checksum)
+                parts[number] = {"PartNumber": number, "ETag": r["ETag"], **checksum}
             finally:
                 gate.release()
 
@@ -450,7 +493,7 @@ class S3Backend(Backend):
             for t in [t for t in sending if t.done()]:
                 sending.discard(t)
                 t.result()  # a failed part fails the upload now
-            digest = await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
+            digest = await asyncio.to_thread(self.checksum.digest, data)
             digests.append(digest)
             await gate.acquire()
             sending.add(asyncio.create_task(send(len(digests), data, digest)))
@@ -481,11 +524,10 @@ class S3Backend(Backend):
                 await asyncio.to_thread(self.client.abort_multipart_upload, Bucket=self.spec.bucket, Key=key,
                                         UploadId=upload_id)
             raise
-        joined = hashlib.sha256(b"".join(digests)).digest()
-        return f"{base64.b64encode(joined).decode()}-{len(digests)}", done.get("ChecksumSHA256")
+        return self.checksum.composite(digests), done.get(self.checksum.field)
 
     async def _checked(self, cid: str, size: int, key: str, expected: str, echoed: str | None = None) -> str:
-        """Verified THERE: the SHA-256 checksum the server computed over what it stored, as
+        """Verified THERE: the checksum the server computed over what it stored, as
         its answer to the write reports it (the usual case: no further request) or as a HEAD
         reports it with the size; failing both, a read-back."""
         if echoed == expected:
@@ -495,7 +537,7 @@ class S3Backend(Backend):
         )
         if int(head.get("ContentLength", -1)) != size:
             raise TierUnavailable(f"{self.where()} holds {head.get('ContentLength')} of {size} bytes of {cid}")
-        if head.get("ChecksumSHA256") == expected:
+        if head.get(self.checksum.field) == expected:
             return "s3-checksum"
         await self.read_back(cid, size)  # the server keeps no usable checksum: hash it ourselves
         return "read-back"
@@ -522,7 +564,7 @@ class S3Backend(Backend):
     async def put_blob(self, key: str, data: bytes) -> None:
         await self._call(
             f"writing {key}", self.client.put_object, Bucket=self.spec.bucket, Key=self._key(key), Body=data,
-            ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+            **{self.checksum.field: self.checksum.encode(self.checksum.digest(data))},
         )
 
     async def get_blob(self, key: str) -> bytes | None:

@@ -67,6 +67,12 @@ class TierSpec(BaseModel):
     max_concurrency: int = Field(default=4, ge=1, le=64, description="parts in flight per transfer")
     max_bandwidth: Size | None = Field(default=None, description="bytes per second per transfer; unset: no limit")
     timeout: Duration = Field(default=10, gt=0, description="seconds to connect or read before the tier counts as down")
+    checksum: Literal["crc32", "sha256"] = Field(
+        default="crc32",
+        description="the S3 checksum each upload carries and the server checks against what it stored; the bytes "
+        "sent were hashed to their CID already, so this guards the transfer and the disk, as the AWS SDKs' own "
+        "CRC32 default does; sha256 makes the server hash every byte with SHA-256 too (about 10% slower)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TierSpec:
