@@ -99,7 +99,7 @@ async def main(args) -> None:
         # Raw boto3: the same objects from memory, the same transfer settings, 4 at a time.
         transfer = TransferConfig(multipart_threshold=spec.multipart_threshold, multipart_chunksize=spec.multipart_chunksize,
                                   max_concurrency=spec.max_concurrency)
-        gate = asyncio.Semaphore(4)
+        gate = asyncio.Semaphore(args.concurrency)
 
         def raw_put(key: str, data: bytes) -> None:
             if len(data) < spec.multipart_threshold:
@@ -135,7 +135,7 @@ async def main(args) -> None:
 
         async def migrate(n: int) -> None:
             index = await LocationIndex.build(events)
-            report = await Migrator(events, tiers, concurrency=4).run_policies(index, [Policy(name="all", to="warm")], {})
+            report = await Migrator(events, tiers, concurrency=args.concurrency).run_policies(index, [Policy(name="all", to="warm")], {})
             assert not report.failed and len(report.moved) == n, report.failed[:3]
 
         async def raw_gets(r: int, n: int) -> None:
@@ -200,4 +200,5 @@ if __name__ == "__main__":
     p.add_argument("--big-mib", type=int, default=32)
     p.add_argument("--small", type=int, default=64)
     p.add_argument("--small-kib", type=int, default=512)
+    p.add_argument("--concurrency", type=int, default=4, help="objects at once, raw and CIM alike")
     asyncio.run(main(p.parse_args()))

@@ -186,10 +186,11 @@ async def test_a_delete_after_a_read_never_trusts_a_location_that_changed_meanwh
     assert await chunks_left(nc, first.nuid) == 0 and await chunks_left(nc, second.nuid) == 0
 
 
-async def test_a_read_given_a_stale_index_entry_by_a_replica_asks_the_leader(units, nc):
+@pytest.mark.parametrize("size", [100, 300_000, 4 * 1024 * 1024 + 1])  # one chunk, a direct get, a consumer
+async def test_a_read_given_a_stale_index_entry_by_a_replica_asks_the_leader(units, nc, size):
     """A replica that lags answers a direct get with the entry from before the object was
     deleted and stored again: its chunks are gone, so the read asks the leader instead."""
-    data = os.urandom(300_000)
+    data = os.urandom(size)
     c = (await units.put_bytes(data)).unit.cid
     stale = await ContentStore(nc).locate(c)
     await units.content.delete(c)

@@ -313,7 +313,7 @@ class ContentStore:
                 if keep_location:
                     self._remember(loc)
                 return
-            except Exception:
+            except (CidMismatch, NotFoundError):
                 if started:
                     raise
                 # A replica's index entry can lag the leader's (the object deleted or stored
