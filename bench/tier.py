@@ -35,6 +35,7 @@ import nats
 from boto3.s3.transfer import TransferConfig
 
 from cim import gc_tuning
+from cim.connection import ConnectionSettings, connect
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.s3_server import S3Server
 from cim.events import EventStore
@@ -89,12 +90,14 @@ async def main(args) -> None:
         creds = tmp / "s3.creds"
         creds.write_text(f"AWS_ACCESS_KEY_ID={s3.access_key}\nAWS_SECRET_ACCESS_KEY={s3.secret_key}\n")
         spec = TierSpec(name="warm", url="s3://cim-warm/units", endpoint=s3.endpoint_url, credentials_file=creds)
-        nc = await nats.connect(server.url)
+        nc = await nats.connect(server.url)  # the bare copy's: plain nats-py
+        # CIM's side on a connection made as the tier agent makes its own.
+        agent_nc = await connect(ConnectionSettings(servers=[server.url]))
         gc_tuning.tune()  # as the agent runtime does once an agent has started
         await provision(nc, ProvisionSpec())
-        store, events = UnitStore(nc), EventStore(nc)
+        store, events = UnitStore(agent_nc), EventStore(agent_nc)
         warm = S3Backend(spec)
-        tiers = {"hot": JetStreamBackend(TierSpec(name="hot", url="jetstream://CIM_CONTENT"), nc), "warm": warm}
+        tiers = {"hot": JetStreamBackend(TierSpec(name="hot", url="jetstream://CIM_CONTENT"), agent_nc), "warm": warm}
         meter = Meter(server, s3)
         # Raw boto3: the same objects from memory, the same transfer settings, 4 at a time.
         transfer = TransferConfig(multipart_threshold=spec.multipart_threshold, multipart_chunksize=spec.multipart_chunksize,
@@ -187,6 +190,7 @@ async def main(args) -> None:
             mean = [statistics.mean(x[i] for x in runs) for i in range(3)]
             print(f"cpu seconds per round, {name:<10} client {mean[0]:.2f}  nats-server {mean[1]:.2f}  S3 server {mean[2]:.2f}")
         await nc.close()
+        await agent_nc.close()
     finally:
         s3.stop()
         server.stop()
