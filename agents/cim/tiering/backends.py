@@ -421,15 +421,25 @@ class S3Backend(Backend):
         await self._call("checking the bucket", self.client.head_bucket, Bucket=self.spec.bucket)
 
     async def _raw_get(self, cid: str) -> AsyncIterator[bytes]:
-        resp = await self._call(f"reading {cid}", self.client.get_object, Bucket=self.spec.bucket, Key=self._key(cid), cid=cid)
+        def open_and_read_small():
+            # One hop to a worker thread for most objects: the request and, when the whole
+            # object fits one read, the body with it.
+            resp = self.client.get_object(Bucket=self.spec.bucket, Key=self._key(cid))
+            if int(resp.get("ContentLength", 0)) > S3_READ_CHUNK:
+                return resp, None
+            with contextlib.closing(resp["Body"]) as body:
+                return resp, body.read()
+
+        resp, whole = await self._call(f"reading {cid}", open_and_read_small, cid=cid)
+        if whole is not None:
+            if whole:
+                yield whole
+            return
         body = resp["Body"]
-        # Big reads: each one is a hop to a worker thread, so fewer of them keeps up with the wire.
-        block = S3_READ_CHUNK if int(resp.get("ContentLength", 0)) > S3_READ_CHUNK else None
         try:
-            while chunk := await self._call(f"reading {cid}", body.read, block):
+            # Big reads: each one is a hop to a worker thread, so fewer of them keeps up with the wire.
+            while chunk := await self._call(f"reading {cid}", body.read, S3_READ_CHUNK):
                 yield chunk
-                if block is None:
-                    break
         finally:
             body.close()
 
