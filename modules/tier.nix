@@ -77,6 +77,7 @@ let
     url = "s3://${cfg.archive.bucket}/${cfg.archive.prefix}";
     inherit (cfg.archive) endpoint region;
     addressing_style = cfg.archive.addressingStyle;
+    inherit (cfg.archive) checksum;
     credentials_file = credentialPath "tier-archive";
   };
   minioPort = lib.toInt (lib.last (lib.splitString ":" cfg.minio.listenAddress));
@@ -141,6 +142,15 @@ in
         type = lib.types.enum [ "path" "virtual" "auto" ];
         default = "path";
         description = "S3 addressing style of the archive.";
+      };
+      checksum = lib.mkOption {
+        type = lib.types.enum [ "crc32" "sha256" ];
+        default = "crc32";
+        description = ''
+          The S3 checksum every upload to the archive carries, checked by the server against what it stored.
+          The bytes were hashed to their CID already; `sha256` makes the server hash them with SHA-256 too
+          (slower). Other tiers take `checksum` in their attrset.
+        '';
       };
       credentialsFile = lib.mkOption {
         type = secrets.fileType;

@@ -64,6 +64,7 @@ let
             endpoint = "https://s3.eu-central-1.wasabisys.com";
             bucket = "acme-cim";
             region = "eu-central-1";
+            checksum = "sha256";
             credentialsFile = "/run/keys/cim-wasabi.env";
           };
           policies = {
@@ -737,6 +738,10 @@ let
           credentials_file = "/run/credentials/cim-agent.service/tier-archive";
         }
       ];
+    };
+    "tier: the archive's checksum reaches its settings; other tiers take the default" = {
+      expr = map (t: t.checksum or "crc32") withTier.services.cim.tier.settings.tiers;
+      expected = [ "crc32" "sha256" ];
     };
     "tier: policies are named by their attribute, backups go to the archive" = {
       expr = {
