@@ -104,17 +104,16 @@ async def verified(cid: str, size: int | None, chunks: AsyncIterator[bytes], whe
 
 
 class Spool:
-    """A verified source copied into memory or a temporary file. With `part_size` and a
-    checksum it is also summed in S3 part sizes, so a multipart object's composite checksum
-    can be predicted; without, nothing is hashed again (the source was verified against its
-    CID already)."""
+    """A verified source copied into memory or a temporary file. With `parts` (a part size
+    and a checksum) it is also summed in S3 part sizes, so a multipart object's composite
+    checksum can be predicted; without, nothing is hashed again (the source was verified
+    against its CID already)."""
 
-    def __init__(self, part_size: int | None = None, checksum: S3Checksum | None = None):
+    def __init__(self, parts: tuple[int, S3Checksum] | None = None):
         self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
-        self.part_size = part_size
-        self.checksum = checksum or S3Checksum("crc32")
+        self.parts = parts
         self.part_digests: list[bytes] = []
-        self._part = self.checksum.new()
+        self._part = parts[1].new() if parts else None
         self._in_part = 0
         self.size = 0
 
@@ -122,24 +121,26 @@ class Spool:
         async for chunk in chunks:
             self.file.write(chunk)
             self.size += len(chunk)
-            if self.part_size is None:
+            if self.parts is None:
                 continue
+            part_size, checksum = self.parts
             view = memoryview(chunk)
             while view:
-                take = min(len(view), self.part_size - self._in_part)
+                take = min(len(view), part_size - self._in_part)
                 self._part.update(view[:take])
                 self._in_part += take
                 view = view[take:]
-                if self._in_part == self.part_size:
+                if self._in_part == part_size:
                     self.part_digests.append(self._part.digest())
-                    self._part, self._in_part = self.checksum.new(), 0
-        if self.part_size is not None and (self._in_part or not self.part_digests):
+                    self._part, self._in_part = checksum.new(), 0
+        if self.parts is not None and (self._in_part or not self.part_digests):
             self.part_digests.append(self._part.digest())
         self.file.seek(0)
         return self
 
     def composite(self) -> str:
-        return self.checksum.composite(self.part_digests)
+        assert self.parts is not None, "a spool without parts has no composite checksum"
+        return self.parts[1].composite(self.part_digests)
 
     def close(self) -> None:
         self.file.close()
@@ -449,7 +450,7 @@ class S3Backend(Backend):
         if multipart and self.spec.max_bandwidth is None:
             # Streamed: parts go up while the source is still being read, nothing is spooled.
             return await self._checked(cid, size, key, *await self._put_streaming(cid, key, source))
-        spool = await Spool(self.spec.multipart_chunksize if multipart else None, self.checksum).fill(source)
+        spool = await Spool((self.spec.multipart_chunksize, self.checksum) if multipart else None).fill(source)
         echoed = None
         try:
             if not multipart:
