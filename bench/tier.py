@@ -2,6 +2,7 @@
 measured in one run against the same S3 server (`weed mini`) and nats-server.
 
     python bench/tier.py [--rounds 3] [--big 4] [--big-mib 32] [--small 64] [--small-kib 512]
+                         [--concurrency 4] [--s3-own-cores]
 
 Each round puts fresh units, then runs raw and CIM in alternating order; the figures are
 the median and range of the rounds' ratios.
@@ -73,6 +74,26 @@ class Meter:
         return wall, [a - b for a, b in zip(after, before, strict=True)]
 
 
+def split_cpus() -> tuple[set[int], set[int]]:
+    """--s3-own-cores: the S3 server on one half of this machine's CPUs, this process and
+    nats-server on the other, as when the S3 server is a host of its own (Wasabi, or MinIO
+    on a bigger box) instead of competing with the agent for the same cores."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--s3-own-cores needs at least 2 CPUs; run without it")
+    half = len(cpus) // 2
+    return set(cpus[half:]), set(cpus[:half])
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a running process onto `cpus`; threads it starts later inherit them."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
@@ -84,6 +105,12 @@ async def main(args) -> None:
     server.start()
     s3.start()
     try:
+        if args.s3_own_cores:
+            s3_cpus, other_cpus = split_cpus()
+            pin(s3.pid, s3_cpus)
+            for pid in (server.pid, os.getpid()):
+                pin(pid, other_cpus)
+            print(f"S3 server on CPUs {sorted(s3_cpus)}; this process and nats-server on {sorted(other_cpus)}")
         client = s3.boto3_client()
         for b in ("raw-bench", "cim-warm"):
             client.create_bucket(Bucket=b)
@@ -205,4 +232,6 @@ if __name__ == "__main__":
     p.add_argument("--small", type=int, default=64)
     p.add_argument("--small-kib", type=int, default=512)
     p.add_argument("--concurrency", type=int, default=4, help="objects at once, raw and CIM alike")
+    p.add_argument("--s3-own-cores", action="store_true",
+                   help="give the S3 server half of the CPUs to itself, as a separate S3 host would have")
     asyncio.run(main(p.parse_args()))
