@@ -27,8 +27,7 @@
       ];
       forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
 
-      # The capabilities whose module exists in this version.
-      withModule = builtins.filter (name: builtins.pathExists ./modules/${name}.nix) capabilities.names;
+      pythonDeps = import ./nix/python-deps.nix { inherit lib; };
 
       evalTests = pkgs: import ./tests/nix { inherit (pkgs) lib; };
 
@@ -39,18 +38,16 @@
     {
       overlays.default = final: prev: { cim = final.callPackage ./package.nix { }; };
 
+      # `default` is the path ./modules, so every module that imports it shares one key and
+      # NixOS imports it once: `default` + `store`, or `store` + `hub`, define each option once.
       nixosModules =
         {
-          default =
-            { lib, pkgs, ... }:
-            {
-              imports = [ ./modules ];
-              services.cim.package = lib.mkDefault (pkgs.callPackage ./package.nix { });
-            };
+          default = ./modules;
         }
         # nixosModules.<capability>: CIM with that capability switched on.
-        // lib.genAttrs withModule (name: {
-          imports = [ self.nixosModules.default ];
+        // lib.genAttrs capabilities.names (name: {
+          key = "cim#nixosModules.${name}";
+          imports = [ ./modules ];
           services.cim.${name}.enable = lib.mkDefault true;
         });
 
@@ -79,7 +76,8 @@
       colmena =
         {
           meta = {
-            nixpkgs = import nixpkgs { system = "x86_64-linux"; };
+            # The same package set the nixosConfigurations get, not a second import of nixpkgs.
+            nixpkgs = nixpkgs.legacyPackages.x86_64-linux;
             description = "CIM: a leaf and a 3-node cluster";
           };
         }
@@ -133,27 +131,14 @@
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
+          # pyproject.toml's runtime and test requirements, through the same table as the package.
           packages = [
-            (pkgs.python3.withPackages (
-              ps: with ps; [
-                nats-py
-                nkeys
-                pydantic
-                typer
-                jinja2
-                boto3
-                prometheus-client
-                pytest
-                pytest-asyncio
-                pytest-timeout
-                hypothesis
-              ]
-            ))
-            pkgs.nats-server
+            (pkgs.python3.withPackages (ps: pythonDeps.dependencies ps ++ pythonDeps.testDependencies ps))
             pkgs.natscli
-            pkgs.nixfmt-rfc-style
+            pkgs.nixfmt
             colmena.packages.${pkgs.stdenv.hostPlatform.system}.colmena
-          ];
+          ]
+          ++ pythonDeps.testPrograms pkgs;
           # The evaluation tests find nixpkgs' lib here.
           CIM_NIXPKGS_LIB = "${nixpkgs}/lib";
         };

@@ -5,6 +5,8 @@
 }:
 let
   pyproject = lib.importTOML ./pyproject.toml;
+  # Derived from pyproject.toml's [project] dependencies: one list, no second edit.
+  pythonDeps = import ./nix/python-deps.nix { inherit lib; };
 in
 python3Packages.buildPythonApplication {
   pname = "cim";
@@ -23,15 +25,7 @@ python3Packages.buildPythonApplication {
 
   build-system = [ python3Packages.setuptools ];
 
-  dependencies = with python3Packages; [
-    nats-py
-    nkeys
-    pydantic
-    typer
-    jinja2
-    boto3
-    prometheus-client
-  ];
+  dependencies = pythonDeps.dependencies python3Packages;
 
   pythonImportsCheck = [
     "cim"

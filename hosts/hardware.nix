@@ -4,7 +4,9 @@
 { lib, ... }:
 {
   nixpkgs.hostPlatform = lib.mkDefault "x86_64-linux";
-  boot.loader.grub.devices = lib.mkDefault [ "/dev/sda" ];
+  # `device`, not `devices`: grub.nix defines `devices` itself at normal priority, which
+  # would drop a mkDefault list here and leave the system unbootable.
+  boot.loader.grub.device = lib.mkDefault "/dev/sda";
   fileSystems."/" = lib.mkDefault {
     device = "/dev/disk/by-label/nixos";
     fsType = "ext4";

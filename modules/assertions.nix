@@ -16,26 +16,6 @@ let
   defined = builtins.filter (name: top ? ${name} && top.${name} ? enable) capabilities.names;
   enabled = builtins.filter (name: top.${name}.enable) defined;
 
-  # Keys that would put a secret into a rendered config (the agents refuse them too).
-  inlineSecretKeys = [
-    "password"
-    "nkey_seed"
-    "seed"
-    "token"
-    "creds"
-  ];
-  inlineSecrets =
-    prefix: value:
-    if builtins.isAttrs value then
-      lib.concatLists (
-        lib.mapAttrsToList (
-          key: v:
-          lib.optional (builtins.elem key inlineSecretKeys) "${prefix}.${key}" ++ inlineSecrets "${prefix}.${key}" v
-        ) value
-      )
-    else
-      [ ];
-
   problem = message: {
     assertion = false;
     inherit message;
@@ -62,10 +42,7 @@ let
     ]
     ++ fileChecks ({ "${opt}.nkeySeedFile" = cfg.nkeySeedFile; } // lib.mapAttrs' (id: f: lib.nameValuePair "${opt}.secretFiles.${id}" f) cfg.secretFiles)
     ++ keyChecks { "${opt}.nkeyPublicKey" = cfg.nkeyPublicKey; }
-    ++ map (
-      path:
-      problem "${path} would put a secret into the rendered config (in the Nix store). Write the secret to a file and set the matching `*_file` key (e.g. nkey_seed_file) to its path instead."
-    ) (inlineSecrets "${opt}.settings" cfg.settings);
+    ++ map (path: problem (secrets.inlineSecretMessage path)) (secrets.inlineSecrets "${opt}.settings" cfg.settings);
 
   tlsChecks = lib.concatLists (
     lib.mapAttrsToList (
@@ -120,7 +97,10 @@ in
           lib.imap0 (i: key: lib.nameValuePair "services.cim.nats.leafnodes.publicKeys.${toString i}" key) top.nats.leafnodes.publicKeys
         )
       )
-      ++ tlsChecks;
+      ++ tlsChecks
+      ++ map (path: problem (secrets.inlineSecretMessage path)) (
+        secrets.inlineSecrets "services.cim.provision" { inherit (top.provision) streams consumers kv objects; }
+      );
     })
   ];
 }

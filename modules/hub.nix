@@ -85,21 +85,6 @@ let
   webhookId = name: "webhook-${name}";
   connectorId = name: key: "connector-${name}-${key}";
 
-  # Keys that would carry a secret inline (the agent would refuse most of them at build time,
-  # but by then the JSON is already in the store).
-  secretLooking = key: builtins.match ".*(secret|password|token|access_key).*" key != null && !(lib.hasSuffix "_file" key);
-  inlineSecrets =
-    prefix: value:
-    if builtins.isAttrs value then
-      lib.concatLists (
-        lib.mapAttrsToList (
-          key: v: lib.optional (secretLooking key) "${prefix}.${key}" ++ inlineSecrets "${prefix}.${key}" v
-        ) value
-      )
-    else if builtins.isList value then
-      lib.concatLists (lib.imap0 (i: v: inlineSecrets "${prefix}.${toString i}" v) value)
-    else
-      [ ];
 in
 {
   imports = [
@@ -279,10 +264,6 @@ in
             ) cfg.connectors
           )
         )
-      )
-      ++ map (path: {
-        assertion = false;
-        message = "${path} would put a secret into the rendered config (in the Nix store). Put it in a file outside the store and use the matching file option (${opt}.tokensFile, ${opt}.webhooks.NAME.secretFile, ${opt}.connectors.NAME.secretFiles) instead.";
-      }) (inlineSecrets "${opt}.settings" cfg.settings);
+      );
   };
 }

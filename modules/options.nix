@@ -31,7 +31,14 @@ in
   options.services.cim = {
     enable = lib.mkEnableOption "CIM, the Composable Information Machine (NATS JetStream on this host, provisioning, and the capabilities enabled below)";
 
-    package = lib.mkPackageOption pkgs "cim" { };
+    package = lib.mkOption {
+      type = lib.types.package;
+      # Built from this checkout, so the modules work imported by path as well as through
+      # the flake. With the flake's overlay applied, `pkgs.cim` is the same package.
+      default = pkgs.callPackage ../package.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { }";
+      description = "The `cim` package: the agents and the `cim` command.";
+    };
 
     topology = lib.mkOption {
       type = lib.types.enum [

@@ -36,4 +36,45 @@ rec {
       "${option} = \"${value}\" is not a user nkey public key (56 characters starting with U); use the key that `cim keys new` prints."
     else
       null;
+
+  # Keys of a rendered config (agent settings, provisioning spec) that would carry a secret
+  # inline. Every secret an agent reads is named by a `*_file` key instead, so these are
+  # always a mistake. Case does not matter: `awsSecretAccessKey` counts as much as
+  # `aws_secret_access_key`.
+  secretLookingKey =
+    key:
+    builtins.match ".*(secret|password|passwd|token|seed|creds|credential|access_key|accesskey|private_key|privatekey|api_key|apikey).*" (lib.toLower key) != null
+    && !(lib.hasSuffix "_file" key)
+    && !(lib.hasSuffix "File" key);
+
+  # THE rule for inline secrets, used for every value rendered into the Nix store: the
+  # option paths under `prefix` whose key looks like a secret and holds a value, or whose
+  # value is an nkey seed, through attrsets and lists at any depth.
+  inlineSecrets =
+    prefix: value:
+    if builtins.isAttrs value then
+      lib.concatLists (
+        lib.mapAttrsToList (
+          key: v:
+          let
+            path = "${prefix}.${key}";
+          in
+          if secretLookingKey key && (builtins.isString v || builtins.isInt v || builtins.isFloat v) then
+            [ path ]
+          else
+            inlineSecrets path v
+        ) value
+      )
+    else if builtins.isList value then
+      lib.concatLists (lib.imap0 (i: v: inlineSecrets "${prefix}.${toString i}" v) value)
+    else if looksLikeSeed value then
+      [ prefix ]
+    else
+      [ ];
+
+  # The assertion message for one such path.
+  inlineSecretMessage =
+    path:
+    "${path} would put a secret into the rendered config, which lands in the world-readable Nix store. Write the secret to a file outside the store (e.g. under /run/keys) and name that file instead: a `*File` option of services.cim, or the matching `*_file` settings key.";
 }
+

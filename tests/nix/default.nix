@@ -29,7 +29,7 @@ let
   storeContainer = config: config.containers.cim-store;
   storeUnit = config: (storeContainer config).config.systemd.services.cim-agent;
   # A leaf with the registry as well (its key made by `cim keys new registry`, seed discarded).
-  registryKey = "UBURQZPXTK3F7MQWB33KCHLGPOBLSWL53Q73IIV52EDWYZHAD6VYKXOK";
+  registryKey = f.agentKeys.registry;
   withRegistry = cfgOf (
     f.leaf
     ++ [
@@ -48,7 +48,7 @@ let
   );
   registryContainer = config: config.containers.cim-registry;
   # A leaf with tiering: MinIO on the host as `warm`, Wasabi as the archive, two policies.
-  tierKey = "UCOJ2BQHBQ5QGYNFUWAOBXTFR4JUSX2HVN3K7RC2ZGM4GZ6Z3DLZKQ7A";
+  tierKey = f.agentKeys.tier;
   tierModules = f.leaf ++ [
       {
         services.cim.tier = {
@@ -77,7 +77,7 @@ let
   withTier = cfgOf tierModules;
   tierContainer = withTier.containers.cim-tier;
   # A leaf with the pipeline engine and two pipelines declared as Nix attrsets.
-  pipelineKey = "UBXDUVWRGIWAK3WC7BZ2DBPY5DDQFEDT73LXJCWPEEZP74TJBN54DHCM";
+  pipelineKey = f.agentKeys.pipeline;
   withPipeline = cfgOf (
     f.leaf
     ++ [
@@ -100,8 +100,8 @@ let
 
   # A leaf with the hub and the dashboard, each behind nginx, every secret a file (keys made
   # by `cim keys new hub` / `cim keys new ui`, seeds discarded).
-  hubKey = "UCPXDPH4KWINP5RB2HOIHVA67YHDMHEEBR7CCHEKY27WNQIM4GQ5MM7B";
-  uiKey = "UAKAJXSFJ6V55UOXUN2GP74A7F3IVJ4CFRKAXL6EZRBXXUGCBHCPXCLZ";
+  hubKey = f.agentKeys.hub;
+  uiKey = f.agentKeys.ui;
   hubUiModules = f.leaf ++ [
     {
       services.cim.hub = {
@@ -150,16 +150,7 @@ let
       lib.concatMap strings (builtins.attrValues value)
     else
       [ ];
-  # All a configuration defines, minus the options nixpkgs leaves without a value until
-  # a system is built (a container's `path`, unset start limits).
-  services = lib.mapAttrs (_: s: removeAttrs s [ "startLimitBurst" "startLimitIntervalSec" ]);
-  system = c: {
-    inherit (c) services networking environment;
-    systemd.services = services c.systemd.services;
-  };
-  everything = c: system c // {
-    containers = lib.mapAttrs (_: ct: removeAttrs ct [ "path" "config" ] // { config = system ct.config; }) c.containers;
-  };
+  everything = h.systemOf;
   hasSeed = value: lib.any (s: builtins.match ".*S[UNAOC][A-Z2-7]{56}.*" s != null) (strings value);
 
   # The assertions a broken configuration trips, by a substring of their message.
@@ -429,7 +420,7 @@ let
         expected = {
           Type = "oneshot";
           LoadCredential = [ "admin:/run/keys/cim-admin.nk" ];
-          ExecStart = "${h.pkgs.cim}/bin/cim --server nats://127.0.0.1:4222 --nkey %d/admin provision --spec ${leaf.services.cim.provision.specFile}";
+          ExecStart = "${leaf.services.cim.package}/bin/cim --server nats://127.0.0.1:4222 --nkey %d/admin provision --spec ${leaf.services.cim.provision.specFile}";
           after = [ "nats.service" ];
           requires = [ "nats.service" ];
           restartTriggers = [ leaf.services.cim.provision.specFile ];
@@ -479,7 +470,7 @@ let
         check = lib.hasInfix "bin/cim config check" (storeContainer leaf).config.environment.etc."cim/store.json".source.script;
       };
       expected = {
-        exec = "${h.pkgs.cim}/bin/cim agent run store --config /etc/cim/store.json";
+        exec = "${leaf.services.cim.package}/bin/cim agent run store --config /etc/cim/store.json";
         etc = "cim-store-config";
         check = true;
       };
@@ -597,7 +588,7 @@ let
         privateNetwork = true;
         hostAddress = "10.233.3.1";
         localAddress = "10.233.3.2";
-        exec = "${h.pkgs.cim}/bin/cim agent run registry --config /etc/cim/registry.json";
+        exec = "${leaf.services.cim.package}/bin/cim agent run registry --config /etc/cim/registry.json";
         etc = "cim-registry-config";
       };
     };
@@ -797,13 +788,13 @@ let
           forwardPorts = [ { protocol = "tcp"; hostPort = 8471; containerPort = 8471; } ];
           localAddress = "10.233.1.2";
           inside = [ 8471 9464 ];
-          exec = "${h.pkgs.cim}/bin/cim agent run hub --config /etc/cim/hub.json";
+          exec = "${leaf.services.cim.package}/bin/cim agent run hub --config /etc/cim/hub.json";
         };
         cim-ui = {
           forwardPorts = [ { protocol = "tcp"; hostPort = 8470; containerPort = 8470; } ];
           localAddress = "10.233.6.2";
           inside = [ 8470 9464 ];
-          exec = "${h.pkgs.cim}/bin/cim agent run ui --config /etc/cim/ui.json";
+          exec = "${leaf.services.cim.package}/bin/cim agent run ui --config /etc/cim/ui.json";
         };
       };
     };
@@ -1030,7 +1021,28 @@ let
     ) "services.cim.hub.tokensFile is not set";
     "assertion: hub tokens inline in the settings" = fires (
       hubUiModules ++ [ { services.cim.hub.settings.tokens = [ { name = "ci"; token = "0123456789abcdef"; } ]; } ]
-    ) "services.cim.hub.settings.tokens would put a secret";
+    ) "services.cim.hub.settings.tokens.0.token would put a secret";
+
+    # --- one rule for inline secrets, through attrsets and lists, in every capability ---
+    "inline secret: an S3 secret key in a tier, inside the rendered tiers list" = fires (
+      tierModules ++ [ { services.cim.tier.tiers.cold = { url = "s3://cold/units"; credentialsFile = "/run/keys/cold.env"; aws_secret_access_key = "abc"; }; } ]
+    ) "services.cim.tier.settings.tiers.1.aws_secret_access_key would put a secret";
+    "inline secret: a camelCase key deep in a pipeline step's settings" = fires (
+      f.leaf ++ [ { services.cim.pipeline = { enable = true; nkeyPublicKey = pipelineKey; nkeySeedFile = "/run/keys/p.nk"; pipelines.p.steps = [ { name = "x"; plugin = "extract"; settings.ocr.apiKey = "k"; } ]; }; } ]
+    ) "services.cim.pipeline.settings.pipelines.0.steps.0.settings.ocr.apiKey would put a secret";
+    "inline secret: a NATS password in an agent's connection settings" = fires (
+      f.leaf ++ [ { services.cim.store.settings.nats.password = "p"; } ]
+    ) "services.cim.store.settings.nats.password would put a secret";
+    "inline secret: an nkey seed as a list element, whatever its key" = fires (
+      f.leaf ++ [ { services.cim.store.settings.extra_users = [ f.fakeSeed ]; } ]
+    ) "services.cim.store.settings.extra_users.0 would put a secret";
+    "inline secret: a password in a provisioned stream's spec" = fires (
+      f.leaf ++ [ { services.cim.provision.streams = [ { name = "X"; sources = [ { external.password = "p"; } ]; } ]; } ]
+    ) "services.cim.provision.streams.0.sources.0.external.password would put a secret";
+    "inline secret: a *_file key and a null value are not secrets" = {
+      expr = h.failedAssertions (cfgOf (f.leaf ++ [ { services.cim.store.settings = { nats.password_file = "/run/keys/p"; token = null; }; } ]));
+      expected = [ ];
+    };
     "assertion: a webhook secret inline" = fires (
       hubUiModules ++ [ { services.cim.hub.webhooks.ci.secret = "shared"; } ]
     ) "services.cim.hub.settings.webhooks.0.secret would put a secret";
@@ -1063,6 +1075,9 @@ let
     ) "certFile and keyFile go together";
   };
 
+  # The flake's outputs, evaluated as `nix flake check` and `nixos-rebuild` would.
+  allTests = tests // import ./flake-tests.nix { inherit lib; };
+
   results = lib.mapAttrs (
     name: t:
     let
@@ -1078,14 +1093,14 @@ let
         ok = tried.value == t.expected;
         got = if t ? got then t.got else tried.value;
       }
-  ) tests;
+  ) allTests;
 in
 {
-  count = builtins.length (builtins.attrNames tests);
+  count = builtins.length (builtins.attrNames allTests);
   failures = lib.mapAttrsToList (name: r: {
     inherit name;
     inherit (r) got;
-    expected = tests.${name}.expected;
+    expected = allTests.${name}.expected;
   }) (lib.filterAttrs (_: r: !r.ok) results);
   # Rendered agent configs, for `cim config check` (tests/test_nix_eval.py).
   agentConfigs = {

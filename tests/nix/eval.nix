@@ -1,25 +1,47 @@
 # Evaluate the CIM modules without nixpkgs: nixpkgs' lib.evalModules against the strict
 # NixOS option declarations in ./nixos-options.nix and the stand-in pkgs in ./fake-pkgs.nix.
 { lib }:
-let
-  pkgs = import ./fake-pkgs.nix { inherit lib; };
-in
 rec {
-  inherit pkgs;
+  pkgs = import ./fake-pkgs.nix {
+    inherit lib;
+    runNixOSTest = import ./run-nixos-test.nix { inherit lib evalNixos; };
+  };
 
-  eval =
+  # A NixOS system of exactly these modules (nothing of CIM unless they import it).
+  evalNixos =
     modules:
     lib.evalModules {
-      modules = [
-        ./nixos-options.nix
-        ../../modules
-      ] ++ modules;
+      modules = [ ./nixos-options.nix ] ++ modules;
       specialArgs = { inherit pkgs; };
     };
+
+  # A NixOS system with all of services.cim.
+  eval = modules: evalNixos ([ ../../modules ] ++ modules);
 
   # The messages of the assertions that fail, as `nixos-rebuild` would print them.
   failedAssertions =
     config: map (a: a.message) (builtins.filter (a: !a.assertion) config.assertions);
+
+  # All a configuration defines that a build would read, minus the options nixpkgs leaves
+  # without a value until they are needed: a container's `path`, unset start limits, the
+  # package of a service that is off (services.garage.package has no default).
+  systemOf =
+    c:
+    let
+      services = lib.mapAttrs (_: s: removeAttrs s [ "startLimitBurst" "startLimitIntervalSec" ]);
+      plain = c: {
+        services = lib.filterAttrs (_: s: !(s ? enable) || !(builtins.isBool s.enable) || s.enable) c.services;
+        inherit (c) networking environment users;
+        systemd = {
+          services = services c.systemd.services;
+          inherit (c.systemd) paths tmpfiles;
+        };
+      };
+    in
+    plain c
+    // {
+      containers = lib.mapAttrs (_: ct: removeAttrs ct [ "path" "config" ] // { config = plain ct.config; }) c.containers;
+    };
 
   # Does evaluating `value` fully fail (a type error, an unknown option, a throw)?
   fails = value: !(builtins.tryEval (builtins.deepSeq value value)).success;

@@ -20,10 +20,13 @@ let
     name = "systemd option";
     merge =
       loc: defs:
-      if lib.any (def: lib.isList def.value) defs then
-        lib.concatMap (def: lib.toList def.value) defs
+      let
+        defs' = lib.filterOverrides defs;
+      in
+      if lib.any (def: lib.isList def.value) defs' then
+        lib.concatMap (def: lib.toList def.value) defs'
       else
-        lib.mergeEqualOption loc defs;
+        lib.mergeEqualOption loc defs';
   };
 
   # nixos/lib/systemd-unit-options.nix: checkService (Type and Restart must be known values).
@@ -228,11 +231,24 @@ let
         (lib.evalModules {
           modules = [
             ./nixos-options.nix
+            # What nixos-containers.nix puts into every container's config (extraConfig).
             {
-              boot.isContainer = true;
+              nixpkgs.hostPlatform = pkgs.stdenv.hostPlatform.system;
+              boot.isNspawnContainer = true;
               networking.hostName = lib.mkDefault containerName;
+              networking.useDHCP = false;
+              assertions = [
+                {
+                  # The 11-character limit applies only to host kernels up to 5.8; 26.05's are newer.
+                  assertion = !lib.strings.hasInfix "_" containerName;
+                  message = "Names containing underscores are not allowed in nixos-containers. Please rename the container '${containerName}'";
+                }
+              ];
             }
           ] ++ map (def: def.value) defs;
+          # nixos-containers.nix passes `containers.<name>.specialArgs` and nothing else: the
+          # container makes its own pkgs unless its config sets nixpkgs.pkgs. Here `pkgs` is
+          # the stand-in, handed over as the module argument nixpkgs.nix would make.
           specialArgs = { inherit pkgs; };
         }).config;
     };
@@ -290,6 +306,14 @@ let
         autoStart = mkOption {
           type = types.bool;
           default = false;
+        };
+        flake = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+        };
+        localMacAddress = mkOption {
+          type = types.nullOr (types.strMatching "([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}");
+          default = null;
         };
         restartIfChanged = mkOption {
           type = types.bool;
@@ -453,6 +477,12 @@ let
   natsFormat = pkgs.formats.json { };
 in
 {
+  imports = [
+    ./nixos/networking.nix
+    ./nixos/nixpkgs.nix
+    ./nixos/garage.nix
+  ];
+
   options = {
     # nixos/modules/misc/assertions.nix.
     assertions = mkOption {
@@ -475,11 +505,15 @@ in
     # nixos/modules/virtualisation/nixos-containers.nix.
     boot.isContainer = mkOption {
       type = types.bool;
+      default = config.boot.isNspawnContainer;
+    };
+    boot.isNspawnContainer = mkOption {
+      type = types.bool;
       default = false;
     };
     boot.enableContainers = mkOption {
       type = types.bool;
-      default = true;
+      default = config.containers != { };
     };
     containers = mkOption {
       type = types.attrsOf containerType;
@@ -522,6 +556,37 @@ in
     # nixos/modules/system/boot/systemd.nix.
     systemd.services = mkOption {
       type = types.attrsOf serviceType;
+      default = { };
+    };
+    # nixos/lib/systemd-types.nix: paths (stage2CommonUnitOptions + pathOptions).
+    systemd.paths = mkOption {
+      type = types.attrsOf (
+        types.submodule {
+          options = {
+            enable = mkOption {
+              type = types.bool;
+              default = true;
+            };
+            description = mkOption {
+              type = types.singleLineStr;
+              default = "";
+            };
+            wantedBy = unitList;
+            requiredBy = unitList;
+            after = unitList;
+            before = unitList;
+            wants = unitList;
+            unitConfig = mkOption {
+              type = types.attrsOf unitOption;
+              default = { };
+            };
+            pathConfig = mkOption {
+              type = types.attrsOf unitOption;
+              default = { };
+            };
+          };
+        }
+      );
       default = { };
     };
     # nixos/modules/system/boot/systemd/tmpfiles.nix.

@@ -8,10 +8,11 @@ in
 
   # A CIM host with the store capability; seeds are expected in /run/keys.
   cimNode =
-    { pkgs, ... }:
+    { lib, pkgs, ... }:
     {
       imports = [ self.nixosModules.default ];
-      virtualisation.memorySize = 2048;
+      # mkDefault: a test that needs more (tiering) sets its own size.
+      virtualisation.memorySize = lib.mkDefault 2048;
       environment.systemPackages = [
         pkgs.natscli
         pkgs.jq
