@@ -1,4 +1,5 @@
-# The `tier` capability: units move JetStream -> MinIO -> Wasabi by policy, reads go through
+# The `tier` capability: units move JetStream -> S3 (Garage on this host, or any S3 endpoint)
+# -> Wasabi by policy, reads go through
 # the location index, and the event stream is exported to the archive for disaster recovery.
 # Tiers and policies are Nix attrsets rendered into the agent's settings; S3 keys are only
 # ever files, bind-mounted into the container and named there by their credential path.
@@ -28,7 +29,7 @@ let
           type = lib.types.nullOr lib.types.str;
           default = null;
           example = "http://10.233.2.1:9000";
-          description = "S3 endpoint URL (MinIO, Wasabi); AWS when null.";
+          description = "S3 endpoint URL (Garage, MinIO, Wasabi, any S3); AWS when null.";
         };
         region = lib.mkOption {
           type = lib.types.str;
@@ -38,12 +39,12 @@ let
         addressingStyle = lib.mkOption {
           type = lib.types.enum [ "path" "virtual" "auto" ];
           default = "path";
-          description = "S3 addressing style (`path` for MinIO).";
+          description = "S3 addressing style (`path` for Garage and MinIO).";
         };
         credentialsFile = lib.mkOption {
           type = secrets.fileType;
           default = null;
-          example = "/run/keys/cim-minio.env";
+          example = "/run/keys/cim-s3.env";
           description = ''
             File outside the Nix store with the tier's S3 keys (`AWS_ACCESS_KEY_ID=`/`AWS_SECRET_ACCESS_KEY=`
             or `MINIO_ROOT_USER=`/`MINIO_ROOT_PASSWORD=` lines), bind-mounted into the container.
@@ -80,10 +81,22 @@ let
     inherit (cfg.archive) checksum;
     credentials_file = credentialPath "tier-archive";
   };
-  minioPort = lib.toInt (lib.last (lib.splitString ":" cfg.minio.listenAddress));
+  garage = cfg.garage;
+  # Made at activation, root-only, never in the Nix store: Garage's RPC secret (as the
+  # environment file nixpkgs' services.garage reads) and the tier's S3 key for the bucket.
+  garageDir = "/var/lib/cim-garage";
+  garageEnv = "${garageDir}/garage.env";
+  garageKeyFile = "${garageDir}/tier.env";
+  garageCli = "${garage.package}/bin/garage";
 in
 {
   imports = [
+    (lib.mkRemovedOptionModule [ "services" "cim" "tier" "minio" ] ''
+      MinIO is archived upstream and nixpkgs marks it insecure (NixOS/nixpkgs#490996, #491337).
+      For an S3 tier on this host set services.cim.tier.garage.enable = true (nixpkgs' Garage,
+      bucket and key made at activation). Any S3 endpoint, MinIO included, still works as
+      services.cim.tier.tiers.<name> = { url = "s3://bucket/prefix"; endpoint = "http://..."; credentialsFile = "/run/keys/..."; }.
+    '')
     (import ./capability.nix {
       name = "tier";
       extraSecretFiles = {
@@ -98,7 +111,7 @@ in
       type = lib.types.attrsOf tierType;
       default = { };
       example = lib.literalExpression ''
-        { warm = { url = "s3://cim-warm/units"; endpoint = "http://10.233.2.1:9000"; credentialsFile = "/run/keys/minio.env"; }; }
+        { cold = { url = "s3://cim-cold/units"; endpoint = "http://s3.example.org:9000"; credentialsFile = "/run/keys/cim-s3.env"; }; }
       '';
       description = "The colder tiers by name (the hot tier, `hot`, is the content bucket). Names are recorded in events: never rename one that holds data.";
     };
@@ -160,23 +173,31 @@ in
       };
     };
 
-    minio = {
-      enable = lib.mkEnableOption "MinIO on this host (nixpkgs' `services.minio`) as the `warm` tier, its bucket created at activation";
-      rootCredentialsFile = lib.mkOption {
-        type = secrets.fileType;
-        default = null;
-        example = "/run/keys/cim-minio.env";
-        description = "MinIO's root credentials (`MINIO_ROOT_USER=`, `MINIO_ROOT_PASSWORD=`), outside the Nix store; the agent uses the same file.";
+    garage = {
+      enable = lib.mkEnableOption ''
+        Garage on this host (nixpkgs' `services.garage`) as the `warm` tier. At activation a
+        one-node layout is applied, the bucket is made, and an S3 key for the tier agent is
+        made and written to a root-only file; nothing is typed in and no secret is in the store'';
+      package = lib.mkOption {
+        type = lib.types.package;
+        default = pkgs.garage_2;
+        defaultText = lib.literalExpression "pkgs.garage_2";
+        description = "The Garage package (nixpkgs' `services.garage.package` has no default). Read Garage's notes before a major upgrade.";
       };
       bucket = lib.mkOption {
         type = lib.types.str;
         default = "cim-warm";
-        description = "The bucket of the `warm` tier, created at activation.";
+        description = "The bucket of the `warm` tier, made at activation.";
       };
-      listenAddress = lib.mkOption {
+      s3Port = lib.mkOption {
+        type = lib.types.port;
+        default = 3900;
+        description = "Port of Garage's S3 API; only the tier container may reach it, over its link.";
+      };
+      capacity = lib.mkOption {
         type = lib.types.str;
-        default = ":9000";
-        description = "MinIO's `services.minio.listenAddress`; the agent reaches it over the container's link.";
+        default = "100G";
+        description = "Capacity this node offers in Garage's layout (`garage layout assign -c`).";
       };
     };
   };
@@ -201,10 +222,6 @@ in
             assertion = !cfg.archive.enable || cfg.archive.credentialsFile != null;
             message = "services.cim.tier.archive.credentialsFile must name the file with the archive's S3 keys.";
           }
-          {
-            assertion = !cfg.minio.enable || cfg.minio.rootCredentialsFile != null;
-            message = "services.cim.tier.minio.rootCredentialsFile must name MinIO's root credentials file (MINIO_ROOT_USER=, MINIO_ROOT_PASSWORD=).";
-          }
         ]
         ++ lib.mapAttrsToList (name: t: {
           assertion = !(lib.hasPrefix "s3://" t.url) || t.credentialsFile != null;
@@ -212,43 +229,88 @@ in
         }) cfg.tiers;
       }
 
-      (lib.mkIf cfg.minio.enable {
-        services.minio = {
+      (lib.mkIf garage.enable {
+        services.garage = {
           enable = true;
-          inherit (cfg.minio) rootCredentialsFile listenAddress;
-          browser = lib.mkDefault false;
+          inherit (garage) package;
+          environmentFile = garageEnv;
+          settings = {
+            replication_factor = lib.mkDefault 1;
+            rpc_bind_addr = lib.mkDefault "127.0.0.1:3901";
+            rpc_public_addr = lib.mkDefault "127.0.0.1:3901";
+            # On every address (the container's link appears only once the container starts);
+            # the firewall opens it only on that link.
+            s3_api = {
+              api_bind_addr = lib.mkDefault "[::]:${toString garage.s3Port}";
+              s3_region = lib.mkDefault "garage";
+            };
+          };
         };
         services.cim.tier.tiers.warm = {
-          url = lib.mkDefault "s3://${cfg.minio.bucket}/units";
-          endpoint = lib.mkDefault "http://${cfg.hostAddress}:${toString minioPort}";
-          credentialsFile = lib.mkDefault cfg.minio.rootCredentialsFile;
+          url = lib.mkDefault "s3://${garage.bucket}/units";
+          endpoint = lib.mkDefault "http://${cfg.hostAddress}:${toString garage.s3Port}";
+          region = lib.mkDefault "garage";
+          credentialsFile = lib.mkDefault garageKeyFile;
           order = lib.mkDefault 10;
         };
-        # Only the tier container reaches MinIO, over its private link.
-        networking.firewall.interfaces."ve-cim-tier".allowedTCPPorts = [ minioPort ];
+        networking.firewall.interfaces."ve-cim-tier".allowedTCPPorts = [ garage.s3Port ];
 
-        # The bucket exists before the agent needs it; creating it again is harmless.
-        systemd.services.cim-minio-bucket = {
-          description = "Create the CIM warm tier bucket in MinIO";
-          wantedBy = [ "multi-user.target" ];
-          requires = [ "minio.service" ];
-          after = [ "minio.service" ];
-          before = [ "container@cim-tier.service" ];
-          path = [ pkgs.minio-client ];
+        # Garage refuses to start without an RPC secret; one node keeps it to itself.
+        systemd.services.cim-garage-secret = {
+          description = "CIM: Garage's RPC secret, made once";
+          wantedBy = [ "garage.service" ];
+          before = [ "garage.service" ];
+          unitConfig.ConditionPathExists = "!${garageEnv}";
+          serviceConfig = {
+            Type = "oneshot";
+            UMask = "0077";
+          };
           script = ''
-            export HOME=$RUNTIME_DIRECTORY
-            for _ in $(seq 60); do
-              mc alias set cim http://127.0.0.1:${toString minioPort} "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null && break
-              sleep 1  # MinIO is still starting; mc has no wait of its own
-            done
-            mc mb --ignore-existing cim/${cfg.minio.bucket}
+            install -d -m 0700 ${garageDir}
+            printf 'GARAGE_RPC_SECRET=%s\n' "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" > ${garageEnv}.tmp
+            mv ${garageEnv}.tmp ${garageEnv}
           '';
+        };
+
+        # Layout, bucket and the tier's key, each made only if missing. Garage may still be
+        # starting: the unit fails and systemd tries again.
+        systemd.services.cim-garage-setup = {
+          description = "CIM: Garage layout, the warm tier's bucket and its S3 key";
+          wantedBy = [ "multi-user.target" ];
+          requires = [ "garage.service" ];
+          after = [ "garage.service" ];
+          before = [ "container@cim-tier.service" ];
+          requiredBy = [ "container@cim-tier.service" ];
+          startLimitIntervalSec = 0;
           serviceConfig = {
             Type = "oneshot";
             RemainAfterExit = true;
-            EnvironmentFile = cfg.minio.rootCredentialsFile;
-            RuntimeDirectory = "cim-minio-bucket";
+            Restart = "on-failure";
+            RestartSec = 2;
+            EnvironmentFile = garageEnv;
+            UMask = "0077";
           };
+          script = ''
+            set -euo pipefail
+            garage() { ${garageCli} "$@"; }
+            garage status >/dev/null
+            if garage layout show | grep -qiE 'current cluster layout version: *0\b'; then
+              garage layout assign -z cim -c ${garage.capacity} "$(garage node id -q | cut -d@ -f1)"
+              garage layout apply --version 1
+            fi
+            garage bucket info ${garage.bucket} >/dev/null 2>&1 || garage bucket create ${garage.bucket}
+            if [ ! -s ${garageKeyFile} ]; then
+              # A key whose file was lost cannot be read back in v2: make a new one.
+              garage key delete --yes cim-tier >/dev/null 2>&1 || true
+              out=$(garage key create cim-tier)
+              id=$(printf '%s\n' "$out" | sed -n 's/^[[:space:]]*Key ID:[[:space:]]*//p')
+              secret=$(printf '%s\n' "$out" | sed -n 's/^[[:space:]]*Secret key:[[:space:]]*//p')
+              [ -n "$id" ] && [ -n "$secret" ] || { echo "garage key create printed no key (Garage changed its output?)" >&2; exit 1; }
+              printf 'AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\n' "$id" "$secret" > ${garageKeyFile}.tmp
+              mv ${garageKeyFile}.tmp ${garageKeyFile}
+            fi
+            garage bucket allow --read --write ${garage.bucket} --key cim-tier >/dev/null
+          '';
         };
       })
     ]

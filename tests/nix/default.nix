@@ -47,7 +47,7 @@ let
     ]
   );
   registryContainer = config: config.containers.cim-registry;
-  # A leaf with tiering: MinIO on the host as `warm`, Wasabi as the archive, two policies.
+  # A leaf with tiering: Garage on the host as `warm`, Wasabi as the archive, two policies.
   tierKey = f.agentKeys.tier;
   tierModules = f.leaf ++ [
       {
@@ -55,10 +55,7 @@ let
           enable = true;
           nkeyPublicKey = tierKey;
           nkeySeedFile = "/run/keys/cim-tier.nk";
-          minio = {
-            enable = true;
-            rootCredentialsFile = "/run/keys/cim-minio.env";
-          };
+          garage.enable = true;
           archive = {
             enable = true;
             endpoint = "https://s3.eu-central-1.wasabisys.com";
@@ -719,7 +716,7 @@ let
         {
           name = "warm";
           url = "s3://cim-warm/units";
-          endpoint = "http://10.233.5.1:9000";
+          endpoint = "http://10.233.5.1:3900";
           credentials_file = "/run/credentials/cim-agent.service/tier-warm";
         }
         {
@@ -748,24 +745,51 @@ let
       expr = lib.mapAttrs (_: m: { inherit (m) hostPath isReadOnly; }) tierContainer.bindMounts;
       expected = {
         "/run/cim/secrets/nkey" = { hostPath = "/run/keys/cim-tier.nk"; isReadOnly = true; };
-        "/run/cim/secrets/tier-warm" = { hostPath = "/run/keys/cim-minio.env"; isReadOnly = true; };
+        "/run/cim/secrets/tier-warm" = { hostPath = "/var/lib/cim-garage/tier.env"; isReadOnly = true; };
         "/run/cim/secrets/tier-archive" = { hostPath = "/run/keys/cim-wasabi.env"; isReadOnly = true; };
       };
     };
-    "tier: MinIO runs on the host with its root credentials file, only the tier container reaches it" = {
+    "tier: Garage runs on the host, its secret and the tier's key made at activation, only the tier container reaches it" = {
       expr = {
-        inherit (withTier.services.minio) enable rootCredentialsFile listenAddress;
+        inherit (withTier.services.garage) enable environmentFile;
+        package = withTier.services.garage.package.name;
+        s3 = withTier.services.garage.settings.s3_api.api_bind_addr;
         firewall = withTier.networking.firewall.interfaces."ve-cim-tier".allowedTCPPorts;
-        bucket = withTier.systemd.services.cim-minio-bucket.serviceConfig.EnvironmentFile;
+        setup = {
+          inherit (withTier.systemd.services.cim-garage-setup) after requiredBy;
+          inherit (withTier.systemd.services.cim-garage-setup.serviceConfig) EnvironmentFile UMask;
+        };
+        warm = builtins.head withTier.services.cim.tier.settings.tiers;
       };
       expected = {
         enable = true;
-        rootCredentialsFile = "/run/keys/cim-minio.env";
-        listenAddress = ":9000";
-        firewall = [ 4222 9000 ];
-        bucket = "/run/keys/cim-minio.env";
+        environmentFile = "/var/lib/cim-garage/garage.env";
+        package = "garage_2";
+        s3 = "[::]:3900";
+        firewall = [ 3900 4222 ];
+        setup = {
+          after = [ "garage.service" ];
+          requiredBy = [ "container@cim-tier.service" ];
+          EnvironmentFile = "/var/lib/cim-garage/garage.env";
+          UMask = "0077";
+        };
+        warm = {
+          name = "warm";
+          url = "s3://cim-warm/units";
+          endpoint = "http://10.233.5.1:3900";
+          region = "garage";
+          addressing_style = "path";
+          credentials_file = "/run/credentials/cim-agent.service/tier-warm";
+        };
       };
     };
+    "tier: no secret of Garage's is on a command line or in a rendered file" = {
+      expr = hasSeed (everything withTier) || lib.any (lib.hasInfix "GARAGE_RPC_SECRET=") (strings withTier.services.garage.settings);
+      expected = false;
+    };
+    "tier: the removed MinIO option says what to use instead" = fires (
+      tierModules ++ [ { services.cim.tier.minio.enable = true; } ]
+    ) "services.cim.tier.garage.enable = true";
     "assertion: an archive without its credentials file" = fires (
       tierModules ++ [ { services.cim.tier.archive.credentialsFile = lib.mkForce null; } ]
     ) "archive.credentialsFile must name";

@@ -24,13 +24,15 @@ rec {
 
   # All a configuration defines that a build would read, minus the options nixpkgs leaves
   # without a value until they are needed: a container's `path`, unset start limits, the
-  # package of a service that is off (services.garage.package has no default).
+  # package of a service that is off (services.garage.package has no default), and removed
+  # options, which throw their message when read.
   systemOf =
     c:
     let
       services = lib.mapAttrs (_: s: removeAttrs s [ "startLimitBurst" "startLimitIntervalSec" ]);
+      withoutRemoved = s: s // lib.optionalAttrs (s ? cim) { cim = s.cim // { tier = removeAttrs s.cim.tier [ "minio" ]; }; };
       plain = c: {
-        services = lib.filterAttrs (_: s: !(s ? enable) || !(builtins.isBool s.enable) || s.enable) c.services;
+        services = withoutRemoved (lib.filterAttrs (_: s: !(s ? enable) || !(builtins.isBool s.enable) || s.enable) c.services);
         inherit (c) networking environment users;
         systemd = {
           services = services c.systemd.services;

@@ -1,6 +1,7 @@
-# A node runs MinIO as the warm tier; units labelled `cold` migrate there by policy and read
-# back through `cim units get`; with MinIO stopped the read fails cleanly (nothing lost),
-# and once MinIO is back the same read works. Pytest twin: tests/test_tier.py and
+# A node runs Garage (nixpkgs' services.garage) as the warm tier, its bucket and key made at
+# activation; units labelled `cold` migrate there by policy and read back through
+# `cim units get`; with Garage stopped the read fails cleanly (nothing lost), and once Garage
+# is back the same read works. Pytest twin: tests/test_tier.py and
 # tests/test_tier_faults.py::test_an_s3_outage_mid_migration_deletes_nothing_and_migration_resumes.
 { self }:
 let
@@ -19,10 +20,7 @@ in
         enable = true;
         nkeyPublicKey = keys.tier.public;
         nkeySeedFile = "/run/keys/cim-tier.nk";
-        minio = {
-          enable = true;
-          rootCredentialsFile = "/run/keys/cim-minio.env";
-        };
+        garage.enable = true;
         policies.labelled-cold = {
           to = "warm";
           labels = [ "cold" ];
@@ -39,11 +37,13 @@ in
     leaf.wait_for_unit("nats.service")
     install_keys(leaf)
     leaf.succeed("install -m 0600 /dev/stdin /run/keys/cim-tier.nk <<< '${keys.tier.seed}'")
-    # Test-only MinIO root credentials, in the file both MinIO and the agent read.
-    leaf.succeed("printf 'MINIO_ROOT_USER=cimtest\\nMINIO_ROOT_PASSWORD=cimtest-secret\\n' > /run/keys/cim-minio.env")
-    leaf.succeed("chmod 0600 /run/keys/cim-minio.env")
-    leaf.succeed("systemctl restart minio.service cim-minio-bucket.service container@cim-tier.service")
     wait_for_agents(leaf, ["cim-store", "cim-tier"])
+
+    with subtest("Garage's bucket and the tier's key were made at activation, root-only"):
+        leaf.wait_for_unit("cim-garage-setup.service")
+        leaf.succeed("garage bucket info cim-warm")
+        leaf.succeed("[ $(stat -c %a /var/lib/cim-garage/tier.env) = 600 ]")
+        leaf.succeed("grep -q '^AWS_ACCESS_KEY_ID=GK' /var/lib/cim-garage/tier.env")
 
     with subtest("units migrate by policy and read back through cim units get"):
         cids = []
@@ -61,14 +61,14 @@ in
         leaf.succeed(f"{CIM} units get {hot} | grep -q 'stays hot'")
         leaf.succeed(f"{CIM} tier verify")
 
-    with subtest("with MinIO stopped a read fails cleanly"):
-        leaf.succeed("systemctl stop minio.service")
+    with subtest("with Garage stopped a read fails cleanly"):
+        leaf.succeed("systemctl stop garage.service")
         out = leaf.fail(f"{CIM} units get {cids[0]} -o /tmp/missing 2>&1")
         assert "cannot be read now" in out and "Nothing is lost" in out, out
         leaf.fail("test -e /tmp/missing")
 
-    with subtest("MinIO started again: the read works"):
-        leaf.succeed("systemctl start minio.service")
+    with subtest("Garage started again: the read works"):
+        leaf.succeed("systemctl start garage.service")
         leaf.wait_until_succeeds(f"{CIM} units get {cids[0]} -o /tmp/again && cmp /tmp/cold0 /tmp/again")
   '';
 }
