@@ -33,7 +33,6 @@ in
       "cim-admin.nk"
       "cim-store.nk"
       "cim-hub.nk"
-      "cim-s3.env"
     ];
   };
 }

@@ -77,6 +77,12 @@ in
         (check (duplicates nodeAddresses == [ ])
           "services.cim.cluster.nodes gives the address ${lib.concatStringsSep ", " (duplicates nodeAddresses)} to more than one node; every node needs its own address."
         )
+        (check (
+          top.topology != "cluster"
+          || top.cluster.routePasswordFile != null
+          || (top.nats.tls.route.certFile != null && top.nats.tls.route.caFile != null && top.nats.tls.route.verify)
+          || top.cluster.unauthenticatedRoutes
+        ) "services.cim.topology = \"cluster\" without route authentication: any server that reaches port ${toString top.cluster.routePort} could join as a route and bypass every agent's permissions. Set services.cim.cluster.routePasswordFile (the same password file on every node), or route TLS with verification (services.cim.nats.tls.route.certFile, keyFile and caFile), or, only on a network nothing else can reach, services.cim.cluster.unauthenticatedRoutes = true.")
         (check (top.nats.hub.urls == [ ] || top.nats.hub.nkeySeedFile != null)
           "services.cim.nats.hub.urls is set but services.cim.nats.hub.nkeySeedFile is not: the hub would refuse this leaf. Run `cim keys new hub`, set the seed file here and add the public key to the hub's services.cim.nats.leafnodes.publicKeys."
         )
@@ -89,6 +95,7 @@ in
       ]
       ++ fileChecks {
         "services.cim.nats.hub.nkeySeedFile" = top.nats.hub.nkeySeedFile;
+        "services.cim.cluster.routePasswordFile" = top.cluster.routePasswordFile;
         "services.cim.provision.adminSeedFile" = top.provision.adminSeedFile;
       }
       ++ keyChecks (

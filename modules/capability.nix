@@ -161,6 +161,11 @@ in
       };
     };
 
+    # The container starts once every file it bind-mounts is there, and restarts when one
+    # is replaced (modules/keys.nix).
+    services.cim.keys.required."container@${containerName}".files =
+      map toString (lib.attrValues secretFiles) ++ lib.optional (top.nats.tls.client.caFile != null) (toString top.nats.tls.client.caFile);
+
     # The agent reaches the host's NATS over its link, and nothing else is opened.
     networking.firewall.interfaces."ve-${containerName}".allowedTCPPorts = [ top.nats.port ];
 
@@ -185,6 +190,9 @@ in
 
       config = {
         system.stateVersion = config.system.stateVersion;
+        # The host's package set, as nixos-containers.nix advises: otherwise every container
+        # evaluates nixpkgs once more.
+        nixpkgs.pkgs = lib.mkDefault pkgs;
         environment.etc."cim/${name}.json".source = checkedConfig;
         networking.firewall.allowedTCPPorts = lib.optional (cfg.settings.metrics.port or null != null) cfg.settings.metrics.port;
         environment.systemPackages = [ cfg.package ];

@@ -1,17 +1,15 @@
-# All of services.cim. Only imports: each concern lives in its own file.
+# All of services.cim. Only imports: each concern lives in its own file, and every
+# capability listed in agents/cim/capabilities.json has its module.
 let
   capabilities = import ./capabilities.nix;
-  # A capability's module is written in the issue that builds its agent; until then its
-  # file does not exist and the capability has no options.
-  capabilityModules = builtins.filter builtins.pathExists (
-    map (name: ./. + "/${name}.nix") capabilities.names
-  );
 in
 {
   imports = [
     ./options.nix
     ./nats.nix
     ./provision.nix
+    ./keys.nix
+    ./network.nix
     ./assertions.nix
-  ] ++ capabilityModules;
+  ] ++ map (name: ./. + "/${name}.nix") capabilities.names;
 }

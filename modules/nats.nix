@@ -83,15 +83,43 @@ let
     ++ map (key: { nkey = key; }) cfg.leafnodes.publicKeys;
 
   hasRemote = hub.urls != [ ];
+  hubSeed = hasRemote && hub.nkeySeedFile != null;
+  routePassword = isCluster && top.cluster.routePasswordFile != null;
+  routeUser = "cim-route";
   settingsFile = (pkgs.formats.json { }).generate "nats.conf" config.services.nats.settings;
-  # The hub seed is a secret: it is spliced into a copy of the config under /run at start,
-  # so neither the seed nor a config holding it is ever in the Nix store.
-  withHubSeed = pkgs.writeShellScript "cim-nats-config" ''
+  # The hub seed and the route password are secrets: they are spliced into a copy of the
+  # config under /run at start, so neither they nor a config holding them is in the store.
+  withSecrets = pkgs.writeShellScript "cim-nats-config" ''
     set -euo pipefail
-    ${pkgs.jq}/bin/jq --rawfile seed "$CREDENTIALS_DIRECTORY/hub-seed" \
-      '.leafnodes.remotes |= map(.nkey = ($seed | gsub("\\s"; "")))' \
+    ${pkgs.jq}/bin/jq \
+      ${lib.optionalString hubSeed ''--rawfile seed "$CREDENTIALS_DIRECTORY/hub-seed" ''}\
+      ${lib.optionalString routePassword ''--rawfile route "$CREDENTIALS_DIRECTORY/route-password" ''}\
+      ${lib.escapeShellArg (
+        lib.concatStringsSep " | " (
+          [ "." ]
+          ++ lib.optional hubSeed ''.leafnodes.remotes |= map(.nkey = ($seed | gsub("\\s"; "")))''
+          ++ lib.optional routePassword ''($route | sub("\\s+$"; "")) as $pw | .cluster.authorization.password = $pw | .cluster.routes |= map(sub("^nats-route://"; "nats-route://${routeUser}:" + ($pw | @uri) + "@"))''
+        )
+      )} \
       ${settingsFile} > "$RUNTIME_DIRECTORY/nats.conf"
   '';
+
+  # Secret and TLS files nats-server reads, for modules/keys.nix.
+  secretFiles = lib.filter (f: f != null) (
+    lib.concatMap (t: [ t.certFile t.keyFile t.caFile ]) [ cfg.tls.client cfg.tls.route cfg.tls.leafnode ]
+    ++ [ (if hubSeed then hub.nkeySeedFile else null) (if routePassword then top.cluster.routePasswordFile else null) ]
+  );
+
+  # The other nodes may reach the route port, nobody else.
+  otherAddresses = map (node: node.address) otherNodes;
+  isIPv6 = lib.hasInfix ":";
+  routeRulesIptables = lib.concatMapStrings (
+    address:
+    "${if isIPv6 address then "ip6tables" else "iptables"} -w -I nixos-fw -p tcp -s ${address} --dport ${toString top.cluster.routePort} -j nixos-fw-accept\n"
+  ) otherAddresses;
+  routeRulesNftables = lib.concatMapStrings (
+    address: "${if isIPv6 address then "ip6" else "ip"} saddr ${address} tcp dport ${toString top.cluster.routePort} accept\n"
+  ) otherAddresses;
 in
 {
   options.services.cim.nats = {
@@ -246,7 +274,12 @@ in
             inherit (top.cluster) name;
             port = top.cluster.routePort;
             routes = map (node: "nats-route://${node.address}:${toString top.cluster.routePort}") otherNodes;
-          } // tlsBlock "route" cfg.tls.route;
+          }
+          // lib.optionalAttrs routePassword {
+            # The password itself is added at start (withSecrets).
+            authorization.user = routeUser;
+          }
+          // tlsBlock "route" cfg.tls.route;
         })
         (lib.mkIf (cfg.leafnodes.port != null || hasRemote) {
           leafnodes =
@@ -270,20 +303,29 @@ in
           tlsCredentials "client" cfg.tls.client
           ++ tlsCredentials "route" cfg.tls.route
           ++ tlsCredentials "leafnode" cfg.tls.leafnode
-          ++ lib.optional (hub.nkeySeedFile != null) "hub-seed:${toString hub.nkeySeedFile}";
+          ++ lib.optional hubSeed "hub-seed:${toString hub.nkeySeedFile}"
+          ++ lib.optional routePassword "route-password:${toString top.cluster.routePasswordFile}";
       }
-      (lib.mkIf (hasRemote && hub.nkeySeedFile != null) {
+      (lib.mkIf (hubSeed || routePassword) {
         RuntimeDirectory = "cim-nats";
         RuntimeDirectoryMode = "0700";
-        ExecStartPre = [ withHubSeed ];
+        ExecStartPre = [ withSecrets ];
         ExecStart = lib.mkForce "${pkgs.nats-server}/bin/nats-server -c /run/cim-nats/nats.conf";
       })
     ];
 
+    services.cim.keys.required.nats.files = map toString secretFiles;
+
+    # nixpkgs' services.nats makes only its default dataDir (StateDirectory); it needs any
+    # other to exist, owned by its user (ReadWritePaths under ProtectSystem=strict).
+    systemd.tmpfiles.rules = lib.optional (
+      cfg.jetstream.storeDir != "/var/lib/nats"
+    ) "d ${toString cfg.jetstream.storeDir} 0750 ${config.services.nats.user} ${config.services.nats.group} - -";
+
     networking.firewall.allowedTCPPorts =
-      lib.optional isCluster top.cluster.routePort
-      ++ lib.optional (cfg.leafnodes.port != null) cfg.leafnodes.port
-      ++ lib.optional cfg.openFirewall cfg.port;
+      lib.optional (cfg.leafnodes.port != null) cfg.leafnodes.port ++ lib.optional cfg.openFirewall cfg.port;
+    networking.firewall.extraCommands = lib.mkIf (isCluster && !config.networking.nftables.enable) routeRulesIptables;
+    networking.firewall.extraInputRules = lib.mkIf (isCluster && config.networking.nftables.enable) routeRulesNftables;
 
     # The operator's `cim` on the host.
     environment.systemPackages = [ top.package ];

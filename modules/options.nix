@@ -8,6 +8,7 @@
 }:
 let
   cfg = config.services.cim;
+  secrets = import ./secrets.nix { inherit lib; };
 
   nodeType = lib.types.submodule {
     options = {
@@ -86,7 +87,31 @@ in
       routePort = lib.mkOption {
         type = lib.types.port;
         default = 6222;
-        description = "Port of the NATS cluster routes, opened in the firewall on cluster nodes.";
+        description = "Port of the NATS cluster routes. The firewall opens it only to the other nodes' addresses.";
+      };
+
+      routePasswordFile = lib.mkOption {
+        type = secrets.fileType;
+        default = null;
+        example = "/run/keys/cim-route-password";
+        description = ''
+          File outside the Nix store with the password of the route user `cim-route`, the same
+          file content on every node (e.g. `head -c 32 /dev/urandom | base64 | tr -d '/+='`).
+          A node accepts a route only with it, and dials the others with it. The password is
+          spliced into the server's config under /run at start; it never enters the store.
+        '';
+      };
+
+      unauthenticatedRoutes = lib.mkOption {
+        type = lib.types.bool;
+        default = false;
+        description = ''
+          Accept cluster routes without authentication. A route is a server-to-server link that
+          bypasses every agent's permissions, so a cluster refuses to evaluate without
+          {option}`services.cim.cluster.routePasswordFile` or route TLS with verification
+          ({option}`services.cim.nats.tls.route`), unless this is set: only for a network that
+          nothing but the nodes can reach.
+        '';
       };
     };
   };

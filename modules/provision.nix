@@ -79,6 +79,13 @@ in
   };
 
   config = lib.mkIf (top.enable && cfg.enable) {
+    services.cim.keys.required.cim-provision.files = map toString (
+      lib.filter (f: f != null) [
+        cfg.adminSeedFile
+        tls.caFile
+      ]
+    );
+
     systemd.services.cim-provision = {
       description = "CIM: create or update streams, consumers and buckets";
       wantedBy = [ "multi-user.target" ];

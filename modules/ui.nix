@@ -97,6 +97,12 @@ in
       })
     ];
 
+    # nginx reads the htpasswd file itself, as user nginx, on every request.
+    services.cim.keys.required.nginx = lib.mkIf (cfg.nginx.enable && cfg.nginx.basicAuthFile != null) {
+      files = [ (toString cfg.nginx.basicAuthFile) ];
+      user = config.services.nginx.user;
+    };
+
     services.nginx.virtualHosts = lib.mkIf (cfg.nginx.enable && cfg.nginx.virtualHost != null) {
       ${vhost} = {
         basicAuthFile = lib.mkIf (cfg.nginx.basicAuthFile != null) cfg.nginx.basicAuthFile;

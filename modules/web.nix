@@ -35,14 +35,16 @@ in
 
     hostPort = lib.mkOption {
       type = lib.types.nullOr lib.types.port;
-      default = cfg.port;
-      defaultText = lib.literalExpression "config.${opt}.port";
+      default = if cfg.openFirewall && !cfg.nginx.enable then cfg.port else null;
+      defaultText = lib.literalMD "{option}`${opt}.port` when {option}`${opt}.openFirewall` is set and nginx does not front ${what}, else `null`";
       description = ''
         Port on the host forwarded to ${what} in the container (nixos-containers'
-        `forwardPorts`), or `null` for none, e.g. when only nginx should serve it.
-        systemd-nspawn forwards it with a DNAT rule: depending on the firewall backend the
-        host's INPUT rules may never see these packets, so a forwarded port can be reachable
-        from the network even without {option}`${opt}.openFirewall`.
+        `forwardPorts`), or `null` for none. systemd-nspawn forwards it with a DNAT rule that
+        the host's firewall does not filter (the packets pass FORWARD, not INPUT), so a
+        forwarded port is open to the network whatever the firewall says: it is forwarded
+        only with {option}`${opt}.openFirewall`, and never by default behind nginx, whose TLS
+        and login it would bypass. On the host itself ${what} is always at
+        `http://''${localAddress}:''${port}`.
       '';
     };
 
@@ -106,6 +108,10 @@ in
 
       {
         assertions = [
+          {
+            assertion = cfg.hostPort == null || cfg.openFirewall;
+            message = "${opt}.hostPort = ${toString cfg.hostPort} is forwarded to the container with a DNAT rule that the firewall does not filter, so it would be open to the network although ${opt}.openFirewall is false${lib.optionalString cfg.nginx.enable ", bypassing nginx's TLS and login"}. Set ${opt}.openFirewall = true if the network may reach it, or ${opt}.hostPort = null (on the host it stays at http://${cfg.localAddress}:${toString port}).";
+          }
           {
             assertion = !cfg.nginx.enable || cfg.nginx.virtualHost != null;
             message = "${opt}.nginx.enable is set but ${opt}.nginx.virtualHost is not: nginx needs the domain name to serve ${what} on. Set it, e.g. \"cim.example.org\".";

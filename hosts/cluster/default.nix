@@ -16,6 +16,8 @@ in
       services.cim = {
         topology = "cluster";
         cluster.nodes = nodes;
+        # The same file on every node: routes log in with it (cim-route).
+        cluster.routePasswordFile = "/run/keys/cim-route-password";
         # The leaf in ../leaf.nix attaches here.
         nats.leafnodes.publicKeys = [ keys.leaf.hub ];
         store = {
@@ -33,7 +35,7 @@ in
     keys = import ../deploy-keys.nix name [
       "cim-admin.nk"
       "cim-store.nk"
-      "cim-s3.env"
+      "cim-route-password"
     ];
   };
 }

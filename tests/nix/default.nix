@@ -11,6 +11,7 @@
 }:
 let
   h = import ./eval.nix { inherit lib; };
+  flake = import ./flake-outputs.nix { inherit lib; };
   f = import ./fixtures.nix { inherit lib; };
   capabilities = import ../../modules/capabilities.nix;
 
@@ -51,6 +52,7 @@ let
   tierKey = f.agentKeys.tier;
   tierModules = f.leaf ++ [
       {
+        services.cim.outbound = { enable = true; nameservers = [ "9.9.9.9" ]; };
         services.cim.tier = {
           enable = true;
           nkeyPublicKey = tierKey;
@@ -101,6 +103,7 @@ let
   uiKey = f.agentKeys.ui;
   hubUiModules = f.leaf ++ [
     {
+      services.cim.outbound = { enable = true; nameservers = [ "9.9.9.9" ]; };
       services.cim.hub = {
         enable = true;
         nkeyPublicKey = hubKey;
@@ -209,6 +212,54 @@ let
       expected = true;
     };
 
+    "every container reuses the host's package set instead of evaluating nixpkgs again" = {
+      expr = lib.mapAttrs (_: ct: ct.config.nixpkgs.pkgs == h.pkgs) withHubUi.containers;
+      expected = { cim-hub = true; cim-store = true; cim-ui = true; };
+    };
+    "a non-default JetStream store directory is made for nats" = {
+      expr = {
+        default = leaf.systemd.tmpfiles.rules;
+        moved = (cfgOf (f.leaf ++ [ { services.cim.nats.jetstream.storeDir = "/srv/nats"; } ])).systemd.tmpfiles.rules;
+      };
+      expected = {
+        default = [ ];
+        moved = [ "d /srv/nats 0750 nats nats - -" ];
+      };
+    };
+    "secret files: each unit waits for its own, after colmena's key service for them" = {
+      expr =
+        let
+          c = (h.evalNixos [ (import ./nixos/colmena.nix "leaf") ./nixos/hardware.nix flake.colmena.leaf ]).config;
+        in
+        {
+          required = lib.mapAttrs (_: r: r.files) c.services.cim.keys.required;
+          store = { inherit (c.systemd.services."container@cim-store") requires after wants; };
+          waiter = c.systemd.services.cim-keys-container-cim-store.serviceConfig.TimeoutStartSec;
+          watch = c.systemd.paths.cim-keys-container-cim-store-changed.pathConfig;
+        };
+      expected = {
+        required = {
+          "container@cim-store" = [ "/run/keys/cim-store.nk" ];
+          cim-provision = [ "/run/keys/cim-admin.nk" ];
+          nats = [ "/run/keys/cim-hub.nk" ];
+        };
+        store = {
+          requires = [ "cim-keys-container-cim-store.service" ];
+          after = [ "cim-keys-container-cim-store.service" "cim-store.nk-key.service" ];
+          wants = [ "cim-store.nk-key.service" ];
+        };
+        waiter = "infinity";
+        watch = {
+          PathChanged = [ "/run/keys/cim-store.nk" ];
+          Unit = "cim-keys-container-cim-store-changed.service";
+        };
+      };
+    };
+    "secret files: nginx must be able to read its basic auth file itself" = {
+      expr = (cfgOf (hubUiModules ++ [ { services.cim.ui = { trustedHeader = "X-Remote-User"; nginx.basicAuthFile = "/run/keys/cim-ui-htpasswd"; }; } ])).services.cim.keys.required.nginx;
+      expected = { files = [ "/run/keys/cim-ui-htpasswd" ]; user = "nginx"; };
+    };
+
     # --- the example fleet in hosts/ ------------------------------------------------------
     "every example host passes every assertion" = {
       expr = map (name: h.failedAssertions (host name)) (builtins.attrNames hosts);
@@ -252,25 +303,37 @@ let
       expected = {
         leaf = {
           tags = [ "cim-leaf" ];
-          keys = [ "cim-admin.nk" "cim-hub.nk" "cim-s3.env" "cim-store.nk" ];
+          keys = [ "cim-admin.nk" "cim-hub.nk" "cim-store.nk" ];
         };
         cluster-1 = {
           tags = [ "cim-cluster" ];
-          keys = [ "cim-admin.nk" "cim-s3.env" "cim-store.nk" ];
+          keys = [ "cim-admin.nk" "cim-route-password" "cim-store.nk" ];
         };
         cluster-2 = {
           tags = [ "cim-cluster" ];
-          keys = [ "cim-admin.nk" "cim-s3.env" "cim-store.nk" ];
+          keys = [ "cim-admin.nk" "cim-route-password" "cim-store.nk" ];
         };
         cluster-3 = {
           tags = [ "cim-cluster" ];
-          keys = [ "cim-admin.nk" "cim-s3.env" "cim-store.nk" ];
+          keys = [ "cim-admin.nk" "cim-route-password" "cim-store.nk" ];
         };
       };
     };
-    "deployed secrets are read on the deployer, never given as text" = {
-      expr = lib.unique (lib.concatMap (h: lib.mapAttrsToList (_: k: builtins.head k.keyCommand) h.deployment.keys) (builtins.attrValues hosts));
-      expected = [ "cat" ];
+    "deployed secrets are read on the deployer from $CIM_SECRETS, never given as text or by a relative path" = {
+      expr = lib.unique (
+        lib.concatMap (
+          h: lib.mapAttrsToList (_: k: k ? text == false && lib.hasPrefix "exec cat -- \"\${CIM_SECRETS:?" (lib.last k.keyCommand)) h.deployment.keys
+        ) (builtins.attrValues hosts)
+      );
+      expected = [ true ];
+    };
+    "every host deploys exactly the secret files its units read" = {
+      expr = lib.mapAttrs (
+        name: h: lib.sort lib.lessThan (lib.mapAttrsToList (_: k: "${k.destDir or "/run/keys"}/${k.name or _}") h.deployment.keys)
+      ) hosts;
+      expected = lib.mapAttrs (
+        name: _: lib.sort lib.lessThan (lib.unique (lib.concatMap (r: r.files) (builtins.attrValues (host name).services.cim.keys.required)))
+      ) hosts;
     };
 
     # --- routes --------------------------------------------------------------------------
@@ -296,9 +359,43 @@ let
       expr = (natsSettings leaf) ? cluster;
       expected = false;
     };
-    "cluster nodes open the route and leafnode ports" = {
-      expr = (node 1).networking.firewall.allowedTCPPorts;
-      expected = [ 6222 7422 ];
+    "cluster nodes open the leafnode port to all, the route port only to the other nodes" = {
+      expr = {
+        open = (node 1).networking.firewall.allowedTCPPorts;
+        routes = (node 1).networking.firewall.extraCommands;
+      };
+      expected = {
+        open = [ 7422 ];
+        routes = "iptables -w -I nixos-fw -p tcp -s 10.0.0.12 --dport 6222 -j nixos-fw-accept\niptables -w -I nixos-fw -p tcp -s 10.0.0.13 --dport 6222 -j nixos-fw-accept\n";
+      };
+    };
+    "with nftables the route port is opened by source address in the input rules" = {
+      expr = (cfgOf (f.clusterNode 1 ++ [ { networking.nftables.enable = true; } ])).networking.firewall.extraInputRules;
+      expected = "ip saddr 10.0.0.12 tcp dport 6222 accept\nip saddr 10.0.0.13 tcp dport 6222 accept\n";
+    };
+    "a cluster dials and accepts routes as user cim-route; the password reaches nats only at start" = {
+      expr = {
+        authorization = (natsSettings (node 1)).cluster.authorization;
+        credential = builtins.elem "route-password:/run/keys/cim-route-password" (node 1).systemd.services.nats.serviceConfig.LoadCredential;
+        spliced = lib.hasInfix "nats-route://cim-route:" (builtins.elemAt (node 1).systemd.services.nats.serviceConfig.ExecStartPre 0).text;
+        seed = hasSeed (everything (node 1));
+      };
+      expected = {
+        authorization.user = "cim-route";
+        credential = true;
+        spliced = true;
+        seed = false;
+      };
+    };
+    "assertion: a cluster without route authentication" = fires (
+      f.clusterNode 1 ++ [ { services.cim.cluster.routePasswordFile = lib.mkForce null; } ]
+    ) "without route authentication";
+    "a cluster with verified route TLS needs no route password" = {
+      expr = h.failedAssertions (cfgOf (f.clusterNode 1 ++ [ {
+        services.cim.cluster.routePasswordFile = lib.mkForce null;
+        services.cim.nats.tls.route = { certFile = "/run/keys/r.crt"; keyFile = "/run/keys/r.key"; caFile = "/run/keys/ca.crt"; };
+      } ]));
+      expected = [ ];
     };
     "a leaf opens no port to the world" = {
       expr = leaf.networking.firewall.allowedTCPPorts;
@@ -381,6 +478,7 @@ let
             "route-cert:/run/keys/route.crt"
             "route-key:/run/keys/route.key"
             "route-ca:/run/keys/ca.crt"
+            "route-password:/run/keys/cim-route-password"
           ];
           validate = false;
         };
@@ -418,8 +516,8 @@ let
           Type = "oneshot";
           LoadCredential = [ "admin:/run/keys/cim-admin.nk" ];
           ExecStart = "${leaf.services.cim.package}/bin/cim --server nats://127.0.0.1:4222 --nkey %d/admin provision --spec ${leaf.services.cim.provision.specFile}";
-          after = [ "nats.service" ];
-          requires = [ "nats.service" ];
+          after = [ "nats.service" "cim-keys-cim-provision.service" ];
+          requires = [ "nats.service" "cim-keys-cim-provision.service" ];
           restartTriggers = [ leaf.services.cim.provision.specFile ];
         };
       };
@@ -801,7 +899,7 @@ let
       };
       expected = { failed = [ ]; fails = false; };
     };
-    "hub and ui: each has its container, its port forwarded on the host and open inside" = {
+    "hub and ui: each has its container, its port open inside, nothing forwarded behind nginx" = {
       expr = lib.genAttrs [ "cim-hub" "cim-ui" ] (n: {
         inherit (withHubUi.containers.${n}) forwardPorts localAddress;
         inside = withHubUi.containers.${n}.config.networking.firewall.allowedTCPPorts;
@@ -809,13 +907,13 @@ let
       });
       expected = {
         cim-hub = {
-          forwardPorts = [ { protocol = "tcp"; hostPort = 8471; containerPort = 8471; } ];
+          forwardPorts = [ ];
           localAddress = "10.233.1.2";
           inside = [ 8471 9464 ];
           exec = "${leaf.services.cim.package}/bin/cim agent run hub --config /etc/cim/hub.json";
         };
         cim-ui = {
-          forwardPorts = [ { protocol = "tcp"; hostPort = 8470; containerPort = 8470; } ];
+          forwardPorts = [ ];
           localAddress = "10.233.6.2";
           inside = [ 8470 9464 ];
           exec = "${leaf.services.cim.package}/bin/cim agent run ui --config /etc/cim/ui.json";
@@ -1006,8 +1104,23 @@ let
         default = withHubUi.networking.firewall.allowedTCPPorts;
         opened = (cfgOf (hubUiModules ++ [ { services.cim.ui.openFirewall = true; services.cim.hub.openFirewall = true; services.cim.hub.nginx.enable = lib.mkForce false; } ])).networking.firewall.allowedTCPPorts;
       };
-      expected = { default = [ ]; opened = [ 80 443 8470 8471 ]; };
+      expected = { default = [ ]; opened = [ 80 443 8471 ]; };
     };
+    "hub and ui: a port is forwarded only with openFirewall, and never by default behind nginx" = {
+      expr = lib.mapAttrs (_: m: (cfgOf (f.leaf ++ f.identities' ++ [ m ])).containers.cim-hub.forwardPorts) {
+        plain = { services.cim.hub.enable = true; };
+        open = { services.cim.hub = { enable = true; openFirewall = true; }; };
+        nginx = { services.cim.hub = { enable = true; openFirewall = true; nginx = { enable = true; virtualHost = "x.example.org"; }; }; };
+      };
+      expected = {
+        plain = [ ];
+        open = [ { protocol = "tcp"; hostPort = 8471; containerPort = 8471; } ];
+        nginx = [ ];
+      };
+    };
+    "assertion: a forwarded port the firewall cannot close" = fires (
+      hubUiModules ++ [ { services.cim.ui.hostPort = 8470; } ]
+    ) "services.cim.ui.hostPort = 8470 is forwarded to the container with a DNAT rule that the firewall does not filter";
     "hub and ui: hostPort = null forwards nothing" = {
       expr = (cfgOf (hubUiModules ++ [ { services.cim.ui.hostPort = null; } ])).containers.cim-ui.forwardPorts;
       expected = [ ];

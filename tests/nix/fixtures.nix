@@ -29,6 +29,9 @@ rec {
     };
   };
 
+  # The same, as a list of modules.
+  identities' = [ identities ];
+
   # Shaped like a seed so the checks recognise it; not a real key.
   fakeSeed = "SU" + lib.concatStrings (lib.genList (_: "A") 56);
 
@@ -78,6 +81,7 @@ rec {
       services.cim = {
         topology = "cluster";
         cluster.nodes = nodes;
+        cluster.routePasswordFile = "/run/keys/cim-route-password";
         nats.leafnodes.publicKeys = [ keys.hub ];
       };
     }

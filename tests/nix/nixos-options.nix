@@ -642,6 +642,14 @@ in
     # and services.cim.ui set (ACME itself stays nixpkgs' security.acme, set by the user).
     services.nginx = {
       enable = lib.mkEnableOption "Nginx Web Server";
+      user = mkOption {
+        type = types.str;
+        default = "nginx";
+      };
+      group = mkOption {
+        type = types.str;
+        default = "nginx";
+      };
       recommendedTlsSettings = mkOption {
         type = types.bool;
         default = false;

@@ -18,6 +18,8 @@ let
           inherit name;
           address = name;
         }) names;
+        # The same password file on every node, written by the script as colmena would.
+        cluster.routePasswordFile = "/run/keys/cim-route-password";
         # The client machine reaches every node.
         nats.openFirewall = true;
       };
@@ -70,10 +72,28 @@ in
           return next(m for m in servers if m.name == name)
 
 
+      SEEDS["cim-route-password"] = "cim-vm-test-route-password"
+
       start_all()
+      with subtest("without the route password nats waits and says why"):
+          cluster1.wait_until_succeeds("journalctl -u cim-keys-nats | grep -q 'nats waits for its secret files: /run/keys/cim-route-password'")
+          cluster1.fail("systemctl is-active nats.service")
+
       for server in servers:
-          server.wait_for_unit("nats.service")
           install_keys(server)
+          server.wait_for_unit("nats.service")
+
+      with subtest("the route port is closed to machines that are not nodes"):
+          client.fail("curl -s --max-time 5 telnet://cluster1:6222 < /dev/null")
+
+      with subtest("a server on a node, without the route password, is refused as a route"):
+          nats_server = cluster2.succeed(
+              "systemctl show -p ExecStart nats.service | grep -o '/nix/store/[^ ]*/bin/nats-server' | head -1"
+          ).strip()
+          out = cluster2.fail(
+              f"timeout 10 {nats_server} -p 4333 -a 127.0.0.1 --cluster nats://127.0.0.1:6333 --routes nats-route://cluster1:6222 -DV 2>&1"
+          )
+          assert "authoriz" in out.lower() or "authentication" in out.lower(), out
       client.succeed("install -d -m 0750 /run/keys")
       client.succeed(f"install -m 0600 /dev/stdin /run/keys/cim-admin.nk <<< '{SEEDS['cim-admin.nk']}'")
 
@@ -100,8 +120,8 @@ in
           survivor = next(m for m in servers if m is not crashed)
           want = int(survivor.succeed(LAST_SEQ))
           crashed.start()
-          crashed.wait_for_unit("nats.service")
           install_keys(crashed)
+          crashed.wait_for_unit("nats.service")
           crashed.wait_until_succeeds(f"[ $({LAST_SEQ}) -ge {want} ]")
     '';
 }

@@ -41,13 +41,12 @@ in
     CIM = "cim --nkey /run/keys/cim-admin.nk"
 
 
-    def install_keys(machine):
-        """Put the seeds where colmena's deployment.keys would, then (re)start what needs them."""
+    def install_keys(machine, seeds=SEEDS):
+        """Put the seeds where colmena's deployment.keys would. Nothing is restarted: every
+        unit that needs a key waits for it (cim-keys-*.service) and starts once it is there."""
         machine.succeed("install -d -m 0750 /run/keys")
-        for name, seed in SEEDS.items():
-            machine.succeed(f"install -m 0600 /dev/stdin /run/keys/{name} <<< '{seed}'")
-        machine.succeed("systemctl reset-failed")
-        machine.succeed("systemctl restart cim-provision.service container@cim-store.service")
+        for name, seed in seeds.items():
+            machine.succeed(f"install -m 0600 /dev/stdin /run/keys/{name}.tmp <<< '{seed}' && mv /run/keys/{name}.tmp /run/keys/{name}")
 
 
     def wait_for_agents(machine, containers):

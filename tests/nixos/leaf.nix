@@ -1,6 +1,7 @@
 # A leaf node boots; every enabled container reaches `active`; a unit put with `cim`
 # through the host's NATS comes back byte for byte; `cim status` lists the agents; a unit
-# POSTed to the hub's ingest API with a token shows on the dashboard's page after a login.
+# POSTed to the hub's ingest API with a token shows on the dashboard's page after a login;
+# another machine on the network cannot reach the hub or the dashboard (nothing forwarded).
 # Pytest twin of the hub and UI steps: tests/test_up_hub_ui.py.
 { self }:
 let
@@ -12,6 +13,8 @@ let
 in
 {
   name = "cim-leaf";
+
+  nodes.client = { pkgs, ... }: { environment.systemPackages = [ pkgs.curl ]; };
 
   nodes.leaf =
     { ... }:
@@ -47,7 +50,6 @@ in
       leaf.succeed("install -m 0600 /dev/stdin /run/keys/cim-ui.nk <<< '${keys.ui.seed}'")
       leaf.succeed("""install -m 0600 /dev/stdin /run/keys/cim-hub-tokens.json <<< '{"tokens": [{"name": "vm", "token": "${token}"}]}'""")
       leaf.succeed("printf '%s' '${password}' | cim ui hash-password admin > /run/keys/cim-ui-users && chmod 0600 /run/keys/cim-ui-users")
-      leaf.succeed("systemctl restart container@cim-hub.service container@cim-ui.service")
 
       with subtest("provisioning creates the streams, and running it again changes nothing"):
           leaf.wait_for_unit("cim-provision.service")
@@ -78,6 +80,11 @@ in
           ))
           hub_cid = put["cid"]
           leaf.succeed(f"{CIM} units get {hub_cid} | grep -q 'via the hub'")
+
+      with subtest("another machine cannot reach the hub or the dashboard: nothing is forwarded"):
+          client.succeed("ping -c 1 leaf")
+          for port in (${toString nodes.leaf.services.cim.hub.port}, ${toString nodes.leaf.services.cim.ui.port}):
+              client.fail(f"curl -sf --max-time 5 http://leaf:{port}/healthz")
 
       with subtest("fetch the UI page and see the unit"):
           leaf.wait_until_succeeds(f"curl -sf {UI}/healthz")

@@ -1,5 +1,7 @@
 # The store's credential cannot purge or delete a stream it does not own, and no seed is
-# in the system closure.
+# in the system closure. A reboot empties /run/keys (colmena's keys live there): the units
+# wait for their keys and say so, and come up once the keys are back. A key replaced by a
+# new file (as colmena and agenix write them) restarts the container that mounts it.
 { self }:
 let
   common = import ./common.nix { inherit self; };
@@ -17,6 +19,7 @@ in
     leaf.wait_for_unit("nats.service")
     install_keys(leaf)
     leaf.wait_for_unit("cim-provision.service")
+    wait_for_agents(leaf, ["cim-store"])
 
     with subtest("the store credential may not purge or delete the event stream"):
         leaf.succeed(f"{CIM} units put /etc/hostname")
@@ -37,5 +40,32 @@ in
         for name, seed in SEEDS.items():
             found = leaf.succeed(f"{closure} '{seed}' || true").strip()
             assert found == "", f"the seed of {name} is in the Nix store: {found}"
+  
+    with subtest("a rebooted host without its keys: the units wait and say which file they wait for"):
+        leaf.crash()
+        leaf.start()
+        leaf.wait_for_unit("nats.service")
+        leaf.wait_until_succeeds(
+            "journalctl -b -u cim-keys-container-cim-store | grep -q 'container@cim-store waits for its secret files: /run/keys/cim-store.nk'"
+        )
+        leaf.wait_until_succeeds("journalctl -b -u cim-keys-cim-provision | grep -q 'cim-admin.nk'")
+        status = leaf.succeed("systemctl status container@cim-store.service cim-keys-container-cim-store.service 2>&1 || true")
+        print(status)
+        leaf.fail("systemctl is-active container@cim-store.service")
+        leaf.fail("systemctl is-failed container@cim-store.service")
+
+    with subtest("the keys uploaded again: everything comes up without a restart by hand"):
+        install_keys(leaf)
+        leaf.wait_for_unit("cim-provision.service")
+        wait_for_agents(leaf, ["cim-store"])
+        leaf.succeed(f"{CIM} units put /etc/hostname")
+
+    with subtest("a key replaced by a new file restarts the container that mounts it"):
+        before = leaf.succeed("systemctl show -p InvocationID --value container@cim-store.service").strip()
+        install_keys(leaf, {"cim-store.nk": SEEDS["cim-store.nk"]})
+        leaf.wait_until_succeeds(
+            f"[ \"$(systemctl show -p InvocationID --value container@cim-store.service)\" != '{before}' ]"
+        )
+        wait_for_agents(leaf, ["cim-store"])
   '';
 }
