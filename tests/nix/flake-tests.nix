@@ -52,6 +52,27 @@ let
   vmTests = lib.filterAttrs (name: _: lib.hasPrefix "vm-" name) flake.checks.${system};
 
   hosts = flake.nixosConfigurations;
+
+  # The nixpkgs packages a configuration pulls in: derivations it holds, and store paths in
+  # its strings, named by the stand-in packages they belong to.
+  storePathName = "${builtins.storeDir}/[0-9a-f]{32}-([^/ \"'\n]+)";
+  derivationNames =
+    value:
+    if builtins.isString value then
+      lib.concatMap (m: if builtins.isList m then m else [ ]) (builtins.split storePathName value)
+    else if builtins.isList value then
+      lib.concatMap derivationNames value
+    else if builtins.isAttrs value then
+      if value.type or null == "derivation" then [ value.name ] else lib.concatMap derivationNames (builtins.attrValues value)
+    else
+      [ ];
+  packages = lib.filterAttrs (_: p: builtins.isAttrs p && p.type or null == "derivation") h.pkgs;
+  packageNames = map (p: p.name) (builtins.attrValues packages) ++ [ cim.name ];
+  pulledIn = c: builtins.filter (n: builtins.elem n packageNames) (derivationNames (h.systemOf c));
+  insecure = builtins.attrNames (lib.filterAttrs (_: p: (p.meta.knownVulnerabilities or [ ]) != [ ]) packages);
+  everyConfiguration =
+    map (host: host.config) (builtins.attrValues hosts)
+    ++ lib.concatMap (t: builtins.attrValues t.nodes) (builtins.attrValues vmTests);
 in
 {
   # --- the package: its dependencies come from pyproject.toml ------------------------------
@@ -96,6 +117,19 @@ in
       { evaluates = evaluates c; failed = h.failedAssertions c; }
     ) (removeAttrs flake.colmena [ "meta" ]);
     expected = lib.mapAttrs (_: _: { evaluates = true; failed = [ ]; }) hosts;
+  };
+
+  # --- what nixpkgs packages the modules pull in, for a reviewer to see -----------------
+  "the packages the hosts and the VM tests pull in from nixpkgs, none marked insecure" = {
+    expr = {
+      packages = lib.sort lib.lessThan (lib.unique (lib.concatMap pulledIn everyConfiguration));
+      insecure = builtins.filter (n: builtins.elem n insecure) (lib.concatMap pulledIn everyConfiguration);
+    };
+    # By nixpkgs attribute: a reviewer checks each against nixpkgs' meta (insecure, broken).
+    expected = {
+      packages = [ "cim-0.1.0" "curl" "garage_2" "jq" "nats-server" "natscli" "systemd" ];
+      insecure = [ ];
+    };
   };
 
   # --- the VM tests: their nodes evaluate as the test driver would build them ------------
