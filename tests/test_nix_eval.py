@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cim.cli.main import app
+from cim.embedded.nats_server import ClusterSpec, NatsServer, http_get_json
+from cim.embedded.procs import free_ports, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 NIX_FILES = sorted(
@@ -103,3 +106,83 @@ def test_options_doc_is_current():
         [sys.executable, str(ROOT / "tests/nix/render_options.py"), "--check"], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
+
+
+def _run_splice(script: str, conf: dict, work: Path, password: str) -> dict:
+    """Run the module's own ExecStartPre script (its jq program) as systemd would: the
+    rendered config in, the route password as a credential, the spliced config out."""
+    jq = shutil.which("jq")
+    if not jq:
+        pytest.fail("jq is not installed (apt install jq): the route-password splice runs it")
+    creds, runtime = work / "credentials", work / "runtime"
+    creds.mkdir(parents=True)
+    runtime.mkdir()
+    (creds / "route-password").write_text(password + "\n")
+    rendered = work / "nats.conf"
+    rendered.write_text(json.dumps(conf))
+    body = re.sub(r"/nix/store/[^ ]*-jq/bin/jq", jq, script)
+    body = re.sub(r"/nix/store/[^ ]*-nats\.conf", str(rendered), body)
+    env = dict(os.environ, CREDENTIALS_DIRECTORY=str(creds), RUNTIME_DIRECTORY=str(runtime))
+    subprocess.run(["bash", "-c", body], env=env, check=True, timeout=30)
+    return json.loads((runtime / "nats.conf").read_text())
+
+
+def test_a_rendered_cluster_forms_with_its_route_password_and_refuses_a_server_without_it(evaluation, tmp_path):
+    """The cluster nodes' nats settings as services.cim renders them, with the route password
+    spliced in by the module's own start script, run on real nats-servers (loopback ports
+    in place of the nodes' addresses)."""
+    nodes = evaluation["clusterNats"]
+    password = "p@ss/w0rd+cim"  # characters that must be escaped in a route URL
+    route_ports, client_ports, http_ports, leaf_ports = (free_ports(len(nodes)) for _ in range(4))
+    # Each node's address is the one the others route to and it does not.
+    all_routes = [set(n["settings"]["cluster"]["routes"]) for n in nodes]
+    loopback = {}
+    for i, node in enumerate(nodes):
+        others = set().union(*(all_routes[j] for j in range(len(nodes)) if j != i)) - all_routes[i]
+        (address,) = {r.split("//")[1] for r in others}
+        loopback[address] = f"127.0.0.1:{route_ports[i]}"
+
+    servers = []
+    try:
+        for i, node in enumerate(nodes):
+            conf = dict(node["settings"], leafnodes=dict(node["settings"]["leafnodes"], host="127.0.0.1", port=leaf_ports[i]))
+            conf["cluster"] = dict(
+                conf["cluster"],
+                host="127.0.0.1",
+                port=route_ports[i],
+                routes=[f"nats-route://{loopback[r.split('//')[1]]}" for r in conf["cluster"]["routes"]],
+            )
+            spliced = _run_splice(node["splice"], conf, tmp_path / node["name"], password)
+            assert "cim-route" in spliced["cluster"]["routes"][0] and password not in spliced["cluster"]["routes"][0]
+            server = NatsServer(
+                store_dir=tmp_path / node["name"] / "store",
+                port=client_ports[i],
+                http_port=http_ports[i],
+                server_name=node["name"],
+                cluster=ClusterSpec(name=spliced["cluster"]["name"], port=route_ports[i], routes=spliced["cluster"]["routes"]),
+                extra_config={k: v for k, v in spliced.items() if k not in {"host", "port", "http", "jetstream", "server_name"}},
+            )
+            server.start()
+            servers.append(server)
+
+        def routes(server: NatsServer) -> int:
+            return http_get_json(server.monitor_url + "/routez")[1]["num_routes"]
+
+        wait_until(lambda: all(routes(s) >= 2 for s in servers), timeout=30, what="every node routed to the others")
+
+        rogue = NatsServer(
+            store_dir=tmp_path / "rogue" / "store",
+            server_name="rogue",
+            cluster=ClusterSpec(name=nodes[0]["settings"]["cluster"]["name"], port=free_ports(1)[0], routes=[f"nats-route://127.0.0.1:{route_ports[0]}"]),
+        )
+        rogue.start()
+        servers.append(rogue)
+        wait_until(
+            lambda: "Authorization Violation" in rogue.log_path.read_text(),
+            timeout=30,
+            what="the node refusing the rogue route",
+        )
+        assert routes(rogue) == 0
+    finally:
+        for server in servers:
+            server.stop()

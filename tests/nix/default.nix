@@ -1251,4 +1251,17 @@ in
     leaf-ui = uiSettings;
   }
   // lib.mapAttrs' (name: _: lib.nameValuePair "host-${name}-store" (host name).services.cim.store.settings) hosts;
+  # Each cluster node's rendered nats-server settings and the script that splices the route
+  # password in at start, for tests/test_nix_eval.py to run against real nats-servers.
+  clusterNats = map (
+    i:
+    let
+      c = node i;
+    in
+    {
+      name = c.services.cim.nodeName;
+      settings = natsSettings c;
+      splice = (builtins.head c.systemd.services.nats.serviceConfig.ExecStartPre).text;
+    }
+  ) [ 1 2 3 ];
 }
