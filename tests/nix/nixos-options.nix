@@ -311,6 +311,11 @@ let
           type = types.nullOr types.str;
           default = null;
         };
+        # nixos-containers.nix @ 00ef614e (with localMacAddress, new in 26.05).
+        copyResolvConf = mkOption {
+          type = types.bool;
+          default = true;
+        };
         localMacAddress = mkOption {
           type = types.nullOr (types.strMatching "([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}");
           default = null;
