@@ -83,6 +83,11 @@ in
           || (top.nats.tls.route.certFile != null && top.nats.tls.route.caFile != null && top.nats.tls.route.verify)
           || top.cluster.unauthenticatedRoutes
         ) "services.cim.topology = \"cluster\" without route authentication: any server that reaches port ${toString top.cluster.routePort} could join as a route and bypass every agent's permissions. Set services.cim.cluster.routePasswordFile (the same password file on every node), or route TLS with verification (services.cim.nats.tls.route.certFile, keyFile and caFile), or, only on a network nothing else can reach, services.cim.cluster.unauthenticatedRoutes = true.")
+        (check (
+          top.topology != "cluster"
+          || !config.networking.nftables.enable
+          || lib.all (a: lib.hasInfix ":" a || builtins.match "[0-9.]+(/[0-9]+)?" a != null) nodeAddresses
+        ) "services.cim.cluster.nodes has DNS names (${lib.concatStringsSep ", " nodeAddresses}), but with networking.nftables.enable the route port is opened by address in nftables rules, which take IP addresses only. Give the nodes' IP addresses.")
         (check (top.nats.hub.urls == [ ] || top.nats.hub.nkeySeedFile != null)
           "services.cim.nats.hub.urls is set but services.cim.nats.hub.nkeySeedFile is not: the hub would refuse this leaf. Run `cim keys new hub`, set the seed file here and add the public key to the hub's services.cim.nats.leafnodes.publicKeys."
         )

@@ -113,9 +113,19 @@ let
   # The other nodes may reach the route port, nobody else.
   otherAddresses = map (node: node.address) otherNodes;
   isIPv6 = lib.hasInfix ":";
+  isIPv4 = a: builtins.match "[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+(/[0-9]+)?" a != null;
+  # An IP opens the port to it; a DNS name is resolved by iptables when the firewall starts,
+  # for both families, and a name that does not resolve then leaves the port closed to it
+  # with a message, instead of aborting the firewall script.
+  routeRule = cmd: address: "${cmd} -w -I nixos-fw -p tcp -s ${address} --dport ${toString top.cluster.routePort} -j nixos-fw-accept";
   routeRulesIptables = lib.concatMapStrings (
     address:
-    "${if isIPv6 address then "ip6tables" else "iptables"} -w -I nixos-fw -p tcp -s ${address} --dport ${toString top.cluster.routePort} -j nixos-fw-accept\n"
+    if isIPv6 address then
+      "${routeRule "ip6tables" address}\n"
+    else if isIPv4 address then
+      "${routeRule "iptables" address}\n"
+    else
+      lib.concatMapStrings (cmd: "${routeRule cmd address} 2>/dev/null || echo 'cim: ${address} does not resolve (${cmd}); the NATS route port stays closed to it' >&2\n") [ "iptables" "ip6tables" ]
   ) otherAddresses;
   routeRulesNftables = lib.concatMapStrings (
     address: "${if isIPv6 address then "ip6" else "ip"} saddr ${address} tcp dport ${toString top.cluster.routePort} accept\n"

@@ -276,11 +276,12 @@ in
         # starting: the unit fails and systemd tries again.
         systemd.services.cim-garage-setup = {
           description = "CIM: Garage layout, the warm tier's bucket and its S3 key";
-          wantedBy = [ "multi-user.target" ];
-          requires = [ "garage.service" ];
+          # Wants, not Requires: stopping Garage must not take the tier container down with it
+          # (its reads then fail cleanly and resume when Garage is back).
+          wants = [ "garage.service" ];
           after = [ "garage.service" ];
           before = [ "container@cim-tier.service" ];
-          requiredBy = [ "container@cim-tier.service" ];
+          wantedBy = [ "multi-user.target" "container@cim-tier.service" ];
           startLimitIntervalSec = 0;
           serviceConfig = {
             Type = "oneshot";
@@ -294,12 +295,15 @@ in
             set -euo pipefail
             garage() { ${garageCli} "$@"; }
             garage status >/dev/null
-            if garage layout show | grep -qiE 'current cluster layout version: *0\b'; then
+            # Captured first: grep -q would stop reading early, and pipefail would see garage fail.
+            layout=$(garage layout show)
+            if printf '%s\n' "$layout" | grep -qiE 'current cluster layout version: *0\b'; then
               garage layout assign -z cim -c ${garage.capacity} "$(garage node id -q | cut -d@ -f1)"
               garage layout apply --version 1
             fi
             garage bucket info ${garage.bucket} >/dev/null 2>&1 || garage bucket create ${garage.bucket}
-            if [ ! -s ${garageKeyFile} ]; then
+            # A key file left from a Garage whose data was wiped names a key it no longer has.
+            if [ ! -s ${garageKeyFile} ] || ! garage key info cim-tier >/dev/null 2>&1; then
               # A key whose file was lost cannot be read back in v2: make a new one.
               garage key delete --yes cim-tier >/dev/null 2>&1 || true
               out=$(garage key create cim-tier)

@@ -97,10 +97,14 @@ in
       })
     ];
 
-    # nginx reads the htpasswd file itself, as user nginx, on every request.
+    # nginx reads the htpasswd file itself, as user nginx, on every request; /run/keys is
+    # 0750 root:keys on NixOS, so nginx joins `keys` (colmena's advice for such services).
     services.cim.keys.required.nginx = lib.mkIf (cfg.nginx.enable && cfg.nginx.basicAuthFile != null) {
       files = [ (toString cfg.nginx.basicAuthFile) ];
       user = config.services.nginx.user;
+    };
+    users.users = lib.mkIf (cfg.nginx.enable && cfg.nginx.basicAuthFile != null) {
+      ${config.services.nginx.user}.extraGroups = [ "keys" ];
     };
 
     services.nginx.virtualHosts = lib.mkIf (cfg.nginx.enable && cfg.nginx.virtualHost != null) {

@@ -226,16 +226,21 @@ let
         moved = [ "d /srv/nats 0750 nats nats - -" ];
       };
     };
-    "secret files: each unit waits for its own, after colmena's key service for them" = {
+    "secret files: a unit is skipped, not failed, while one is missing; ordered after colmena's key service" = {
       expr =
         let
           c = (h.evalNixos [ (import ./nixos/colmena.nix "leaf") ./nixos/hardware.nix flake.colmena.leaf ]).config;
         in
         {
           required = lib.mapAttrs (_: r: r.files) c.services.cim.keys.required;
-          store = { inherit (c.systemd.services."container@cim-store") requires after wants; };
-          waiter = c.systemd.services.cim-keys-container-cim-store.serviceConfig.TimeoutStartSec;
-          watch = c.systemd.paths.cim-keys-container-cim-store-changed.pathConfig;
+          store = {
+            inherit (c.systemd.services."container@cim-store") after;
+            condition = c.systemd.services."container@cim-store".unitConfig.ConditionPathExists;
+            # Nothing the unit needs waits for a missing key: no Requires=/Wants= on a waiter.
+            requires = c.systemd.services."container@cim-store".requires;
+          };
+          handler = { inherit (c.systemd.services.cim-keys-container-cim-store) wantedBy; inherit (c.systemd.services.cim-keys-container-cim-store.serviceConfig) Type; };
+          watch = c.systemd.paths.cim-keys-container-cim-store.pathConfig;
         };
       expected = {
         required = {
@@ -244,21 +249,25 @@ let
           nats = [ "/run/keys/cim-hub.nk" ];
         };
         store = {
-          requires = [ "cim-keys-container-cim-store.service" ];
-          after = [ "cim-keys-container-cim-store.service" "cim-store.nk-key.service" ];
-          wants = [ "cim-store.nk-key.service" ];
+          after = [ "cim-store.nk-key.service" ];
+          condition = [ "/run/keys/cim-store.nk" ];
+          requires = [ ];
         };
-        waiter = "infinity";
+        handler = { wantedBy = [ "multi-user.target" ]; Type = "oneshot"; };
         watch = {
-          PathChanged = [ "/run/keys/cim-store.nk" ];
-          Unit = "cim-keys-container-cim-store-changed.service";
+          PathChanged = [ "/run/keys/cim-store.nk" "/run/keys" ];
+          Unit = "cim-keys-container-cim-store.service";
         };
       };
     };
-    "secret files: nginx must be able to read its basic auth file itself" = {
-      expr = (cfgOf (hubUiModules ++ [ { services.cim.ui = { trustedHeader = "X-Remote-User"; nginx.basicAuthFile = "/run/keys/cim-ui-htpasswd"; }; } ])).services.cim.keys.required.nginx;
-      expected = { files = [ "/run/keys/cim-ui-htpasswd" ]; user = "nginx"; };
-    };
+    "secret files: nginx must be able to read its basic auth file itself, and may enter /run/keys" =
+      let
+        c = cfgOf (hubUiModules ++ [ { services.cim.ui = { trustedHeader = "X-Remote-User"; nginx.basicAuthFile = "/run/keys/cim-ui-htpasswd"; }; } ]);
+      in
+      {
+        expr = { required = c.services.cim.keys.required.nginx; groups = c.users.users.nginx.extraGroups; };
+        expected = { required = { files = [ "/run/keys/cim-ui-htpasswd" ]; user = "nginx"; }; groups = [ "keys" ]; };
+      };
 
     # --- the example fleet in hosts/ ------------------------------------------------------
     "every example host passes every assertion" = {
@@ -387,6 +396,15 @@ let
         seed = false;
       };
     };
+    "a node named by DNS: its route rules resolve at firewall start, and one that does not resolve leaves the port closed instead of aborting the firewall" = {
+      expr = lib.hasInfix "-s cluster-2.example.org --dport 6222 -j nixos-fw-accept 2>/dev/null || echo" (
+        cfgOf (f.clusterNode 1 ++ [ { services.cim.cluster.nodes = lib.mkForce (lib.imap1 (i: n: n // { address = "cluster-${toString i}.example.org"; }) f.nodes); } ])
+      ).networking.firewall.extraCommands;
+      expected = true;
+    };
+    "assertion: DNS names for the nodes with nftables" = fires (
+      f.clusterNode 1 ++ [ { networking.nftables.enable = true; services.cim.cluster.nodes = lib.mkForce (lib.imap1 (i: n: n // { address = "cluster-${toString i}.example.org"; }) f.nodes); } ]
+    ) "nftables rules, which take IP addresses only";
     "assertion: a cluster without route authentication" = fires (
       f.clusterNode 1 ++ [ { services.cim.cluster.routePasswordFile = lib.mkForce null; } ]
     ) "without route authentication";
@@ -516,8 +534,8 @@ let
           Type = "oneshot";
           LoadCredential = [ "admin:/run/keys/cim-admin.nk" ];
           ExecStart = "${leaf.services.cim.package}/bin/cim --server nats://127.0.0.1:4222 --nkey %d/admin provision --spec ${leaf.services.cim.provision.specFile}";
-          after = [ "nats.service" "cim-keys-cim-provision.service" ];
-          requires = [ "nats.service" "cim-keys-cim-provision.service" ];
+          after = [ "nats.service" ];
+          requires = [ "nats.service" ];
           restartTriggers = [ leaf.services.cim.provision.specFile ];
         };
       };
@@ -854,7 +872,7 @@ let
         s3 = withTier.services.garage.settings.s3_api.api_bind_addr;
         firewall = withTier.networking.firewall.interfaces."ve-cim-tier".allowedTCPPorts;
         setup = {
-          inherit (withTier.systemd.services.cim-garage-setup) after requiredBy;
+          inherit (withTier.systemd.services.cim-garage-setup) after wants wantedBy requires;
           inherit (withTier.systemd.services.cim-garage-setup.serviceConfig) EnvironmentFile UMask;
         };
         warm = builtins.head withTier.services.cim.tier.settings.tiers;
@@ -866,8 +884,11 @@ let
         s3 = "[::]:3900";
         firewall = [ 3900 4222 ];
         setup = {
+          # Stopping Garage must not stop the tier container.
           after = [ "garage.service" ];
-          requiredBy = [ "container@cim-tier.service" ];
+          wants = [ "garage.service" ];
+          requires = [ ];
+          wantedBy = [ "multi-user.target" "container@cim-tier.service" ];
           EnvironmentFile = "/var/lib/cim-garage/garage.env";
           UMask = "0077";
         };

@@ -600,6 +600,32 @@ in
       default = [ ];
     };
 
+    # nixos/modules/config/users-groups.nix (userOpts): the user options the modules set.
+    users.users = mkOption {
+      type = types.attrsOf (
+        types.submodule (
+          { name, ... }:
+          {
+            options = {
+              name = mkOption {
+                type = types.str;
+                default = name;
+              };
+              extraGroups = mkOption {
+                type = types.listOf types.str;
+                default = [ ];
+              };
+              group = mkOption {
+                type = types.str;
+                default = "";
+              };
+            };
+          }
+        )
+      );
+      default = { };
+    };
+
     # nixos/modules/config/users-groups.nix: the group options the modules set.
     users.groups = mkOption {
       type = types.attrsOf (

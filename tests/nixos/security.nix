@@ -60,12 +60,22 @@ in
         wait_for_agents(leaf, ["cim-store"])
         leaf.succeed(f"{CIM} units put /etc/hostname")
 
-    with subtest("a key replaced by a new file restarts the container that mounts it"):
+    with subtest("a key uploaded again unchanged restarts nothing (colmena re-uploads every key on apply)"):
         before = leaf.succeed("systemctl show -p InvocationID --value container@cim-store.service").strip()
+        runs = "journalctl -u cim-keys-container-cim-store -o cat | grep -c '^Finished' || true"
+        seen = int(leaf.succeed(runs))
         install_keys(leaf, {"cim-store.nk": SEEDS["cim-store.nk"]})
+        leaf.wait_until_succeeds(f"[ $({runs}) -gt {seen} ]")
+        after = leaf.succeed("systemctl show -p InvocationID --value container@cim-store.service").strip()
+        assert after == before, "an unchanged key restarted the container"
+
+    with subtest("a key whose content changed restarts the container that mounts it"):
+        # The same seed with a trailing newline: other bytes, the same identity.
+        install_keys(leaf, {"cim-store.nk": SEEDS["cim-store.nk"] + "\n"})
         leaf.wait_until_succeeds(
             f"[ \"$(systemctl show -p InvocationID --value container@cim-store.service)\" != '{before}' ]"
         )
         wait_for_agents(leaf, ["cim-store"])
+        leaf.succeed(f"{CIM} units put /etc/hostname")
   '';
 }
