@@ -87,14 +87,20 @@ class ProvisionSpec(_Spec):
     objects: list[ObjectSpec] = Field(default_factory=list)
 
     def resolved(self) -> ProvisionSpec:
-        """The spec with the core resources added (a user entry of the same name wins)."""
+        """The spec with the core resources added. A user entry of a core resource's name is
+        laid over the core one: the fields it sets win, the others (the event store's guards
+        among them) stay the core's."""
         if not self.include_core:
             return self
         core = core_spec()
 
         def merge(mine: list, theirs: list, key: str) -> list:
-            names = {getattr(r, key) for r in mine}
-            return [r for r in theirs if getattr(r, key) not in names] + mine
+            by_name = {getattr(r, key): r for r in mine}
+            out = []
+            for r in theirs:
+                user = by_name.pop(getattr(r, key), None)
+                out.append(r if user is None else r.model_copy(update={f: getattr(user, f) for f in user.model_fields_set}))
+            return out + list(by_name.values())
 
         return self.model_copy(
             update={
@@ -143,6 +149,7 @@ def _base_spec() -> ProvisionSpec:
                 description="CIM event store: cim.evt.<aggregate>.<id>.<event>",
                 allow_atomic=True,
                 deny_delete=True,
+                deny_purge=True,
             ),
             StreamSpec(
                 name=DLQ_STREAM,
@@ -253,6 +260,29 @@ def consumer_config(c: ConsumerSpec) -> dict[str, Any]:
     return cfg
 
 
+# The event store keeps every event for ever and no one may delete or purge one: a spec may
+# not give it a retention limit nor take a guard away (`cim provision` refuses, and says why).
+_GUARDS = {"allow_atomic": True, "deny_delete": True, "deny_purge": True}
+_NO_LIMITS = {"max_age": 0, "max_bytes": -1, "max_msgs": -1}
+
+
+def check_event_store(s: StreamSpec) -> None:
+    """Refuse a spec for CIM_EVENTS that could lose events."""
+    if s.name != EVENTS_STREAM:
+        return
+    problems = [
+        f"{key} = {getattr(s, key)!r} would let the server delete events"
+        for key, none in _NO_LIMITS.items()
+        if getattr(s, key) != none
+    ] + [f"{key} = false would let events be {'deleted or purged' if key != 'allow_atomic' else 'appended without their batch guarantee'}"
+         for key, on in _GUARDS.items() if getattr(s, key) != on]
+    if problems:
+        raise ProvisionError(
+            f"refusing to provision stream {EVENTS_STREAM}: " + "; ".join(problems)
+            + ". The event store takes no retention limits and keeps its guards: remove these keys from its entry in the spec."
+        )
+
+
 # Fields the server refuses to change on update: a difference there is drift to report.
 _IMMUTABLE_STREAM = {"storage", "retention"}
 _IMMUTABLE_CONSUMER = {"deliver_policy"}
@@ -315,6 +345,8 @@ class Provisioner:
 
     async def apply(self, spec: ProvisionSpec) -> list[Change]:
         spec = spec.resolved()
+        for s in spec.streams:
+            check_event_store(s)
         changes: list[Change] = []
         for s in spec.streams:
             changes.append(await self._stream("stream", s.name, stream_config(s, spec.replicas)))
