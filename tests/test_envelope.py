@@ -1,5 +1,6 @@
 """The event envelope survives the trip through NATS headers and body."""
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -74,3 +75,30 @@ def test_a_non_json_body_is_surfaced_not_dropped():
 def test_aggregate_ids_must_be_subject_tokens(bad):
     with pytest.raises(ValueError):
         Event(type="unit.revised", aggregate_id=bad)
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"cid":' + b"[" * depth + b"]" * depth + b"}"
+
+
+@given(
+    body=st.binary(max_size=256)
+    | st.integers(1, 20_000).map(_nested)
+    | st.integers(1, 20_000).map(lambda n: b"{" * n)
+    | json_values.map(lambda v: json.dumps(v).encode()),
+    type_name=st.sampled_from(["unit.created", "unit.located", "unit.expired", "no.such"]),
+)
+def test_a_reader_survives_any_body(body, type_name):
+    """Whatever bytes an event carries, reading it gives an event (with a problem if the
+    body is unusable), never an exception."""
+    headers = {"Nats-Msg-Id": "x", "ce-type": type_name}
+    e = StoredEvent.from_message(f"cim.evt.unit.abc.{type_name.split('.')[1]}", 3, headers, body)
+    assert e.seq == 3 and e.type == type_name
+    if e.problem is None:
+        json.dumps(e.data)  # whatever was accepted can be printed again
+
+
+def test_a_body_nested_five_thousand_deep_is_surfaced_not_raised():
+    e = StoredEvent.from_message("cim.evt.unit.abc.created", 9, {"ce-type": "unit.created"}, _nested(5000))
+    assert e.problem and "nests deeper than 64 levels" in e.problem
+    assert e.typed() is None

@@ -101,6 +101,42 @@ class Event(BaseModel):
         return json.dumps(self.data, separators=(",", ":"), sort_keys=True).encode()
 
 
+# How deep an event body may nest. Every event CIM writes is a few levels deep; a body nested
+# thousands deep (anyone who may append can write one, and deny_delete keeps it for ever)
+# would raise RecursionError in every reader that decodes, validates or prints it.
+MAX_BODY_DEPTH = 64
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Does `value` nest more than `limit` levels? Iterative: safe at any depth."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def decode_body(data: bytes) -> tuple[Any, str | None]:
+    """An event body as JSON, or (its text, why not): never raises, whatever the bytes."""
+    if not data:
+        return {}, None
+    too_deep = False
+    try:
+        body = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return data.decode("utf-8", "replace"), f"body is not JSON: {err}"
+    except RecursionError:
+        too_deep = True
+    if too_deep or _deeper_than(body, MAX_BODY_DEPTH):
+        text = data[:200].decode("utf-8", "replace")
+        return text, f"body nests deeper than {MAX_BODY_DEPTH} levels ({len(data)} bytes): refused"
+    return body, None
+
+
 class StoredEvent(BaseModel):
     """An event read back, with its stream sequence. Unknown or undecodable ones are kept."""
 
@@ -148,11 +184,7 @@ class StoredEvent(BaseModel):
         aggregate = parts[2] if len(parts) > 2 else ""
         aggregate_id = parts[3] if len(parts) > 3 else ""
         type_name = headers.get(H_TYPE) or (f"{aggregate}.{parts[4]}" if len(parts) > 4 else "")
-        problem = None
-        try:
-            body: Any = json.loads(data) if data else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            body, problem = data.decode("utf-8", "replace"), f"body is not JSON: {err}"
+        body, problem = decode_body(data)
         model = model_for(type_name)
         typed = None
         if model is not None and problem is None:
