@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +129,36 @@ def test_a_newcomer_puts_a_folder_watches_the_pipeline_and_finds_it(up, cli, tmp
     # The labels classification added show on the unit, next to its own.
     shown = json.loads(cli("--json", "units", "show", hit["cid"], server=u.url).stdout)
     assert "document" in shown["labels"] and shown["unit"]["labels"] == []
+
+
+def test_up_restarts_a_killed_nats_server_and_says_so(up, cli, tmp_path):
+    u = up()
+    wait_until(lambda: "store" in agents(cli, u.url), 30, what="the store agent to answer cim status")
+    f = tmp_path / "before.txt"
+    f.write_text("stored before the crash")
+    before = cli("units", "put", f, server=u.url).stdout.split()[0]
+
+    os.kill(_nats_pid(u.data_dir), signal.SIGKILL)
+    wait_until(lambda: "nats-server restarted" in u.output(), 60, what="cim up to restart nats-server")
+    assert "nats-server exited" in u.output()
+
+    # The same address, the same data, and the agents back on it.
+    assert cli("units", "get", before, server=u.url).stdout == "stored before the crash"
+    g = tmp_path / "after.txt"
+    g.write_text("stored after the restart")
+    wait_until(lambda: cli("units", "put", g, server=u.url, check=False).returncode == 0, 60,
+               what="a put to succeed after the restart")
+    wait_until(lambda: "store" in agents(cli, u.url), 60, what="the store agent to answer again")
+
+
+def _nats_pid(data_dir) -> int:
+    """The pid of the nats-server `cim up` runs for `data_dir` (found by its config path)."""
+    config = str(data_dir / "nats" / "nats.conf").encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"nats-server" in cmdline and config in cmdline:
+            return int(proc.name)
+    raise AssertionError(f"no nats-server runs with {config.decode()}")

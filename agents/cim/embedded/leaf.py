@@ -84,6 +84,10 @@ class Leaf:
         self.log_level = log_level
         self.agent_names = available_agents() if agents is None else agents
         self.server: NatsServer | None = None
+        # nats-server is supervised like an agent: restarted with backoff, and said so.
+        self.server_restarts = 0
+        self.server_started_at = time.monotonic()
+        self.server_next_start: float | None = None
         self.agents: dict[str, Supervised] = {}
         self.notes: dict[str, str] = {}
 
@@ -103,6 +107,35 @@ class Leaf:
             host=self.host, server_name="cim-leaf", config_path=self.data_dir / "nats" / "nats.conf",
         )
         self.server.start()
+        self.server_started_at = time.monotonic()
+
+    def check_server(self) -> list[str]:
+        """Restart a dead nats-server on its ports and data (with backoff); say what happened.
+        The agents keep reconnecting on their own and carry on once it is back."""
+        server, now = self.server, time.monotonic()
+        if server is None:
+            return []
+        if server.alive:
+            if now - self.server_started_at > HEALTHY_AFTER:
+                self.server_restarts = 0
+            return []
+        if self.server_next_start is None:
+            delay = RESTART_BACKOFF[min(self.server_restarts, len(RESTART_BACKOFF) - 1)]
+            self.server_next_start = now + delay
+            return [
+                f"nats-server exited (code {server.returncode}); restarting in {delay:g}s; "
+                f"the agents wait for it and reconnect; log: {server.log_path}"
+            ]
+        if now < self.server_next_start:
+            return []
+        self.server_restarts += 1
+        self.server_started_at = now
+        self.server_next_start = None
+        try:
+            server.restart()
+        except EmbeddedError as err:
+            return [f"nats-server did not start again: {err}"]
+        return [f"nats-server restarted (pid {server.pid}) on {self.url}"]
 
     async def provision(self) -> list[str]:
         nc = await connect(ConnectionSettings(servers=[self.url], name="cim-up"))
@@ -194,7 +227,8 @@ class Leaf:
 
 async def supervise(leaf: Leaf, stop: asyncio.Event, echo) -> None:
     while not stop.is_set():
-        for note in leaf.check_agents():
+        # A restart of nats-server waits until it is ready: off the event loop.
+        for note in await asyncio.to_thread(leaf.check_server) + leaf.check_agents():
             echo(note)
         try:
             await asyncio.wait_for(stop.wait(), timeout=0.5)
