@@ -19,13 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import AgentConfig
 from ..content import ContentStore
-from ..errors import CimError, InvalidInput, NotFound
+from ..errors import CimError, ConfigError, InvalidInput, NotFound
 from ..events import Event, EventStore, StoredEvent
 from ..pipeline import definitions
 from ..pipeline.dlq import delete_letter, get_letter
 from ..pipeline.engine import RECORDS, Runner
 from ..pipeline.graph import RelationGraph
-from ..pipeline.model import PipelineDef, default_pipelines
+from ..pipeline.model import PipelineDef, check_plugins, default_pipelines
 from ..pipeline.search import SearchIndex
 from ..plugins import discover
 from ..provision import EVENTS_STREAM, KvSpec, ProvisionSpec
@@ -71,6 +71,10 @@ class Empty(_Req):
     pass
 
 
+class CheckRequest(_Req):
+    pipelines: list[PipelineDef] = Field(max_length=256)
+
+
 class Agent:
     def __init__(self, ctx: AgentContext):
         self.ctx = ctx
@@ -99,9 +103,22 @@ class Agent:
         for name, why in self.plugins.broken.items():
             log.error("plugin %s is not available: %s", name, why)
         for p in self.config.pipelines:
-            await definitions.put(self.nc, p, source="config")
+            await self._install(p)
         self._tasks = [asyncio.create_task(self._watch(), name="pipelines-watch"),
                        asyncio.create_task(self._project(), name="projections")]
+
+    async def _install(self, p: PipelineDef) -> None:
+        """Install a pipeline of this agent's config, unless one of its name was applied with
+        `cim pipelines apply`: an operator's pipeline is never reverted by a restart."""
+        try:
+            current = await definitions.get(self.nc, p.name)
+        except NotFound:
+            current = None
+        if current is not None and current.source != "config":
+            log.info("pipeline %s was applied with `cim pipelines apply`; the config's definition does not replace it", p.name)
+            return
+        if current is None or current.definition != p:
+            await definitions.put(self.nc, p, source="config")
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -217,6 +234,15 @@ class Agent:
             out[name] = {"state": "paused"}
         return {"pipelines": out, "plugins": {n: p.version for n, p in self.plugins.found.items()},
                 "broken_plugins": self.plugins.broken}
+
+    @endpoint("check")
+    async def check(self, req: CheckRequest) -> dict:
+        """Problems of these pipelines against the plugins installed here (`cim pipelines apply`)."""
+        try:
+            check_plugins(req.pipelines, self.plugins, "pipelines")
+        except ConfigError as err:
+            return {"problems": [list(p) for p in err.errors]}
+        return {"problems": []}
 
     @endpoint("retry")
     async def retry(self, req: RetryRequest) -> dict:

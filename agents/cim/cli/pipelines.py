@@ -6,11 +6,12 @@ from pathlib import Path
 
 import typer
 
-from ..calls import call
+from ..calls import AgentUnavailable, call
 from ..errors import ConfigError
 from ..pipeline import definitions
 from ..pipeline.dlq import get_letter, list_letters
-from ..pipeline.model import load
+from ..pipeline.model import check_plugins, load
+from ..plugins import discover
 from .common import emit, globals_of, nats_connection, run
 
 app = typer.Typer(help="Declarative pipelines of plugin steps.", no_args_is_help=True)
@@ -64,7 +65,10 @@ def show(ctx: typer.Context, name: str) -> None:
 
 @app.command("apply")
 def apply(ctx: typer.Context, file: Path = typer.Argument(..., help="pipelines as JSON or YAML")) -> None:
-    """Install or replace pipelines; the agent picks them up without a restart."""
+    """Install or replace pipelines; the agent picks them up without a restart.
+
+    Every step must name a step plugin installed where the pipeline agent runs (it is asked;
+    without an agent, the plugins installed here), with settings that plugin accepts."""
     g = globals_of(ctx)
     try:
         pipelines = load(file)
@@ -74,6 +78,18 @@ def apply(ctx: typer.Context, file: Path = typer.Argument(..., help="pipelines a
 
     async def body() -> list[str]:
         async with nats_connection(g) as nc:
+            try:
+                answer = await call(nc, "cim.pipeline.check", {"pipelines": [p.model_dump(mode="json") for p in pipelines]},
+                                    timeout=g.timeout)
+                problems = [tuple(p) for p in answer["problems"]]
+            except AgentUnavailable:
+                try:
+                    check_plugins(pipelines, discover(), str(file))
+                    problems = []
+                except ConfigError as err:
+                    problems = err.errors
+            if problems:
+                raise ConfigError(str(file), problems)
             return [(await definitions.put(nc, p)).definition.name for p in pipelines]
 
     names = run(body)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import ConfigError
+from ..errors import CimError, ConfigError, InvalidInput
 
 NAME = r"^[a-z0-9][a-z0-9_-]{0,40}$"
 UNIT_CREATED = "cim.evt.unit.*.created"
@@ -104,21 +104,68 @@ def parse(data: Any, source: str) -> list[PipelineDef]:
     return out
 
 
+# A pipeline file is small; these bound what a hostile one can cost before it is refused.
+MAX_FILE_BYTES = 1024 * 1024
+MAX_YAML_ALIASES = 16  # each `*ref` re-uses a node: a few levels of them multiply a file a billion-fold
+
+
+def _yaml(text: str, source: str) -> Any:
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_YAML_ALIASES:
+                    raise ConfigError(source, [("(file)", f"more than {MAX_YAML_ALIASES} YAML aliases (*name): refused; write the values out")])
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader with a bound on aliases
+    except yaml.YAMLError as err:
+        raise ConfigError(source, [("(file)", f"not YAML: {err}")]) from None
+
+
 def load(path: Path) -> list[PipelineDef]:
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as err:
         raise ConfigError(str(path), [("(file)", f"cannot read it: {err.strerror}")]) from None
-    if str(path).endswith((".yaml", ".yml")):
-        import yaml
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(str(path), [("(file)", f"{len(raw)} bytes; a pipeline file may have {MAX_FILE_BYTES} at most")])
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), [("(file)", f"not UTF-8 text (byte {err.start})")]) from None
+    try:
+        if str(path).endswith((".yaml", ".yml")):
+            data = _yaml(text, str(path))
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ConfigError(str(path), [(f"line {err.lineno} column {err.colno}", f"not JSON: {err.msg}")]) from None
+        return parse(data, str(path))
+    except RecursionError:
+        raise ConfigError(str(path), [("(file)", "nested too deep")]) from None
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(str(path), [("(file)", f"not YAML: {err}")]) from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(str(path), [(f"line {err.lineno} column {err.colno}", f"not JSON: {err.msg}")]) from None
-    return parse(data, str(path))
+
+def check_plugins(pipelines: list[PipelineDef], plugins: Any, source: str) -> None:
+    """Every step names an installed step plugin and settings it accepts."""
+    problems = []
+    for i, p in enumerate(pipelines):
+        prefix = f"{i}." if len(pipelines) > 1 else ""
+        for j, step in enumerate(p.steps):
+            try:
+                plugin = plugins.get(step.plugin)
+            except CimError as err:
+                problems.append((f"{prefix}steps.{j}.plugin", str(err)))
+                continue
+            try:
+                plugin.parse_settings(step.settings)
+            except InvalidInput as err:
+                problems.append((f"{prefix}steps.{j}.{err.field}", err.rule))
+    if problems:
+        raise ConfigError(source, problems)
