@@ -138,6 +138,31 @@ class AgentContext:
         self.stopping = asyncio.Event()
 
 
+# An agent's whole stop, after SIGTERM, takes at most this long (systemd's TimeoutStopSec is
+# 90 s by default): each step gets what is left of it, and what is still running then is
+# abandoned. Nothing acknowledged is lost by that: work in flight was not acknowledged, and
+# the server delivers it again. A second SIGTERM or Ctrl-C exits at once.
+STOP_DEADLINE = 30.0
+
+
+async def _bounded(what: str, step: Any, deadline: float) -> None:
+    """Await `step` until `deadline` (loop time); past it, cancel it and go on without
+    waiting for the cancellation (a step that swallows it must not hold the stop)."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+    if not done:
+        task.cancel()
+        log.warning("stopping: %s did not finish in time; going on without it", what)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("stopping: %s failed: %s", what, task.exception())
+
+
+def _exit_now(signum: int) -> None:
+    log.warning("stopping: signal %d again; exiting now (work in flight is delivered again)", signum)
+    logging.shutdown()
+    os._exit(128 + signum)
+
+
 async def run_agent(config: AgentConfig, agent_factory: Callable[[AgentContext], Any]) -> None:
     logs.setup(config.log_level)
     nc = await connect(config.nats.model_copy(update={"name": config.nats.name or config.agent_name}))
@@ -189,18 +214,31 @@ async def run_agent(config: AgentConfig, agent_factory: Callable[[AgentContext],
     try:
         await ctx.stopping.wait()
     finally:
-        log.info("stopping: draining requests and closing the connection")
+        log.info("stopping: draining requests and closing the connection (at most %gs)", STOP_DEADLINE)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _exit_now, sig)
+        deadline = loop.time() + STOP_DEADLINE
         if heartbeat is not None:
-            await heartbeat.stop()
+            await _bounded("the registry heartbeat", heartbeat.stop(), deadline)
         stop = getattr(agent, "stop", None)
         if stop:
-            await stop()
-        await service.stop()
-        try:
-            await asyncio.wait_for(nc.drain(), timeout=10)
-        except Exception:  # already closed or timed out: nothing more to flush
-            await nc.close()
+            await _bounded(f"the {config.capability} agent's own stop", stop(), deadline)
+        await _bounded("the service endpoints", service.stop(), deadline)
+        # The connection gets a few seconds of its own even when the steps above used the rest.
+        await _bounded("draining the connection", nc.drain(), max(deadline, loop.time() + 5))
+        if not nc.is_closed:
+            await _bounded("closing the connection", nc.close(), loop.time() + 2)
         CONNECTED.set(0)
+        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+        for t in leftover:
+            t.cancel()
+        if leftover:
+            _, pending = await asyncio.wait(leftover, timeout=2)
+            if pending:
+                # asyncio.run would wait for them for ever: they ignore cancellation.
+                log.warning("stopping: %d task(s) ignore cancellation; exiting without them", len(pending))
+                logging.shutdown()
+                os._exit(0)
         log.info("stopped")
 
 

@@ -125,8 +125,8 @@ class Agent:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        for r in list(self.runners.values()):
-            await r.stop()
+        # Together: each runner waits at most its own bound for the batch in hand.
+        await asyncio.gather(*(r.stop() for r in list(self.runners.values())), return_exceptions=True)
 
     async def _read(self, cid: str) -> bytes:
         parts, size = [], 0
