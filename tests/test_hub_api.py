@@ -119,3 +119,26 @@ async def test_unit_metadata_is_readable_with_a_token_and_404_for_an_unknown_cid
             assert r.status == 404
         async with s.get(f"{hub.url}/v1/units/{body['cid']}") as r:
             assert r.status == 401
+
+
+async def test_metadata_nested_a_thousand_deep_is_400_not_500(hub, nc):
+    deep = "[" * 1000 + "]" * 1000
+    status, body, _ = await post(hub.url, "?metadata=" + json.dumps({"k": "x"})[:-1] + ',"d":' + deep + "}",
+                                 data=b"deep metadata", headers=AUTH)
+    assert status == 400, body
+    assert body["errors"][0]["field"] == "metadata" and "deeper than 64 levels" in body["errors"][0]["message"]
+
+
+async def test_a_token_file_that_turns_invalid_refuses_every_token_until_it_is_fixed(hub, tmp_path):
+    """A broken rewrite must not keep the old tokens: one of them may be the revoked one."""
+    status, _, _ = await post(hub.url, data=b"before", headers=AUTH)
+    assert status == 201
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text('{"tokens": [{"name": "ci"}]}')  # no token: invalid
+    status, body, _ = await post(hub.url, data=b"while broken", headers=AUTH)
+    assert status == 401, body
+    from hub_support import write_tokens
+
+    write_tokens(tokens)
+    status, _, _ = await post(hub.url, data=b"after the fix", headers=AUTH)
+    assert status == 201

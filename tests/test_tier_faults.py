@@ -178,3 +178,30 @@ def test_an_unreachable_endpoint_says_to_check_the_server(nats_server, tmp_path,
     assert "is unreachable" in r.stderr and "check that the S3 server runs and the endpoint is right" in r.stderr
     r = cli("restore", "--from", "gopher://x/y", check=False)
     assert r.returncode == 1 and "unknown scheme 'gopher'" in r.stderr
+
+
+async def test_a_unit_whose_only_copy_is_gone_is_not_said_to_be_safe(nats_server, tmp_path, cli):
+    """An outage says "Nothing is lost"; a tier that answers and has no copy is a loss, and
+    the error says so and what can still bring it back."""
+    nc = await provisioned(nats_server.url)
+    cold = tmp_path / "cold"
+    agent = TierAgent(tmp_path, nats_server.url, {
+        "tiers": [{"name": "cold", "url": f"file://{cold}"}], "policies": [{"name": "all", "to": "cold"}],
+        "migrate_interval": 0.3, "read_retry_for": 1,
+    })
+    try:
+        cid = (await UnitStore(nc).put_bytes(b"the only copy, soon gone" * 100)).unit.cid
+        agent.start()
+        content = ContentStore(nc)
+        await async_wait_until(lambda: _none_hot(content, [cid]), 60, what="the unit to move to the file tier")
+        copies = [f for f in cold.rglob("*") if f.is_file() and cid in f.name]
+        assert copies, f"no file of {cid} under {cold}"
+        for f in copies:
+            f.unlink()
+        r = cli("units", "get", cid, check=False)
+        assert r.returncode == 1
+        assert "has no copy in any tier" in r.stderr and "cim tier verify" in r.stderr
+        assert "Nothing is lost" not in r.stderr
+    finally:
+        agent.stop()
+        await nc.close()

@@ -91,6 +91,8 @@ def load_config(path: Path) -> AgentConfig:
         text = Path(path).read_text()
     except OSError as err:
         raise ConfigError(str(path), [("(file)", f"cannot read it: {err.strerror}")]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), [("(file)", f"not UTF-8 text (byte {err.start})")]) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

@@ -167,6 +167,8 @@ def load_spec(path: Path) -> ProvisionSpec:
         data = json.loads(Path(path).read_text())
     except OSError as err:
         raise ConfigError(str(path), [("(file)", f"cannot read it: {err.strerror}")]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), [("(file)", f"not UTF-8 text (byte {err.start})")]) from None
     except json.JSONDecodeError as err:
         raise ConfigError(str(path), [(f"line {err.lineno} column {err.colno}", f"not JSON: {err.msg}")]) from None
     try:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 
 from . import cid as cidlib
 from .errors import InvalidInput
+from .json_depth import MAX_DEPTH, deeper_than
 
 MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*(;.*)?$", re.IGNORECASE)
 LABEL = re.compile(r"^[a-z0-9][a-z0-9._:/-]{0,63}$")
@@ -89,6 +90,13 @@ class Unit(BaseModel):
         if v.tzinfo is None:
             raise ValueError("needs a time zone")
         return v.astimezone(UTC)
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _not_too_deep(cls, v: Any) -> Any:
+        if deeper_than(v, MAX_DEPTH - 1):  # the event body holding it adds a level
+            raise ValueError(f"nests deeper than {MAX_DEPTH - 1} levels")
+        return v
 
     @field_validator("metadata")
     @classmethod

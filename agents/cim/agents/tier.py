@@ -294,6 +294,7 @@ class Agent:
         if u.expired:
             raise UnitExpired(cid, u.expired.get("policy", "?"), u.expired.get("time", "?"))
         failures: list[str] = []
+        unavailable = False  # a tier that may hold it did not answer: an outage, not a loss
         loop = asyncio.get_running_loop()
         for name in self.migrator.order(u.tiers):
             backend = self.tiers[name]
@@ -312,6 +313,7 @@ class Agent:
                     await gen.aclose()
                     if loop.time() >= deadline:
                         failures.append(str(err))
+                        unavailable = True
                         break
                     await notify(f"{err}; retrying")
                     await asyncio.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])  # backoff at a tier that is down
@@ -320,6 +322,13 @@ class Agent:
                 self.access[cid] = time.time()
                 self._access_dirty.add(cid)
                 return self._rest(cid, name, first, gen)
+        if not unavailable:
+            # Every tier that should hold it answered, and none has it: a loss, not an outage.
+            raise TierUnavailable(
+                f"unit {cid} has no copy in any tier: " + "; ".join(failures or ["no tier is recorded as holding it"])
+                + ". Its content is lost unless a backup holds it: `cim tier verify` lists such units, "
+                "and `cim backup restore` brings back what the archive has"
+            )
         raise TierUnavailable(
             f"unit {cid} cannot be read now: " + "; ".join(failures or ["no tier holds it"])
             + ". Nothing is lost: start the tier's server (or fix its endpoint) and read again"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import typer
 
+from ..errors import InvalidInput
 from ..unit_store import UnitStore, UnitView
 from ..units import Unit
-from .common import emit, globals_of, nats_connection, run
+from .common import emit, fail, globals_of, nats_connection, run
 
 app = typer.Typer(help="Put, get, show and list information units.", no_args_is_help=True)
 
@@ -23,13 +25,32 @@ def _unit_line(u: Unit) -> str:
 
 
 def expand(paths: list[Path]) -> list[Path]:
-    """Folders become the regular files below them (sorted, hidden ones left out)."""
+    """Folders become the regular files below them (sorted, hidden ones left out). Every
+    argument is checked before anything is stored: a missing, unreadable or special file
+    anywhere fails the command with nothing stored."""
     out: list[Path] = []
+    problems: list[str] = []
     for p in paths:
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if str(p) == "-":
+            out.append(p)
+        elif p.is_dir():
+            try:
+                found = sorted(f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            except OSError as err:
+                problems.append(f"{p}: cannot list it ({err.strerror})")
+                continue
+            out += found
+        elif not p.exists():
+            problems.append(f"{p}: no such file or folder")
+        elif not p.is_file():
+            problems.append(f"{p}: not a regular file")
         else:
             out.append(p)
+    for f in out:
+        if str(f) != "-" and not os.access(f, os.R_OK):
+            problems.append(f"{f}: not readable")
+    if problems:
+        raise InvalidInput("files", "nothing was stored: " + "; ".join(problems))
     return out
 
 
@@ -58,9 +79,9 @@ def put(
 
     async def body() -> list[dict]:
         results = []
+        paths = expand(files)
         async with nats_connection(g) as nc:
             store = UnitStore(nc, max_unit_size=max_size)
-            paths = expand(files)
             total = sum(f.stat().st_size for f in paths if str(f) != "-" and f.is_file())
             show_bar = not g.json and sys.stderr.isatty() and (total >= PROGRESS_MIN_BYTES or len(paths) > 20)
             with typer.progressbar(length=total, label="storing", file=sys.stderr, hidden=not show_bar) as bar:
@@ -89,6 +110,11 @@ def get(
 ) -> None:
     """Write a unit's content to standard output or a file, verified against its CID."""
     g = globals_of(ctx)
+    if output is not None:
+        if output.is_dir():
+            fail(str(InvalidInput("--output", f"{output} is a folder; give the path of a file to write")))
+        if not output.parent.is_dir():
+            fail(str(InvalidInput("--output", f"the folder {output.parent} does not exist")))
 
     async def body() -> None:
         async with nats_connection(g) as nc:
@@ -107,6 +133,8 @@ def get(
                     async for chunk in store.get(cid):
                         out.write(chunk)
                 tmp.replace(output)
+            except OSError as err:
+                raise InvalidInput("--output", f"cannot write {output}: {err.strerror}") from None
             finally:
                 tmp.unlink(missing_ok=True)
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, field_validator
 
 from ..errors import InvalidInput
+from ..json_depth import MAX_DEPTH, deeper_than
 
 SUBJECT_PREFIX = "cim.evt"
 TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")  # a NATS subject token we allow: no dots, no wildcards
@@ -101,25 +102,6 @@ class Event(BaseModel):
         return json.dumps(self.data, separators=(",", ":"), sort_keys=True).encode()
 
 
-# How deep an event body may nest. Every event CIM writes is a few levels deep; a body nested
-# thousands deep (anyone who may append can write one, and deny_delete keeps it for ever)
-# would raise RecursionError in every reader that decodes, validates or prints it.
-MAX_BODY_DEPTH = 64
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Does `value` nest more than `limit` levels? Iterative: safe at any depth."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return False
-
-
 def decode_body(data: bytes) -> tuple[Any, str | None]:
     """An event body as JSON, or (its text, why not): never raises, whatever the bytes."""
     if not data:
@@ -131,9 +113,9 @@ def decode_body(data: bytes) -> tuple[Any, str | None]:
         return data.decode("utf-8", "replace"), f"body is not JSON: {err}"
     except RecursionError:
         too_deep = True
-    if too_deep or _deeper_than(body, MAX_BODY_DEPTH):
+    if too_deep or deeper_than(body):
         text = data[:200].decode("utf-8", "replace")
-        return text, f"body nests deeper than {MAX_BODY_DEPTH} levels ({len(data)} bytes): refused"
+        return text, f"body nests deeper than {MAX_DEPTH} levels ({len(data)} bytes): refused"
     return body, None
 
 

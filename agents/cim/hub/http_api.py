@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import ValidationError
 
 from ..errors import CimError, InvalidInput, NotFound, UnitTooLarge
+from ..events.envelope import decode_body
 from ..unit_store import UnitStore, guess_media_type
 from .. import cid as cidlib
 from ..units import Unit
@@ -105,10 +106,9 @@ def _meta_from(values: dict[str, list[str]]) -> dict[str, Any]:
     meta["labels"] = [x.strip() for x in labels]
     meta["parents"] = values.get("parent", [])
     if values.get("metadata"):
-        try:
-            parsed = json.loads(values["metadata"][-1])
-        except json.JSONDecodeError as err:
-            raise Problem(400, [("metadata", f"is not JSON: {err.msg}")]) from None
+        parsed, problem = decode_body(values["metadata"][-1].encode())
+        if problem:
+            raise Problem(400, [("metadata", problem.replace("body", "it", 1))])
         if not isinstance(parsed, dict):
             raise Problem(400, [("metadata", "must be a JSON object")])
         meta["metadata"] = parsed

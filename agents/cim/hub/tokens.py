@@ -12,11 +12,15 @@ import fnmatch
 import hashlib
 import hmac
 import json
+import logging
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError
+
+
+log = logging.getLogger(__name__)
 
 
 class Token(BaseModel):
@@ -82,6 +86,8 @@ class Tokens:
             raise ConfigError(str(self.path), [("(file)", f"cannot read the token file: {err.strerror}")]) from None
         except json.JSONDecodeError as err:
             raise ConfigError(str(self.path), [(f"line {err.lineno}", f"not JSON: {err.msg}")]) from None
+        except (UnicodeDecodeError, RecursionError):
+            raise ConfigError(str(self.path), [("(file)", "not UTF-8 JSON of a sane depth")]) from None
         except ValidationError as err:
             raise ConfigError(str(self.path), [(".".join(map(str, e["loc"])), e["msg"]) for e in err.errors()]) from None
         self._by_digest = {t.digest: t for t in parsed.tokens}
@@ -89,10 +95,20 @@ class Tokens:
 
     def _refresh(self) -> None:
         try:
-            if self.path.stat().st_mtime != self._mtime:
-                self._load()
-        except (OSError, ConfigError):
-            pass  # keep the last good tokens; a half-written file must not lock everyone out
+            mtime = self.path.stat().st_mtime
+        except OSError:
+            mtime = None
+        if mtime == self._mtime:
+            return
+        try:
+            self._load()
+        except ConfigError as err:
+            # Fail closed: the old tokens may include one that the new file revokes. Every
+            # token is refused until the file is valid again (write it elsewhere and rename).
+            problem = str(err)
+            self._by_digest = {}
+            self._mtime = mtime
+            log.error("hub tokens: %s; refusing every token until the file is fixed", problem.replace("\n", " "))
 
     def lookup(self, presented: str) -> Token | None:
         self._refresh()

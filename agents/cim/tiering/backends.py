@@ -295,6 +295,13 @@ class FileBackend(Backend):
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self._path(key))
+            # The rename is a change of the folder: until the folder is synced, a crash can
+            # lose the new name even though the bytes are on disk, after a move recorded it.
+            dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
