@@ -142,3 +142,28 @@ async def test_a_token_file_that_turns_invalid_refuses_every_token_until_it_is_f
     write_tokens(tokens)
     status, _, _ = await post(hub.url, data=b"after the fix", headers=AUTH)
     assert status == 201
+
+
+async def test_an_endless_form_field_is_refused_at_64_kib_without_reading_on(hub):
+    """A non-file field is read only up to its bound: the client is answered 400 while it
+    is still sending, not after the server buffered everything it sent."""
+    sent = 0
+
+    async def endless_field():
+        nonlocal sent
+        yield b'--b\r\nContent-Disposition: form-data; name="title"\r\n\r\n'
+        for _ in range(2000):  # up to 2000 x 64 KiB = 125 MiB, if nobody stops it
+            sent += 65536
+            yield b"x" * 65536
+
+    headers = {**AUTH, "Content-Type": "multipart/form-data; boundary=b"}
+    status = None
+    try:
+        async with aiohttp.ClientSession() as s, s.post(hub.url + "/v1/units", data=endless_field(), headers=headers) as r:
+            status = r.status
+            body = await r.json()
+    except (aiohttp.ClientError, ConnectionError):
+        pass  # the server may close while the client still sends: what counts is how much it took
+    if status is not None:
+        assert status == 400 and "over 64 KiB" in body["errors"][0]["message"]
+    assert sent < 20 * 1024 * 1024, f"the server read {sent} bytes of one form field"

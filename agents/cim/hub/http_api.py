@@ -37,6 +37,10 @@ _PLACEHOLDER_CID = cidlib.compute(b"")
 _META_FIELDS = ("title", "source", "author", "media_type")
 
 
+# A form field other than the file: metadata, a title, a label.
+MAX_FIELD_BYTES = 64 * 1024
+
+
 class Problem(Exception):
     """An HTTP error answer with the field errors that caused it."""
 
@@ -218,9 +222,13 @@ class HubApi:
                 while chunk := await part.read_chunk(256 * 1024):
                     body.write(chunk)
             else:
-                value = (await part.read(decode=True)).decode("utf-8", "replace")
-                if len(value) > 64 * 1024:
-                    raise Problem(400, [(part.name or "(field)", "a metadata field is over 64 KiB")])
+                # Read in chunks and stop at the bound: a field is never buffered past it.
+                raw = bytearray()
+                while chunk := await part.read_chunk(16 * 1024):
+                    raw += chunk
+                    if len(raw) > MAX_FIELD_BYTES:
+                        raise Problem(400, [(part.name or "(field)", "a metadata field is over 64 KiB")])
+                value = part.decode(bytes(raw)).decode("utf-8", "replace")
                 fields.setdefault(part.name or "", []).append(value)
         if not seen_file:
             raise Problem(400, [("file", "a multipart upload needs a part named `file`")])
