@@ -60,7 +60,8 @@ class Dashboard:
     # --- plumbing -------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._headers, self._gate], client_max_size=self.max_upload + 64 * 1024)
+        app = web.Application(middlewares=[self._gate], client_max_size=self.max_upload + 64 * 1024)
+        app.on_response_prepare.append(self._headers)
         r = app.router
         r.add_get("/login", self.login_page)
         r.add_post("/login", self.login)
@@ -78,13 +79,13 @@ class Dashboard:
         r.add_static("/static", str(files("cim.ui").joinpath("static")))
         return app
 
-    @web.middleware
-    async def _headers(self, request: web.Request, handler):
-        response = await handler(request)
+    @staticmethod
+    async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+        # on_response_prepare: runs for streamed responses (downloads, live events) too,
+        # before their headers go out, where a middleware would come too late.
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
-        return response
 
     @web.middleware
     async def _gate(self, request: web.Request, handler):
@@ -134,15 +135,26 @@ class Dashboard:
         form = await request.post()
         user, password = str(form.get("user", "")), str(form.get("password", ""))
         target = _safe_next(str(form.get("next", "/")))
+        keys = (f"addr:{request.remote}", f"user:{user}")
+        wait = self.auth.throttle.wait(*keys)
+        if wait > 0:
+            log.warning("login for %r from %s refused: too many failed logins", user, request.remote)
+            return web.Response(
+                status=429, headers={"Retry-After": str(int(wait) + 1)}, content_type="text/plain",
+                text=f"429 Too many failed logins from this address or for this user; try again in {int(wait) + 1} seconds.\n",
+            )
         if await asyncio.to_thread(self.auth.verify, user, password):
             response = web.HTTPSeeOther(target)
             self.auth.issue(response, user)
             log.info("login: %s from %s", user, request.remote)
             raise response
+        self.auth.throttle.failed(*keys)
         log.warning("failed login for %r from %s", user, request.remote)
         return self.render(request, "login.html", status=401, next=target, failed=True, proxy=False)
 
     async def logout(self, request: web.Request) -> web.Response:
+        # The cookie is revoked here, not only deleted in this browser: a copy of it is dead too.
+        self.auth.revoke(request["session"])
         response = web.HTTPSeeOther("/login")
         response.del_cookie("cim_session", path="/")
         raise response
@@ -345,8 +357,16 @@ def _int(v: str | None, default: int) -> int:
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a local path: `next=https://evil.example` must not turn the login into a redirector."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Only a local path: `next=https://evil.example` must not turn the login into a redirector.
+    Browsers drop tabs and newlines from a URL, so `/\t/evil.example` would become
+    `//evil.example`: any control character or space refuses the target too."""
+    if (
+        not target
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or any(ord(c) < 0x21 or ord(c) == 0x7F for c in target)
+    ):
         return "/"
     return target
 

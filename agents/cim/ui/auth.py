@@ -32,6 +32,38 @@ COOKIE = "cim_session"
 SESSION_SECONDS = 12 * 3600
 _N, _R, _P = 2**14, 8, 1
 
+# Failed logins: after LOGIN_FAILURES within LOGIN_WINDOW seconds, from one address or for one
+# user, further tries are refused until the window has passed (guessing costs hours, not seconds).
+LOGIN_FAILURES = 5
+LOGIN_WINDOW = 300.0
+
+
+class LoginThrottle:
+    """Counts failed logins by address and by user name; in memory, per dashboard process."""
+
+    def __init__(self, limit: int = LOGIN_FAILURES, window: float = LOGIN_WINDOW):
+        self.limit, self.window = limit, window
+        self.failures: dict[str, list[float]] = {}
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        kept = [t for t in self.failures.get(key, []) if now - t < self.window]
+        if kept:
+            self.failures[key] = kept
+        else:
+            self.failures.pop(key, None)
+        return kept
+
+    def wait(self, *keys: str) -> float:
+        """Seconds until these may try again; 0 when they may now."""
+        now = time.monotonic()
+        waits = [self.window - (now - recent[0]) for recent in (self._recent(k, now) for k in keys) if len(recent) >= self.limit]
+        return max(waits, default=0.0)
+
+    def failed(self, *keys: str) -> None:
+        now = time.monotonic()
+        for k in keys:
+            self.failures.setdefault(k, []).append(now)
+
 
 def _b64(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).decode().rstrip("=")
@@ -89,6 +121,11 @@ class Auth:
         self.trusted_header = trusted_header
         self.trusted_proxies = set(trusted_proxies)
         self.secure_cookies = secure_cookies
+        self.throttle = LoginThrottle()
+        # Sessions ended by a logout, until they would have expired anyway (in memory: a
+        # restart without a session secret file logs everyone out in any case).
+        self.revoked: dict[str, float] = {}
+        self._users: tuple[float, frozenset[str]] | None = None
 
     # --- passwords --------------------------------------------------------------------
 
@@ -100,6 +137,21 @@ class Auth:
             check_password(password, hash_password("x"))  # same work either way: no user enumeration by timing
             return False
         return check_password(password, encoded)
+
+    def users(self) -> frozenset[str]:
+        """The users the password file names now (re-read when it changes)."""
+        if not self.password_file:
+            return frozenset()
+        try:
+            mtime = Path(self.password_file).stat().st_mtime
+        except OSError:
+            return frozenset()  # a password file that is gone lets nobody in
+        if self._users is None or self._users[0] != mtime:
+            try:
+                self._users = (mtime, frozenset(read_password_file(self.password_file)))
+            except ConfigError:
+                self._users = (mtime, frozenset())
+        return self._users[1]
 
     # --- sessions ---------------------------------------------------------------------
 
@@ -128,9 +180,16 @@ class Auth:
         if not sig or not hmac.compare_digest(sig, self._sign(payload)):
             return None
         data = json.loads(payload)
-        if data["e"] < time.time():
+        if data["e"] < time.time() or data["n"] in self.revoked:
             return None
+        if data["u"] not in self.users():
+            return None  # removed from the password file: their sessions end with it
         return Session(data["u"], data["n"], data["e"])
+
+    def revoke(self, session: Session) -> None:
+        now = time.time()
+        self.revoked = {n: e for n, e in self.revoked.items() if e > now}
+        self.revoked[session.nonce] = session.expires
 
     def csrf_token(self, session: Session) -> str:
         return self._sign(b"csrf:" + session.nonce.encode())
