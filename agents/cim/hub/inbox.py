@@ -3,15 +3,22 @@
 Nothing is removed before its unit is stored: a file is moved only after the put returned,
 and a put of bytes already stored is a harmless no-op, so a hub killed between the two
 steps finishes the job after a restart with still exactly one unit per file. A file is
-taken only once two scans saw the same size and modification time, so a file still being
-written is left alone (writers that rename into the folder are never caught half-way).
-A file that cannot become a unit moves to `failed/` with `<name>.reason.txt` beside it.
+taken only once it kept the same size and modification time for `settle` seconds, so a file
+still being written is left alone, and one that changed while it was being stored is not
+moved (its settled version is stored at a later scan); writers that write elsewhere and
+rename into the folder are never caught half-way.
+
+Anything else in the folder (a symlink, a folder, a device, a file that cannot be read)
+moves to `failed/` with `<name>.reason.txt` beside it, like a file that cannot become a
+unit. The hub never follows a link there: names in `failed/` and `done/` that exist in any
+form (a planted symlink included) are never written through.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from prometheus_client import Counter
@@ -29,17 +36,35 @@ class InboxSettings(BaseModel):
     path: Path = Field(description="the folder to watch; done/ and failed/ are made inside it")
     labels: list[str] = Field(default_factory=list, description="labels every unit from here gets")
     interval: float = Field(default=1.0, gt=0, le=3600, description="seconds between scans")
+    settle: float = Field(default=5.0, ge=0, le=3600, description="seconds a file must stay unchanged before it is taken")
     concurrency: int = Field(default=8, ge=1, le=64)
 
 
-def _free_name(folder: Path, name: str) -> Path:
+def _free_name(folder: Path, name: str, *also: str) -> Path:
+    """A name in `folder` that is free, and whose `name + suffix` is free for each suffix in
+    `also`; `lexists`, so a dangling symlink counts as taken."""
     target = folder / name
     n = 1
-    while target.exists():
+    while os.path.lexists(target) or any(os.path.lexists(str(target) + suffix) for suffix in also):
         stem, dot, ext = name.partition(".")
         target = folder / f"{stem}-{n}{dot}{ext}"
         n += 1
     return target
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Create `path` and write `text`: never through a link, never over anything."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class Inbox:
@@ -65,22 +90,38 @@ class Inbox:
             except asyncio.TimeoutError:
                 pass
 
-    def _ready(self) -> list[Path]:
-        now: dict[str, tuple[int, int]] = {}
-        ready = []
+    def _ready(self) -> tuple[list[Path], list[tuple[Path, str]]]:
+        """Files unchanged for `settle` seconds, and what is in the folder but is no file."""
+        clock = time.monotonic()
+        now: dict[str, tuple[tuple[int, int, int], float]] = {}
+        ready, refused = [], []
         with os.scandir(self.path) as it:
             for entry in it:
-                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                if entry.name.startswith(".") or entry.name in ("done", "failed"):
+                    continue
+                if entry.is_symlink():
+                    refused.append((Path(entry.path), "a symbolic link: the inbox takes regular files only, and never follows a link"))
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    refused.append((Path(entry.path), "a folder: the inbox takes the files dropped in it, not folders"))
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    refused.append((Path(entry.path), "not a regular file (a device, socket or pipe)"))
                     continue
                 st = entry.stat(follow_symlinks=False)
-                now[entry.name] = (st.st_size, st.st_mtime_ns)
-                if self._seen.get(entry.name) == now[entry.name]:
+                key = (st.st_ino, st.st_size, st.st_mtime_ns)
+                seen = self._seen.get(entry.name)
+                since = seen[1] if seen and seen[0] == key else clock
+                now[entry.name] = (key, since)
+                if seen and seen[0] == key and clock - since >= self.s.settle:
                     ready.append(Path(entry.path))
         self._seen = now
-        return sorted(ready)
+        return sorted(ready), refused
 
     async def scan(self) -> int:
-        ready = await asyncio.to_thread(self._ready)
+        ready, refused = await asyncio.to_thread(self._ready)
+        for path, reason in refused:
+            await self._fail(path, reason)
         gate = asyncio.Semaphore(self.s.concurrency)
 
         async def one(path: Path) -> None:
@@ -90,17 +131,35 @@ class Inbox:
         await asyncio.gather(*(one(p) for p in ready))
         return len(ready)
 
+    async def _fail(self, path: Path, reason: str) -> None:
+        target = _free_name(self.failed, path.name, ".reason.txt")
+        try:
+            os.replace(path, target)
+        except OSError as err:
+            self.ctx.log.error("inbox %s: cannot move %s to failed/: %s", self.ctx.name, path, err.strerror)
+            return
+        _write_new(target.with_name(target.name + ".reason.txt"), reason + "\n")
+        self._seen.pop(path.name, None)
+        FILES.labels(self.ctx.name, "failed").inc()
+        await self.ctx.record_failure(str(path), reason)
+
     async def _take(self, path: Path) -> None:
+        before = _stat(path)
         try:
             await self.ctx.units.put_file(path, labels=self.s.labels, source=f"inbox:{self.ctx.name}/{path.name}")
         except InvalidInput as err:
-            reason = str(err)
-            target = _free_name(self.failed, path.name)
-            os.replace(path, target)
-            target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
+            await self._fail(path, str(err))
+            return
+        except OSError as err:  # unreadable, or gone: a reason, not a crash of the connector
+            if os.path.lexists(path):
+                await self._fail(path, f"cannot read it: {err.strerror}")
+            return
+        if _stat(path) != before:
+            # Written to while it was stored: what was stored may be a part. Leave it; once it
+            # settles again its whole content is stored too.
+            self.ctx.log.warning("inbox %s: %s changed while it was stored; it is taken again once it settles",
+                                 self.ctx.name, path.name)
             self._seen.pop(path.name, None)
-            FILES.labels(self.ctx.name, "failed").inc()
-            await self.ctx.record_failure(str(path), reason)
             return
         os.replace(path, _free_name(self.done, path.name))
         self._seen.pop(path.name, None)
