@@ -14,13 +14,21 @@ rec {
   # The NATS permissions of one agent's user: the common ones every agent needs plus the
   # subjects and JetStream API calls its capability declares. Nothing else is allowed.
   # `{capability}` in the common lists stands for the agent's own capability.
+  # The event types it may append become `cim.evt.<aggregate>.*.<event>` (readers take an
+  # event's type from its subject, so the server decides who writes what).
   permissions =
     name:
     let
       common = map (builtins.replaceStrings [ "{capability}" ] [ name ]);
+      eventSubject =
+        type:
+        let
+          m = builtins.match "([^.]+)[.](.+)" type;
+        in
+        "cim.evt.${builtins.elemAt m 0}.*.${builtins.elemAt m 1}";
     in
     {
-      publish = common data.common.publish ++ data.capabilities.${name}.publish;
+      publish = common data.common.publish ++ map eventSubject data.capabilities.${name}.events ++ data.capabilities.${name}.publish;
       subscribe = common data.common.subscribe ++ data.capabilities.${name}.subscribe;
     };
 

@@ -92,7 +92,8 @@ def test_a_reader_survives_any_body(body, type_name):
     """Whatever bytes an event carries, reading it gives an event (with a problem if the
     body is unusable), never an exception."""
     headers = {"Nats-Msg-Id": "x", "ce-type": type_name}
-    e = StoredEvent.from_message(f"cim.evt.unit.abc.{type_name.split('.')[1]}", 3, headers, body)
+    aggregate, event = type_name.split(".")
+    e = StoredEvent.from_message(f"cim.evt.{aggregate}.abc.{event}", 3, headers, body)
     assert e.seq == 3 and e.type == type_name
     if e.problem is None:
         json.dumps(e.data)  # whatever was accepted can be printed again
@@ -101,4 +102,13 @@ def test_a_reader_survives_any_body(body, type_name):
 def test_a_body_nested_five_thousand_deep_is_surfaced_not_raised():
     e = StoredEvent.from_message("cim.evt.unit.abc.created", 9, {"ce-type": "unit.created"}, _nested(5000))
     assert e.problem and "nests deeper than 64 levels" in e.problem
+    assert e.typed() is None
+
+
+def test_the_type_comes_from_the_subject_and_a_header_that_disagrees_is_a_problem():
+    """Publish permissions are per subject: a writer allowed `unit.created` who claims
+    `unit.expired` in the header gets an event of type `unit.created` with a problem."""
+    e = StoredEvent.from_message("cim.evt.unit.abc.created", 4, {"ce-type": "unit.expired"}, b'{"policy": "p", "reason": "r"}')
+    assert e.type == "unit.created"
+    assert e.problem and "type header says 'unit.expired'" in e.problem
     assert e.typed() is None

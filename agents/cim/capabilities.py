@@ -20,6 +20,18 @@ def names() -> list[str]:
 CAPABILITIES: tuple[str, ...] = tuple(names())
 
 
+def event_subject(event_type: str) -> str:
+    """The subjects of one event type, for any aggregate id: `unit.located` ->
+    `cim.evt.unit.*.located` (modules/capabilities.nix renders the same)."""
+    aggregate, event = event_type.split(".", 1)
+    return f"cim.evt.{aggregate}.*.{event}"
+
+
+def may_write(capability: str) -> list[str]:
+    """The event types an agent of this capability may append (the server enforces it)."""
+    return list(_data()["capabilities"][capability]["events"])
+
+
 def permissions(capability: str) -> dict[str, list[str]]:
     """The NATS publish/subscribe permissions an agent of this capability needs."""
     data = _data()
@@ -27,7 +39,7 @@ def permissions(capability: str) -> dict[str, list[str]]:
     # `{capability}` in the common lists is the agent's own capability.
     common = {k: [s.replace("{capability}", capability) for s in data["common"][k]] for k in ("publish", "subscribe")}
     return {
-        "publish": common["publish"] + cap["publish"],
+        "publish": common["publish"] + [event_subject(t) for t in cap["events"]] + cap["publish"],
         "subscribe": common["subscribe"] + cap["subscribe"],
     }
 

@@ -1272,6 +1272,15 @@ in
     leaf-ui = uiSettings;
   }
   // lib.mapAttrs' (name: _: lib.nameValuePair "host-${name}-store" (host name).services.cim.store.settings) hosts;
+  # The NATS permissions the modules render for each capability's user, with every
+  # capability enabled, for tests/test_nix_eval.py to compare with cim.capabilities.
+  renderedPermissions =
+    let
+      c = cfgOf (f.leaf ++ f.identities' ++ [ { services.cim = lib.genAttrs capabilities.names (_: { enable = true; }) // { outbound = { enable = true; nameservers = [ "9.9.9.9" ]; }; }; } ]);
+      byKey = lib.listToAttrs (map (u: lib.nameValuePair u.nkey u) (users c));
+    in
+    lib.mapAttrs (name: key: lib.mapAttrs (_: p: p.allow) byKey.${key}.permissions) f.agentKeys;
+
   # Each cluster node's rendered nats-server settings and the script that splices the route
   # password in at start, for tests/test_nix_eval.py to run against real nats-servers.
   clusterNats = map (

@@ -165,8 +165,14 @@ class StoredEvent(BaseModel):
         parts = subject.split(".")
         aggregate = parts[2] if len(parts) > 2 else ""
         aggregate_id = parts[3] if len(parts) > 3 else ""
-        type_name = headers.get(H_TYPE) or (f"{aggregate}.{parts[4]}" if len(parts) > 4 else "")
+        # The type is the subject's: publish permissions are per subject, so only a writer
+        # allowed this type could have stored it. A header that says otherwise is a forgery
+        # (or a bug) and is surfaced, never believed.
+        type_name = f"{aggregate}.{parts[4]}" if len(parts) == 5 else headers.get(H_TYPE, "")
         body, problem = decode_body(data)
+        claimed = headers.get(H_TYPE)
+        if claimed and claimed != type_name:
+            problem = f"its type header says {claimed!r} but its subject is that of {type_name!r}: not believed"
         model = model_for(type_name)
         typed = None
         if model is not None and problem is None:

@@ -65,8 +65,12 @@ class LocationIndex:
             if d["tier"] == HOT and (u.pending or {}).get("policy") == "restore" and e.time:
                 u.promoted_at = e.time.timestamp()
             u.tiers.add(d["tier"])
+            # Only the source of the tier agent's own move intent is dropped: a `unit.located`
+            # that no `unit.moving` of action `move` announced drops nothing, whatever it lists.
+            intent = u.pending or {}
             for t in d.get("dropped") or ():
-                u.tiers.discard(t)
+                if intent.get("action") == "move" and t == intent.get("from_tier"):
+                    u.tiers.discard(t)
             u.pending = None
         elif e.type == "unit.expired":
             u.expired = {**d, "time": e.time.isoformat() if e.time else ""}
