@@ -32,6 +32,15 @@ rec {
       subscribe = common data.common.subscribe ++ data.capabilities.${name}.subscribe;
     };
 
+  # The `permissions` block of the agent's NATS user: allow lists, and replies through
+  # allow_responses instead of a publish right on every inbox (cim.capabilities renders the same).
+  natsPermissions =
+    name:
+    builtins.mapAttrs (_: subjects: { allow = subjects; }) (permissions name)
+    // {
+      allow_responses = data.common.allow_responses;
+    };
+
   # Position in `names`, used to give each container its own /30-like address pair.
   indexOf =
     name:

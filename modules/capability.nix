@@ -157,7 +157,7 @@ in
     services.cim.nats.agentUsers = lib.mkIf (cfg.nkeyPublicKey != null) {
       ${name} = {
         nkey = cfg.nkeyPublicKey;
-        permissions = lib.mapAttrs (_: subjects: { allow = subjects; }) (capabilities.permissions name);
+        permissions = capabilities.natsPermissions name;
       };
     };
 

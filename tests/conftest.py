@@ -168,7 +168,7 @@ def secured_nats(tmp_path_factory) -> Iterator[Callable[..., tuple[NatsServer, d
     unrestricted `admin` user, and one nkey user per capability with exactly the
     permissions capabilities.json declares. `server, seeds = secured_nats("store", "pipeline")`;
     `seeds[name]` is the seed file of `admin` or of a capability's agent."""
-    from cim.capabilities import permissions
+    from cim.capabilities import nats_permissions
     from cim.cli.keys import new_user_seed, public_key_of
 
     started: list[NatsServer] = []
@@ -184,7 +184,7 @@ def secured_nats(tmp_path_factory) -> Iterator[Callable[..., tuple[NatsServer, d
             seeds[name] = path
             user = {"nkey": public_key_of(seed)}
             if name != "admin":
-                user["permissions"] = {kind: {"allow": subjects} for kind, subjects in permissions(name).items()}
+                user["permissions"] = nats_permissions(name)
             users.append(user)
         server = NatsServer(store_dir=base / "nats" / "store",
                             extra_config={"accounts": {"CIM": {"jetstream": "enabled", "users": users}}})

@@ -9,7 +9,7 @@ import uuid
 import nats
 
 from cim import cid as cidlib
-from cim.capabilities import CAPABILITIES, event_subject, may_write
+from cim.capabilities import CAPABILITIES, event_subject, inbox_prefix, may_write
 from cim.embedded.procs import async_wait_until
 from cim.events.types import known_types
 from cim.provision import ProvisionSpec, provision
@@ -33,7 +33,8 @@ async def test_every_credential_may_append_exactly_its_own_event_types(secured_n
             async def on_error(err, violations=violations):
                 violations.append(str(err))
 
-            nc = await nats.connect(server.url, nkeys_seed=str(seeds[cap]), error_cb=on_error)
+            nc = await nats.connect(server.url, nkeys_seed=str(seeds[cap]), error_cb=on_error,
+                                     inbox_prefix=inbox_prefix(cap))
             try:
                 allowed = set(may_write(cap))
                 for t in types:
@@ -95,7 +96,7 @@ async def test_a_forged_type_header_is_not_believed(secured_nats):
     admin = await nats.connect(server.url, nkeys_seed=str(seeds["admin"]))
     try:
         await provision(admin, ProvisionSpec())
-        store = await nats.connect(server.url, nkeys_seed=str(seeds["store"]))
+        store = await nats.connect(server.url, nkeys_seed=str(seeds["store"]), inbox_prefix=inbox_prefix("store"))
         try:
             await store.jetstream().publish("cim.evt.unit.bafkreiforged.created", b'{"policy": "p", "reason": "r"}',
                                             headers={"ce-type": "unit.expired"}, timeout=5)
@@ -107,4 +108,34 @@ async def test_a_forged_type_header_is_not_believed(secured_nats):
         index = LocationIndex().apply_all([e])
         assert index.units.get("bafkreiforged") is None or not index.units["bafkreiforged"].expired
     finally:
+        await admin.close()
+
+
+async def test_a_caller_cannot_make_the_tier_agent_publish_where_it_names(secured_nats, tmp_path):
+    """Progress goes back on the request's own reply subject: a body naming an event subject
+    (which the tier's credential may write) is refused, and nothing is published there."""
+    from tierkit import TierAgent
+
+    server, seeds = secured_nats("tier", "ui")
+    admin = await nats.connect(server.url, nkeys_seed=str(seeds["admin"]))
+    agent = TierAgent(tmp_path, server.url, {"tiers": [{"name": "cold", "url": f"file://{tmp_path / 'cold'}"}],
+                                             "migrate_interval": 3600}, nkey=seeds["tier"])
+    try:
+        await provision(admin, ProvisionSpec())
+        agent.start()
+        await agent.ready(admin)
+        ui = await nats.connect(server.url, nkeys_seed=str(seeds["ui"]), inbox_prefix=inbox_prefix("ui"))
+        try:
+            target = "cim.evt.unit.bafkreiforged.located"
+            msg = await ui.request("cim.tier.migrate", b'{"dry_run": true, "progress": "' + target.encode() + b'"}', timeout=10)
+            assert (msg.headers or {}).get("Nats-Service-Error-Code") == "400", msg.headers
+        finally:
+            await ui.close()
+        try:
+            await admin.jetstream().get_last_msg("CIM_EVENTS", target)
+            raise AssertionError("the tier agent published on a subject a caller named")
+        except nats.js.errors.NotFoundError:
+            pass
+    finally:
+        agent.stop()
         await admin.close()

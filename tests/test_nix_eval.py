@@ -191,9 +191,9 @@ def test_a_rendered_cluster_forms_with_its_route_password_and_refuses_a_server_w
 def test_the_modules_render_the_same_permissions_as_cim_up_and_the_tests(evaluation):
     """One list, two renderers: modules/capabilities.nix and cim.capabilities agree for every
     capability, event authority included."""
-    from cim.capabilities import CAPABILITIES, permissions
+    from cim.capabilities import CAPABILITIES, nats_permissions
 
     rendered = evaluation["renderedPermissions"]
     assert sorted(rendered) == sorted(CAPABILITIES)
     for cap in CAPABILITIES:
-        assert rendered[cap] == permissions(cap), cap
+        assert rendered[cap] == nats_permissions(cap), cap

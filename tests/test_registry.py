@@ -10,6 +10,7 @@ import sys
 
 import nats
 import pytest
+from cim.capabilities import inbox_prefix
 from cim import __version__
 from cim.embedded.procs import async_wait_until, wait_until
 from cim.events import EventStore
@@ -315,7 +316,7 @@ async def test_agents_announce_and_the_registry_works_under_their_own_restricted
         (view,) = await async_wait_until(lambda: _records(admin, "cim-store"), 20, what="the store's record")
         await async_wait_until(lambda: _state_is(admin, view.record.id, "up"), 20, what="the registry to see it")
         # The pipeline engine negotiates by reading the bucket under its own identity.
-        as_pipeline = await nats.connect(server.url, nkeys_seed=str(seeds["pipeline"]))
+        as_pipeline = await nats.connect(server.url, nkeys_seed=str(seeds["pipeline"]), inbox_prefix=inbox_prefix("pipeline"))
         try:
             (match,) = await negotiate(as_pipeline, ["store"], timeout=3)
             assert match.provider.id == view.record.id
@@ -333,7 +334,8 @@ async def test_agents_announce_and_the_registry_works_under_their_own_restricted
         async def on_error(err):
             violations.append(str(err).lower())
 
-        as_store = await nats.connect(server.url, nkeys_seed=str(seeds["store"]), error_cb=on_error)
+        as_store = await nats.connect(server.url, nkeys_seed=str(seeds["store"]), error_cb=on_error,
+                                   inbox_prefix=inbox_prefix("store"))
         try:
             forged = Heartbeat(as_store, name="fake", instance_id="X", capability="pipeline", version="9",
                                capabilities=lambda: {"search": "9"}, endpoints=[], interval=BEAT)

@@ -10,6 +10,7 @@ import sys
 import nats
 import pytest
 
+from cim.capabilities import inbox_prefix
 from cim.cli.keys import new_user_seed, public_key_of
 from cim.discovery import discover
 from cim.embedded.procs import async_wait_until, wait_until
@@ -92,7 +93,8 @@ async def test_security_twin_the_store_credential_cannot_purge_or_delete_the_eve
     async def on_error(err):
         violations.append(str(err).lower())
 
-    as_store = await nats.connect(server.url, nkeys_seed=str(store_seed), error_cb=on_error)
+    as_store = await nats.connect(server.url, nkeys_seed=str(store_seed), error_cb=on_error,
+                                   inbox_prefix=inbox_prefix("store"))
     try:
         from cim.provision import ProvisionSpec, provision
         from cim.unit_store import UnitStore

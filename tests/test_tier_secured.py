@@ -8,7 +8,7 @@ import json
 
 import nats
 
-from cim.capabilities import permissions
+from cim.capabilities import nats_permissions
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.procs import async_wait_until
 from cim.provision import ProvisionSpec, provision
@@ -20,7 +20,7 @@ from tierkit import TierAgent, s3_tier
 async def test_the_tier_agent_works_within_its_own_permissions(s3_server, tmp_path, cli):
     admin_seed, admin_pub = seed_file(tmp_path, "admin")
     tier_seed, tier_pub = seed_file(tmp_path, "tier")
-    perms = {kind: {"allow": subjects} for kind, subjects in permissions("tier").items()}
+    perms = nats_permissions("tier")
     server = NatsServer(store_dir=tmp_path / "nats", extra_config={
         "accounts": {"CIM": {"jetstream": "enabled", "users": [{"nkey": tier_pub, "permissions": perms}, {"nkey": admin_pub}]}},
     })

@@ -44,5 +44,18 @@ def permissions(capability: str) -> dict[str, list[str]]:
     }
 
 
+def inbox_prefix(capability: str) -> str:
+    """Where an agent of this capability receives its replies: the only inboxes it may read."""
+    return f"_INBOX.{capability}"
+
+
+def nats_permissions(capability: str) -> dict[str, Any]:
+    """The `permissions` block of the agent's NATS user, as nats-server reads it (the NixOS
+    modules render the same block from capabilities.json)."""
+    p = permissions(capability)
+    return {"publish": {"allow": p["publish"]}, "subscribe": {"allow": p["subscribe"]},
+            "allow_responses": dict(_data()["common"]["allow_responses"])}
+
+
 def describe(capability: str) -> str:
     return _data()["capabilities"][capability]["description"]

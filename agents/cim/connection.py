@@ -48,6 +48,9 @@ class ConnectionSettings(BaseModel):
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # Where replies arrive; an agent's is `_INBOX.<capability>`, the only inboxes its
+    # credential may read. None: nats-py's `_INBOX`.
+    inbox_prefix: str | None = Field(default=None, pattern=r"^_INBOX(\.[A-Za-z0-9_-]+)*$")
     connect_timeout: float = Field(default=5.0, gt=0)
     reconnect_wait: float = Field(default=1.0, gt=0)
     # -1: keep trying for ever (agents under systemd); the CLI uses a small number.
@@ -129,6 +132,8 @@ def connect_options(s: ConnectionSettings) -> dict[str, Any]:
         "max_reconnect_attempts": s.max_reconnect_attempts,
         "tls": _tls_context(s),
     }
+    if s.inbox_prefix:
+        opts["inbox_prefix"] = s.inbox_prefix
     if s.nkey_seed_file:
         opts["nkeys_seed_str"] = _read_secret(s.nkey_seed_file, "nkey seed file")
     if s.creds_file:

@@ -9,6 +9,8 @@ parses requests, maps errors into micro error replies and counts everything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
 import json
 import logging
@@ -28,6 +30,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from pydantic import BaseModel, ValidationError
 
 from . import __version__, gc_tuning, logs
+from .capabilities import inbox_prefix
 from .config import AgentConfig
 from .connection import connect
 from .errors import CimError, InvalidInput, NotFound, UnitTooLarge
@@ -98,6 +101,7 @@ def _wrap(spec: EndpointSpec) -> Callable[[Request], Awaitable[None]]:
     async def handle(req: Request) -> None:
         started = time.perf_counter()
         outcome = "ok"
+        _REQUEST.set(req)
         try:
             if spec.request is None:
                 result = await spec.handler()
@@ -127,6 +131,23 @@ def _wrap(spec: EndpointSpec) -> Callable[[Request], Awaitable[None]]:
             LATENCY.labels(spec.name).observe(time.perf_counter() - started)
 
     return handle
+
+
+# Progress of a long request travels on its own reply subject, ahead of the answer, with this
+# header: the only subject an agent may answer on (allow_responses) is the one it was asked
+# on, and a subject named in a request's body would let any caller make the agent publish
+# wherever its credential reaches.
+H_PROGRESS = "Cim-Progress"
+_REQUEST: contextvars.ContextVar[Request | None] = contextvars.ContextVar("cim_request", default=None)
+
+
+async def progress(item: dict) -> None:
+    """Tell the caller of the endpoint now running how far it got (nothing if it did not ask
+    on a reply subject)."""
+    req = _REQUEST.get()
+    if req is not None:
+        with contextlib.suppress(ValueError):  # asked without a reply subject
+            await req.respond(json.dumps(item).encode(), headers={H_PROGRESS: "1"})
 
 
 class AgentContext:
@@ -165,7 +186,11 @@ def _exit_now(signum: int) -> None:
 
 async def run_agent(config: AgentConfig, agent_factory: Callable[[AgentContext], Any]) -> None:
     logs.setup(config.log_level)
-    nc = await connect(config.nats.model_copy(update={"name": config.nats.name or config.agent_name}))
+    nc = await connect(config.nats.model_copy(update={
+        "name": config.nats.name or config.agent_name,
+        # Replies arrive under the agent's own prefix: its credential may read nothing else.
+        "inbox_prefix": config.nats.inbox_prefix or inbox_prefix(config.capability),
+    }))
     CONNECTED.set(1)
     ctx = AgentContext(config, nc)
     agent = agent_factory(ctx)

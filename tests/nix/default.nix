@@ -648,10 +648,7 @@ let
       expr = lib.findFirst (u: u.nkey == f.keys.store) null (users leaf);
       expected = {
         nkey = f.keys.store;
-        permissions = {
-          publish.allow = (capabilities.permissions "store").publish;
-          subscribe.allow = (capabilities.permissions "store").subscribe;
-        };
+        permissions = capabilities.natsPermissions "store";
       };
     };
     "the store may not delete or purge the event stream" = {
@@ -709,10 +706,7 @@ let
       expr = lib.findFirst (u: u.nkey == registryKey) null (users withRegistry);
       expected = {
         nkey = registryKey;
-        permissions = {
-          publish.allow = (capabilities.permissions "registry").publish;
-          subscribe.allow = (capabilities.permissions "registry").subscribe;
-        };
+        permissions = capabilities.natsPermissions "registry";
       };
     };
     "each agent may announce itself in the registry bucket only under its own capability" = {
@@ -722,7 +716,8 @@ let
       ];
       expected = [
         [ "$KV.CIM_REGISTRY.store.>" ]
-        [ "$KV.CIM_REGISTRY.registry.>" "$KV.CIM_REGISTRY.>" ]
+        # The registry too: it reads every record, but writes only its own.
+        [ "$KV.CIM_REGISTRY.registry.>" ]
       ];
     };
     "registry settings are freeform and user values win over the defaults" = {
@@ -1067,10 +1062,7 @@ let
     };
     "hub and ui: each agent's NATS user has exactly its capability's permissions" = {
       expr = map (key: (lib.findFirst (u: u.nkey == key) null (users withHubUi)).permissions) [ hubKey uiKey ];
-      expected = map (n: {
-        publish.allow = (capabilities.permissions n).publish;
-        subscribe.allow = (capabilities.permissions n).subscribe;
-      }) [ "hub" "ui" ];
+      expected = map capabilities.natsPermissions [ "hub" "ui" ];
     };
     "nginx: no virtual host and no nginx unless enabled" = {
       expr = {
@@ -1279,7 +1271,7 @@ in
       c = cfgOf (f.leaf ++ f.identities' ++ [ { services.cim = lib.genAttrs capabilities.names (_: { enable = true; }) // { outbound = { enable = true; nameservers = [ "9.9.9.9" ]; }; }; } ]);
       byKey = lib.listToAttrs (map (u: lib.nameValuePair u.nkey u) (users c));
     in
-    lib.mapAttrs (name: key: lib.mapAttrs (_: p: p.allow) byKey.${key}.permissions) f.agentKeys;
+    lib.mapAttrs (name: key: byKey.${key}.permissions) f.agentKeys;
 
   # Each cluster node's rendered nats-server settings and the script that splices the route
   # password in at start, for tests/test_nix_eval.py to run against real nats-servers.

@@ -24,6 +24,7 @@ from ..errors import CimError, UnitNotFound
 from ..events import EventStore
 from ..provision import CONTENT_BUCKET, KvSpec, ProvisionSpec
 from ..runtime import AgentContext, endpoint
+from ..runtime import progress as runtime_progress
 from ..tier_events import TIER_NAME
 from ..tiering.backends import Backend, open_backend
 from ..tiering.backup import Exporter
@@ -107,7 +108,7 @@ class Empty(_Req):
 
 class MigrateRequest(_Req):
     dry_run: bool = False
-    progress: str | None = Field(default=None, description="an inbox for one message per unit")
+    progress: bool = Field(default=False, description="one message per unit on the reply subject, ahead of the answer")
 
 
 class VerifyRequest(_Req):
@@ -370,16 +371,9 @@ class Agent:
     @endpoint("migrate")
     async def migrate(self, req: MigrateRequest) -> dict:
         """Run the policies now (or only plan them with dry_run)."""
-        progress = None
-        if req.progress:
-            subject = req.progress
-
-            async def progress(item: dict) -> None:
-                await self.nc.publish(subject, json.dumps(item).encode())
-
         if not req.dry_run:
             await self.migrator.resume(self.index)
-        return await self._run(req.dry_run, progress)
+        return await self._run(req.dry_run, runtime_progress if req.progress else None)
 
     @endpoint("verify")
     async def verify(self, req: VerifyRequest) -> dict:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
+from collections.abc import Callable
 
 import typer
 from nats.aio.client import Client
 
 from ..errors import InvalidInput, NotFound
+from ..runtime import H_PROGRESS
 from ..tiering.errors import TierAgentMissing, TierUnavailable
 from .common import emit, globals_of, nats_connection, run
 
@@ -18,17 +19,8 @@ app = typer.Typer(help="Storage tiers: status, migrate by policy, verify, restor
 LONG = 3600.0  # a migration or verify of many units takes a while; the agent answers when done
 
 
-async def ask(nc: Client, endpoint: str, body: dict, timeout: float) -> dict:
-    """A request to the tier agent; its error reply becomes the matching CimError."""
-    try:
-        msg = await nc.request(f"cim.tier.{endpoint}", json.dumps(body).encode(), timeout=timeout)
-    except Exception as err:
-        if "no responders" in str(err).lower() or type(err).__name__ == "NoRespondersError":
-            raise TierAgentMissing(
-                "no tier agent answers on cim.tier.*; start it (`cim up` runs one; on NixOS set "
-                "services.cim.tier.enable = true) and check `cim status`"
-            ) from None
-        raise TierUnavailable(f"the tier agent did not answer {endpoint} within {timeout:g}s ({type(err).__name__})") from None
+def _answer(msg, endpoint: str) -> dict:
+    """The tier agent's answer, or the CimError its error reply stands for."""
     headers = msg.headers or {}
     if "Nats-Service-Error" in headers:
         code, text = headers.get("Nats-Service-Error-Code", "500"), headers["Nats-Service-Error"]
@@ -40,6 +32,47 @@ async def ask(nc: Client, endpoint: str, body: dict, timeout: float) -> dict:
             raise NotFound(text)
         raise TierUnavailable(text)
     return json.loads(msg.data)
+
+
+def _missing() -> TierAgentMissing:
+    return TierAgentMissing(
+        "no tier agent answers on cim.tier.*; start it (`cim up` runs one; on NixOS set "
+        "services.cim.tier.enable = true) and check `cim status`"
+    )
+
+
+async def ask(nc: Client, endpoint: str, body: dict, timeout: float) -> dict:
+    """A request to the tier agent; its error reply becomes the matching CimError."""
+    try:
+        msg = await nc.request(f"cim.tier.{endpoint}", json.dumps(body).encode(), timeout=timeout)
+    except Exception as err:
+        if "no responders" in str(err).lower() or type(err).__name__ == "NoRespondersError":
+            raise _missing() from None
+        raise TierUnavailable(f"the tier agent did not answer {endpoint} within {timeout:g}s ({type(err).__name__})") from None
+    return _answer(msg, endpoint)
+
+
+async def ask_with_progress(nc: Client, endpoint: str, body: dict, timeout: float,
+                            on_progress: Callable[[dict], None]) -> dict:
+    """`ask`, with the progress the agent sends on the same reply subject ahead of the answer."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(f"cim.tier.{endpoint}", json.dumps({**body, "progress": True}).encode(), reply=inbox)
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except Exception as err:
+                raise TierUnavailable(f"the tier agent did not answer {endpoint} within {timeout:g}s ({type(err).__name__})") from None
+            headers = msg.headers or {}
+            if headers.get("Status") == "503":
+                raise _missing()
+            if headers.get(H_PROGRESS):
+                on_progress(json.loads(msg.data))
+                continue
+            return _answer(msg, endpoint)
+    finally:
+        await sub.unsubscribe()
 
 
 def _size(n: int) -> str:
@@ -89,34 +122,22 @@ def migrate(
 
     async def body() -> dict:
         async with nats_connection(g) as nc:
-            inbox = nc.new_inbox()
             show = not g.json and not dry_run and sys.stderr.isatty()
             bar = None
-            queue: asyncio.Queue = asyncio.Queue()
 
-            async def on_progress(msg) -> None:
-                queue.put_nowait(json.loads(msg.data))
+            def on_progress(item: dict) -> None:
+                nonlocal bar
+                if "planned" in item and show:
+                    bar = typer.progressbar(length=max(item["bytes"], 1), label="migrating", file=sys.stderr)
+                    bar.__enter__()
+                elif bar is not None:
+                    bar.update(item.get("size", 0))
 
-            sub = await nc.subscribe(inbox, cb=on_progress)
-            task = asyncio.create_task(ask(nc, "migrate", {"dry_run": dry_run, "progress": inbox}, LONG))
             try:
-                while not task.done() or not queue.empty():
-                    try:
-                        item = await asyncio.wait_for(queue.get(), 0.2)
-                    except asyncio.TimeoutError:
-                        continue
-                    if "planned" in item and show:
-                        bar = typer.progressbar(length=max(item["bytes"], 1), label="migrating", file=sys.stderr)
-                        bar.__enter__()
-                    elif bar is not None:
-                        bar.update(item.get("size", 0))
-                return await task
+                return await ask_with_progress(nc, "migrate", {"dry_run": dry_run}, LONG, on_progress)
             finally:
                 if bar is not None:
                     bar.__exit__(None, None, None)
-                await sub.unsubscribe()
-                if not task.done():
-                    task.cancel()
 
     def text(r: dict) -> str:
         if r["dry_run"]:
