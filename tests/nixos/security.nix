@@ -12,7 +12,8 @@ in
   nodes.leaf = common.cimNode;
 
   testScript = common.helpers + ''
-    AS_STORE = "nats --server nats://127.0.0.1:4222 --nkey /run/keys/cim-store.nk"
+    # The store agent's own inbox prefix: the only replies its credential may read.
+    AS_STORE = "nats --server nats://127.0.0.1:4222 --nkey /run/keys/cim-store.nk --inbox-prefix _INBOX.store"
     AS_ADMIN = "nats --server nats://127.0.0.1:4222 --nkey /run/keys/cim-admin.nk"
 
     start_all()
@@ -29,6 +30,13 @@ in
         leaf.fail(f"{AS_STORE} stream rm CIM_EVENTS --force")
         after = leaf.succeed(f"{AS_ADMIN} stream info CIM_EVENTS --json | jq .state.messages").strip()
         assert after == before, f"CIM_EVENTS went from {before} to {after} messages"
+
+    with subtest("the store credential cannot forge another capability's event"):
+        forged = "cim.evt.unit.bafkreiforgedbystore.expired"
+        leaf.succeed(f"{AS_STORE} pub {forged} '{{}}' || true")
+        leaf.fail(f"{AS_ADMIN} stream get CIM_EVENTS --last-for {forged}")
+        # Its own event types it may append (the refusal is the server's, by type).
+        leaf.succeed(f"{AS_STORE} stream info CIM_EVENTS")
 
     with subtest("the admin credential may (the refusal above is about permissions)"):
         leaf.succeed(f"{AS_ADMIN} stream info CIM_EVENTS")
