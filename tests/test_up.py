@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cim.embedded.leaf import admin_key
 from cim.embedded.procs import free_port, port_is_free, wait_until
 
 
@@ -17,6 +18,8 @@ class Up:
         self.port, self.http_port = free_port(), free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.data_dir = data_dir
+        # `cim up` is secured: the CLI logs in with the admin key it made in the data dir.
+        self.env = {"CIM_NKEY": str(admin_key(data_dir))}
         self.out = tmp_path / f"up-{self.port}.out"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CIM_")}
         with self.out.open("wb") as out:
@@ -54,8 +57,8 @@ def up(tmp_path):
         u.stop()
 
 
-def agents(cli, url) -> dict[str, int]:
-    r = cli("--json", "status", server=url, check=False)
+def agents(cli, u: Up) -> dict[str, int]:
+    r = cli("--json", "status", server=u.url, env=u.env, check=False)
     if r.returncode != 0:
         return {}
     return {a["capability"]: a["pid"] for a in json.loads(r.stdout)["agents"]}
@@ -64,17 +67,17 @@ def agents(cli, url) -> dict[str, int]:
 def test_up_serves_units_and_events_restarts_a_killed_agent_and_keeps_data(up, cli, tmp_path):
     u = up()
     assert u.url in u.output() and "store" in u.output()
-    wait_until(lambda: "store" in agents(cli, u.url), 30, what="the store agent to answer cim status")
-    first_pid = agents(cli, u.url)["store"]
+    wait_until(lambda: "store" in agents(cli, u), 30, what="the store agent to answer cim status")
+    first_pid = agents(cli, u)["store"]
 
     f = tmp_path / "note.txt"
     f.write_text("kept across restarts")
-    c = cli("units", "put", f, server=u.url).stdout.split()[0]
-    assert cli("units", "get", c, server=u.url).stdout == "kept across restarts"
-    assert "unit.created" in cli("events", "tail", server=u.url).stdout
+    c = cli("units", "put", f, server=u.url, env=u.env).stdout.split()[0]
+    assert cli("units", "get", c, server=u.url, env=u.env).stdout == "kept across restarts"
+    assert "unit.created" in cli("events", "tail", server=u.url, env=u.env).stdout
 
     os.kill(first_pid, signal.SIGKILL)
-    wait_until(lambda: agents(cli, u.url).get("store") not in (None, first_pid), 60,
+    wait_until(lambda: agents(cli, u).get("store") not in (None, first_pid), 60,
                what="cim up to restart the killed store agent")
     assert "store agent exited" in u.output() and "restarted" in u.output()
 
@@ -84,7 +87,7 @@ def test_up_serves_units_and_events_restarts_a_killed_agent_and_keeps_data(up, c
     assert not _alive(first_pid)
 
     again = up(u.data_dir)
-    assert cli("units", "get", c, server=again.url).stdout == "kept across restarts"
+    assert cli("units", "get", c, server=again.url, env=again.env).stdout == "kept across restarts"
 
 
 def test_up_refuses_a_taken_port_with_advice(up, tmp_path):
@@ -114,41 +117,41 @@ def test_a_newcomer_puts_a_folder_watches_the_pipeline_and_finds_it(up, cli, tmp
     (docs / "heron.md").write_text("# Herons\n\nThe grey heron stands still in shallow water, waiting for fish.")
     (docs / "sub" / "kestrel.html").write_text("<title>Kestrel</title><p>A kestrel hovers over the meadow.</p>")
     (docs / ".hidden").write_text("not a document")
-    out = cli("units", "put", docs, server=u.url).stdout.splitlines()
+    out = cli("units", "put", docs, server=u.url, env=u.env).stdout.splitlines()
     assert len(out) == 2 and all(line.startswith("bafkrei") for line in out)
 
     def found() -> bool:
-        r = cli("--json", "search", "heron", server=u.url, check=False)
+        r = cli("--json", "search", "heron", server=u.url, env=u.env, check=False)
         return r.returncode == 0 and len(json.loads(r.stdout)["hits"]) == 1
 
     wait_until(found, 60, what="cim search to find the heron")
-    tail = cli("events", "tail", server=u.url).stdout
+    tail = cli("events", "tail", server=u.url, env=u.env).stdout
     assert "unit.labeled" in tail and "steps.done default--" in tail
-    hit = json.loads(cli("--json", "search", "kestrel", "meadow", server=u.url).stdout)["hits"][0]
+    hit = json.loads(cli("--json", "search", "kestrel", "meadow", server=u.url, env=u.env).stdout)["hits"][0]
     assert hit["title"] == "Kestrel"
     # The labels classification added show on the unit, next to its own.
-    shown = json.loads(cli("--json", "units", "show", hit["cid"], server=u.url).stdout)
+    shown = json.loads(cli("--json", "units", "show", hit["cid"], server=u.url, env=u.env).stdout)
     assert "document" in shown["labels"] and shown["unit"]["labels"] == []
 
 
 def test_up_restarts_a_killed_nats_server_and_says_so(up, cli, tmp_path):
     u = up()
-    wait_until(lambda: "store" in agents(cli, u.url), 30, what="the store agent to answer cim status")
+    wait_until(lambda: "store" in agents(cli, u), 30, what="the store agent to answer cim status")
     f = tmp_path / "before.txt"
     f.write_text("stored before the crash")
-    before = cli("units", "put", f, server=u.url).stdout.split()[0]
+    before = cli("units", "put", f, server=u.url, env=u.env).stdout.split()[0]
 
     os.kill(_nats_pid(u.data_dir), signal.SIGKILL)
     wait_until(lambda: "nats-server restarted" in u.output(), 60, what="cim up to restart nats-server")
     assert "nats-server exited" in u.output()
 
     # The same address, the same data, and the agents back on it.
-    assert cli("units", "get", before, server=u.url).stdout == "stored before the crash"
+    assert cli("units", "get", before, server=u.url, env=u.env).stdout == "stored before the crash"
     g = tmp_path / "after.txt"
     g.write_text("stored after the restart")
-    wait_until(lambda: cli("units", "put", g, server=u.url, check=False).returncode == 0, 60,
+    wait_until(lambda: cli("units", "put", g, server=u.url, env=u.env, check=False).returncode == 0, 60,
                what="a put to succeed after the restart")
-    wait_until(lambda: "store" in agents(cli, u.url), 60, what="the store agent to answer again")
+    wait_until(lambda: "store" in agents(cli, u), 60, what="the store agent to answer again")
 
 
 def _nats_pid(data_dir) -> int:
@@ -162,3 +165,35 @@ def _nats_pid(data_dir) -> int:
         if b"nats-server" in cmdline and config in cmdline:
             return int(proc.name)
     raise AssertionError(f"no nats-server runs with {config.decode()}")
+
+
+async def test_up_is_secured_like_nixos(up, cli, tmp_path):
+    """No credential, no way in; each agent has its own key with exactly its capability's
+    permissions; the seeds are the user's alone; `cim` finds the admin key by itself."""
+    import nats as nats_client
+
+    from cim.capabilities import nats_permissions
+    from cim.identity import public_key_of
+
+    u = up()
+    wait_until(lambda: "store" in agents(cli, u), 30, what="the store agent to answer cim status")
+    with pytest.raises(Exception, match="(?i)authorization"):
+        await nats_client.connect(u.url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False)
+
+    keys = u.data_dir / "keys"
+    assert keys.stat().st_mode & 0o777 == 0o700
+    assert {p.name for p in keys.iterdir()} >= {"admin.nk", "store.nk", "pipeline.nk", "tier.nk"}
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in keys.iterdir())
+    conf = json.loads((u.data_dir / "nats" / "nats.conf").read_text())
+    users = conf["accounts"]["CIM"]["users"]
+    assert not any(k.read_text().strip() in json.dumps(conf) for k in keys.iterdir()), "a seed in the server config"
+    by_key = {usr["nkey"]: usr for usr in users}
+    for seed in keys.iterdir():
+        user = by_key[public_key_of(seed.read_bytes().strip())]
+        if seed.stem == "admin":
+            assert "permissions" not in user  # the operator: everything in the account
+        else:
+            assert user["permissions"] == nats_permissions(seed.stem), seed.stem
+
+    # The CLI, told only where the data is, logs in with the admin key found there.
+    assert cli("--json", "status", server=u.url, env={"CIM_DATA_DIR": str(u.data_dir)}).returncode == 0

@@ -48,4 +48,4 @@ def test_up_prints_the_ui_and_hub_addresses_and_both_work(up, cli, tmp_path):  #
     inbox = u.data_dir / "inbox"
     (inbox / "dropped.txt").write_text("dropped in the inbox")
     wait_until(lambda: (inbox / "done" / "dropped.txt").exists(), 30, what="the inbox to take the file")
-    assert "dropped.txt" in cli("units", "ls", server=u.url).stdout
+    assert "dropped.txt" in cli("units", "ls", server=u.url, env=u.env).stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,11 +34,18 @@ class Globals:
     timeout: float = 5.0
 
     def settings(self) -> ConnectionSettings:
+        nkey = self.nkey
+        if nkey is None and self.creds is None and self.user is None:
+            # `cim up` made an admin key: use it, as a newcomer expects `cim` to just work.
+            from ..embedded.leaf import admin_key, default_data_dir
+
+            found = admin_key(Path(os.environ.get("CIM_DATA_DIR") or default_data_dir()))
+            nkey = found if found.is_file() else None
         return ConnectionSettings(
             servers=self.servers,
             name="cim-cli",
             creds_file=self.creds,
-            nkey_seed_file=self.nkey,
+            nkey_seed_file=nkey,
             user=self.user,
             password_file=self.password_file,
             tls_ca_file=self.tls_ca,

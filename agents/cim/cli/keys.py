@@ -7,47 +7,19 @@ capability's `nkeyPublicKey`): nats-server only ever holds public keys.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
-import nkeys
 import typer
 
+from ..identity import new_user_seed, public_key_of, write_seed
 from .common import emit, fail, globals_of
+
+__all__ = ["app", "new_user_seed", "public_key_of", "write_seed"]
 
 app = typer.Typer(help="Make nkey identities: a seed file (mode 0600) and its public key.", no_args_is_help=True)
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def new_user_seed() -> bytes:
-    """A fresh user nkey seed (`SU...`), from 32 bytes of the OS's randomness."""
-    return nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
-
-
-def public_key_of(seed: bytes) -> str:
-    return nkeys.from_seed(seed).public_key.decode()
-
-
-def write_seed(path: Path, seed: bytes, *, force: bool = False) -> None:
-    """Write the seed to `path`, readable by its owner only.
-
-    O_EXCL makes "do not overwrite" atomic; with `force` the old file is removed first
-    rather than truncated, so a file someone else made readable never holds the new seed.
-    """
-    if force:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        # The mode given to open() is masked by the umask; say 0600 explicitly.
-        os.fchmod(fd, 0o600)
-        os.write(fd, seed + b"\n")
-    finally:
-        os.close(fd)
 
 
 @app.command("new")

@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..capabilities import CAPABILITIES
+from ..capabilities import CAPABILITIES, nats_permissions
 from ..config import agent_module
 from ..connection import ConnectionSettings, connect
 from ..errors import ConfigError, EmbeddedError
+from ..identity import ensure_identities
 from ..provision import ProvisionSpec, provision
 from .nats_server import NatsServer
 from .procs import ManagedProcess, free_port, port_is_free
@@ -34,6 +35,11 @@ HEALTHY_AFTER = 60.0  # an agent up this long has its backoff reset
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "cim"
+
+
+def admin_key(data_dir: Path) -> Path:
+    """The operator's seed file of a `cim up` leaf; the `cim` command finds it by default."""
+    return Path(data_dir) / "keys" / "admin.nk"
 
 
 def available_agents() -> list[str]:
@@ -84,6 +90,7 @@ class Leaf:
         self.log_level = log_level
         self.agent_names = available_agents() if agents is None else agents
         self.server: NatsServer | None = None
+        self.keys: dict[str, tuple[Path, str]] = {}  # name -> (seed file, public key), made at start
         # nats-server is supervised like an agent: restarted with backoff, and said so.
         self.server_restarts = 0
         self.server_started_at = time.monotonic()
@@ -102,9 +109,17 @@ class Leaf:
                     f"the {what} port {port} is taken: is `cim up` or another nats-server already running? "
                     f"Stop it, or pick other ports with --port / --http-port"
                 )
+        # Secured like NixOS: an nkey per agent with exactly its capability's permissions, and
+        # an admin key for `cim`; seeds stay in the data directory (0600), the server config
+        # holds public keys only.
+        self.keys = ensure_identities(self.data_dir / "keys", ["admin", *self.agent_names])
+        users = [{"nkey": self.keys["admin"][1]}] + [
+            {"nkey": self.keys[cap][1], "permissions": nats_permissions(cap)} for cap in self.agent_names
+        ]
         self.server = NatsServer(
             store_dir=self.data_dir / "nats" / "jetstream", port=self.port, http_port=self.http_port,
             host=self.host, server_name="cim-leaf", config_path=self.data_dir / "nats" / "nats.conf",
+            extra_config={"accounts": {"CIM": {"jetstream": "enabled", "users": users}}},
         )
         self.server.start()
         self.server_started_at = time.monotonic()
@@ -138,7 +153,7 @@ class Leaf:
         return [f"nats-server restarted (pid {server.pid}) on {self.url}"]
 
     async def provision(self) -> list[str]:
-        nc = await connect(ConnectionSettings(servers=[self.url], name="cim-up"))
+        nc = await connect(ConnectionSettings(servers=[self.url], name="cim-up", nkey_seed_file=self.keys["admin"][0]))
         try:
             return [c.describe() for c in await provision(nc, ProvisionSpec(replicas=1))]
         finally:
@@ -149,7 +164,7 @@ class Leaf:
         path.parent.mkdir(parents=True, exist_ok=True)
         config = {
             "capability": capability,
-            "nats": {"servers": [self.url]},
+            "nats": {"servers": [self.url], "nkey_seed_file": str(self.keys[capability][0])},
             "metrics": {"host": "127.0.0.1", "port": metrics_port},
             "log_level": self.log_level,
         }
@@ -213,6 +228,7 @@ class Leaf:
             f"  NATS        {self.url}",
             f"  monitoring  {self.server.monitor_url}",
             f"  data        {self.data_dir}",
+            f"  admin key   {self.keys['admin'][0]} (the cim command uses it by default; elsewhere set CIM_NKEY)",
         ]
         for cap, s in self.agents.items():
             lines.append(f"  {cap:<11} pid {s.proc.pid}, metrics http://127.0.0.1:{s.metrics_port}/metrics, log {s.proc.log_path}")
