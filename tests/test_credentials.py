@@ -10,20 +10,10 @@ import pytest
 
 from cim.capabilities import CAPABILITIES, inbox_prefix, permissions
 from cim.embedded.procs import async_wait_until
+from cim.hub.webhooks import subject_matches  # NATS subject matching: `*` one token, `>` the rest
 from cim.provision import ProvisionSpec, provision
 
 CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
-
-
-def matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: `*` one token, `>` the rest."""
-    p, s = pattern.split("."), subject.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s) or (token != "*" and token != s[i]):
-            return False
-    return len(p) == len(s)
 
 
 def dangerous_publishes(cap: str) -> list[str]:
@@ -60,8 +50,8 @@ async def test_every_dangerous_action_is_decided_by_the_permission_list(secured_
     allow = permissions(cap)
     pubs, subs = dangerous_publishes(cap), dangerous_subscribes(cap)
     expected_refused = (
-        [s for s in pubs if not any(matches(p, s) for p in allow["publish"])]
-        + [s for s in subs if not any(matches(p, s) for p in allow["subscribe"])]
+        [s for s in pubs if not any(subject_matches(p, s) for p in allow["publish"])]
+        + [s for s in subs if not any(subject_matches(p, s) for p in allow["subscribe"])]
     )
     # The policy: the list may never grant these.
     assert {s for s in pubs + subs if s in NOBODY} <= set(expected_refused), cap
