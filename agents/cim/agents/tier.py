@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -85,14 +86,21 @@ def provision_spec() -> ProvisionSpec:
 
 
 def embedded_settings(data_dir: Path) -> tuple[dict, str | None]:
-    """`cim up`: a warm and an archive tier as directories under the data dir."""
-    warm, archive = data_dir / "tiers" / "warm", data_dir / "tiers" / "archive"
+    """`cim up`: a warm and an archive tier as directories; the archive under the data dir
+    unless `cim up --archive-dir` (CIM_ARCHIVE_DIR) puts it elsewhere, e.g. on another disk."""
+    warm = data_dir / "tiers" / "warm"
+    archive = Path(os.environ.get("CIM_ARCHIVE_DIR") or data_dir / "tiers" / "archive")
+    archive.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    note = f"tiers: hot -> warm ({warm}), backups to {archive}"
+    if os.stat(archive).st_dev == os.stat(data_dir).st_dev:
+        note += " (the same disk as the data: a backup of what is deleted, not of a lost disk; --archive-dir puts it elsewhere)"
     return {
         "tiers": [{"name": "warm", "url": f"file://{warm}"}, {"name": "archive", "url": f"file://{archive}"}],
         "policies": [{"name": "warm-after-30d", "from": "hot", "to": "warm", "action": "move", "min_age": "30d"}],
         "backup": {"tier": "archive", "interval": 60},
         "migrate_interval": 600,
-    }, f"tiers: hot -> warm ({warm}), backups to {archive}"
+    }, note
 
 
 # --- requests and replies -------------------------------------------------------------------

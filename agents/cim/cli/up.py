@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
@@ -19,8 +20,12 @@ def up_cmd(
     port: int = typer.Option(4222, "--port", envvar="CIM_PORT", help="NATS client port"),
     http_port: int = typer.Option(8222, "--http-port", envvar="CIM_HTTP_PORT", help="NATS monitoring port"),
     log_level: str = typer.Option("info", help="agents' log level"),
+    archive_dir: Path | None = typer.Option(None, "--archive-dir", envvar="CIM_ARCHIVE_DIR",
+                                            help="where backups go (default: under the data dir; better: another disk)"),
 ) -> None:
     """Start nats-server with JetStream, provision, and supervise every agent."""
+    if archive_dir is not None:
+        os.environ["CIM_ARCHIVE_DIR"] = str(archive_dir.resolve())  # the tier agent's settings read it
     leaf = Leaf(data_dir or default_data_dir(), host=host, port=port, http_port=http_port, log_level=log_level)
 
     async def body() -> None:

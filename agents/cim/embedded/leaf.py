@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from .procs import ManagedProcess, free_port, port_is_free
 log = logging.getLogger("cim.up")
 
 RESTART_BACKOFF = (0.5, 1, 2, 5, 10, 30)
+# nats-server, once a write failed for lack of space, keeps failing writes after space is
+# freed, until it restarts; `cim up` restarts it when this much is free again.
+DISK_FULL = b"no space left on device"
+FREE_TO_RESUME = 64 * 1024 * 1024
 HEALTHY_AFTER = 60.0  # an agent up this long has its backoff reset
 
 
@@ -95,6 +100,8 @@ class Leaf:
         self.server_restarts = 0
         self.server_started_at = time.monotonic()
         self.server_next_start: float | None = None
+        self.disk_full = False
+        self._log_offset = 0
         self.agents: dict[str, Supervised] = {}
         self.notes: dict[str, str] = {}
 
@@ -133,7 +140,7 @@ class Leaf:
         if server.alive:
             if now - self.server_started_at > HEALTHY_AFTER:
                 self.server_restarts = 0
-            return []
+            return self._check_disk(server)
         if self.server_next_start is None:
             delay = RESTART_BACKOFF[min(self.server_restarts, len(RESTART_BACKOFF) - 1)]
             self.server_next_start = now + delay
@@ -151,6 +158,44 @@ class Leaf:
         except EmbeddedError as err:
             return [f"nats-server did not start again: {err}"]
         return [f"nats-server restarted (pid {server.pid}) on {self.url}"]
+
+    def _new_log(self, server: NatsServer) -> bytes:
+        """What nats-server logged since the last look (a restarted log starts over)."""
+        try:
+            size = server.log_path.stat().st_size
+            if size < self._log_offset:
+                self._log_offset = 0
+            with open(server.log_path, "rb") as f:
+                f.seek(max(self._log_offset, size - 1024 * 1024))
+                data = f.read()
+        except OSError:
+            return b""
+        self._log_offset = size
+        return data
+
+    def _check_disk(self, server: NatsServer) -> list[str]:
+        """A full disk: say so; once space is back, restart nats-server so writes work again."""
+        store = server.store_dir
+        if not self.disk_full:
+            if DISK_FULL not in self._new_log(server):
+                return []
+            self.disk_full = True
+            free = shutil.disk_usage(store).free
+            return [
+                f"nats-server cannot write to {store}: the disk is full ({free // 2**20} MiB free). Puts fail until "
+                f"space is freed there; nats-server is restarted once {FREE_TO_RESUME // 2**20} MiB are free "
+                "(after a failed write it keeps failing until it restarts)."
+            ]
+        free = shutil.disk_usage(store).free
+        if free < FREE_TO_RESUME:
+            return []
+        self.disk_full = False
+        try:
+            server.restart()
+        except EmbeddedError as err:
+            return [f"disk space is back ({free // 2**20} MiB free), but nats-server did not start again: {err}"]
+        self._new_log(server)  # what it said before the restart is read
+        return [f"disk space is back ({free // 2**20} MiB free): nats-server restarted; puts work again"]
 
     async def provision(self) -> list[str]:
         nc = await connect(ConnectionSettings(servers=[self.url], name="cim-up", nkey_seed_file=self.keys["admin"][0]))
