@@ -167,3 +167,26 @@ async def test_an_endless_form_field_is_refused_at_64_kib_without_reading_on(hub
     if status is not None:
         assert status == 400 and "over 64 KiB" in body["errors"][0]["message"]
     assert sent < 20 * 1024 * 1024, f"the server read {sent} bytes of one form field"
+
+
+async def test_a_client_that_stalls_mid_upload_is_cut_off_with_408(nats_server, nc, tmp_path):
+    """A slow client holds no connection for ever: after idle_timeout of silence the hub
+    answers 408, closes, and stores nothing."""
+    import asyncio as aio
+    from urllib.parse import urlsplit
+
+    await provision(nc, ProvisionSpec())
+    h = Hub(nats_server.url, tmp_path, idle_timeout=1).start()
+    try:
+        url = urlsplit(h.url)
+        reader, writer = await aio.open_connection(url.hostname, url.port)
+        writer.write(b"POST /v1/units HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                     + b"\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\nonly ten b")
+        await writer.drain()
+        answer = await aio.wait_for(reader.read(4096), 15)  # the writer stalls; the hub must not
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"nothing arrived for 1 s" in answer
+        assert [u async for u in UnitStore(nc).list()] == []
+    finally:
+        h.stop()

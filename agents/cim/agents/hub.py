@@ -43,6 +43,8 @@ class Config(AgentConfig):
     http: HttpSettings = Field(default_factory=HttpSettings)
     tokens_file: Path = Field(description="JSON file of bearer tokens with their allowed sources and labels")
     max_body_size: int = Field(default=64 * 1024 * 1024, gt=0, description="largest upload accepted, in bytes (413 above)")
+    idle_timeout: float = Field(default=30.0, gt=0, le=3600,
+                                description="seconds a client may send nothing while its upload is read (408 past it)")
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     connectors: list[ConnectorConfig] = Field(default_factory=list)
 
@@ -69,7 +71,8 @@ class Agent:
         self.ctx = ctx
         self.config: Config = ctx.config  # type: ignore[assignment]
         self.units = UnitStore(ctx.nc, max_unit_size=self.config.max_body_size, agent=self.config.agent_name)
-        self.api = HubApi(self.units, Tokens(self.config.tokens_file), max_body_size=self.config.max_body_size)
+        self.api = HubApi(self.units, Tokens(self.config.tokens_file), max_body_size=self.config.max_body_size,
+                          idle_timeout=self.config.idle_timeout)
         self.webhooks = Dispatcher(ctx.nc, [Webhook(w) for w in self.config.webhooks], agent=self.config.agent_name)
         events = EventStore(ctx.nc)
         plugins, self.broken_plugins = load()  # a third party's broken plugin is reported and skipped

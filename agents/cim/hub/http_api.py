@@ -8,6 +8,7 @@ request costs no storage and a big one never sits whole in memory.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import tempfile
@@ -136,10 +137,11 @@ def _check_meta(token: Token, meta: dict[str, Any]) -> None:
 
 
 class HubApi:
-    def __init__(self, units: UnitStore, tokens: Tokens, *, max_body_size: int):
+    def __init__(self, units: UnitStore, tokens: Tokens, *, max_body_size: int, idle_timeout: float = 30.0):
         self.units = units
         self.tokens = tokens
         self.max_body_size = max_body_size
+        self.idle_timeout = idle_timeout
         self.spec_yaml = files("cim.hub").joinpath("openapi.yaml").read_text()
 
     def app(self) -> web.Application:
@@ -168,7 +170,7 @@ class HubApi:
             else:
                 meta = _meta_from({k: request.query.getall(k) for k in request.query})
                 _check_meta(token, meta)
-                async for chunk in request.content.iter_chunked(256 * 1024):
+                while chunk := await self._arrives(request.content.read(256 * 1024)):
                     body.write(chunk)
                 filename = None
                 if "media_type" not in meta and request.content_type not in ("", "application/octet-stream"):
@@ -202,13 +204,22 @@ class HubApi:
             status=status, headers={"Location": f"/v1/units/{unit.cid}"},
         )
 
+    async def _arrives(self, read: Any) -> Any:
+        """One read of the request body, or 408 when the client sends nothing for
+        idle_timeout seconds: a client that stalls must not hold a connection and a spool."""
+        try:
+            return await asyncio.wait_for(read, self.idle_timeout)
+        except asyncio.TimeoutError:
+            raise Problem(408, [("(body)", f"nothing arrived for {self.idle_timeout:g} s; send the request again")],
+                          {"Connection": "close"}) from None
+
     async def _read_multipart(self, request: web.Request, token: Token, body: _Body) -> tuple[dict[str, Any], str | None]:
         reader = await request.multipart()
         fields: dict[str, list[str]] = {}
         filename: str | None = None
         media_type: str | None = None
         seen_file = False
-        while (part := await reader.next()) is not None:
+        while (part := await self._arrives(reader.next())) is not None:
             if part.name == "file":
                 if seen_file:
                     raise Problem(400, [("file", "send one file per request")])
@@ -219,12 +230,12 @@ class HubApi:
                 filename = part.filename
                 ctype = part.headers.get("Content-Type")
                 media_type = ctype if ctype and ctype != "application/octet-stream" else None
-                while chunk := await part.read_chunk(256 * 1024):
+                while chunk := await self._arrives(part.read_chunk(256 * 1024)):
                     body.write(chunk)
             else:
                 # Read in chunks and stop at the bound: a field is never buffered past it.
                 raw = bytearray()
-                while chunk := await part.read_chunk(16 * 1024):
+                while chunk := await self._arrives(part.read_chunk(16 * 1024)):
                     raw += chunk
                     if len(raw) > MAX_FIELD_BYTES:
                         raise Problem(400, [(part.name or "(field)", "a metadata field is over 64 KiB")])
