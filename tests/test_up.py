@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cim.embedded.leaf import admin_key
+from cim.embedded.paths import admin_key
 from cim.embedded.procs import free_port, port_is_free, wait_until
 
 

@@ -37,7 +37,7 @@ class Globals:
         nkey = self.nkey
         if nkey is None and self.creds is None and self.user is None:
             # `cim up` made an admin key: use it, as a newcomer expects `cim` to just work.
-            from ..embedded.leaf import admin_key, default_data_dir
+            from ..embedded.paths import admin_key, default_data_dir
 
             found = admin_key(Path(os.environ.get("CIM_DATA_DIR") or default_data_dir()))
             nkey = found if found.is_file() else None

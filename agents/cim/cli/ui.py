@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from ..embedded.leaf import default_data_dir
+from ..embedded.paths import default_data_dir
 from ..ui.auth import hash_password
 from .common import fail
 

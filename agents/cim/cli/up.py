@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from ..embedded.leaf import Leaf, default_data_dir, supervise
+from ..embedded.leaf import Leaf, supervise
+from ..embedded.paths import default_data_dir
 from ..errors import CimError
 from .common import fail
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -25,6 +24,7 @@ from ..errors import ConfigError, EmbeddedError
 from ..identity import ensure_identities
 from ..provision import ProvisionSpec, provision
 from .nats_server import NatsServer
+
 from .procs import ManagedProcess, free_port, port_is_free
 
 log = logging.getLogger("cim.up")
@@ -35,16 +35,6 @@ RESTART_BACKOFF = (0.5, 1, 2, 5, 10, 30)
 DISK_FULL = b"no space left on device"
 FREE_TO_RESUME = 64 * 1024 * 1024
 HEALTHY_AFTER = 60.0  # an agent up this long has its backoff reset
-
-
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "cim"
-
-
-def admin_key(data_dir: Path) -> Path:
-    """The operator's seed file of a `cim up` leaf; the `cim` command finds it by default."""
-    return Path(data_dir) / "keys" / "admin.nk"
 
 
 def available_agents() -> list[str]:
