@@ -24,7 +24,6 @@ from ..errors import ConfigError, EmbeddedError
 from ..identity import ensure_identities
 from ..provision import ProvisionSpec, provision
 from .nats_server import NatsServer
-
 from .procs import ManagedProcess, free_port, port_is_free
 
 log = logging.getLogger("cim.up")
