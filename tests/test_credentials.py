@@ -36,7 +36,7 @@ def dangerous_subscribes(cap: str) -> list[str]:
 # What no agent credential may do, whatever capabilities.json says; and what only one may.
 NOBODY = {"$JS.API.STREAM.PURGE.CIM_EVENTS", "$JS.API.STREAM.DELETE.CIM_EVENTS", "$JS.API.STREAM.UPDATE.CIM_EVENTS",
           "$JS.API.STREAM.DELETE.OBJ_CIM_CONTENT", "$JS.API.STREAM.CREATE.ROGUE", "_INBOX.>", "_INBOX.x", "cim.evt.>"}
-ONLY = {"$JS.API.DIRECT.GET.KV_CIM_HUB.state": "hub", "$JS.API.STREAM.MSG.GET.KV_CIM_HUB": "hub",
+ONLY = {"$JS.API.DIRECT.GET.KV_CIM_HUB.state": "hub", "$JS.API.STREAM.PURGE.OBJ_CIM_CONTENT": "tier", "$JS.API.STREAM.MSG.GET.KV_CIM_HUB": "hub",
         **{f"cim.evt.unit.{CID}.{e}": "tier" for e in ("expired", "located", "moving")},
         f"cim.evt.agent.{CID}.gone": "registry"}
 

@@ -1,7 +1,10 @@
 """Unit content in a JetStream object store bucket, keyed by CID, verified on every read.
 
-Writes use nats-py's object store (its layout is the standard one, so `nats object get`
-works too). Reads do not: nats-py's `get` grows one bytes object chunk by chunk, quadratic
+The layout is nats-py's object store's (so `nats object get` works too), written here:
+chunks first, the index entry last without a rollup. The bucket refuses rollups and only
+the tier agent may purge, so a writer's credential can add entries but never remove any;
+readers and `has` check the bytes and fall back past an entry that does not match them.
+Reads do not use nats-py either: nats-py's `get` grows one bytes object chunk by chunk, quadratic
 in the object size. Here a small object's chunks come in one batched direct get, a larger
 one's are pulled through `jsread`, and they are handed out one by one while being hashed;
 the last chunk is held back until the CID checks out, so a reader never receives
@@ -27,7 +30,7 @@ from typing import BinaryIO
 
 from nats.aio.client import Client
 from nats.js import api
-from nats.js.errors import APIError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import NotFoundError
 
 from . import cid as cidlib
 from .errors import CidMismatch, CimError, JetStreamUnavailable, UnitNotFound
@@ -45,6 +48,9 @@ DIRECT_BATCH = 256  # subjects per batched direct get
 DIRECT_CHUNKS = 32
 DIRECT_PAUSE = 300  # seconds without direct gets after one went unanswered
 LOCATED_KEPT = 1024  # locations a read found, kept for the delete that may follow it
+PUT_WINDOW = 64  # chunks of one put in flight (8 MiB)
+MAX_ENTRIES = 64  # index entries of one object looked at (normally one)
+CID_HEADER = "Cim-Cid"  # on every chunk: the object it belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,26 +69,6 @@ class ObjectLocation:
         if info.get("deleted") or not info.get("nuid"):
             return None
         return cls(cid, int(info.get("size", 0)), int(info.get("chunks", 0)), info["nuid"], info.get("digest", ""), seq, info)
-
-
-class _CountingReader(io.RawIOBase):
-    """Feeds nats-py's put while hashing what it actually sent and reporting progress."""
-
-    def __init__(self, raw: BinaryIO, progress: Callable[[int], None] | None):
-        self.raw = raw
-        self.hasher = cidlib.Hasher()
-        self.progress = progress
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        n = self.raw.readinto(b)
-        if n:
-            self.hasher.update(memoryview(b)[:n])
-            if self.progress:
-                self.progress(n)
-        return n or 0
 
 
 THREADED_HASH_MIN_CHUNKS = 8
@@ -127,21 +113,29 @@ class ContentStore:
         self.bucket = bucket
         self.stream = f"OBJ_{bucket}"
         self.timeout = timeout
-        self._obj = None
+        self._bucket_known = False
         self._direct_off_until = 0.0
         self._located: OrderedDict[str, ObjectLocation] = OrderedDict()
 
-    async def _store(self):
-        if self._obj is None:
-            try:
-                self._obj = await self.js.object_store(self.bucket)
-            except NotFoundError:
-                raise JetStreamUnavailable(
-                    f"the content bucket {self.bucket} does not exist; run `cim provision` (or `cim up`)"
-                ) from None
-        return self._obj
+    async def _ensure_bucket(self) -> None:
+        """The bucket must exist (once per store): a put into none gets a clear error."""
+        if self._bucket_known:
+            return
+        try:
+            await self.js.stream_info(self.stream)
+        except NotFoundError:
+            raise JetStreamUnavailable(
+                f"the content bucket {self.bucket} does not exist; run `cim provision` (or `cim up`)"
+            ) from None
+        self._bucket_known = True
 
     async def locate(self, cid: str) -> ObjectLocation | None:
+        """The object's last index entry, read from the leader. Unverified: `get` checks the
+        bytes and, if they do not match, falls back to an earlier entry (`_choose`)."""
+        return (await self._last_entry(cid))[1]
+
+    async def _last_entry(self, cid: str) -> tuple[bool, ObjectLocation | None]:
+        """Whether the object has any index entry, and its last one if that is usable."""
         cidlib.validate(cid)
         meta_subject = self._meta_subject(cid)
         try:
@@ -152,13 +146,16 @@ class ContentStore:
             )
         except Exception as err:
             if getattr(err, "code", None) == 404 or isinstance(err, NotFoundError):
-                return None
+                return False, None
             if "stream not found" in str(err).lower():
                 raise JetStreamUnavailable(
                     f"the content bucket {self.bucket} does not exist; run `cim provision` (or `cim up`)"
                 ) from None
             raise JetStreamUnavailable(f"cannot read the content index for {cid}: {err or type(err).__name__}") from err
-        return ObjectLocation.parse(cid, msg.data, msg.seq)
+        try:
+            return True, ObjectLocation.parse(cid, msg.data, msg.seq)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return True, None  # not an index entry at all: hostile input, look at the earlier ones
 
     async def _locate_direct(self, cid: str) -> ObjectLocation | None:
         """The index entry by a direct get, which costs the server a tenth of the leader's
@@ -186,40 +183,59 @@ class ContentStore:
             return None
         return msg
 
-    async def has(self, cid: str) -> bool:
-        return await self.locate(cid) is not None
+    async def entries(self, cid: str) -> list[ObjectLocation]:
+        """Every index entry of the object, newest first (normally one). Writers may append an
+        entry but never remove or roll one up (the bucket refuses rollups, and only the tier
+        agent may purge), so an entry a compromised credential appended cannot hide the
+        genuine one: readers verify and fall back to it (`_choose`). One batched direct get;
+        the leader's message API when that does not answer."""
+        meta_subject = self._meta_subject(cid)
+        msgs = None
+        if not self._direct_paused():
+            request = json.dumps({"seq": 1, "next_by_subj": meta_subject, "batch": MAX_ENTRIES}).encode()
+            try:
+                got = await publisher_for(self.nc).collect(f"$JS.API.DIRECT.GET.{self.stream}", request, self.timeout)
+                msgs = [(int(m.headers["Nats-Sequence"]), m.data) for m in got
+                        if m.headers and m.headers.get("Nats-Subject") == meta_subject]
+            except Exception as err:  # every failure here means "ask the leader"
+                self._pause_direct(err)
+        if msgs is None:
+            msgs = []
+            seq = 1
+            for _ in range(MAX_ENTRIES):
+                try:
+                    msg = await self.js.get_msg(self.stream, seq=seq, subject=meta_subject, next=True)
+                except Exception as err:
+                    if getattr(err, "code", None) == 404 or isinstance(err, NotFoundError):
+                        break
+                    raise JetStreamUnavailable(f"cannot read the content index for {cid}: {err or type(err).__name__}") from err
+                msgs.append((msg.seq, msg.data))
+                seq = msg.seq + 1
+        found: list[ObjectLocation] = []
+        for seq, data in msgs:
+            with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+                loc = ObjectLocation.parse(cid, data, seq)
+                if loc is not None:
+                    found.append(loc)
+        return found[::-1]
 
     async def put_stream(self, cid: str, source: BinaryIO, *, progress: Callable[[int], None] | None = None) -> bool:
         """Store the bytes of `source` under `cid` unless they are there already.
 
-        The bytes are hashed as they are sent; if they do not hash to `cid` (the file
-        changed after it was hashed) the object is removed again and CidMismatch raised.
-        Returns True when it uploaded, False when the content was already stored.
+        The chunks go first and the index entry last, only once every chunk is acknowledged
+        and the bytes hashed to `cid`: a put that fails or was fed changing bytes leaves no
+        entry (only chunks nothing points at). Returns True when it uploaded, False when the
+        content was already stored.
         """
         if await self.has(cid):
             return False
+        await self._ensure_bucket()
         start = source.tell() if source.seekable() else None
-        if start is not None:
-            # Most units fit one chunk: store them in one round trip instead of nats-py's four.
-            head = source.read(CHUNK_SIZE + 1)
-            if 0 < len(head) <= CHUNK_SIZE:
-                actual = cidlib.compute(head)
-                if actual != cid:
-                    raise CidMismatch(cid, actual, where="file while it was being stored (it changed)")
-                await self._put_one_chunk(cid, head, check=False)
-                if progress:
-                    progress(len(head))
-                return True
-            source.seek(start)
-        store = await self._store()
-        reader = _CountingReader(source, progress)
 
-        async def put():
-            nonlocal reader
-            if reader.hasher.size and start is not None:  # a retry: send the content again
-                source.seek(start)
-                reader = _CountingReader(source, progress)
-            await store.put(cid, io.BufferedReader(reader, CHUNK_SIZE))
+        async def put() -> None:
+            if start is not None:
+                source.seek(start)  # a retry sends the content again
+            await self._put_chunks(cid, source, progress)
 
         try:
             if start is None:
@@ -233,98 +249,183 @@ class ContentStore:
                 f"storing the content of {cid} failed: {err or type(err).__name__}; nothing was recorded, "
                 "put the file again"
             ) from err
-        actual = reader.hasher.cid()
-        if actual != cid:
-            await self.delete(cid)
-            raise CidMismatch(cid, actual, where="file while it was being stored (it changed)")
         return True
 
     async def put_bytes(self, data: bytes) -> str:
         cid = cidlib.compute(data)
-        if 0 < len(data) <= CHUNK_SIZE:
-            await self._put_one_chunk(cid, data)
-        else:
-            await self.put_stream(cid, io.BytesIO(data))
+        await self.put_stream(cid, io.BytesIO(data))
         return cid
 
-    async def _put_one_chunk(self, cid: str, data: bytes, *, check: bool = True) -> None:
-        """Small content in one round trip: the chunk and its metadata pipelined, in the
-        object store's standard layout (so nats-py and the nats CLI read it as usual)."""
-        if check and await self.has(cid):
-            return
-        await self._store()  # the bucket must exist: the same clear error as a large put
+    async def _put_chunks(self, cid: str, source: BinaryIO, progress: Callable[[int], None] | None) -> None:
+        """The object store's standard layout (nats-py and the nats CLI read it as usual):
+        chunks on `C.<nuid>` pipelined, then the index entry on `M.<name>` without a rollup.
+        Each chunk carries `Cim-Cid`, so a delete can tell this object's chunks from chunks
+        another entry merely points at."""
         nuid = self.nc._nuid.next().decode()  # noqa: SLF001 - the object store's own id scheme
         chunk_subject = f"$O.{self.bucket}.C.{nuid}"
-        info = api.ObjectInfo(
-            name=cid, bucket=self.bucket, nuid=nuid, size=len(data), chunks=1,
-            mtime=datetime.now(UTC).isoformat(), options=api.ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
-            digest="SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode(),
-        )
-        meta_subject = self._meta_subject(cid)
-        chunk_ack = await self.js.publish_async(chunk_subject, data)
-        meta_ack = await self.js.publish_async(meta_subject, json.dumps(info.as_dict()).encode(),
-                                               headers={"Nats-Rollup": "sub"})
-        done, pending = await asyncio.wait([chunk_ack, meta_ack], timeout=self.timeout)
-        failed = pending or any(f.exception() for f in done)
-        if failed:
-            for f in pending:
+        headers = {CID_HEADER: cid}
+        hasher = cidlib.Hasher()
+        acks: list[asyncio.Future] = []
+        chunks = 0
+        try:
+            while data := source.read(CHUNK_SIZE):
+                hasher.update(data)
+                chunks += 1
+                acks.append(await self.js.publish_async(chunk_subject, data, headers=headers))
+                if len(acks) >= PUT_WINDOW:
+                    await self._acked(acks[: PUT_WINDOW // 2])
+                    del acks[: PUT_WINDOW // 2]
+                if progress:
+                    progress(len(data))
+            await self._acked(acks)
+        except BaseException:
+            for f in acks:
                 f.cancel()
-            # Whatever got stored goes again: metadata without its chunk must not remain.
-            with contextlib.suppress(Exception):
-                await self.js.purge_stream(self.stream, subject=meta_subject)
-            with contextlib.suppress(Exception):
-                await self.js.purge_stream(self.stream, subject=chunk_subject)
-            err = next((f.exception() for f in done if f.exception()), None)
-            raise JetStreamUnavailable(f"storing the content of {cid} failed: {err or 'no acknowledgement'}; put it again")
+            raise
+        actual = hasher.cid()
+        if actual != cid:
+            raise CidMismatch(cid, actual, where="file while it was being stored (it changed)")
+        info = api.ObjectInfo(
+            name=cid, bucket=self.bucket, nuid=nuid, size=hasher.size, chunks=chunks,
+            mtime=datetime.now(UTC).isoformat(), options=api.ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
+            digest="SHA-256=" + base64.urlsafe_b64encode(bytes.fromhex(hasher.sha256_hex())).decode(),
+        )
+        await self.js.publish(self._meta_subject(cid), json.dumps(info.as_dict()).encode(), timeout=self.timeout)
+
+    async def _acked(self, acks: list[asyncio.Future]) -> None:
+        if not acks:
+            return
+        done, pending = await asyncio.wait(acks, timeout=self.timeout)
+        if pending:
+            raise JetStreamUnavailable("no acknowledgement for a chunk; put it again")
+        for f in done:
+            if f.exception():
+                raise f.exception()  # type: ignore[misc]
 
     async def delete(self, cid: str) -> None:
-        """Remove the object, as nats-py does: its index entry marked deleted (rolling up the
-        earlier ones), then its chunks purged. Right after a read of it (a move), the entry
-        that read found is replaced on condition that it is still the last one, which saves
-        looking it up again; if anything changed meanwhile, the server refuses, and the
-        object is deleted the usual way."""
+        """Remove the object (the tier agent's right alone): every index entry up to the
+        newest one seen (an entry stored after that stays), then the chunks. Chunks are
+        purged only when a read just checked them (a move: then nothing is looked up but the
+        entries, by one direct get), or when their `Cim-Cid` header names this object, or
+        (chunks stored before that header) when they hash to it: an entry pointing at another
+        object's chunks cannot make this delete remove them. The entries go first, so a
+        delete cut short leaves chunks nothing points at, never an entry without its chunks."""
         known = self._located.pop(cid, None)
-        if known is not None and known.seq:
-            gone = {**known.meta, "deleted": True, "size": 0, "chunks": 0, "digest": "", "mtime": ""}
-            try:
-                await self.js.publish(self._meta_subject(cid), json.dumps(gone).encode(), headers={
-                    "Nats-Rollup": "sub", "Nats-Expected-Last-Subject-Sequence": str(known.seq)})
-            except APIError:
-                pass  # the entry changed (or the server refused): the usual way below
-            else:
-                await self.js.purge_stream(self.stream, subject=f"$O.{self.bucket}.C.{known.nuid}")
-                return
-        store = await self._store()
+        found = await self.entries(cid)
+        upto = max([e.seq for e in found] + [known.seq if known is not None else 0])
+        if not upto:
+            return
+        nuids = {known.nuid} if known is not None else set()
+        for loc in found:
+            if loc.nuid not in nuids and await self._owns(loc):
+                nuids.add(loc.nuid)
+        await self.js.purge_stream(self.stream, subject=self._meta_subject(cid), seq=upto + 1)
+        for nuid in sorted(nuids):
+            await self.js.purge_stream(self.stream, subject=f"$O.{self.bucket}.C.{nuid}")
+
+    async def _owns(self, loc: ObjectLocation) -> bool:
+        """Whether the chunks `loc` points at are this object's own."""
         try:
-            await store.delete(cid)
-        except ObjectNotFoundError:
-            pass
+            first = await self.js.get_msg(self.stream, seq=1, subject=f"$O.{self.bucket}.C.{loc.nuid}", next=True,
+                                          direct=not self._direct_paused())
+        except Exception:
+            return False  # no chunks there (or unreadable): nothing of ours to purge
+        named = (first.headers or {}).get(CID_HEADER)
+        if named is not None:
+            return named == loc.cid
+        try:
+            await self._check(loc)
+        except (CidMismatch, NotFoundError, JetStreamUnavailable):
+            return False
+        return True
 
     async def get(self, cid: str, *, keep_location: bool = False) -> AsyncIterator[bytes]:
         """The content, chunk by chunk, verified against `cid` before the last chunk is given.
         `keep_location`: a delete of it follows (a move), which can then skip the lookup."""
-        loc = await self._locate_direct(cid)
-        if loc is not None:
+        loc, parts = await self._choose(cid)
+        if parts is None:
             started = False
             try:
                 async for chunk in self._read(loc):
                     started = True
                     yield chunk
-                if keep_location:
-                    self._remember(loc)
-                return
             except (CidMismatch, NotFoundError):
                 if started:
                     raise
-                # A replica's index entry can lag the leader's (the object deleted or stored
-                # again meanwhile, its chunks gone): nothing was given yet, so ask the leader.
-        loc = await self.locate(cid)
-        if loc is None:
-            raise UnitNotFound(cid)
-        async for chunk in self._read(loc):
-            yield chunk
+                # A replica's entry can lag the leader's (the object deleted or stored again
+                # meanwhile, its chunks gone): nothing was given yet, so ask the leader.
+                loc, parts = await self._choose(cid, direct=False)
+                if parts is None:
+                    parts = self._read(loc)  # type: ignore[assignment]
+        if parts is not None:
+            if isinstance(parts, list):
+                for chunk in parts:
+                    yield chunk
+            else:
+                async for chunk in parts:
+                    yield chunk
         if keep_location:
             self._remember(loc)
+
+    async def _choose(self, cid: str, *, direct: bool = True) -> tuple[ObjectLocation, list[bytes] | None]:
+        """Which index entry to read, with its bytes when they were read whole to check them.
+
+        An object of up to DIRECT_CHUNKS chunks (4 MiB) is read whole and checked before a
+        byte is handed out, so a wrong entry (a replica's that lags, a failed put's, or one a
+        compromised writer appended) costs nothing but a look at the earlier entries. A bigger
+        one is streamed as it is checked; it is read from the last entry directly only when
+        that is its only one."""
+        failed: CimError | None = None
+        replica = await self._locate_direct(cid) if direct else None  # cheap, but may lag
+        if replica is not None and replica.chunks <= DIRECT_CHUNKS:
+            with contextlib.suppress(CidMismatch, NotFoundError, JetStreamUnavailable):
+                return replica, await self._whole(replica)
+        elif replica is not None and [e.seq for e in await self.entries(cid)] == [replica.seq]:
+            return replica, None  # its only entry: streamed as it is checked (`get` retries the leader's)
+        exists, loc = await self._last_entry(cid)
+        if not exists:
+            raise UnitNotFound(cid)
+        if loc is not None and loc.chunks <= DIRECT_CHUNKS:
+            try:
+                return loc, await self._whole(loc)
+            except (CidMismatch, NotFoundError) as err:
+                failed = err if isinstance(err, CidMismatch) else None
+        entries = await self.entries(cid)
+        if loc is not None and loc.chunks > DIRECT_CHUNKS and [e.seq for e in entries] == [loc.seq]:
+            return loc, None
+        for entry in entries:
+            if loc is not None and entry.seq == loc.seq and loc.chunks <= DIRECT_CHUNKS:
+                continue  # read above
+            try:
+                parts = await self._whole(entry) if entry.chunks <= DIRECT_CHUNKS else await self._check(entry)
+            except (CidMismatch, NotFoundError, JetStreamUnavailable) as err:
+                failed = failed or (err if isinstance(err, CidMismatch) else None)
+                continue
+            if loc is not None and entry.seq != loc.seq:
+                log.warning("the last content index entry of %s (sequence %d) does not match its bytes; read the "
+                            "entry at sequence %d instead", cid, loc.seq, entry.seq)
+            return entry, parts
+        raise failed or UnitNotFound(cid)
+
+    async def _whole(self, loc: ObjectLocation) -> list[bytes]:
+        return [chunk async for chunk in self._read(loc)]
+
+    async def _check(self, loc: ObjectLocation) -> None:
+        """Read the object once only to check it (CidMismatch if it does not match)."""
+        async for _ in self._read(loc):
+            pass
+
+    async def has(self, cid: str) -> bool:
+        """Whether the object is stored, checked against its bytes: an index entry alone (one
+        a compromised writer appended before the real put) must not make a put skip its
+        upload. A big object is read once to check it, which only a dedupe hit costs."""
+        try:
+            loc, parts = await self._choose(cid, direct=False)
+            if parts is None:
+                await self._check(loc)
+        except (UnitNotFound, CidMismatch, NotFoundError):
+            return False
+        return True
 
     def _remember(self, loc: ObjectLocation) -> None:
         """Keep where a read found the object, for a delete that may follow (a move)."""

@@ -226,7 +226,10 @@ def kv_stream_config(k: KvSpec, replicas: int) -> dict[str, Any]:
 
 
 def object_stream_config(o: ObjectSpec, replicas: int) -> dict[str, Any]:
-    # Mirrors nats.go/nats.py's object store layout, so their object clients read it.
+    # Mirrors nats.go/nats.py's object store layout, so their object clients read it; but
+    # without rollups and message deletes: a writer's credential may add chunks and index
+    # entries, never take one away (only the tier agent may purge). cim.content writes
+    # without rollups; nats-py's own `put` and `delete` would be refused.
     return {
         "name": f"OBJ_{o.bucket}",
         "subjects": [f"$O.{o.bucket}.C.>", f"$O.{o.bucket}.M.>"],
@@ -236,7 +239,8 @@ def object_stream_config(o: ObjectSpec, replicas: int) -> dict[str, Any]:
         "discard": "new",
         "num_replicas": o.replicas or replicas,
         "max_bytes": o.max_bytes,
-        "allow_rollup_hdrs": True,
+        "allow_rollup_hdrs": False,
+        "deny_delete": True,
         "allow_direct": True,
     }
 
