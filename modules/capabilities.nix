@@ -30,14 +30,20 @@ rec {
     {
       publish = common data.common.publish ++ map eventSubject data.capabilities.${name}.events ++ data.capabilities.${name}.publish;
       subscribe = common data.common.subscribe ++ data.capabilities.${name}.subscribe;
+      # Publishes refused inside those (another capability's durable consumer).
+      denyPublish = data.capabilities.${name}.deny_publish or [ ];
     };
 
   # The `permissions` block of the agent's NATS user: allow lists, and replies through
   # allow_responses instead of a publish right on every inbox (cim.capabilities renders the same).
   natsPermissions =
     name:
-    builtins.mapAttrs (_: subjects: { allow = subjects; }) (permissions name)
-    // {
+    let
+      p = permissions name;
+    in
+    {
+      publish = { allow = p.publish; } // (if p.denyPublish == [ ] then { } else { deny = p.denyPublish; });
+      subscribe.allow = p.subscribe;
       allow_responses = data.common.allow_responses;
     };
 

@@ -14,6 +14,8 @@ from cim.hub.webhooks import subject_matches  # NATS subject matching: `*` one t
 from cim.provision import ProvisionSpec, provision
 
 CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+HUB = "cim-hub-webhooks"  # the hub's durable consumer
+PIPE = "pipeline-default"  # a pipeline's durable consumer
 
 
 def dangerous_publishes(cap: str) -> list[str]:
@@ -26,6 +28,15 @@ def dangerous_publishes(cap: str) -> list[str]:
         *[f"$KV.CIM_REGISTRY.{o}.forged" for o in others],
         *[f"cim.evt.unit.{CID}.{e}" for e in ("expired", "located", "moving")],
         f"cim.evt.agent.{CID}.gone",
+        "$JS.API.STREAM.MSG.DELETE.OBJ_CIM_CONTENT",
+        # Consumers: the hub's durable, a pipeline's, and an unnamed create (which can name
+        # and so alter any existing consumer in its body).
+        f"$JS.API.CONSUMER.CREATE.CIM_EVENTS.{HUB}", f"$JS.API.CONSUMER.CREATE.CIM_EVENTS.{HUB}.cim.evt.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.CIM_EVENTS.{HUB}", f"$JS.API.CONSUMER.DELETE.CIM_EVENTS.{HUB}",
+        f"$JS.API.CONSUMER.MSG.NEXT.CIM_EVENTS.{HUB}", f"$JS.ACK.CIM_EVENTS.{HUB}.1.9.1.1.0",
+        f"$JS.API.CONSUMER.CREATE.CIM_EVENTS.{PIPE}", f"$JS.API.CONSUMER.DELETE.CIM_EVENTS.{PIPE}",
+        f"$JS.API.CONSUMER.MSG.NEXT.CIM_EVENTS.{PIPE}", f"$JS.ACK.CIM_EVENTS.{PIPE}.1.9.1.1.0",
+        "$JS.API.CONSUMER.CREATE.CIM_EVENTS", "$JS.API.CONSUMER.CREATE.OBJ_CIM_CONTENT.x",
     ]
 
 
@@ -35,8 +46,15 @@ def dangerous_subscribes(cap: str) -> list[str]:
 
 # What no agent credential may do, whatever capabilities.json says; and what only one may.
 NOBODY = {"$JS.API.STREAM.PURGE.CIM_EVENTS", "$JS.API.STREAM.DELETE.CIM_EVENTS", "$JS.API.STREAM.UPDATE.CIM_EVENTS",
-          "$JS.API.STREAM.DELETE.OBJ_CIM_CONTENT", "$JS.API.STREAM.CREATE.ROGUE", "_INBOX.>", "_INBOX.x", "cim.evt.>"}
-ONLY = {"$JS.API.DIRECT.GET.KV_CIM_HUB.state": "hub", "$JS.API.STREAM.PURGE.OBJ_CIM_CONTENT": "tier", "$JS.API.STREAM.MSG.GET.KV_CIM_HUB": "hub",
+          "$JS.API.STREAM.DELETE.OBJ_CIM_CONTENT", "$JS.API.STREAM.CREATE.ROGUE", "_INBOX.>", "_INBOX.x", "cim.evt.>",
+          "$JS.API.STREAM.MSG.DELETE.OBJ_CIM_CONTENT", "$JS.API.CONSUMER.CREATE.CIM_EVENTS",
+          "$JS.API.CONSUMER.CREATE.OBJ_CIM_CONTENT.x",
+          f"$JS.API.CONSUMER.CREATE.CIM_EVENTS.{HUB}", f"$JS.API.CONSUMER.CREATE.CIM_EVENTS.{HUB}.cim.evt.>",
+          f"$JS.API.CONSUMER.DURABLE.CREATE.CIM_EVENTS.{HUB}", f"$JS.API.CONSUMER.DELETE.CIM_EVENTS.{HUB}"}
+ONLY = {f"$JS.API.CONSUMER.MSG.NEXT.CIM_EVENTS.{HUB}": "hub", f"$JS.ACK.CIM_EVENTS.{HUB}.1.9.1.1.0": "hub",
+        **{s: "pipeline" for s in (f"$JS.API.CONSUMER.CREATE.CIM_EVENTS.{PIPE}", f"$JS.API.CONSUMER.DELETE.CIM_EVENTS.{PIPE}",
+                                   f"$JS.API.CONSUMER.MSG.NEXT.CIM_EVENTS.{PIPE}", f"$JS.ACK.CIM_EVENTS.{PIPE}.1.9.1.1.0")},
+        "$JS.API.DIRECT.GET.KV_CIM_HUB.state": "hub", "$JS.API.STREAM.PURGE.OBJ_CIM_CONTENT": "tier", "$JS.API.STREAM.MSG.GET.KV_CIM_HUB": "hub",
         **{f"cim.evt.unit.{CID}.{e}": "tier" for e in ("expired", "located", "moving")},
         f"cim.evt.agent.{CID}.gone": "registry"}
 
@@ -50,7 +68,8 @@ async def test_every_dangerous_action_is_decided_by_the_permission_list(secured_
     allow = permissions(cap)
     pubs, subs = dangerous_publishes(cap), dangerous_subscribes(cap)
     expected_refused = (
-        [s for s in pubs if not any(subject_matches(p, s) for p in allow["publish"])]
+        [s for s in pubs if not any(subject_matches(p, s) for p in allow["publish"])
+         or any(subject_matches(d, s) for d in allow["deny_publish"])]
         + [s for s in subs if not any(subject_matches(p, s) for p in allow["subscribe"])]
     )
     # The policy: the list may never grant these.

@@ -33,7 +33,8 @@ def may_write(capability: str) -> list[str]:
 
 
 def permissions(capability: str) -> dict[str, list[str]]:
-    """The NATS publish/subscribe permissions an agent of this capability needs."""
+    """The NATS publish/subscribe permissions an agent of this capability needs, and the
+    publishes denied inside them (`deny_publish`: another capability's durable consumer)."""
     data = _data()
     cap = data["capabilities"][capability]
     # `{capability}` in the common lists is the agent's own capability.
@@ -41,6 +42,7 @@ def permissions(capability: str) -> dict[str, list[str]]:
     return {
         "publish": common["publish"] + [event_subject(t) for t in cap["events"]] + cap["publish"],
         "subscribe": common["subscribe"] + cap["subscribe"],
+        "deny_publish": list(cap.get("deny_publish", [])),
     }
 
 
@@ -53,7 +55,10 @@ def nats_permissions(capability: str) -> dict[str, Any]:
     """The `permissions` block of the agent's NATS user, as nats-server reads it (the NixOS
     modules render the same block from capabilities.json)."""
     p = permissions(capability)
-    return {"publish": {"allow": p["publish"]}, "subscribe": {"allow": p["subscribe"]},
+    publish: dict[str, list[str]] = {"allow": p["publish"]}
+    if p["deny_publish"]:
+        publish["deny"] = p["deny_publish"]
+    return {"publish": publish, "subscribe": {"allow": p["subscribe"]},
             "allow_responses": dict(_data()["common"]["allow_responses"])}
 
 

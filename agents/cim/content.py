@@ -527,9 +527,10 @@ class ContentStore:
         permissions violation to the connection, not to the request): stop asking for a
         while rather than wait out every read."""
         self._direct_off_until = asyncio.get_running_loop().time() + DIRECT_PAUSE
-        log.warning("direct gets on %s failed (%s); reading content through the leader and consumers for %d s. "
-                    "If this user's permissions are restricted, allow publishing to $JS.API.DIRECT.GET.%s and "
-                    "$JS.API.DIRECT.GET.%s.>", self.stream, type(err).__name__, DIRECT_PAUSE, self.stream, self.stream)
+        log.warning("direct gets on %s failed (%s); reading index entries and one-chunk objects through the leader "
+                    "for %d s. Bigger objects are read by direct gets only: if this user's permissions are restricted, "
+                    "allow publishing to $JS.API.DIRECT.GET.%s and $JS.API.DIRECT.GET.%s.>",
+                    self.stream, type(err).__name__, DIRECT_PAUSE, self.stream, self.stream)
 
     def _meta_subject(self, cid: str) -> str:
         return f"$O.{self.bucket}.M.{base64.urlsafe_b64encode(cid.encode()).decode()}"

@@ -45,6 +45,7 @@ class _Replies:
 
     done: asyncio.Future
     msgs: list[Msg] = field(default_factory=list)
+    end: Msg | None = None  # the closing status message
 
 
 def publisher_for(nc: Client) -> Publisher:
@@ -111,14 +112,21 @@ class Publisher:
         """Send a request answered by messages and then a status message (e.g. a batched
         direct get: its messages, then 204 EOB, or 404 when there are none); those
         messages. Raises asyncio.TimeoutError when the answer does not end in time."""
+        return (await self.collect_until_status(subject, payload, timeout))[0]
+
+    async def collect_until_status(self, subject: str, payload: bytes, timeout: float) -> tuple[list[Msg], Msg]:
+        """`collect`, with the closing status message (its code and headers say why the
+        answer ended: 204 EOB and how many more match, 404 none, 503 no responders)."""
         prefix = await self._reply_subject()
         replies = _Replies(asyncio.get_running_loop().create_future())
         token, fut = self._expect(replies)
         await self.nc.publish(subject, payload, reply=f"{prefix}.{token}")
         try:
-            return await asyncio.wait_for(fut, timeout)
+            msgs = await asyncio.wait_for(fut, timeout)
         finally:
             fut.cancel()  # no-op once resolved; otherwise stops collecting
+        assert replies.end is not None
+        return msgs, replies.end
 
     def _plain_keys(self, headers: dict[str, str]) -> bool:
         """Header names are tokens (no space, no colon); the few names in use are remembered."""
@@ -135,6 +143,7 @@ class Publisher:
         if isinstance(fut, _Replies):
             if not fut.done.done():
                 if msg.headers and "Status" in msg.headers:
+                    fut.end = msg
                     fut.done.set_result(fut.msgs)
                 else:
                     fut.msgs.append(msg)

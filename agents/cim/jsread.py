@@ -1,10 +1,16 @@
-"""Fast, resumable reads of a JetStream stream through an ephemeral pull consumer.
+"""Fast, resumable reads of a JetStream stream by batched direct gets, without a consumer.
 
 One primitive serves every read: an aggregate's events, everything from a position, a
-catch-up subscription that turns live, and the chunks of an object. It talks to the
-JetStream API directly, keeps a NEXT request in flight while the previous batch drains
-(so the server never waits for us), and resumes after the last sequence it delivered when
-the consumer vanishes (server restart, leader change).
+catch-up subscription that turns live, and the chunks of an object. It asks the stream
+directly for the next batch of messages matching a filter (`$JS.API.DIRECT.GET`), keeps
+the following batch in flight while one is handed out (so the server never waits for us),
+and resumes after the last sequence it delivered when a request fails (server restart,
+leader change).
+
+Why no consumer: NATS permissions match whole subject tokens, and a consumer's name is one
+token, so a right to create or delete ephemeral consumers on a stream is a right over every
+consumer on it, the hub's and the pipelines' durable ones included. Readers that hold no
+consumer right cannot touch those (issue 14), and leave no consumers behind either.
 """
 
 from __future__ import annotations
@@ -13,14 +19,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from .errors import JetStreamUnavailable
+from .jspublish import publisher_for
 
 log = logging.getLogger("cim.jsread")
 NS = 1_000_000_000
@@ -117,17 +125,15 @@ async def read_stream(
                 end_seq = await last_seq(nc, stream, subjects, timeout)
             if (end_seq is not None and next_seq > end_seq) or (count is not None and delivered >= count):
                 return
-            async for m in _read_once(nc, stream, subjects, next_seq, follow, batch, max_bytes, timeout):
+            async for m in _read_once(nc, stream, subjects, next_seq, follow, batch, max_bytes, timeout, end_seq):
                 failing_since = None
                 next_seq = m.seq + 1
                 delivered += 1
                 yield m
                 if (end_seq is not None and m.seq >= end_seq) or (count is not None and delivered >= count):
                     return
-                if not follow and m.pending == 0:
-                    raise _Gone(f"the consumer's replica ended at {m.seq}, before the leader's {end_seq or 'end'}")
             if end_seq is not None or count is not None:
-                raise _Gone(f"the consumer's replica had nothing after {next_seq - 1}, the leader has up to "
+                raise _Gone(f"the replica that answered had nothing after {next_seq - 1}, the leader has up to "
                             f"{end_seq or 'more'}")
             return
         except _Gone as gone:
@@ -146,7 +152,9 @@ async def read_stream(
                     end_seq = await last_seq(nc, stream, subjects, timeout)
                     if next_seq > end_seq:
                         return
-        except (asyncio.TimeoutError, ConnectionError, OSError) as err:
+        except TimeoutError:
+            reason = "no answer"
+        except (ConnectionError, OSError) as err:
             reason = f"{type(err).__name__}: {err}"
         except Exception as err:  # nats-py raises its own connection errors; all mean "try again"
             if isinstance(err, JetStreamUnavailable):
@@ -156,7 +164,8 @@ async def read_stream(
         failing_since = failing_since or now
         if now - failing_since > resume_for:
             raise JetStreamUnavailable(
-                f"reading {stream} failed for {resume_for:.0f}s ({reason}); is the server up and JetStream enabled?"
+                f"reading {stream} failed for {resume_for:.0f}s ({reason}); is the server up with JetStream enabled, "
+                f"and may this user publish to $JS.API.DIRECT.GET.{stream} (reads are direct gets)?"
             )
         log.info("read of %s interrupted (%s); resuming at sequence %d", stream, reason, next_seq)
         await asyncio.sleep(resume_wait)  # backoff between resume attempts, not a wait for a condition
@@ -171,89 +180,190 @@ async def _read_once(
     batch: int,
     max_bytes: int,
     timeout: float,
+    upto: int | None = None,
 ) -> AsyncIterator[StreamMsg]:
-    config: dict = {
-        "deliver_policy": "by_start_sequence",
-        "opt_start_seq": start_seq,
-        "ack_policy": "none",
-        "replay_policy": "instant",
-        "inactive_threshold": 30 * NS,
-        "mem_storage": True,
-        "num_replicas": 1,
-    }
-    if subjects and len(subjects) == 1:
-        config["filter_subject"] = subjects[0]
-    elif subjects:
-        config["filter_subjects"] = subjects
-    # Named in the subject (an ephemeral consumer still: no durable_name), so an agent's
-    # permission `$JS.API.CONSUMER.CREATE.<stream>.>` covers it.
-    config["name"] = f"cim_{uuid.uuid4().hex[:16]}"
-    resp = await _api(nc, f"CONSUMER.CREATE.{stream}.{config['name']}", {"stream_name": stream, "config": config}, timeout)
-    if "error" in resp:
-        err = resp["error"]
-        if err.get("err_code") == 10059:
-            raise JetStreamUnavailable(f"stream {stream} does not exist; run `cim provision` (or `cim up`) first")
-        raise _Gone(f"cannot create a consumer on {stream}: {err.get('description')}")
-    consumer = resp["name"]
-    if not follow and resp.get("num_pending", 0) == 0:
-        await _delete(nc, stream, consumer)
-        return  # the caller compares with the leader's end and retries if this replica lags
-    inbox = nc.new_inbox()
-    queue: asyncio.Queue[Msg] = asyncio.Queue()
+    """The messages from `start_seq`, in stream order, by batched direct gets: no consumer,
+    so a reader needs no right to create, pull from or delete consumers, and none can touch
+    another agent's durable one. Ends when the answering replica has no more (the caller
+    compares with the leader's end); with `follow`, looks again after a growing pause.
 
-    async def on_msg(msg: Msg) -> None:
-        queue.put_nowait(msg)
-
-    sub = await nc.subscribe(inbox, cb=on_msg)
-    next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
-    expires = int(timeout * NS)
-    request: dict = {"batch": batch, "expires": expires, "idle_heartbeat": int(min(timeout / 2, 5) * NS)}
-    if max_bytes:
-        request["max_bytes"] = max_bytes
-    body = json.dumps(request).encode()
+    Several subject filters are merged by sequence. A filter that had nothing more is only
+    known complete up to the stream's last sequence at the time it was asked (`upto`, or the
+    stream's last sequence asked before the round), so no message past what every filter has
+    answered for is handed out before a slower filter's earlier one.
+    """
+    cursors = [_Cursor(f, start_seq) for f in (subjects or [">"])]
     try:
-        await nc.publish(next_subject, body, reply=inbox)
-        outstanding = batch  # messages the server may still send us for open requests
-        while True:
-            # Refill before the window runs dry, so the server always has a request to fill.
-            if outstanding <= batch // 2:
-                await nc.publish(next_subject, body, reply=inbox)
-                outstanding += batch
-            try:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
-                # cancellation that arrives as the queue yields, and the agent never stops.
-                async with asyncio.timeout(timeout * 2):
-                    msg = await queue.get()
-            except TimeoutError:
-                # No data and no heartbeat for two request lifetimes: the consumer is gone.
-                raise _Gone("no messages or heartbeats from the server") from None
-            if msg.reply and msg.reply.startswith("$JS.ACK."):
-                outstanding -= 1
-                sseq, ts, pending = _parse_ack_subject(msg.reply)
-                yield StreamMsg(msg.subject, sseq, msg.data, dict(msg.headers or {}), ts, pending)
-                continue
-            status, desc = status_of(msg)
-            if status == "100":  # idle heartbeat (or flow control): the consumer is alive
-                if msg.reply:
-                    await nc.publish(msg.reply, b"")
-                continue
-            if status in ("404", "408"):  # this request ended (no messages / expired)
-                pending_left = int((msg.headers or {}).get("Nats-Pending-Messages", batch) or 0)
-                outstanding -= pending_left
-                if outstanding <= 0:
-                    outstanding = 0
-                continue
-            if status == "409" and not ("Deleted" in desc or "Leadership" in desc):
-                outstanding = 0  # the request ended early (batch or byte limit): ask again
-                continue
-            raise _Gone(f"consumer status {status} {desc}".strip())
+        async for m in _merged(nc, stream, cursors, start_seq, follow, batch, max_bytes, timeout, upto):
+            yield m
     finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await _delete(nc, stream, consumer)
+        for c in cursors:
+            c.close()
 
 
-async def _delete(nc: Client, stream: str, consumer: str) -> None:
-    with contextlib.suppress(Exception):
-        await nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}", b"")
+async def _merged(nc: Client, stream: str, cursors: list[_Cursor], start_seq: int, follow: bool, batch: int,
+                  max_bytes: int, timeout: float, upto: int | None) -> AsyncIterator[StreamMsg]:
+    single = len(cursors) == 1
+    last = start_seq - 1
+    idle = IDLE_POLL[0]
+    while True:
+        bound = upto if upto is not None else (None if single else await _stream_last(nc, stream, timeout))
+        await asyncio.gather(*(c.refill(nc, stream, batch, max_bytes, timeout, bound, upto)
+                               for c in cursors if c.wants_more(follow)))
+        watermark = min(c.complete_to for c in cursors)
+        progressed = False
+        while True:
+            ready = [c for c in cursors if c.buf and c.buf[0].seq <= watermark]
+            if not ready:
+                break
+            c = min(ready, key=lambda c: c.buf[0].seq)
+            m = c.buf.popleft()
+            if m.seq <= last:
+                continue  # matched by two filters: handed out once
+            last = m.seq
+            progressed = True
+            yield m
+            if single and not c.buf and c.more:
+                break  # refill (a prefetch may already be under way)
+        if progressed:
+            idle = IDLE_POLL[0]
+            continue
+        if any(c.more or c.buf for c in cursors):
+            continue
+        if not follow:
+            return
+        await asyncio.sleep(idle)  # caught up and following: look again, less often while idle
+        idle = min(idle * 2, IDLE_POLL[1])
+        for c in cursors:
+            c.more = True
+
+
+IDLE_POLL = (0.02, 0.5)  # seconds between looks for new messages of a caught-up follow
+DIRECT_MAX_BYTES = 16 * 1024 * 1024  # one batch's bytes when the caller sets no limit
+_DIRECT_HEADERS = frozenset(
+    ("Nats-Stream", "Nats-Subject", "Nats-Sequence", "Nats-Time-Stamp", "Nats-Num-Pending", "Nats-Last-Sequence",
+     "Nats-UpTo-Sequence"))
+
+
+class _Cursor:
+    """One subject filter: its next sequence, what was fetched and not yet handed out, and
+    how far it is known complete."""
+
+    __slots__ = ("filter", "next_seq", "buf", "more", "complete_to", "_prefetch")
+
+    def __init__(self, subject: str, start_seq: int):
+        self.filter = subject
+        self.next_seq = start_seq
+        self.buf: deque[StreamMsg] = deque()
+        self.more = True
+        self.complete_to = start_seq - 1
+        self._prefetch: tuple[int, asyncio.Task] | None = None
+
+    def wants_more(self, follow: bool) -> bool:
+        return not self.buf and (self.more or follow)
+
+    async def refill(self, nc: Client, stream: str, batch: int, max_bytes: int, timeout: float,
+                     bound: int | None, upto: int | None) -> None:
+        ahead, self._prefetch = self._prefetch, None
+        if ahead is not None and ahead[0] == self.next_seq:
+            got, more = await ahead[1]
+        else:
+            got, more = await _direct_batch(nc, stream, self.filter, self.next_seq, batch, max_bytes, timeout)
+        if upto is not None and got and got[-1].seq > upto:
+            got, more = [m for m in got if m.seq <= upto], False  # past the end this read was given
+        self.buf.extend(got)
+        self.more = more
+        if got:
+            self.next_seq = got[-1].seq + 1
+        if more:
+            self.complete_to = got[-1].seq if got else self.complete_to
+            if bound is None:  # one filter, more to come: fetch it while this batch is handed out
+                task = asyncio.ensure_future(_direct_batch(nc, stream, self.filter, self.next_seq, batch, max_bytes, timeout))
+                self._prefetch = (self.next_seq, task)
+        else:
+            # Everything of this filter is here, up to what the stream held when asked.
+            self.complete_to = max(self.next_seq - 1, bound if bound is not None else 1 << 62)
+
+    def close(self) -> None:
+        if self._prefetch is not None:
+            task = self._prefetch[1]
+            task.cancel()
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+            self._prefetch = None
+
+
+async def _stream_last(nc: Client, stream: str, timeout: float) -> int:
+    info = await _api(nc, f"STREAM.INFO.{stream}", None, timeout)
+    if "error" in info:
+        raise _missing_or_gone(stream, info["error"])
+    return int(info["state"]["last_seq"])
+
+
+def _missing_or_gone(stream: str, err: dict) -> Exception:
+    if err.get("err_code") == 10059:
+        return JetStreamUnavailable(f"stream {stream} does not exist; run `cim provision` (or `cim up`) first")
+    return _Gone(f"cannot read {stream}: {err.get('description')}")
+
+
+async def _direct_batch(nc: Client, stream: str, subject: str, seq: int, batch: int, max_bytes: int,
+                        timeout: float) -> tuple[list[StreamMsg], bool]:
+    """One batched direct get: the messages on `subject` from `seq`, and whether more match."""
+    request = {"seq": seq, "batch": batch, "next_by_subj": subject, "max_bytes": max_bytes or DIRECT_MAX_BYTES}
+    msgs, end = await publisher_for(nc).collect_until_status(
+        f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), timeout)
+    status, desc = status_of(end)
+    if status == "404":
+        return [], False
+    if status == "503":  # no responders: no such stream, or it takes no direct gets
+        info = await _api(nc, f"STREAM.INFO.{stream}", None, timeout)
+        if "error" in info:
+            raise _missing_or_gone(stream, info["error"])
+        if not info["config"].get("allow_direct"):
+            raise JetStreamUnavailable(f"stream {stream} does not allow direct gets; run `cim provision` to set allow_direct")
+        raise _Gone("no server answered the direct get")
+    if status != "204":
+        raise _Gone(f"direct get answered {status} {desc}".strip())
+    return [from_direct(m) for m in msgs], int((end.headers or {}).get("Nats-Num-Pending", 0)) > 0
+
+
+async def last_per_subject(nc: Client, stream: str, subject: str, *, limit: int, what: str,
+                           timeout: float = 5.0) -> list[StreamMsg]:
+    """The last message of every subject matching `subject` (a KV bucket's current values),
+    in one batched direct get (`multi_last`), without a consumer. `what` names the stream
+    in errors ("the registry bucket CIM_REGISTRY")."""
+    request = json.dumps({"multi_last": [subject], "batch": limit}).encode()
+    try:
+        msgs, end = await publisher_for(nc).collect_until_status(f"$JS.API.DIRECT.GET.{stream}", request, timeout)
+    except Exception as err:
+        raise JetStreamUnavailable(f"{what} did not answer within {timeout:g}s: {err or type(err).__name__}; "
+                                   f"may this user publish to $JS.API.DIRECT.GET.{stream}?") from err
+    status, desc = status_of(end)
+    if status == "404":
+        return []
+    if status == "503":
+        raise JetStreamUnavailable(f"{what} does not exist (or takes no direct gets); run `cim provision` (or `cim up`)")
+    if status != "204":
+        raise JetStreamUnavailable(f"cannot read {what}: {status} {desc}".strip())
+    if int((end.headers or {}).get("Nats-Num-Pending", 0) or 0):
+        log.warning("%s holds more than %d entries; only the first %d are read", what, limit, limit)
+    return [from_direct(m) for m in msgs]
+
+
+def from_direct(m: Msg) -> StreamMsg:
+    """A message of a direct get's answer, with the stream's own headers as it stored them."""
+    h = m.headers or {}
+    return StreamMsg(h["Nats-Subject"], int(h["Nats-Sequence"]), m.data,
+                     {k: v for k, v in h.items() if k not in _DIRECT_HEADERS},
+                     _timestamp_ns(h.get("Nats-Time-Stamp", "")), int(h.get("Nats-Num-Pending", 0) or 0))
+
+
+def _timestamp_ns(stamp: str) -> int:
+    """The server's RFC 3339 UTC time with nanoseconds, as nanoseconds since the epoch."""
+    whole, _, frac = stamp.rstrip("Z").partition(".")
+    try:
+        seconds = int(datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        return 0
+    digits = "".join(ch for ch in frac if ch.isdigit())[:9]
+    return seconds * NS + int(digits.ljust(9, "0"))
+

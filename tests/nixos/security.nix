@@ -1,4 +1,5 @@
-# The store's credential cannot purge or delete a stream it does not own, and no seed is
+# The store's credential cannot purge or delete a stream it does not own, nor purge or hide
+# content, and no seed is
 # in the system closure. A reboot empties /run/keys (colmena's keys live there): the units
 # wait for their keys and say so, and come up once the keys are back. A key replaced by a
 # new file (as colmena and agenix write them) restarts the container that mounts it.
@@ -37,6 +38,22 @@ in
         leaf.fail(f"{AS_ADMIN} stream get CIM_EVENTS --last-for {forged}")
         # Its own event types it may append (the refusal is the server's, by type).
         leaf.succeed(f"{AS_STORE} stream info CIM_EVENTS")
+
+    with subtest("the store credential can neither purge content nor hide it behind a forged entry"):
+        import base64, json, shlex
+        leaf.succeed("head -c 300000 /dev/urandom > /tmp/precious.bin")
+        cid = json.loads(leaf.succeed(f"{CIM} --json units put /tmp/precious.bin"))[0]["cid"]
+        before = int(leaf.succeed(f"{AS_ADMIN} stream info OBJ_CIM_CONTENT --json | jq .state.messages"))
+        leaf.fail(f"{AS_STORE} stream purge OBJ_CIM_CONTENT --force")
+        meta = "$O.CIM_CONTENT.M." + base64.urlsafe_b64encode(cid.encode()).decode()
+        # A rolled-up deleted marker is refused by the bucket; a plain one is only appended.
+        marker = shlex.quote(json.dumps({"deleted": True}))
+        leaf.succeed(f"{AS_STORE} pub '{meta}' {marker} -H Nats-Rollup:sub || true")
+        leaf.succeed(f"{AS_STORE} pub '{meta}' {marker}")
+        # Appended, nothing taken away: one message more (a core publish is stored shortly after).
+        leaf.wait_until_succeeds(
+            f"[ $({AS_ADMIN} stream info OBJ_CIM_CONTENT --json | jq .state.messages) -eq {before + 1} ]", timeout=30)
+        leaf.succeed(f"{CIM} units get {cid} -o /tmp/precious.back && cmp /tmp/precious.bin /tmp/precious.back")
 
     with subtest("the admin credential may (the refusal above is about permissions)"):
         leaf.succeed(f"{AS_ADMIN} stream info CIM_EVENTS")

@@ -7,16 +7,21 @@ effect without a restart, and pause/resume is a flag in the same record.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ..errors import JetStreamUnavailable, NotFound
+from ..events.envelope import decode_body
+from ..jsread import last_per_subject
 from .model import PipelineDef
 
+log = logging.getLogger("cim.pipeline")
 BUCKET = "CIM_PIPELINES"
+MAX_PIPELINES = 4096
 
 
 class PipelineRecord(BaseModel):
@@ -58,22 +63,22 @@ async def get(nc: Client, name: str) -> PipelineRecord:
 
 
 async def list_all(nc: Client) -> list[PipelineRecord]:
-    kv = await bucket(nc)
-    try:
-        keys = await kv.keys()
-    except NotFoundError:
-        return []
-    except Exception as err:  # nats-py raises NoKeysError (name varies by version) for an empty bucket
-        if "no keys" in str(err).lower() or type(err).__name__ == "NoKeysError":
-            return []
-        raise
+    """Every pipeline, by name: the bucket's current values in one direct get (no consumer
+    left behind by a poll). A value that is not a pipeline record is skipped and logged."""
     out = []
-    for k in sorted(keys):
-        try:
-            out.append(await get(nc, k))
-        except NotFound:
+    for m in await last_per_subject(nc, f"KV_{BUCKET}", f"$KV.{BUCKET}.>", limit=MAX_PIPELINES,
+                                    what=f"the pipeline bucket {BUCKET}"):
+        if m.headers.get("KV-Operation") in ("DEL", "PURGE") or not m.data:
             continue
-    return out
+        body, problem = decode_body(m.data)
+        try:
+            if problem:
+                raise ValueError(problem)
+            out.append(PipelineRecord.model_validate(body))
+        except (ValueError, ValidationError) as err:
+            log.warning("ignoring %s in the pipeline bucket: not a pipeline record (%s)", m.subject,
+                        str(err).splitlines()[0])
+    return sorted(out, key=lambda r: r.definition.name)
 
 
 async def set_paused(nc: Client, name: str, paused: bool) -> PipelineRecord:

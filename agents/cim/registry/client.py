@@ -6,19 +6,15 @@ the registry agent is down; the agent adds the live view's history and the event
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import uuid
 from collections.abc import Iterable
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from ..errors import JetStreamUnavailable, NotFound
-from ..jsread import NS, StreamMsg, _parse_ack_subject
+from ..jsread import StreamMsg, last_per_subject
 from ..provision import REGISTRY_BUCKET
 from .model import AgentRecord, AgentView, Match, Requirement, now_utc
 from .query import negotiate as _negotiate
@@ -28,6 +24,7 @@ log = logging.getLogger("cim.registry")
 
 STREAM = f"KV_{REGISTRY_BUCKET}"
 PREFIX = f"$KV.{REGISTRY_BUCKET}."
+MAX_AGENTS = 4096  # records read in one snapshot
 
 
 class AgentNotFound(NotFound):
@@ -51,64 +48,14 @@ def parse_record(msg: StreamMsg) -> AgentRecord | None:
 
 
 async def snapshot(nc: Client, *, timeout: float = 5.0) -> list[StreamMsg]:
-    """The last message of every key, read once through an ephemeral consumer.
+    """The last message of every key, in one batched direct get (`multi_last`).
 
     Not `jsread.read_stream`: that one reads up to the sequence the stream ended at when it
-    started, and in this bucket that message may expire before it arrives. This asks for
-    what is pending and takes what the server still has (`no_wait`).
+    started, and in this bucket that message may expire before it arrives. No consumer
+    either: a reader holds no consumer rights (see `jsread`).
     """
-    name = f"cim_{uuid.uuid4().hex[:16]}"
-    config = {
-        "name": name, "deliver_policy": "last_per_subject", "filter_subject": PREFIX + ">",
-        "ack_policy": "none", "replay_policy": "instant", "mem_storage": True, "num_replicas": 1,
-        "inactive_threshold": int(max(timeout, 5) * NS),
-    }
-    try:
-        reply = await nc.request(
-            f"$JS.API.CONSUMER.CREATE.{STREAM}.{name}", json.dumps({"stream_name": STREAM, "config": config}).encode(),
-            timeout=timeout,
-        )
-    except Exception as err:
-        raise JetStreamUnavailable(f"the registry bucket {REGISTRY_BUCKET} did not answer: {err or type(err).__name__}") from err
-    resp = json.loads(reply.data)
-    if "error" in resp:
-        if resp["error"].get("err_code") == 10059:
-            raise JetStreamUnavailable(f"there is no registry bucket {REGISTRY_BUCKET}; run `cim provision` (or `cim up`)")
-        raise JetStreamUnavailable(f"cannot read the registry bucket: {resp['error'].get('description')}")
-    out: list[StreamMsg] = []
-    try:
-        if not resp.get("num_pending"):
-            return out
-        inbox = nc.new_inbox()
-        done = asyncio.Event()
-
-        async def on_msg(msg: Msg) -> None:
-            status = (msg.headers or {}).get("Status")
-            if status:
-                if status != "100":  # 404/408: nothing more now
-                    done.set()
-                return
-            if msg.reply and msg.reply.startswith("$JS.ACK."):
-                sseq, ts, pending = _parse_ack_subject(msg.reply)
-                out.append(StreamMsg(msg.subject, sseq, msg.data, dict(msg.headers or {}), ts, pending))
-                if pending == 0:
-                    done.set()
-
-        sub = await nc.subscribe(inbox, cb=on_msg)
-        try:
-            body = {"batch": int(resp["num_pending"]) + 16, "no_wait": True, "expires": int(timeout * NS)}
-            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{name}", json.dumps(body).encode(), reply=inbox)
-            try:
-                await asyncio.wait_for(done.wait(), timeout)
-            except TimeoutError:
-                raise JetStreamUnavailable(f"the registry bucket {REGISTRY_BUCKET} did not deliver within {timeout:g}s") from None
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-    finally:
-        with contextlib.suppress(Exception):
-            await nc.publish(f"$JS.API.CONSUMER.DELETE.{STREAM}.{name}", b"")
-    return out
+    return await last_per_subject(nc, STREAM, PREFIX + ">", limit=MAX_AGENTS, timeout=timeout,
+                                  what=f"the registry bucket {REGISTRY_BUCKET}")
 
 
 async def read_records(nc: Client, *, timeout: float = 5.0) -> list[AgentRecord]:
