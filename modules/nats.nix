@@ -332,6 +332,25 @@ in
       cfg.jetstream.storeDir != "/var/lib/nats"
     ) "d ${toString cfg.jetstream.storeDir} 0750 ${config.services.nats.user} ${config.services.nats.group} - -";
 
+    # After a write failed for lack of space, nats-server keeps failing writes, even once space
+    # is freed, until it restarts (cim.disk_full). This reads its journal, says when the disk
+    # filled, and restarts nats.service once space is back. journalctl and systemctl are on
+    # every NixOS service's default path.
+    systemd.services.cim-nats-disk-watch = {
+      description = "CIM: restart nats-server once its full disk has room again";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "nats.service" ];
+      serviceConfig = {
+        ExecStart = "${top.package}/bin/cim nats disk-watch --store-dir ${toString cfg.jetstream.storeDir}";
+        Restart = "always";
+        RestartSec = 5;
+        NoNewPrivileges = true;
+        PrivateTmp = true;
+        ProtectHome = true;
+        ProtectSystem = "strict";
+      };
+    };
+
     networking.firewall.allowedTCPPorts =
       lib.optional (cfg.leafnodes.port != null) cfg.leafnodes.port ++ lib.optional cfg.openFirewall cfg.port;
     networking.firewall.extraCommands = lib.mkIf (isCluster && !config.networking.nftables.enable) routeRulesIptables;

@@ -190,3 +190,41 @@ async def test_a_client_that_stalls_mid_upload_is_cut_off_with_408(nats_server, 
         assert [u async for u in UnitStore(nc).list()] == []
     finally:
         h.stop()
+
+
+async def test_a_client_that_trickles_its_headers_is_closed_after_idle_timeout(nats_server, nc, tmp_path):
+    """Slowloris: a header line every 0.3 s keeps aiohttp waiting for ever; the hub closes a
+    connection whose request head is not complete within idle_timeout, while a client that
+    sends whole requests keeps its connection across several of them."""
+    import asyncio as aio
+    from urllib.parse import urlsplit
+
+    await provision(nc, ProvisionSpec())
+    h = Hub(nats_server.url, tmp_path, idle_timeout=1).start()
+    try:
+        url = urlsplit(h.url)
+        reader, writer = await aio.open_connection(url.hostname, url.port)
+        writer.write(b"GET /openapi.yaml HTTP/1.1\r\nHost: x\r\n")
+        closed = aio.ensure_future(reader.read())  # b"" (or a reset) once the hub closes it
+
+        async def trickle() -> None:
+            for i in range(100):  # 30 s of headers, never the blank line
+                writer.write(f"X-Slow-{i}: y\r\n".encode())
+                await writer.drain()
+                await aio.sleep(0.3)  # the slow client's own pace
+
+        trickling = aio.ensure_future(trickle())
+        try:
+            done, _ = await aio.wait({closed}, timeout=15)
+            assert done, "the hub kept a connection whose head never ended"
+            assert closed.exception() is not None or closed.result() == b""
+        finally:
+            trickling.cancel()
+            writer.close()
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+            for _ in range(3):  # one kept-alive connection, each head arriving at once
+                async with session.get(f"{h.url}/openapi.yaml") as resp:
+                    assert resp.status == 200
+    finally:
+        h.stop()

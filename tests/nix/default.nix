@@ -521,6 +521,22 @@ let
         objects = [ ];
       };
     };
+    "a watch restarts nats-server once its full disk has room again (it keeps failing writes until then)" =
+      let
+        unit = leaf.systemd.services.cim-nats-disk-watch;
+      in
+      {
+        expr = {
+          inherit (unit.serviceConfig) ExecStart Restart;
+          inherit (unit) after wantedBy;
+        };
+        expected = {
+          ExecStart = "${leaf.services.cim.package}/bin/cim nats disk-watch --store-dir /var/lib/nats";
+          Restart = "always";
+          after = [ "nats.service" ];
+          wantedBy = [ "multi-user.target" ];
+        };
+      };
     "provisioning is a oneshot after NATS, logging in with the admin credential" =
       let
         unit = leaf.systemd.services.cim-provision;

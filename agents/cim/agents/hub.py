@@ -23,6 +23,7 @@ from ..events import EventStore
 from ..hub.connectors import STATE_BUCKET, ConnectorConfig, ConnectorContext, build, load
 from ..hub.http_api import HubApi
 from ..hub.tokens import Tokens
+from ..http_deadline import GuardedSite, HeadDeadline
 from ..hub.webhooks import CONSUMER, Dispatcher, Webhook, WebhookSettings
 from ..provision import EVENTS_STREAM, ConsumerSpec, KvSpec, ProvisionSpec
 from ..runtime import AgentContext, endpoint
@@ -44,7 +45,8 @@ class Config(AgentConfig):
     tokens_file: Path = Field(description="JSON file of bearer tokens with their allowed sources and labels")
     max_body_size: int = Field(default=64 * 1024 * 1024, gt=0, description="largest upload accepted, in bytes (413 above)")
     idle_timeout: float = Field(default=30.0, gt=0, le=3600,
-                                description="seconds a client may send nothing while its upload is read (408 past it)")
+                                description="seconds a client may send nothing while its upload is read (408 past "
+                                            "it), and may take to send a whole request head (closed past it)")
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     connectors: list[ConnectorConfig] = Field(default_factory=list)
 
@@ -87,9 +89,12 @@ class Agent:
         self.url = ""
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.api.app(), access_log=None)
+        app = self.api.app()
+        deadline = HeadDeadline(self.config.idle_timeout)  # slow request heads, as idle bodies get 408
+        deadline.install(app)
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
+        site = GuardedSite(self._runner, self.config.http.host, self.config.http.port, deadline)
         await site.start()
         port = self._runner.addresses[0][1]
         self.url = f"http://{self.config.http.host}:{port}"

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..config import AgentConfig
 from ..embedded.procs import free_port, port_is_free
 from ..events import EventStore
+from ..http_deadline import GuardedSite, HeadDeadline
 from ..runtime import AgentContext, endpoint
 from ..ui.app import Dashboard
 from ..ui.auth import Auth, hash_password
@@ -27,6 +28,7 @@ from ..ui.projections import Projection
 log = logging.getLogger("cim.ui")
 DEFAULT_PORT = 8470
 INLINE_LIMIT = 768 * 1024  # uploads go through the store agent's inline put
+HEAD_DEADLINE = 30.0  # seconds a browser may take to send a request head (slowloris)
 
 
 class HttpSettings(BaseModel):
@@ -74,9 +76,12 @@ class Agent:
 
     async def start(self) -> None:
         await self.projection.start()
-        self._runner = web.AppRunner(self.dashboard.app(), access_log=None, shutdown_timeout=2)
+        app = self.dashboard.app()
+        deadline = HeadDeadline(HEAD_DEADLINE)
+        deadline.install(app)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.config.http.host, self.config.http.port).start()
+        await GuardedSite(self._runner, self.config.http.host, self.config.http.port, deadline).start()
         self.url = f"http://{self.config.http.host}:{self._runner.addresses[0][1]}"
         log.info("dashboard on %s", self.url)
 

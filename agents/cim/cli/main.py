@@ -75,6 +75,9 @@ def _register() -> None:
     from . import ui
 
     app.add_typer(ui.app, name="ui")
+    from . import nats_server
+
+    app.add_typer(nats_server.app, name="nats")
 
 
 _register()

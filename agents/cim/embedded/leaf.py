@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from ..config import agent_module
 from ..connection import ConnectionSettings, connect
 from ..errors import ConfigError, EmbeddedError
 from ..identity import ensure_identities
+from ..disk_full import DiskWatch
 from ..provision import ProvisionSpec, provision
 from .nats_server import NatsServer
 from .procs import ManagedProcess, free_port, port_is_free
@@ -29,10 +29,6 @@ from .procs import ManagedProcess, free_port, port_is_free
 log = logging.getLogger("cim.up")
 
 RESTART_BACKOFF = (0.5, 1, 2, 5, 10, 30)
-# nats-server, once a write failed for lack of space, keeps failing writes after space is
-# freed, until it restarts; `cim up` restarts it when this much is free again.
-DISK_FULL = b"no space left on device"
-FREE_TO_RESUME = 64 * 1024 * 1024
 HEALTHY_AFTER = 60.0  # an agent up this long has its backoff reset
 
 
@@ -89,7 +85,7 @@ class Leaf:
         self.server_restarts = 0
         self.server_started_at = time.monotonic()
         self.server_next_start: float | None = None
-        self.disk_full = False
+        self.disk_watch: DiskWatch | None = None
         self._log_offset = 0
         self.agents: dict[str, Supervised] = {}
         self.notes: dict[str, str] = {}
@@ -164,27 +160,12 @@ class Leaf:
 
     def _check_disk(self, server: NatsServer) -> list[str]:
         """A full disk: say so; once space is back, restart nats-server so writes work again."""
-        store = server.store_dir
-        if not self.disk_full:
-            if DISK_FULL not in self._new_log(server):
-                return []
-            self.disk_full = True
-            free = shutil.disk_usage(store).free
-            return [
-                f"nats-server cannot write to {store}: the disk is full ({free // 2**20} MiB free). Puts fail until "
-                f"space is freed there; nats-server is restarted once {FREE_TO_RESUME // 2**20} MiB are free "
-                "(after a failed write it keeps failing until it restarts)."
-            ]
-        free = shutil.disk_usage(store).free
-        if free < FREE_TO_RESUME:
-            return []
-        self.disk_full = False
-        try:
-            server.restart()
-        except EmbeddedError as err:
-            return [f"disk space is back ({free // 2**20} MiB free), but nats-server did not start again: {err}"]
-        self._new_log(server)  # what it said before the restart is read
-        return [f"disk space is back ({free // 2**20} MiB free): nats-server restarted; puts work again"]
+        if self.disk_watch is None or self.disk_watch.store_dir != server.store_dir:
+            self.disk_watch = DiskWatch(server.store_dir)
+        notes = self.disk_watch.check(self._new_log(server), server.restart)
+        if notes and not self.disk_watch.full:
+            self._new_log(server)  # what it said before the restart is read
+        return notes
 
     async def provision(self) -> list[str]:
         nc = await connect(ConnectionSettings(servers=[self.url], name="cim-up", nkey_seed_file=self.keys["admin"][0]))

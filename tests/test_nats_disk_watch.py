@@ -1,0 +1,82 @@
+"""`cim nats disk-watch`, what NixOS runs beside nats.service: a real nats-server on a real
+filesystem filled to the last byte. The watch reads the server's log as journalctl would
+print it and, once space is back, runs the restart command (systemctl's part, played here
+by the test restarting the same server)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nats
+import pytest
+
+from cim.embedded.nats_server import NatsServer
+from cim.embedded.procs import wait_until
+
+
+def test_the_watch_says_the_disk_filled_and_restarts_nats_once_space_is_back(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a small filesystem for the full disk needs mount (root): {mounted.stderr.strip()}")
+    server = NatsServer(store_dir=disk / "nats", config_path=tmp_path / "nats.conf")
+    restarted = tmp_path / "restart-requested"
+    watch = None
+    try:
+        server.start()
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "cim", "nats", "disk-watch", "--store-dir", str(disk), "--interval", "0.2",
+             "--free-mib", "32", "--log-command", f"tail -F -n 0 {server.log_path}",
+             "--restart-command", f"touch {restarted}"],
+            stderr=subprocess.PIPE, text=True,
+        )
+        said: list[str] = []
+
+        def output() -> str:
+            return "".join(said)
+
+        import threading
+
+        threading.Thread(target=lambda: said.extend(iter(watch.stderr.readline, "")), daemon=True).start()
+        wait_until(lambda: "watching" in output(), 20, what="the watch to start")
+
+        filler = disk / "filler"
+        with filler.open("wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 2**20)
+                    f.flush()
+            except OSError:
+                pass  # the disk is full
+
+        async def put() -> bool:
+            nc = await nats.connect(server.url)
+            try:
+                js = nc.jetstream()
+                await js.add_stream(name="FILL", subjects=["fill.>"])
+                await js.publish("fill.x", b"x" * 65536, timeout=5)
+                return True
+            except Exception:
+                return False
+            finally:
+                await nc.close()
+
+        import asyncio
+
+        wait_until(lambda: not asyncio.run(put()) and "the disk is full" in output(), 60,
+                   what="a put to fail and the watch to say the disk is full")
+        assert not restarted.exists()  # no restart while the disk is still full
+
+        filler.unlink()
+        wait_until(restarted.exists, 60, what="the watch to ask for a restart once space is back")
+        assert "disk space is back" in output() and "nats-server restarted" in output()
+        server.restart()
+        wait_until(lambda: asyncio.run(put()), 60, what="a put to work again after the restart")
+    finally:
+        if watch is not None:
+            watch.terminate()
+            watch.wait(10)
+        server.stop()
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
