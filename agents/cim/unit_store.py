@@ -24,6 +24,7 @@ from . import cid as cidlib
 from .content import ContentStore
 from .errors import ConcurrencyConflict, InvalidInput, NotFound, UnitNotFound, UnitTooLarge
 from .events import Event, EventStore, StoredEvent
+from .unit_fold import UnitFold
 from .units import Unit
 
 DEFAULT_MAX_UNIT_SIZE = 1024**3  # 1 GiB; JetStream holds it, colder tiers take larger loads later
@@ -46,8 +47,8 @@ class UnitView:
     @property
     def labels(self) -> tuple[str, ...]:
         """The unit's own labels plus those pipeline steps added later (`unit.labeled`)."""
-        added = {label for e in self.events if e.type == "unit.labeled" and not e.problem for label in e.data["labels"]}
-        return tuple(sorted(set(self.unit.labels) | added))
+        state = UnitFold().apply_all(self.events).units.get(self.unit.cid)
+        return state.labels if state is not None else tuple(sorted(self.unit.labels))
 
 
 def guess_media_type(name: str | None) -> str:
@@ -178,8 +179,8 @@ class UnitStore:
         created = next((e for e in events if e.type == "unit.created" and not e.problem), None)
         if created is None:
             raise UnitNotFound(cid)
-        children = [e.data["child"] for e in events if e.type == "unit.revised" and not e.problem]
-        return UnitView(Unit.model_validate(created.data), children, events, events[-1].seq)
+        state = UnitFold().apply_all(events).units[cid]
+        return UnitView(Unit.model_validate(created.data), list(state.children), events, events[-1].seq)
 
     async def get(self, cid: str) -> AsyncIterator[bytes]:
         cidlib.validate(cid)
@@ -224,14 +225,22 @@ class UnitStore:
             return False
 
     async def list(self, *, label: str | None = None, limit: int | None = None) -> AsyncIterator[Unit]:
+        """Units in the order they were stored, each with every label it has now: its own and
+        those pipeline steps added (`unit.labeled`), folded by cim.unit_fold; with `label`,
+        only those carrying it. The labels added are read first, then the units stream by, so
+        only labeled units are held in memory."""
+        fold = UnitFold()
+        async for e in self.events.read(["cim.evt.unit.*.labeled"]):
+            fold.apply(e)
         count = 0
         async for e in self.events.read(["cim.evt.unit.*.created"]):
-            if e.problem:
+            state = fold.apply(e)
+            if state is None or not state.known:
                 continue
-            unit = Unit.model_validate(e.data)
-            if label and label not in unit.labels:
+            fold.units.pop(state.cid, None)
+            if label and label not in state.labels:
                 continue
-            yield unit
+            yield state.unit()
             count += 1
             if limit is not None and count >= limit:
                 return

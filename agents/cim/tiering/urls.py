@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from ..tier_events import TIER_NAME
+from ..unit_fold import HOT  # the name of the first tier, always the content bucket; events name tiers
 from .errors import TierConfigError
 
-HOT = "hot"  # the name of the first tier, always the content bucket; events name tiers
 SCHEMES = ("jetstream", "s3", "file")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZES = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3}

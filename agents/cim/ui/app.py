@@ -22,6 +22,7 @@ from nats.aio.client import Client
 
 from ..content import ContentStore
 from ..errors import CimError, InvalidInput, NotFound
+from ..unit_fold import HOT, UnitFold
 from ..unit_store import UnitStore
 from . import data, plots
 from .auth import Auth, Session
@@ -29,10 +30,6 @@ from .projections import Projection
 
 log = logging.getLogger("cim.ui")
 
-try:
-    from ..tiering.urls import HOT  # the tier agent's name for JetStream
-except ImportError:
-    HOT = "hot"
 PREVIEW_BYTES = 64 * 1024
 INLINE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}  # never SVG: it can carry script
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -231,18 +228,11 @@ class Dashboard:
         return self.projection.rows[i].title if i is not None else ""
 
     async def _tiers(self, cid: str, events) -> tuple[list[str], str]:
-        try:
-            from ..tiering.locations import LocationIndex
-        except ImportError:
-            LocationIndex = None  # noqa: N806 - the tier library is not in this version
-        if LocationIndex is not None:
-            loc = LocationIndex().apply_all(events).units.get(cid)
-            if loc is not None and loc.tiers:
-                return sorted(loc.tiers), ""
-        where = await self.content.locate(cid)
-        if where is not None:
-            note = "" if LocationIndex else "the tier agent is not running in this version: only the hot tier is known"
-            return [HOT], note
+        loc = UnitFold().apply_all(events).units.get(cid)
+        if loc is not None and loc.tiers:
+            return sorted(loc.tiers), ""
+        if await self.content.locate(cid) is not None:
+            return [HOT], ""
         return [], "the content is not in JetStream and no tier has recorded it"
 
     async def _read(self, cid: str, limit: int) -> bytes:

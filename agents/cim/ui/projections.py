@@ -10,6 +10,7 @@ events the pages receive over Server-Sent Events.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 from collections import deque
@@ -20,6 +21,7 @@ from typing import Any
 from ..events import EventStore, StoredEvent
 from ..jsread import last_seq
 from ..provision import EVENTS_STREAM
+from ..unit_fold import UnitFold
 
 log = logging.getLogger("cim.ui.projection")
 
@@ -52,7 +54,7 @@ class Projection:
         self.recent: deque[dict[str, Any]] = deque(maxlen=100)
         self.errors: deque[dict[str, Any]] = deque(maxlen=50)
         self.listeners: set[asyncio.Queue] = set()
-        self.tiers: Any = _location_index()
+        self.units = UnitFold()  # the one fold of unit events (labels added later, tiers)
         self._task: asyncio.Task | None = None
 
     # --- feeding ------------------------------------------------------------------------
@@ -95,11 +97,13 @@ class Projection:
             self.by_cid[row.cid] = i
             for label in row.labels:
                 self.by_label.setdefault(label, []).append(i)
-        if self.tiers is not None and e.aggregate == "unit":
-            try:
-                self.tiers.apply(e)
-            except Exception:  # an event the tier library does not know yet: not ours to judge
-                pass
+        state = self.units.apply(e)
+        if e.type == "unit.labeled" and state is not None and state.cid in self.by_cid:
+            i = self.by_cid[state.cid]
+            row = self.rows[i]
+            for label in set(state.labels) - set(row.labels):
+                bisect.insort(self.by_label.setdefault(label, []), i)  # positions stay in stream order
+            row.labels = state.labels
         when = e.time or datetime.now(UTC)
         minute = int(when.timestamp() // 60)
         self.per_minute[minute] = self.per_minute.get(minute, 0) + 1
@@ -143,15 +147,12 @@ class Projection:
         now = int(datetime.now(UTC).timestamp() // 60)
         return [(m, self.per_minute.get(m, 0)) for m in range(now - minutes + 1, now + 1)]
 
-    def tier_bytes(self) -> dict[str, int] | None:
-        if self.tiers is None:
-            return None
+    def tier_bytes(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for u in getattr(self.tiers, "units", {}).values():
-            if not getattr(u, "known", False):
-                continue
-            for t in getattr(u, "tiers", ()) or ():
-                out[t] = out.get(t, 0) + (u.size or 0)
+        for u in self.units.units.values():
+            if u.known:
+                for t in u.tiers:
+                    out[t] = out.get(t, 0) + u.size
         return out
 
     def listen(self) -> asyncio.Queue:
@@ -161,12 +162,3 @@ class Projection:
 
     def unlisten(self, q: asyncio.Queue) -> None:
         self.listeners.discard(q)
-
-
-def _location_index():
-    """The tier agent's location index, when this version has the tiering library."""
-    try:
-        from ..tiering.locations import LocationIndex
-    except ImportError:
-        return None
-    return LocationIndex()
