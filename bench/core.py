@@ -57,7 +57,8 @@ async def bench_append(nc, n: int, repeat: int) -> tuple[float, float]:
     payload, headers = sample.payload(), sample.headers()
 
     async def raw():
-        futs = [await js.publish_async(f"cim.evt.unit.raw{i % 100}.revised", payload, headers=dict(headers, **{"Nats-Msg-Id": f"r{time.perf_counter_ns()}{i}"}))
+        futs = [await js.publish_async(f"cim.evt.unit.raw{i % 100}.revised", payload,
+                                       headers={**headers, "Nats-Msg-Id": f"r{time.perf_counter_ns()}{i}"})
                 for i in range(n)]
         await asyncio.gather(*futs)
         return n
@@ -170,7 +171,8 @@ async def main() -> None:
         rows.append(("stream replay", f"{ours:,.0f} ev/s", f"{raw:,.0f} msg/s fetch(256)+ack", ours / raw, ">= 0.8"))
         ours, raw, default = await bench_content(nc, args.object_mib, args.repeat)
         rows.append((f"content get {args.object_mib} MiB", f"{ours:,.0f} MB/s", f"{raw:,.0f} MB/s raw pull", ours / raw, ">= 0.8"))
-        rows.append((f"content get {args.object_mib} MiB", f"{ours:,.0f} MB/s", f"{default:,.1f} MB/s nats-py get", ours / default, ">= 20"))
+        rows.append((f"content get {args.object_mib} MiB", f"{ours:,.0f} MB/s", f"{default:,.1f} MB/s nats-py get",
+                     ours / default, ">= 20"))
         await nc.close()
         rss = await idle_agent_rss(server.url, Path(tmp))
     print(f"{'measured':<26} {'cim':>14}   {'raw baseline':<34} {'ratio':>7}  target")

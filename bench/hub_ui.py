@@ -25,15 +25,14 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from cim.events import Event, EventStore  # noqa: E402
-from cim.cid import compute  # noqa: E402
-from cim.embedded.nats_server import NatsServer  # noqa: E402
-from cim.embedded.procs import async_wait_until, free_port  # noqa: E402
-from cim.provision import ProvisionSpec, StreamSpec, provision  # noqa: E402
-from cim.ui.auth import hash_password  # noqa: E402
-
-from hub_support import TOKEN, Hub  # noqa: E402
-from ui_support import PASSWORD, Agent, http_ok  # noqa: E402
+from cim.cid import compute
+from cim.embedded.nats_server import NatsServer
+from cim.embedded.procs import async_wait_until, free_port
+from cim.events import Event, EventStore
+from cim.provision import ProvisionSpec, StreamSpec, provision
+from cim.ui.auth import hash_password
+from hub_support import TOKEN, Hub
+from ui_support import PASSWORD, Agent, http_ok
 
 CLIENTS = 16
 SIZE = 4096

@@ -187,8 +187,9 @@ async def main(args) -> None:
             payloads += [os.urandom(args.small_kib * 1024) for _ in range(args.small)]
             total_mb = sum(map(len, payloads)) / 1e6
             cids = [(await store.put_bytes(p)).unit.cid for p in payloads]
-            runs = {"raw put": lambda: raw_puts(r, payloads), "bare copy": lambda: bare_copies(r, cids),
-                    "migration": lambda: migrate(len(cids))}
+            runs = {"raw put": lambda r=r, payloads=payloads: raw_puts(r, payloads),
+                    "bare copy": lambda r=r, cids=cids: bare_copies(r, cids),
+                    "migration": lambda cids=cids: migrate(len(cids))}
             # Each goes first in turn; the bare copy reads the hot objects the migration removes.
             order = [("raw put", "bare copy", "migration"), ("bare copy", "migration", "raw put"),
                      ("bare copy", "raw put", "migration")][r % 3]

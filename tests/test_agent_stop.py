@@ -7,11 +7,10 @@ import signal
 import subprocess
 import time
 
-from pipeline_support import install_plugins
-
 from cim.embedded.procs import async_wait_until
 from cim.provision import ProvisionSpec, provision
 from cim.unit_store import UnitStore
+from pipeline_support import install_plugins
 
 STOP_BOUND = 60  # seconds: under systemd's default TimeoutStopSec of 90
 

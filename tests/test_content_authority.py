@@ -4,6 +4,7 @@ anything away, and nothing it adds can hide or destroy content stored by someone
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -114,8 +115,6 @@ async def test_the_tier_deleting_an_object_never_removes_chunks_another_entry_po
 
 async def test_a_put_whose_bytes_change_leaves_no_index_entry(bucket):
     """Bytes that do not hash to the CID given are refused, and nothing points at them."""
-    import io
-
     from cim.errors import CidMismatch
 
     admin, store, _ = bucket
@@ -123,3 +122,65 @@ async def test_a_put_whose_bytes_change_leaves_no_index_entry(bucket):
     with pytest.raises(CidMismatch):
         await ContentStore(store).put_stream(claimed, io.BytesIO(b"what was sent instead"))
     assert await ContentStore(admin).entries(claimed) == []
+
+
+async def test_an_entry_naming_a_wildcard_nuid_cannot_make_the_tier_purge_the_bucket(bucket):
+    """`nuid: ">"` would make the chunk subject `$O.CIM_CONTENT.C.>`: every object's chunks.
+    Such an entry is not an entry; the tier's delete of the object removes only its own."""
+    admin, store, tier = bucket
+    oldest = await ContentStore(store).put_bytes(b"the oldest object, the next the tier moves")
+    others = [await ContentStore(store).put_bytes(f"object {i}".encode()) for i in range(5)]
+    for nuid in (">", "*", "", "x.y", "A" * 21 + ">"):
+        await forge_entry(store, oldest, nuid=nuid)
+    await ContentStore(tier).delete(oldest)
+    for i, cid in enumerate(others):
+        assert await read(admin, cid) == f"object {i}".encode()
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_a_chunk_appended_to_an_objects_chunk_subject_does_not_shadow_it(bucket, size):
+    admin, store, _ = bucket
+    data = os.urandom(size)
+    cid = await ContentStore(store).put_bytes(data)
+    nuid = (await ContentStore(admin).locate(cid)).nuid
+    await store.jetstream().publish(f"$O.CIM_CONTENT.C.{nuid}", b"evil", headers={"Cim-Cid": cid})
+    assert await read(admin, cid) == data
+    assert await ContentStore(admin).has(cid)
+
+
+@pytest.mark.parametrize("entry", [b"[]", b"null", b"5", b'"x"', b'{"nuid": 7}', b'{"nuid": "AAAAAAAAAAAAAAAAAAAAAA", "size": "big"}'])
+async def test_an_entry_that_is_json_but_not_an_entry_is_skipped(bucket, entry):
+    admin, store, _ = bucket
+    data = os.urandom(300_000)
+    cid = await ContentStore(store).put_bytes(data)
+    await store.jetstream().publish(meta_subject(cid), entry)
+    assert await read(admin, cid) == data
+
+
+async def test_many_entries_forged_before_the_put_do_not_hide_it(bucket):
+    admin, store, _ = bucket
+    data = os.urandom(1000)
+    cid = cidlib.compute(data)
+    for _ in range(300):  # more than one batch of entries
+        await forge_entry(store, cid, nuid="B" * 22)
+    assert await ContentStore(store).put_bytes(data) == cid
+    await forge_entry(store, cid, nuid="C" * 22)
+    assert await read(admin, cid) == data and await ContentStore(admin).has(cid)
+
+
+async def test_the_hub_may_put_content_that_is_already_stored(secured_nats):
+    """A put of stored content checks the bytes there (a direct get), which the hub's
+    credential must allow."""
+    server, seeds = secured_nats("hub")
+    admin = await nats.connect(server.url, nkeys_seed=str(seeds["admin"]))
+    hub = await nats.connect(server.url, nkeys_seed=str(seeds["hub"]), inbox_prefix=inbox_prefix("hub"))
+    try:
+        await provision(admin, ProvisionSpec())
+        for size in (100, 300_000):
+            data = os.urandom(size)
+            store = ContentStore(hub, timeout=2)
+            assert await store.put_stream(cidlib.compute(data), io.BytesIO(data))
+            assert not await store.put_stream(cidlib.compute(data), io.BytesIO(data))  # already there
+    finally:
+        await hub.close()
+        await admin.close()

@@ -52,9 +52,10 @@ NOBODY = {"$JS.API.STREAM.PURGE.CIM_EVENTS", "$JS.API.STREAM.DELETE.CIM_EVENTS",
           f"$JS.API.CONSUMER.CREATE.CIM_EVENTS.{HUB}", f"$JS.API.CONSUMER.CREATE.CIM_EVENTS.{HUB}.cim.evt.>",
           f"$JS.API.CONSUMER.DURABLE.CREATE.CIM_EVENTS.{HUB}", f"$JS.API.CONSUMER.DELETE.CIM_EVENTS.{HUB}"}
 ONLY = {f"$JS.API.CONSUMER.MSG.NEXT.CIM_EVENTS.{HUB}": "hub", f"$JS.ACK.CIM_EVENTS.{HUB}.1.9.1.1.0": "hub",
-        **{s: "pipeline" for s in (f"$JS.API.CONSUMER.CREATE.CIM_EVENTS.{PIPE}", f"$JS.API.CONSUMER.DELETE.CIM_EVENTS.{PIPE}",
-                                   f"$JS.API.CONSUMER.MSG.NEXT.CIM_EVENTS.{PIPE}", f"$JS.ACK.CIM_EVENTS.{PIPE}.1.9.1.1.0")},
-        "$JS.API.DIRECT.GET.KV_CIM_HUB.state": "hub", "$JS.API.STREAM.PURGE.OBJ_CIM_CONTENT": "tier", "$JS.API.STREAM.MSG.GET.KV_CIM_HUB": "hub",
+        **dict.fromkeys((f"$JS.API.CONSUMER.CREATE.CIM_EVENTS.{PIPE}", f"$JS.API.CONSUMER.DELETE.CIM_EVENTS.{PIPE}",
+                         f"$JS.API.CONSUMER.MSG.NEXT.CIM_EVENTS.{PIPE}", f"$JS.ACK.CIM_EVENTS.{PIPE}.1.9.1.1.0"), "pipeline"),
+        "$JS.API.DIRECT.GET.KV_CIM_HUB.state": "hub", "$JS.API.STREAM.PURGE.OBJ_CIM_CONTENT": "tier",
+        "$JS.API.STREAM.MSG.GET.KV_CIM_HUB": "hub",
         **{f"cim.evt.unit.{CID}.{e}": "tier" for e in ("expired", "located", "moving")},
         f"cim.evt.agent.{CID}.gone": "registry"}
 

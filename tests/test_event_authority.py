@@ -11,10 +11,10 @@ import nats
 from cim import cid as cidlib
 from cim.capabilities import CAPABILITIES, event_subject, inbox_prefix, may_write
 from cim.embedded.procs import async_wait_until
-from cim.events.types import known_types
-from cim.provision import ProvisionSpec, provision
 from cim.events import Event, StoredEvent
 from cim.events.envelope import validated
+from cim.events.types import known_types
+from cim.provision import ProvisionSpec, provision
 from cim.tiering.locations import LocationIndex
 from cim.units import Unit
 
@@ -47,7 +47,7 @@ async def test_every_credential_may_append_exactly_its_own_event_types(secured_n
                         refused[(cap, t)] = subject
                 await nc.flush()
                 denied = [t for t in types if t not in allowed]
-                await async_wait_until(lambda: len(violations) >= len(denied), 10,
+                await async_wait_until(lambda violations=violations, denied=denied: len(violations) >= len(denied), 10,
                                        what=f"the server to refuse {cap}'s {len(denied)} forbidden event types")
                 assert all("ermissions" in v for v in violations), violations
             finally:
@@ -60,7 +60,7 @@ async def test_every_credential_may_append_exactly_its_own_event_types(secured_n
             except nats.js.errors.NotFoundError:
                 continue
             raise AssertionError(f"{cap} appended {t}, which it may not write")
-        for (cap, t), subject in stored.items():
+        for subject in stored.values():
             await js.get_last_msg("CIM_EVENTS", subject)
         assert ("store", "unit.expired") in refused and ("hub", "unit.located") in refused
         assert ("pipeline", "agent.gone") in refused and ("tier", "unit.expired") in stored

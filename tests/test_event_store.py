@@ -8,8 +8,8 @@ import nats
 import pytest
 
 from cim import cid
-from cim.errors import ConcurrencyConflict, InvalidInput, JetStreamUnavailable, UnknownEventType
 from cim.embedded.procs import async_wait_until
+from cim.errors import ConcurrencyConflict, InvalidInput, JetStreamUnavailable, UnknownEventType
 from cim.events import Event, EventStore
 from cim.events.store import Appended
 from cim.jspublish import publisher_for

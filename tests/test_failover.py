@@ -33,7 +33,7 @@ async def test_no_acknowledged_event_is_lost_when_the_stream_leader_is_killed(na
                 try:
                     acked[e.id] = (await events.append(e)).seq
                     break
-                except (CimError, asyncio.TimeoutError, nats.errors.Error) as err:
+                except (TimeoutError, CimError, nats.errors.Error) as err:
                     last = err
                     await asyncio.sleep(0.2)  # back off while a new leader is elected
             else:

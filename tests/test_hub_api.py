@@ -10,7 +10,6 @@ yaml = pytest.importorskip("yaml", reason="the OpenAPI checks need PyYAML")
 from cim import cid as cidlib  # noqa: E402
 from cim.provision import ProvisionSpec, provision  # noqa: E402
 from cim.unit_store import UnitStore  # noqa: E402
-
 from hub_support import LIMITED, TOKEN, Hub  # noqa: E402
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -111,7 +110,7 @@ async def test_the_served_openapi_document_describes_every_answer_the_api_gives(
 
 
 async def test_unit_metadata_is_readable_with_a_token_and_404_for_an_unknown_cid(hub):
-    status, body, _ = await post(hub.url, data=b"show me", headers=AUTH)
+    _, body, _ = await post(hub.url, data=b"show me", headers=AUTH)
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{hub.url}/v1/units/{body['cid']}", headers=AUTH) as r:
             assert r.status == 200 and (await r.json())["unit"]["cid"] == body["cid"]
@@ -226,5 +225,42 @@ async def test_a_client_that_trickles_its_headers_is_closed_after_idle_timeout(n
             for _ in range(3):  # one kept-alive connection, each head arriving at once
                 async with session.get(f"{h.url}/openapi.yaml") as resp:
                     assert resp.status == 200
+    finally:
+        h.stop()
+
+
+async def test_the_head_deadline_holds_after_a_refused_request_whose_body_looks_like_a_head_end(nats_server, nc, tmp_path):
+    """A request answered 401 whose body is `\\r\\n\\r\\n`, then trickled headers: the clock
+    runs again from the answer, and bytes that merely look like the end of a head do not
+    stop it."""
+    import asyncio as aio
+    from urllib.parse import urlsplit
+
+    await provision(nc, ProvisionSpec())
+    h = Hub(nats_server.url, tmp_path, idle_timeout=1).start()
+    try:
+        url = urlsplit(h.url)
+        reader, writer = await aio.open_connection(url.hostname, url.port)
+        writer.write(b"POST /v1/units HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\nContent-Length: 4\r\n\r\n")
+        await writer.drain()
+        head = await aio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)  # answered before the body came
+        assert head.startswith(b"HTTP/1.1 401"), head
+
+        async def trickle() -> None:
+            writer.write(b"\r\n\r\n")  # the body, late: it looks like the end of a head
+            writer.write(b"GET /openapi.yaml HTTP/1.1\r\nHost: x\r\n")
+            for i in range(100):
+                writer.write(f"X-Slow-{i}: y\r\n".encode())
+                await writer.drain()
+                await aio.sleep(0.3)  # the slow client's own pace
+
+        trickling = aio.ensure_future(trickle())
+        try:
+            rest = aio.ensure_future(reader.read())
+            done, _ = await aio.wait({rest}, timeout=15)
+            assert done, "the hub kept a connection whose second head never ended"
+        finally:
+            trickling.cancel()
+            writer.close()
     finally:
         h.stop()

@@ -9,15 +9,14 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="the hub needs aiohttp")
 
-from cim.calls import call  # noqa: E402
-from cim.content import ContentStore  # noqa: E402
-from cim.embedded.procs import async_wait_until, wait_until  # noqa: E402
-from cim.provision import ProvisionSpec, provision  # noqa: E402
-from cim.unit_store import UnitStore  # noqa: E402
-
-from agentkit import AgentProcess  # noqa: E402
-from hub_support import TOKEN, Hub, write_tokens  # noqa: E402
-from pipeline_support import count, events_on, install_plugins  # noqa: E402
+from agentkit import AgentProcess
+from cim.calls import call
+from cim.content import ContentStore
+from cim.embedded.procs import async_wait_until, wait_until
+from cim.provision import ProvisionSpec, provision
+from cim.unit_store import UnitStore
+from hub_support import TOKEN, Hub, write_tokens
+from pipeline_support import count, events_on, install_plugins
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from cim.hub.webhooks import verify  # noqa: E402
 from cim.jsread import read_stream  # noqa: E402
 from cim.provision import ProvisionSpec, provision  # noqa: E402
 from cim.unit_store import UnitStore  # noqa: E402
-
 from hub_support import Hub  # noqa: E402
 
 SECRET = b"shared-webhook-secret"

@@ -11,11 +11,10 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="the hub needs aiohttp")
 
-from cim.embedded.procs import async_wait_until  # noqa: E402
-from cim.provision import ProvisionSpec, provision  # noqa: E402
-from cim.unit_store import UnitStore  # noqa: E402
-
-from hub_support import Hub  # noqa: E402
+from cim.embedded.procs import async_wait_until
+from cim.provision import ProvisionSpec, provision
+from cim.unit_store import UnitStore
+from hub_support import Hub
 
 
 def _hub(nats_server, tmp_path, inbox, **settings) -> Hub:

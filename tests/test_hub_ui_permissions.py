@@ -12,7 +12,6 @@ aiohttp = pytest.importorskip("aiohttp", reason="the hub and UI need aiohttp")
 
 from cim.embedded.procs import async_wait_until, free_port  # noqa: E402
 from cim.ui.auth import hash_password  # noqa: E402
-
 from hub_support import TOKEN, Hub  # noqa: E402
 from ui_support import PASSWORD, Agent, http_ok  # noqa: E402
 

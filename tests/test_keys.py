@@ -116,9 +116,9 @@ def nkey_server(tmp_path):
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
-            except OSError:
+            except OSError as err:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"nats-server did not start: {proc.stderr.read().decode()}")
+                    raise RuntimeError(f"nats-server did not start: {proc.stderr.read().decode()}") from err
                 time.sleep(0.05)
         yield {"url": f"nats://127.0.0.1:{port}", "seed_file": keys / "store.nk", "keys": keys}
     finally:

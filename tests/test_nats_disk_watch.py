@@ -80,3 +80,20 @@ def test_the_watch_says_the_disk_filled_and_restarts_nats_once_space_is_back(tmp
             watch.wait(10)
         server.stop()
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_lines_the_old_server_logged_before_a_restart_do_not_restart_it_again(tmp_path):
+    """The journal delivers what the old nats-server wrote just before the restart after it:
+    that is not a new full disk, and no second restart follows (the watch's own logic, fed
+    the lines the journal would, on a real directory with room)."""
+    from cim.disk_full import DiskWatch
+
+    watch = DiskWatch(tmp_path, free_to_resume=1)
+    restarts: list[int] = []
+    full = b"[ERR] JetStream failed to store a msg on stream 'CIM_EVENTS': write: no space left on device\n"
+    assert "the disk is full" in watch.check(full, lambda: restarts.append(1))[0]
+    assert "nats-server restarted" in watch.check(full, lambda: restarts.append(1))[0]
+    assert watch.check(full, lambda: restarts.append(1)) == []  # the old process's last words
+    assert watch.check(b"", lambda: restarts.append(1)) == []
+    assert restarts == [1]
+    assert "the disk is full" in watch.check(full, lambda: restarts.append(1))[0]  # a new failure counts again

@@ -137,7 +137,7 @@ def test_a_rendered_cluster_forms_with_its_route_password_and_refuses_a_server_w
     # Each node's address is the one the others route to and it does not.
     all_routes = [set(n["settings"]["cluster"]["routes"]) for n in nodes]
     loopback = {}
-    for i, node in enumerate(nodes):
+    for i in range(len(nodes)):
         others = set().union(*(all_routes[j] for j in range(len(nodes)) if j != i)) - all_routes[i]
         (address,) = {r.split("//")[1] for r in others}
         loopback[address] = f"127.0.0.1:{route_ports[i]}"

@@ -7,7 +7,6 @@ import hashlib
 import json
 
 import pytest
-from pipeline_support import count, events_on, install_plugins, tiny_pdf
 
 from cim.calls import call
 from cim.content import ContentStore
@@ -17,6 +16,7 @@ from cim.pipeline.dlq import list_letters
 from cim.pipeline.search import SearchIndex
 from cim.provision import ProvisionSpec, provision
 from cim.unit_store import UnitStore
+from pipeline_support import count, events_on, install_plugins, tiny_pdf
 
 
 @pytest.fixture

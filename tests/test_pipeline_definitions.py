@@ -25,7 +25,7 @@ def test_apply_refuses_an_unknown_plugin_and_settings_its_plugin_rejects(cli, na
 
 def test_a_yaml_alias_bomb_is_refused_at_once(cli, tmp_path):
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    for prev, cur in zip("abcdefgh", "bcdefghi"):
+    for prev, cur in zip("abcdefgh", "bcdefghi", strict=True):
         lines.append(f"{cur}: &{cur} [{','.join(['*' + prev] * 9)}]")
     lines.append("name: bomb\nsteps: [{name: x, plugin: classify, settings: {rules: *i}}]")
     bomb = tmp_path / "bomb.yaml"

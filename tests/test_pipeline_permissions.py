@@ -2,13 +2,13 @@
 
 import json
 
-from pipeline_support import count
-
 import nats
+
 from cim.calls import call
 from cim.embedded.procs import async_wait_until
 from cim.provision import ProvisionSpec, provision
 from cim.unit_store import UnitStore
+from pipeline_support import count
 
 
 async def test_the_pipeline_agent_works_within_its_own_permissions(secured_nats, agent_process, cli, tmp_path):

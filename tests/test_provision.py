@@ -39,7 +39,8 @@ def test_check_reports_drift_and_changes_nothing(cli, nats_server, tmp_path):
 
 def test_a_change_the_server_cannot_make_is_reported_as_drift(cli, nats_server, tmp_path):
     cli("provision", "--spec", write(tmp_path, {"streams": [{"name": "EXTRA", "subjects": ["extra.>"]}]}))
-    r = cli("provision", "--spec", write(tmp_path, {"streams": [{"name": "EXTRA", "subjects": ["extra.>"], "storage": "memory"}]}), check=False)
+    memory = {"streams": [{"name": "EXTRA", "subjects": ["extra.>"], "storage": "memory"}]}
+    r = cli("provision", "--spec", write(tmp_path, memory), check=False)
     assert r.returncode == 2 and "drift" in r.stdout and "recreate" in r.stderr
 
 

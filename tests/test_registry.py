@@ -10,8 +10,9 @@ import sys
 
 import nats
 import pytest
-from cim.capabilities import inbox_prefix
+
 from cim import __version__
+from cim.capabilities import inbox_prefix
 from cim.embedded.procs import async_wait_until, wait_until
 from cim.events import EventStore
 from cim.provision import KvSpec, ProvisionSpec, provision
@@ -348,3 +349,33 @@ async def test_agents_announce_and_the_registry_works_under_their_own_restricted
         await admin.close()
     finally:
         a.stop_all()
+
+
+async def test_no_agent_can_empty_the_registry_or_hide_other_capabilities_agents(secured_nats):
+    """A rollup from a credential that may write one key would purge the whole bucket: the
+    bucket refuses rollups. And an agent that writes more keys than one listing may return
+    spoils only its own capability's listing."""
+    import nats as nats_client
+    from nats.js.errors import APIError
+
+    from cim.capabilities import inbox_prefix
+    from cim.provision import ProvisionSpec, provision
+    from cim.registry.client import snapshot
+
+    server, seeds = secured_nats("store", "ui")
+    admin = await nats_client.connect(server.url, nkeys_seed=str(seeds["admin"]))
+    store = await nats_client.connect(server.url, nkeys_seed=str(seeds["store"]), inbox_prefix=inbox_prefix("store"))
+    ui = await nats_client.connect(server.url, nkeys_seed=str(seeds["ui"]), inbox_prefix=inbox_prefix("ui"))
+    try:
+        await provision(admin, ProvisionSpec())
+        await store.jetstream().publish("$KV.CIM_REGISTRY.store.s1", b'{"name": "s1"}')
+        with pytest.raises(APIError, match="rollup not permitted"):
+            await ui.jetstream().publish("$KV.CIM_REGISTRY.ui.u1", b"{}", headers={"Nats-Rollup": "all"})
+        assert "$KV.CIM_REGISTRY.store.s1" in {m.subject for m in await snapshot(admin)}
+        for i in range(1025):
+            await ui.jetstream().publish_async(f"$KV.CIM_REGISTRY.ui.u{i}", b"{}")
+        await ui.jetstream().publish_async_completed()
+        assert "$KV.CIM_REGISTRY.store.s1" in {m.subject for m in await snapshot(admin)}
+    finally:
+        for nc in (ui, store, admin):
+            await nc.close()

@@ -10,6 +10,7 @@ from cim.content import ContentStore
 from cim.unit_store import UnitStore
 from tierkit import TierAgent, count_events, mixed_sizes, provisioned, s3_tier
 
+
 async def read_all(store: UnitStore, cid: str) -> bytes:
     return b"".join([c async for c in store.get(cid)])
 

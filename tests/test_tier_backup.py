@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 
-from pipeline_support import count
-
 from cim.calls import call
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.procs import async_wait_until
-from tierkit import TierAgent, mixed_sizes, provisioned, s3_tier
 from cim.unit_store import UnitStore
-
+from pipeline_support import count
+from tierkit import TierAgent, mixed_sizes, provisioned, s3_tier
 
 TEXTS = {  # indexed by the default pipeline; one of them moves to warm
     "solar.txt": (b"Solar panels turn sunlight into electricity.", "new"),

@@ -33,7 +33,7 @@ async def test_killing_the_agent_mid_migration_loses_nothing_and_leaves_no_orpha
             # A random point of the migration: after some more moves were recorded, or at once.
             target = min(len(cids), await count_events(nc, "cim.evt.unit.*.moving") + rnd.randint(0, 12))
             await async_wait_until(
-                lambda: _at_least(nc, "cim.evt.unit.*.moving", target), 60, what=f"{target} moves started"
+                lambda target=target: _at_least(nc, "cim.evt.unit.*.moving", target), 60, what=f"{target} moves started"
             )
             agent.kill()
         agent.start()
@@ -90,7 +90,7 @@ async def test_an_s3_outage_mid_migration_deletes_nothing_and_migration_resumes(
             if not any(e.type == "unit.located" for e in view.events):
                 assert await content.has(cid), f"{cid} lost its hot copy during the outage"
                 assert await read_all(store, cid) == data
-        in_warm = [c for c in cids if not await content.has(c)][0]
+        in_warm = [c for c in cids if not await content.has(c)][0]  # noqa: RUF015 - an async comprehension
         r = cli("units", "get", in_warm, check=False)
         assert r.returncode == 1 and "cannot be read now" in r.stderr and "Nothing is lost" in r.stderr
         assert located >= 3

@@ -17,7 +17,6 @@ from aiohttp import web  # noqa: E402
 
 from cim.embedded.procs import async_wait_until, free_port  # noqa: E402
 from cim.hub.webhooks import verify  # noqa: E402
-
 from hub_support import TOKEN  # noqa: E402
 from ui_support import PASSWORD, Stack  # noqa: E402
 
@@ -137,10 +136,9 @@ async def test_a_revision_shows_its_lineage_and_a_script_title_renders_as_text(p
 async def test_a_dead_letter_is_retried_from_the_pipelines_page(page, stack):
     import aiohttp
 
-    async with aiohttp.ClientSession() as http:
-        async with http.post(stack.hub.url + "/v1/units?title=to-deliver", data=b"deliver me",
-                             headers={"Authorization": f"Bearer {TOKEN}"}) as r:
-            assert r.status == 201
+    async with aiohttp.ClientSession() as http, http.post(stack.hub.url + "/v1/units?title=to-deliver", data=b"deliver me",
+                         headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+        assert r.status == 201
     await login(page, stack)
 
     async def dead_lettered():

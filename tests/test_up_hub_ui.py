@@ -10,9 +10,8 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="the hub and UI need aiohttp")
 
-from cim.embedded.procs import wait_until  # noqa: E402
-
-from test_up import up  # noqa: E402,F401 - the fixture
+from cim.embedded.procs import wait_until
+from test_up import up  # noqa: F401 - the fixture
 
 
 def test_up_prints_the_ui_and_hub_addresses_and_both_work(up, cli, tmp_path):  # noqa: F811

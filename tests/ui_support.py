@@ -16,7 +16,7 @@ from hub_support import Hub
 PASSWORD = "correct horse battery"
 
 
-def Agent(capability: str, config: dict, tmp: Path) -> AgentProcess:  # noqa: N802 - reads like the class it was
+def Agent(capability: str, config: dict, tmp: Path) -> AgentProcess:
     """An agent process, started."""
     return AgentProcess(capability, config, tmp).start()
 

@@ -7,6 +7,7 @@ dependency; the tests compare it against the `multiformats` package.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import re
 from typing import Annotated
@@ -71,7 +72,7 @@ def digest_of(cid: str) -> bytes:
     body = cid[1:].upper()
     try:
         raw = base64.b32decode(body + "=" * (-len(body) % 8))
-    except (ValueError, base64.binascii.Error):
+    except (ValueError, binascii.Error):
         raise InvalidCid("cid", f"{cid!r} has characters outside base32 (a-z, 2-7)") from None
     if raw[0] != CID_VERSION:
         raise InvalidCid("cid", f"{cid!r} is not CID version 1")

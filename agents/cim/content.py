@@ -16,17 +16,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import io
 import json
 import logging
 import queue
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import IO
 
 from nats.aio.client import Client
 from nats.js import api
@@ -49,8 +49,9 @@ DIRECT_CHUNKS = 32
 DIRECT_PAUSE = 300  # seconds without direct gets after one went unanswered
 LOCATED_KEPT = 1024  # locations a read found, kept for the delete that may follow it
 PUT_WINDOW = 64  # chunks of one put in flight (8 MiB)
-MAX_ENTRIES = 64  # index entries of one object looked at (normally one)
 CID_HEADER = "Cim-Cid"  # on every chunk: the object it belongs to
+NUID = re.compile(r"[A-Za-z0-9]{22}")  # the object store's chunk ids (nats NUIDs)
+ENTRY_BATCH = 256  # index entries of one object per direct get (normally there is one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +66,25 @@ class ObjectLocation:
 
     @classmethod
     def parse(cls, cid: str, raw: bytes, seq: int) -> ObjectLocation | None:
-        info = json.loads(raw)
-        if info.get("deleted") or not info.get("nuid"):
+        """The entry, or None for a deleted marker or anything that is not an entry (any
+        writer may append one: a nuid must be a NUID, never a subject wildcard)."""
+        try:
+            info = json.loads(raw)
+        except ValueError:
             return None
-        return cls(cid, int(info.get("size", 0)), int(info.get("chunks", 0)), info["nuid"], info.get("digest", ""), seq, info)
+        if not isinstance(info, dict) or info.get("deleted"):
+            return None
+        nuid = info.get("nuid")
+        if not isinstance(nuid, str) or not NUID.fullmatch(nuid):
+            return None
+        try:
+            size, chunks = int(info.get("size", 0)), int(info.get("chunks", 0))
+        except (TypeError, ValueError):
+            return None
+        if size < 0 or chunks < 0:
+            return None
+        digest = info.get("digest", "")
+        return cls(cid, size, chunks, nuid, digest if isinstance(digest, str) else "", seq, info)
 
 
 THREADED_HASH_MIN_CHUNKS = 8
@@ -153,7 +169,7 @@ class ContentStore:
                 ) from None
             raise JetStreamUnavailable(f"cannot read the content index for {cid}: {err or type(err).__name__}") from err
         try:
-            return True, ObjectLocation.parse(cid, msg.data, msg.seq)
+            return True, ObjectLocation.parse(cid, msg.data or b"", msg.seq or 0)
         except (ValueError, TypeError, KeyError, AttributeError):
             return True, None  # not an index entry at all: hostile input, look at the earlier ones
 
@@ -187,39 +203,51 @@ class ContentStore:
         """Every index entry of the object, newest first (normally one). Writers may append an
         entry but never remove or roll one up (the bucket refuses rollups, and only the tier
         agent may purge), so an entry a compromised credential appended cannot hide the
-        genuine one: readers verify and fall back to it (`_choose`). One batched direct get;
-        the leader's message API when that does not answer."""
+        genuine one: readers verify and fall back to it (`_choose`). All of them are read,
+        however many were appended, by batched direct gets; through the leader's message API
+        when those do not answer."""
         meta_subject = self._meta_subject(cid)
-        msgs = None
+        msgs: list[tuple[int, bytes]] | None = None
         if not self._direct_paused():
-            request = json.dumps({"seq": 1, "next_by_subj": meta_subject, "batch": MAX_ENTRIES}).encode()
             try:
-                got = await publisher_for(self.nc).collect(f"$JS.API.DIRECT.GET.{self.stream}", request, self.timeout)
-                msgs = [(int(m.headers["Nats-Sequence"]), m.data) for m in got
-                        if m.headers and m.headers.get("Nats-Subject") == meta_subject]
+                msgs = await self._direct_entries(meta_subject)
             except Exception as err:  # every failure here means "ask the leader"
                 self._pause_direct(err)
         if msgs is None:
             msgs = []
             seq = 1
-            for _ in range(MAX_ENTRIES):
+            while True:
                 try:
                     msg = await self.js.get_msg(self.stream, seq=seq, subject=meta_subject, next=True)
                 except Exception as err:
                     if getattr(err, "code", None) == 404 or isinstance(err, NotFoundError):
                         break
                     raise JetStreamUnavailable(f"cannot read the content index for {cid}: {err or type(err).__name__}") from err
-                msgs.append((msg.seq, msg.data))
-                seq = msg.seq + 1
-        found: list[ObjectLocation] = []
-        for seq, data in msgs:
-            with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
-                loc = ObjectLocation.parse(cid, data, seq)
-                if loc is not None:
-                    found.append(loc)
+                msgs.append((msg.seq or 0, msg.data or b""))
+                seq = (msg.seq or seq) + 1
+        found = [loc for seq, data in msgs if (loc := ObjectLocation.parse(cid, data, seq)) is not None]
         return found[::-1]
 
-    async def put_stream(self, cid: str, source: BinaryIO, *, progress: Callable[[int], None] | None = None) -> bool:
+    async def _direct_entries(self, meta_subject: str) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        seq, pub = 1, publisher_for(self.nc)
+        while True:
+            request = json.dumps({"seq": seq, "next_by_subj": meta_subject, "batch": ENTRY_BATCH}).encode()
+            msgs, end = await pub.collect_until_status(f"$JS.API.DIRECT.GET.{self.stream}", request, self.timeout)
+            status = (end.headers or {}).get("Status", "")
+            if status == "404":
+                return out
+            if status != "204":
+                raise JetStreamUnavailable(f"direct get answered {status}")
+            for m in msgs:
+                headers = m.headers or {}
+                if headers.get("Nats-Subject") == meta_subject:
+                    out.append((int(headers["Nats-Sequence"]), m.data))
+            if not msgs or not int((end.headers or {}).get("Nats-Num-Pending", 0) or 0):
+                return out
+            seq = out[-1][0] + 1 if out else seq + 1
+
+    async def put_stream(self, cid: str, source: IO[bytes], *, progress: Callable[[int], None] | None = None) -> bool:
         """Store the bytes of `source` under `cid` unless they are there already.
 
         The chunks go first and the index entry last, only once every chunk is acknowledged
@@ -256,19 +284,21 @@ class ContentStore:
         await self.put_stream(cid, io.BytesIO(data))
         return cid
 
-    async def _put_chunks(self, cid: str, source: BinaryIO, progress: Callable[[int], None] | None) -> None:
+    async def _put_chunks(self, cid: str, source: IO[bytes], progress: Callable[[int], None] | None) -> None:
         """The object store's standard layout (nats-py and the nats CLI read it as usual):
         chunks on `C.<nuid>` pipelined, then the index entry on `M.<name>` without a rollup.
         Each chunk carries `Cim-Cid`, so a delete can tell this object's chunks from chunks
         another entry merely points at."""
-        nuid = self.nc._nuid.next().decode()  # noqa: SLF001 - the object store's own id scheme
+        nuid = self.nc._nuid.next().decode()
         chunk_subject = f"$O.{self.bucket}.C.{nuid}"
         headers = {CID_HEADER: cid}
         hasher = cidlib.Hasher()
         acks: list[asyncio.Future] = []
         chunks = 0
+        # A file is read off the event loop; bytes already in memory are not worth a thread.
+        in_memory = isinstance(source, io.BytesIO)
         try:
-            while data := source.read(CHUNK_SIZE):
+            while data := (source.read(CHUNK_SIZE) if in_memory else await asyncio.to_thread(source.read, CHUNK_SIZE)):
                 hasher.update(data)
                 chunks += 1
                 acks.append(await self.js.publish_async(chunk_subject, data, headers=headers))
@@ -330,6 +360,8 @@ class ContentStore:
                                           direct=not self._direct_paused())
         except Exception:
             return False  # no chunks there (or unreadable): nothing of ours to purge
+        if first.subject != f"$O.{self.bucket}.C.{loc.nuid}":
+            return False
         named = (first.headers or {}).get(CID_HEADER)
         if named is not None:
             return named == loc.cid
@@ -397,7 +429,11 @@ class ContentStore:
             if loc is not None and entry.seq == loc.seq and loc.chunks <= DIRECT_CHUNKS:
                 continue  # read above
             try:
-                parts = await self._whole(entry) if entry.chunks <= DIRECT_CHUNKS else await self._check(entry)
+                parts: list[bytes] | None = None
+                if entry.chunks <= DIRECT_CHUNKS:
+                    parts = await self._whole(entry)
+                else:
+                    await self._check(entry)
             except (CidMismatch, NotFoundError, JetStreamUnavailable) as err:
                 failed = failed or (err if isinstance(err, CidMismatch) else None)
                 continue
@@ -439,21 +475,23 @@ class ContentStore:
         hasher = _ThreadedHasher() if loc.chunks > THREADED_HASH_MIN_CHUNKS else cidlib.Hasher()
         held: bytes | None = None
         try:
-            if loc.chunks == 1:
-                # One chunk (most units): one request instead of a consumer's four; a direct
-                # get when it answers (chunks never change, and the CID checks them).
-                subject = f"$O.{self.bucket}.C.{loc.nuid}"
-                msg = await self._direct_one(subject) or await through_elections(
-                    lambda: self.js.get_last_msg(self.stream, subject),
-                    within=self.timeout * 3, what=f"reading the content of {cid}",
-                )
-                held = msg.data or b""
-                hasher.update(held)
-            elif 1 < loc.chunks <= DIRECT_CHUNKS and (chunks := await self._direct_chunks(loc)):
+            # The first `chunks` messages of the chunk subject, never the last: a writer may
+            # append to any chunk subject, and what it appends must not shadow the object.
+            if 0 < loc.chunks <= DIRECT_CHUNKS and (chunks := await self._direct_chunks(loc)):
+                # One batched direct get (most units are one chunk): chunks never change, and
+                # the CID checks them.
                 for data in chunks[:-1]:
                     hasher.update(data)
                     yield data
                 held = chunks[-1]
+                hasher.update(held)
+            elif loc.chunks == 1:
+                subject = f"$O.{self.bucket}.C.{loc.nuid}"
+                msg = await through_elections(
+                    lambda: self.js.get_msg(self.stream, seq=1, subject=subject, next=True),
+                    within=self.timeout * 3, what=f"reading the content of {cid}",
+                )
+                held = msg.data or b""
                 hasher.update(held)
             elif loc.chunks:
                 async for m in read_stream(

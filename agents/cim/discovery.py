@@ -35,7 +35,7 @@ async def discover(nc: Client, name: str | None = None, *, wait: float = 0.5, qu
             arrived.clear()
             try:
                 await asyncio.wait_for(arrived.wait(), timeout=min(quiet if replies else left, left))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if replies:
                     break
     finally:

@@ -22,13 +22,19 @@ class DiskWatch:
         self.store_dir = Path(store_dir)
         self.free_to_resume = free_to_resume
         self.full = False
+        self.restarted = False  # the log of the next look may still be the old process's
 
     def free(self) -> int:
         return shutil.disk_usage(self.store_dir).free
 
-    def check(self, new_log: bytes, restart: Callable[[], None]) -> list[str]:
+    def check(self, new_log: bytes, restart: Callable[[], object]) -> list[str]:
         """Given what nats-server logged since the last call, what to tell the operator; calls
         `restart` (which raises on failure) when the disk had filled and space is back."""
+        if self.restarted:
+            # What arrives right after a restart can still be what the old process wrote
+            # before it stopped: not a new full disk (nor a reason to restart again).
+            self.restarted = False
+            return []
         if not self.full:
             if DISK_FULL not in new_log:
                 return []
@@ -46,4 +52,5 @@ class DiskWatch:
             restart()
         except Exception as err:  # the caller's restart says what failed
             return [f"disk space is back ({free // 2**20} MiB free), but nats-server did not start again: {err}"]
+        self.restarted = True
         return [f"disk space is back ({free // 2**20} MiB free): nats-server restarted; puts work again"]

@@ -2,10 +2,11 @@
 
 aiohttp waits for a request's headers for as long as the client keeps sending something, so
 a client that trickles a header line every few seconds (slowloris) holds a connection, and
-a few hundred of them hold the server. Here a connection must deliver a complete request
-head (up to the blank line) within `seconds` of opening, and again within `seconds` of each
-handler finishing (and its response leaving the buffer); otherwise it is closed. A body is not covered: the handlers' own idle
-timeout (408) is.
+a few hundred of them hold the server. Here a connection must bring a request whose head
+aiohttp has parsed within `seconds` of opening, and again within `seconds` of each answer
+(its handler done and its response out of the buffer); otherwise it is closed. The clock
+stops while a request is handled: a slow upload is the handlers' own idle timeout (408),
+and a long download or a live event stream is not cut off.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import Callable
 from aiohttp import web
 
 log = logging.getLogger("cim.http")
-HEAD_END = b"\r\n\r\n"
 
 
 class _Guarded(asyncio.Protocol):
@@ -27,49 +27,44 @@ class _Guarded(asyncio.Protocol):
         self.inner = inner
         self.deadline = deadline
         self.transport: asyncio.Transport | None = None
-        self.tail = b""
-        self.waiting = False
+        self.handling = 0  # requests of this connection inside the app now
         self.timer: asyncio.TimerHandle | None = None
 
     def arm(self) -> None:
-        self.waiting, self.tail = True, b""
+        self.disarm()
+        if not self.handling:
+            self.timer = asyncio.get_running_loop().call_later(self.deadline.seconds, self._expired)
+
+    def disarm(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(self.deadline.seconds, self._expired)
+            self.timer = None
 
     def _expired(self) -> None:
-        if not self.waiting or self.transport is None or self.transport.is_closing():
+        self.timer = None
+        if self.handling or self.transport is None or self.transport.is_closing():
             return
         if self.transport.get_write_buffer_size():
-            self.arm()  # still sending the last response to a slow reader: not its head's fault
+            self.arm()  # still sending the last answer to a slow reader: not its next head's fault
             return
         peer = self.transport.get_extra_info("peername")
         log.info("closing a connection from %s: no complete request head within %g s", peer, self.deadline.seconds)
         self.transport.close()
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         self.transport = transport
         self.deadline.open[transport] = self
         self.arm()
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.waiting:
-            seen = self.tail + data
-            if HEAD_END in seen:
-                self.waiting = False
-                if self.timer is not None:
-                    self.timer.cancel()
-            else:
-                self.tail = seen[-(len(HEAD_END) - 1):]
-        self.inner.data_received(data)  # type: ignore[attr-defined]
+        self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()  # type: ignore[attr-defined]
+        return self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        self.disarm()
         if self.transport is not None:
             self.deadline.open.pop(self.transport, None)
         self.inner.connection_lost(exc)
@@ -87,20 +82,23 @@ class HeadDeadline:
         self.open: dict[asyncio.BaseTransport, _Guarded] = {}
 
     def install(self, app: web.Application) -> None:
-        """Re-arm a connection's deadline when a handler is done (before the app is frozen):
-        the next request head is due within `seconds` of that. A streamed response (a
-        download, live events) is still being written until its handler returns."""
+        """The outermost middleware (before the app is frozen): a parsed request stops its
+        connection's clock, its answer starts it again, whatever the inner middlewares do."""
 
         @web.middleware
-        async def rearm(request: web.Request, handler):
+        async def clock(request: web.Request, handler):
+            guarded = self.open.get(request.transport) if request.transport is not None else None
+            if guarded is None:
+                return await handler(request)
+            guarded.handling += 1
+            guarded.disarm()
             try:
                 return await handler(request)
             finally:
-                guarded = self.open.get(request.transport) if request.transport is not None else None
-                if guarded is not None:
-                    guarded.arm()
+                guarded.handling -= 1
+                guarded.arm()
 
-        app.middlewares.append(rearm)
+        app.middlewares.insert(0, clock)
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: _Guarded(factory(), self)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -36,7 +37,7 @@ class PullFetcher:
         self.consumer = consumer
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = nc.new_inbox()
-        self._sub = None
+        self._sub: Any = None  # the subscription, while running
         self._buffer: deque[Msg] = deque()
         self._arrived = asyncio.Event()
         self._open = 0  # messages the open request may still bring; 0: no request open
@@ -116,7 +117,7 @@ class PullFetcher:
             except TimeoutError:
                 self._open = 0  # the request was lost (a reconnect): make a new one
             self._arrived.clear()
-        out = []
+        out: list[Msg] = []
         while self._buffer and len(out) < batch:
             out.append(self._buffer.popleft())
         return out

@@ -94,9 +94,9 @@ class Publisher:
         cmd = f"HPUB {subject} {prefix}.{token} {len(hdr)} {len(hdr) + len(payload)}\r\n".encode() + hdr + payload + b"\r\n"
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += len(payload)
-        await nc._send_command(cmd)  # noqa: SLF001 - what Client.publish does, see the module doc
-        if nc._flush_queue is not None and nc._flush_queue.empty():  # noqa: SLF001
-            await nc._flush_pending()  # noqa: SLF001
+        await nc._send_command(cmd)
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
         return fut
 
     def _expect(self, replies: _Replies | None) -> tuple[str, asyncio.Future]:
@@ -105,7 +105,10 @@ class Publisher:
         token = str(self._next)
         fut = replies.done if replies else asyncio.get_running_loop().create_future()
         self._waiting[token] = replies or fut
-        fut.add_done_callback(lambda _f, t=token: self._waiting.pop(t, None))
+        def forget(_f: asyncio.Future, t: str = token) -> None:
+            self._waiting.pop(t, None)
+
+        fut.add_done_callback(forget)
         return token, fut
 
     async def collect(self, subject: str, payload: bytes, timeout: float) -> list[Msg]:

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -83,6 +83,10 @@ def status_of(msg: Msg) -> tuple[str, str]:
     return headers.get("Status", ""), next((v for k, v in headers.items() if k == "Description"), "")
 
 
+class TooMany(JetStreamUnavailable):
+    """More subjects match than one `multi_last` may answer for."""
+
+
 class _Gone(Exception):
     """The consumer is gone; recreate it after the last delivered sequence."""
 
@@ -117,6 +121,11 @@ async def read_stream(
     next_seq = max(1, start_seq)
     failing_since: float | None = None
     loop = asyncio.get_running_loop()
+
+    def answered() -> None:
+        nonlocal failing_since
+        failing_since = None
+
     end_seq: int | None = None
     delivered = 0
     while True:
@@ -125,13 +134,16 @@ async def read_stream(
                 end_seq = await last_seq(nc, stream, subjects, timeout)
             if (end_seq is not None and next_seq > end_seq) or (count is not None and delivered >= count):
                 return
-            async for m in _read_once(nc, stream, subjects, next_seq, follow, batch, max_bytes, timeout, end_seq):
-                failing_since = None
-                next_seq = m.seq + 1
-                delivered += 1
-                yield m
-                if (end_seq is not None and m.seq >= end_seq) or (count is not None and delivered >= count):
-                    return
+            async with contextlib.aclosing(
+                _read_once(nc, stream, subjects, next_seq, follow, batch, max_bytes, timeout, end_seq, answered)
+            ) as messages:
+                async for m in messages:
+                    failing_since = None
+                    next_seq = m.seq + 1
+                    delivered += 1
+                    yield m
+                    if (end_seq is not None and m.seq >= end_seq) or (count is not None and delivered >= count):
+                        return
             if end_seq is not None or count is not None:
                 raise _Gone(f"the replica that answered had nothing after {next_seq - 1}, the leader has up to "
                             f"{end_seq or 'more'}")
@@ -181,7 +193,8 @@ async def _read_once(
     max_bytes: int,
     timeout: float,
     upto: int | None = None,
-) -> AsyncIterator[StreamMsg]:
+    answered: Callable[[], None] | None = None,
+) -> AsyncGenerator[StreamMsg, None]:
     """The messages from `start_seq`, in stream order, by batched direct gets: no consumer,
     so a reader needs no right to create, pull from or delete consumers, and none can touch
     another agent's durable one. Ends when the answering replica has no more (the caller
@@ -189,12 +202,15 @@ async def _read_once(
 
     Several subject filters are merged by sequence. A filter that had nothing more is only
     known complete up to the stream's last sequence at the time it was asked (`upto`, or the
-    stream's last sequence asked before the round), so no message past what every filter has
-    answered for is handed out before a slower filter's earlier one.
+    stream's last sequence asked before the round), and only once the stream leader agrees
+    that it has nothing more of that filter (a replica may lag), so no message past what
+    every filter has answered for is handed out before a slower filter's earlier one.
+    `answered` is called after every round the server answered (a read that keeps getting
+    answers is not failing).
     """
     cursors = [_Cursor(f, start_seq) for f in (subjects or [">"])]
     try:
-        async for m in _merged(nc, stream, cursors, start_seq, follow, batch, max_bytes, timeout, upto):
+        async for m in _merged(nc, stream, cursors, start_seq, follow, batch, max_bytes, timeout, upto, answered):
             yield m
     finally:
         for c in cursors:
@@ -202,14 +218,17 @@ async def _read_once(
 
 
 async def _merged(nc: Client, stream: str, cursors: list[_Cursor], start_seq: int, follow: bool, batch: int,
-                  max_bytes: int, timeout: float, upto: int | None) -> AsyncIterator[StreamMsg]:
+                  max_bytes: int, timeout: float, upto: int | None,
+                  answered: Callable[[], None] | None) -> AsyncIterator[StreamMsg]:
     single = len(cursors) == 1
     last = start_seq - 1
     idle = IDLE_POLL[0]
     while True:
         bound = upto if upto is not None else (None if single else await _stream_last(nc, stream, timeout))
-        await asyncio.gather(*(c.refill(nc, stream, batch, max_bytes, timeout, bound, upto)
+        await asyncio.gather(*(c.refill(nc, stream, batch, max_bytes, timeout, bound, upto, single)
                                for c in cursors if c.wants_more(follow)))
+        if answered is not None:
+            answered()
         watermark = min(c.complete_to for c in cursors)
         progressed = False
         while True:
@@ -228,14 +247,17 @@ async def _merged(nc: Client, stream: str, cursors: list[_Cursor], start_seq: in
         if progressed:
             idle = IDLE_POLL[0]
             continue
-        if any(c.more or c.buf for c in cursors):
+        if single and (cursors[0].more or cursors[0].buf):
             continue
-        if not follow:
+        if not follow and not any(c.more or c.buf for c in cursors):
             return
-        await asyncio.sleep(idle)  # caught up and following: look again, less often while idle
+        # Caught up and following, or a replica lagging behind the leader: look again, less
+        # often while nothing comes.
+        await asyncio.sleep(idle)
         idle = min(idle * 2, IDLE_POLL[1])
-        for c in cursors:
-            c.more = True
+        if follow:
+            for c in cursors:
+                c.more = True
 
 
 IDLE_POLL = (0.02, 0.5)  # seconds between looks for new messages of a caught-up follow
@@ -249,7 +271,7 @@ class _Cursor:
     """One subject filter: its next sequence, what was fetched and not yet handed out, and
     how far it is known complete."""
 
-    __slots__ = ("filter", "next_seq", "buf", "more", "complete_to", "_prefetch")
+    __slots__ = ("_prefetch", "buf", "complete_to", "filter", "more", "next_seq")
 
     def __init__(self, subject: str, start_seq: int):
         self.filter = subject
@@ -263,26 +285,38 @@ class _Cursor:
         return not self.buf and (self.more or follow)
 
     async def refill(self, nc: Client, stream: str, batch: int, max_bytes: int, timeout: float,
-                     bound: int | None, upto: int | None) -> None:
+                     bound: int | None, upto: int | None, single: bool) -> None:
         ahead, self._prefetch = self._prefetch, None
         if ahead is not None and ahead[0] == self.next_seq:
             got, more = await ahead[1]
         else:
             got, more = await _direct_batch(nc, stream, self.filter, self.next_seq, batch, max_bytes, timeout)
-        if upto is not None and got and got[-1].seq > upto:
-            got, more = [m for m in got if m.seq <= upto], False  # past the end this read was given
+        past_end = upto is not None and bool(got) and got[-1].seq > upto
+        if past_end:
+            got, more = [m for m in got if upto is not None and m.seq <= upto], False  # past this read's end
         self.buf.extend(got)
         self.more = more
         if got:
             self.next_seq = got[-1].seq + 1
         if more:
             self.complete_to = got[-1].seq if got else self.complete_to
-            if bound is None:  # one filter, more to come: fetch it while this batch is handed out
+            if single:  # more to come: fetch it while this batch is handed out
                 task = asyncio.ensure_future(_direct_batch(nc, stream, self.filter, self.next_seq, batch, max_bytes, timeout))
                 self._prefetch = (self.next_seq, task)
-        else:
-            # Everything of this filter is here, up to what the stream held when asked.
+        elif single or past_end:
+            # Alone, a filter is handed out in order whatever a replica lags; past the end,
+            # the replica that answered had everything before it.
             self.complete_to = max(self.next_seq - 1, bound if bound is not None else 1 << 62)
+        elif await last_seq(nc, stream, [self.filter], timeout) < self.next_seq:
+            # Nothing more here, and the leader has nothing more either: this filter is
+            # complete up to what the stream held when the round began.
+            self.complete_to = max(self.next_seq - 1, bound or 0)
+        else:
+            # The leader has more of this filter than the replica gave (it lags, or they are
+            # new): not complete past what is here, so no other filter's later message goes
+            # out before them. Asked again next round.
+            self.complete_to = self.next_seq - 1
+            self.more = True
 
     def close(self) -> None:
         if self._prefetch is not None:
@@ -340,6 +374,8 @@ async def last_per_subject(nc: Client, stream: str, subject: str, *, limit: int,
     status, desc = status_of(end)
     if status == "404":
         return []
+    if status == "413":
+        raise TooMany(f"{what} holds more than {limit} keys matching {subject}")
     if status == "503":
         raise JetStreamUnavailable(f"{what} does not exist (or takes no direct gets); run `cim provision` (or `cim up`)")
     if status != "204":

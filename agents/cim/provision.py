@@ -219,7 +219,9 @@ def kv_stream_config(k: KvSpec, replicas: int) -> dict[str, Any]:
         "max_bytes": k.max_bytes,
         "max_msgs_per_subject": k.history,
         "duplicate_window": min(ttl, 120 * NS) if ttl else 120 * NS,
-        "allow_rollup_hdrs": True,
+        # No rollups: a `Nats-Rollup: all` from anyone who may write one key would empty the
+        # whole bucket (CIM deletes keys with DEL markers, never purges them).
+        "allow_rollup_hdrs": False,
         "deny_delete": True,
         "allow_direct": True,
     }

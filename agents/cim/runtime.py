@@ -71,7 +71,7 @@ def endpoints_of(agent: Any) -> list[EndpointSpec]:
         if not name:
             continue
         hints = get_type_hints(fn)
-        params = [p for p in inspect.signature(fn).parameters.values()]
+        params = list(inspect.signature(fn).parameters.values())
         request = hints.get(params[0].name) if params else None
         specs.append(EndpointSpec(name, fn, request, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""))
     return specs
@@ -113,7 +113,7 @@ def _wrap(spec: EndpointSpec) -> Callable[[Request], Awaitable[None]]:
                 except json.JSONDecodeError as err:
                     raise InvalidInput("(request)", f"not JSON: {err.msg}") from None
                 try:
-                    parsed = spec.request.model_validate(payload)
+                    parsed = spec.request.model_validate(payload)  # type: ignore[attr-defined]  # a pydantic model
                 except ValidationError as err:
                     first = err.errors()[0]
                     raise InvalidInput(".".join(str(p) for p in first["loc"]) or "(request)", first["msg"]) from None

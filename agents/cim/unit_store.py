@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from nats.aio.client import Client
 
@@ -99,7 +99,7 @@ class UnitStore:
         self._check_size(size, str(path))
         meta.setdefault("title", path.name)
         meta.setdefault("media_type", guess_media_type(path.name))
-        with path.open("rb") as f:
+        with await asyncio.to_thread(path.open, "rb") as f:
             cid = await asyncio.to_thread(_hash_file, f)  # big files must not stall the loop
             f.seek(0)
             return await self._put(cid, size, f, progress=progress, **meta)
@@ -108,7 +108,7 @@ class UnitStore:
         self._check_size(len(data), "the content")
         return await self._put(cidlib.compute(data), len(data), io.BytesIO(data), **meta)
 
-    async def put_stream(self, reader: BinaryIO, **meta: Any) -> PutResult:
+    async def put_stream(self, reader: IO[bytes], **meta: Any) -> PutResult:
         """Content from a pipe: spooled to a temporary file (never all in memory), then put."""
         hasher = cidlib.Hasher()
         with tempfile.TemporaryFile() as spool:
@@ -127,20 +127,20 @@ class UnitStore:
             return await self._put_revision(base, cidlib.compute(source), len(source), io.BytesIO(source), changes)
         path = Path(source)
         try:
-            size = path.stat().st_size
+            size = (await asyncio.to_thread(path.stat)).st_size
         except FileNotFoundError:
             raise InvalidInput("file", f"{path} does not exist") from None
         self._check_size(size, str(path))
-        with path.open("rb") as f:  # streamed, like put_file: a big revision is never all in memory
+        with await asyncio.to_thread(path.open, "rb") as f:  # streamed, like put_file: never all in memory
             cid = await asyncio.to_thread(_hash_file, f)
             f.seek(0)
             return await self._put_revision(base, cid, size, f, changes)
 
-    async def _put_revision(self, base: Unit, cid: str, size: int, content: BinaryIO, changes: dict) -> PutResult:
+    async def _put_revision(self, base: Unit, cid: str, size: int, content: IO[bytes], changes: dict) -> PutResult:
         fields = base.revise(cid=cid, size=size, **changes).model_dump()
         return await self._put(cid, size, content, **{k: v for k, v in fields.items() if k not in ("cid", "size")})
 
-    async def _put(self, cid: str, size: int, content: BinaryIO, *, progress=None, **meta: Any) -> PutResult:
+    async def _put(self, cid: str, size: int, content: IO[bytes], *, progress=None, **meta: Any) -> PutResult:
         unit = Unit.create(cid=cid, size=size, **meta)  # validates before anything is stored
         for p in unit.parents:
             await self.show(p)  # a revision of a unit we do not have is refused up front
@@ -246,10 +246,8 @@ class UnitStore:
                 return
 
 
-def _hash_file(f: BinaryIO) -> str:
+def _hash_file(f: IO[bytes]) -> str:
     hasher = cidlib.Hasher()
-    buf = bytearray(_HASH_BLOCK)
-    view = memoryview(buf)
-    while n := f.readinto(buf):
-        hasher.update(view[:n])
+    while block := f.read(_HASH_BLOCK):
+        hasher.update(block)
     return hasher.cid()

@@ -31,6 +31,7 @@ let
       "boto3"
       "hypothesis"
       "jinja2"
+      "mypy"
       "packaging"
       "playwright"
       "prometheus-client"
@@ -129,6 +130,7 @@ let
     "nats-server"
     "natscli"
     "nixfmt"
+    "ruff"
     # pkgs/by-name/nk/nkeys: the Go tool `nk`, not the Python library.
     "nkeys"
     "seaweedfs"

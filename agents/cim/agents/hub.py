@@ -20,10 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..config import AgentConfig
 from ..embedded.procs import free_port, port_is_free
 from ..events import EventStore
+from ..http_deadline import GuardedSite, HeadDeadline
 from ..hub.connectors import STATE_BUCKET, ConnectorConfig, ConnectorContext, build, load
 from ..hub.http_api import HubApi
 from ..hub.tokens import Tokens
-from ..http_deadline import GuardedSite, HeadDeadline
 from ..hub.webhooks import CONSUMER, Dispatcher, Webhook, WebhookSettings
 from ..provision import EVENTS_STREAM, ConsumerSpec, KvSpec, ProvisionSpec
 from ..runtime import AgentContext, endpoint
@@ -115,7 +115,7 @@ class Agent:
                 log.exception("connector %s (%s) failed; restarting it in 5s", c.name, c.plugin)
                 try:
                     await asyncio.wait_for(self.ctx.stopping.wait(), 5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def stop(self) -> None:

@@ -252,7 +252,7 @@ class Agent:
         if runner is None:
             raise NotFound(f"pipeline {letter.pipeline!r} is not running here (paused, removed or broken)")
         msg = await self.nc.jetstream().get_msg(EVENTS_STREAM, letter.original_seq)
-        event = StoredEvent.from_message(msg.subject, msg.seq, dict(msg.headers or {}), msg.data or b"")
+        event = StoredEvent.from_message(msg.subject or "", msg.seq or 0, dict(msg.headers or {}), msg.data or b"")
         await runner.process(event)
         await delete_letter(self.nc, req.seq)
         await self.events.append(Event(

@@ -249,7 +249,7 @@ class Agent:
                 reason = "stopped" if key in self._removed_keys else "unseen"
                 data = AgentGone(name=identity.get("name", "?"), capability=identity.get("capability", "?"),
                                  host=identity.get("host", "?"), container=identity.get("container"),
-                                 last_seen=identity.get("last_seen"), reason=reason)
+                                 last_seen=identity.get("last_seen"), reason=reason)  # type: ignore[arg-type]
                 event = Event(type="agent.gone", aggregate_id=instance_id, data=data.model_dump(mode="json"),
                               source=f"cim/{self.config.agent_name}", agent=self.config.agent_name,
                               agent_version=__version__)
@@ -294,8 +294,8 @@ class Agent:
 
     @staticmethod
     def _common(record: AgentRecord) -> dict:
-        return dict(name=record.name, capability=record.capability, host=record.host,
-                    container=record.container, last_seen=record.last_seen)
+        return {"name": record.name, "capability": record.capability, "host": record.host,
+                "container": record.container, "last_seen": record.last_seen}
 
     async def _record(self, t: Tracked, type_name: str, data: BaseModel) -> None:
         """Append the transition unless the agent's history already ends with it (after a

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,7 +33,8 @@ from ..tiering.fetch import FetchServer
 from ..tiering.locations import UNIT_EVENTS, LocationIndex, for_unit
 from ..tiering.migrate import BACKOFF, Migrator, MoveResult
 from ..tiering.policies import Policy
-from ..tiering.urls import HOT, Duration, TierSpec
+from ..tiering.urls import Duration, TierSpec
+from ..unit_fold import HOT
 
 log = logging.getLogger("cim.tier")
 
@@ -236,7 +236,7 @@ class Agent:
         async for e in self.events.read([UNIT_EVENTS], start_seq=self.index.last_seq + 1):
             self.index.apply(e)
 
-    async def _run(self, dry_run: bool, progress: Callable[[dict], Awaitable[None]] | None = None) -> dict:
+    async def _run(self, dry_run: bool, progress: Callable[[dict], Coroutine[Any, Any, None]] | None = None) -> dict:
         await self._catch_up()
         sent: list[asyncio.Task] = []
         planned_info: dict = {}
@@ -319,7 +319,7 @@ class Agent:
                     failures.append(f"{backend.where()} has no copy")
                     break
                 except TierUnavailable as err:
-                    await gen.aclose()
+                    await gen.aclose()  # type: ignore[attr-defined]  # an async generator
                     if loop.time() >= deadline:
                         failures.append(str(err))
                         unavailable = True

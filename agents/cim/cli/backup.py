@@ -64,7 +64,8 @@ def restore_cmd(
     async def body() -> dict:
         try:
             spec = TierSpec(name="archive", url=source, endpoint=endpoint, region=region,
-                            credentials_file=credentials_file, addressing_style=addressing_style)
+                            credentials_file=credentials_file,
+                            addressing_style=addressing_style)  # type: ignore[arg-type]  # TierSpec validates it
         except ValidationError as err:
             first = err.errors()[0]
             raise InvalidInput("--from", str(first["msg"]).removeprefix("Value error, ")) from None

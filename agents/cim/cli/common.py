@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from nats.aio.client import Client
@@ -73,7 +73,7 @@ async def nats_connection(g: Globals) -> AsyncIterator[Client]:
         await nc.close()
 
 
-def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a command's async body; a CimError becomes one line on stderr and its exit code."""
     try:
         return asyncio.run(coro_fn())
@@ -83,7 +83,7 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
         raise typer.Exit(130) from None
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 
@@ -67,7 +68,7 @@ def append(
             raise InvalidInput("--data", f"not JSON: {err.msg} at column {err.colno}") from None
         if not isinstance(payload, dict):
             raise InvalidInput("--data", "must be a JSON object")
-        fields = {"type": type_, "aggregate_id": aggregate_id, "data": payload,
+        fields: dict[str, Any] = {"type": type_, "aggregate_id": aggregate_id, "data": payload,
                   "correlation_id": correlation_id, "causation_id": causation_id}
         if event_id:
             fields["id"] = event_id

@@ -20,7 +20,7 @@ async def _api(nc: Client, subject: str, timeout: float) -> dict[str, Any]:
 
 
 async def gather_status(nc: Client, timeout: float = 5.0) -> dict[str, Any]:
-    info = nc._server_info  # noqa: SLF001 - nats-py exposes the INFO block only here
+    info = nc._server_info
     status: dict[str, Any] = {
         "server": {
             "url": str(nc.connected_url.geturl()) if nc.connected_url else None,
@@ -92,9 +92,11 @@ def _human(s: dict[str, Any]) -> str:
     ]
     lines += [f"  {x['name']:<20} {x['messages']:>9} msgs {x['bytes']:>12} bytes  R{x['replicas']}" for x in s["streams"]] or ["  none"]
     lines.append("buckets:")
-    lines += [f"  {b['kind']:<6} {b['name']:<20} {b['messages']:>7} msgs {b['bytes']:>12} bytes  R{b['replicas']}" for b in s["buckets"]] or ["  none"]
+    lines += [f"  {b['kind']:<6} {b['name']:<20} {b['messages']:>7} msgs {b['bytes']:>12} bytes  R{b['replicas']}"
+              for b in s["buckets"]] or ["  none"]
     lines.append("agents:")
-    lines += [f"  {a['name']:<16} {a['capability'] or '?':<9} v{a['version']}  pid {a['pid']} on {a['host']}  since {a['started']}" for a in s["agents"]] or ["  none answered $SRV.INFO"]
+    lines += [f"  {a['name']:<16} {a['capability'] or '?':<9} v{a['version']}  pid {a['pid']} on {a['host']}  since {a['started']}"
+              for a in s["agents"]] or ["  none answered $SRV.INFO"]
     if s.get("registry") is not None:
         lines.append("announced in the registry:")
         lines += [f"  {r['name']:<16} {r['state']:<6} {', '.join(f'{k} {v}' for k, v in sorted(r['capabilities'].items()))}  {r['id']}"

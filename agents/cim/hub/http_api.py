@@ -9,7 +9,6 @@ request costs no storage and a big one never sits whole in memory.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import tempfile
 from importlib.resources import files
@@ -21,10 +20,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import ValidationError
 
+from .. import cid as cidlib
 from ..errors import CimError, InvalidInput, NotFound, UnitTooLarge
 from ..events.envelope import decode_body
 from ..unit_store import UnitStore, guess_media_type
-from .. import cid as cidlib
 from ..units import Unit
 from .tokens import Token, Tokens
 
@@ -73,7 +72,7 @@ class _Body:
             self._mem += chunk
             return
         if self._file is None:
-            self._file = tempfile.NamedTemporaryFile(prefix="cim-hub-", delete=True)
+            self._file = tempfile.NamedTemporaryFile(prefix="cim-hub-", delete=True)  # noqa: SIM115 - closed by close()
             self._file.write(self._mem)
             self._mem = bytearray()
         self._file.write(chunk)
@@ -133,7 +132,8 @@ def _check_meta(token: Token, meta: dict[str, Any]) -> None:
     try:
         Unit.model_validate({"cid": _PLACEHOLDER_CID, "size": 0, **probe})
     except ValidationError as err:
-        raise Problem(400, [(".".join(map(str, e["loc"])) or "(unit)", e["msg"].removeprefix("Value error, ")) for e in err.errors()]) from None
+        raise Problem(400, [(".".join(map(str, e["loc"])) or "(unit)", e["msg"].removeprefix("Value error, "))
+                            for e in err.errors()]) from None
 
 
 class HubApi:
@@ -159,8 +159,10 @@ class HubApi:
         try:
             token = _token_of(request, self.tokens)
             declared = request.content_length
-            if declared is not None and declared > self.max_body_size + (64 * 1024 if request.content_type.startswith("multipart/") else 0):
-                raise Problem(413, [("content", f"the body ({declared} bytes) is over the limit of {self.max_body_size} bytes (raise max_body_size in the hub settings)")])
+            slack = 64 * 1024 if request.content_type.startswith("multipart/") else 0  # the form's own fields
+            if declared is not None and declared > self.max_body_size + slack:
+                raise Problem(413, [("content", f"the body ({declared} bytes) is over the limit of {self.max_body_size} bytes "
+                                                "(raise max_body_size in the hub settings)")])
             if request.content_type.startswith("multipart/"):
                 try:
                     meta, filename = await self._read_multipart(request, token, body)
@@ -209,7 +211,7 @@ class HubApi:
         idle_timeout seconds: a client that stalls must not hold a connection and a spool."""
         try:
             return await asyncio.wait_for(read, self.idle_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Problem(408, [("(body)", f"nothing arrived for {self.idle_timeout:g} s; send the request again")],
                           {"Connection": "close"}) from None
 

@@ -74,7 +74,7 @@ class Inbox:
         self.path = Path(settings.path)
         self.done = self.path / "done"
         self.failed = self.path / "failed"
-        self._seen: dict[str, tuple[int, int]] = {}
+        self._seen: dict[str, tuple[tuple[int, int, int], float]] = {}  # name -> (inode, size, mtime), since
 
     async def run(self) -> None:
         for d in (self.path, self.done, self.failed):
@@ -87,7 +87,7 @@ class Inbox:
                 self.ctx.log.warning("inbox %s: %s; trying again", self.ctx.name, err)
             try:
                 await asyncio.wait_for(self.ctx.stopping.wait(), self.s.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _ready(self) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -151,7 +151,7 @@ class Inbox:
             await self._fail(path, str(err))
             return
         except OSError as err:  # unreadable, or gone: a reason, not a crash of the connector
-            if os.path.lexists(path):
+            if await asyncio.to_thread(os.path.lexists, path):
                 await self._fail(path, f"cannot read it: {err.strerror}")
             return
         if _stat(path) != before:

@@ -79,7 +79,7 @@ class S3Import:
                 return
             try:
                 await asyncio.wait_for(self.ctx.stopping.wait(), self.s.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def sync(self) -> int:

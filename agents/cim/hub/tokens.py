@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import ConfigError
 
-
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +40,7 @@ class Token(BaseModel):
 
     @property
     def digest(self) -> bytes:
-        return bytes.fromhex(self.token_sha256) if self.token_sha256 else hashlib.sha256(self.token.encode()).digest()
+        return bytes.fromhex(self.token_sha256) if self.token_sha256 else hashlib.sha256((self.token or "").encode()).digest()
 
     def source_for(self, requested: str | None) -> str:
         """The source a unit gets: what the client asked for, else the token's default."""

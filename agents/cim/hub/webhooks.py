@@ -46,7 +46,7 @@ class WebhookSettings(BaseModel):
                                 description="NATS subject patterns of the events to send")
     secret_file: Path = Field(description="file holding the HMAC secret (shared with the receiver)")
     max_attempts: int = Field(default=5, ge=1, le=50)
-    backoff: list[float] = Field(default_factory=lambda: [1, 2, 5, 10, 30],
+    backoff: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0],
                                  description="seconds between attempts; the last repeats")
     timeout: float = Field(default=10, gt=0, description="seconds one attempt may take")
 
@@ -115,7 +115,7 @@ class Webhook:
                     DELIVERIES.labels(self.name, "ok").inc()
                     return None
                 reason = f"the receiver answered HTTP {resp.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
             reason = f"the receiver could not be reached ({type(err).__name__}: {err})"
         DELIVERIES.labels(self.name, "failed").inc()
         return reason
@@ -134,7 +134,7 @@ class Dispatcher:
         self._task: asyncio.Task | None = None
         self._http: aiohttp.ClientSession | None = None
         self._running: set[asyncio.Task] = set()
-        self._sub = None
+        self._sub: Any = None  # the durable's pull subscription, while running
 
     async def start(self) -> None:
         if not self.webhooks:
@@ -169,7 +169,7 @@ class Dispatcher:
                     continue
                 try:
                     msgs = await sub.fetch(room, timeout=5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 for m in msgs:
                     t = asyncio.create_task(self._handle(m))
@@ -196,7 +196,7 @@ class Dispatcher:
     async def _deliver(self, hook: Webhook, event: StoredEvent, msg: Msg) -> None:
         assert self._http is not None
         body = body_of(event)
-        reason = "no attempt made"
+        reason: str | None = "no attempt made"
         for n in range(1, hook.settings.max_attempts + 1):
             await msg.in_progress()  # still working on it: keep the ack deadline away
             reason = await hook.attempt(self._http, event.id, event.type, body, n)
@@ -206,7 +206,7 @@ class Dispatcher:
                 log.info("webhook %s: event %s attempt %d failed (%s)", hook.name, event.id, n, reason)
                 await msg.in_progress()
                 await asyncio.sleep(hook.delay(n))  # the retry backoff itself
-        await self._dead_letter(hook, event, msg, body, reason)
+        await self._dead_letter(hook, event, msg, body, reason or "no attempt made")
 
     async def _dead_letter(self, hook: Webhook, event: StoredEvent, msg: Msg, body: bytes, reason: str) -> None:
         subject = f"cim.dlq.hub.webhook.{hook.name}"

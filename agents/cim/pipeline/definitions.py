@@ -21,7 +21,7 @@ from .model import PipelineDef
 
 log = logging.getLogger("cim.pipeline")
 BUCKET = "CIM_PIPELINES"
-MAX_PIPELINES = 4096
+MAX_PIPELINES = 1024  # the server's multi_last limit
 
 
 class PipelineRecord(BaseModel):

@@ -32,6 +32,7 @@ from ..errors import CimError, ConcurrencyConflict, NotFound, UnitNotFound
 from ..events import Event, EventStore, StoredEvent
 from ..events.envelope import H_MSG_ID, subject_for, validated
 from ..jsfetch import PullFetcher
+from ..pipeline_events import StepRecord, StepsDone
 from ..plugins import Plugins, StepContext
 from ..provision import DLQ_STREAM, EVENTS_STREAM
 from ..unit_store import UnitStore
@@ -136,7 +137,7 @@ class Runner:
         if self._task:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._task
@@ -278,11 +279,12 @@ class Runner:
             correlation = trigger.correlation_id or trigger.id
             record_id = f"steps-done-{key}"
             previous: dict[str, dict] = {}
-            steps: list[dict] = []
+            steps: list[StepRecord] = []
             read, store_text = self._content_access()
             for step, plugin, settings in self.steps:
                 ctx = StepContext(unit=unit, settings=settings, previous=dict(previous), read=read,
                                   store_text=store_text, pipeline=self.p.name, step=step.name)
+                assert plugin.run is not None  # a step plugin (checked when the pipeline was built)
                 result = await plugin.run(ctx)
                 skey = step_key(self.p.name, step.name, unit.cid)
                 effects = [e.model_copy(update={"id": f"{skey}-effect-{i}", "agent": self.agent, "source": self.agent,
@@ -292,14 +294,14 @@ class Runner:
                 # Checked here, not when the batch is sent: a step's bad event fails its own unit only.
                 w.effects += [validated(e) for e in effects]
                 previous[step.name] = result.output
-                steps.append({"step": step.name, "plugin": plugin.name, "plugin_version": plugin.version,
-                              "output": result.output})
+                steps.append(StepRecord(step=step.name, plugin=plugin.name, plugin_version=plugin.version,
+                                        output=result.output))
             if w.redelivered:  # a crash may have come after some effects were stored
                 w.effects = [e for e in w.effects if not await self._already(e)]
             record = Event(
                 type="steps.done", aggregate_id=key, id=record_id, source=self.agent, agent=self.agent,
                 agent_version=__version__, correlation_id=correlation, causation_id=trigger.id,
-                data={"pipeline": self.p.name, "cid": unit.cid, "trigger_seq": trigger.seq, "steps": steps})
+                data=StepsDone(pipeline=self.p.name, cid=unit.cid, trigger_seq=trigger.seq, steps=steps).model_dump(mode="json"))
             w.record = validated(record, as_built=True)
         except Exception as err:
             w.error = err

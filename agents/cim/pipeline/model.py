@@ -39,7 +39,7 @@ class PipelineDef(BaseModel):
     requires: list[str] = Field(default_factory=list, description="capabilities some live agent must provide first, e.g. 'search>=1'")
     start: Literal["all", "new"] = Field(default="all", description="process existing units too, or only new ones")
     max_attempts: int = Field(default=5, ge=1, le=100, description="tries before a message goes to the dead letters")
-    backoff: list[float] = Field(default_factory=lambda: [1, 5, 15, 60], description="seconds between tries")
+    backoff: list[float] = Field(default_factory=lambda: [1.0, 5.0, 15.0, 60.0], description="seconds between tries")
     max_ack_pending: int = Field(default=256, ge=1, description="units in flight at most (back-pressure)")
     ack_wait: float = Field(default=60, gt=0, description="seconds before a unit in flight is redelivered (after a crash)")
     concurrency: int = Field(default=16, ge=1, le=256)
@@ -115,15 +115,16 @@ def _yaml(text: str, source: str) -> Any:
     class BoundedLoader(yaml.SafeLoader):
         aliases = 0
 
-        def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
                 self.aliases += 1
                 if self.aliases > MAX_YAML_ALIASES:
-                    raise ConfigError(source, [("(file)", f"more than {MAX_YAML_ALIASES} YAML aliases (*name): refused; write the values out")])
+                    raise ConfigError(source, [("(file)", f"more than {MAX_YAML_ALIASES} YAML aliases (*name): refused; "
+                                                          "write the values out")])
             return super().compose_node(parent, index)
 
     try:
-        return yaml.load(text, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader with a bound on aliases
+        return yaml.load(text, Loader=BoundedLoader)
     except yaml.YAMLError as err:
         raise ConfigError(source, [("(file)", f"not YAML: {err}")]) from None
 

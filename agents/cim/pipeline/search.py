@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -70,7 +70,7 @@ class SearchIndex:
         if not q or not n:
             return []
         avg = sum(self.lengths.values()) / n
-        scores: Counter[str] = Counter()
+        scores: dict[str, float] = defaultdict(float)
         for term in set(q):
             docs = self.postings.get(term, {})
             idf = math.log(1 + (n - len(docs) + 0.5) / (len(docs) + 0.5))

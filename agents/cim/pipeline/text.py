@@ -9,11 +9,12 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 CID_REF = re.compile(r"\bbafkrei[a-h][a-z2-7]{50}[aeimquy4]\b")
 
 # Small and English-only on purpose: it keeps "the" from ranking; other languages still work.
-STOPWORDS = frozenset(
-    """a an and are as at be but by for from has have he her his i if in into is it its me my
-    no not of on or our she so than that the their them then there these they this to too us
-    was we were what when where which who why will with you your""".split()
-)
+STOPWORDS = frozenset([
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "has", "have", "he", "her", "his",
+    "i", "if", "in", "into", "is", "it", "its", "me", "my", "no", "not", "of", "on", "or", "our", "she", "so",
+    "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "to", "too", "us", "was",
+    "we", "were", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your",
+])
 
 
 def words(text: str) -> list[str]:

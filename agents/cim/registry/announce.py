@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client
 
@@ -31,7 +32,8 @@ def container_name() -> str | None:
     explicit = os.environ.get("CIM_CONTAINER")
     if explicit:
         return explicit
-    if os.environ.get("container") or Path("/run/systemd/container").exists() or Path("/.dockerenv").exists():
+    # systemd-nspawn sets `container` in lower case (systemd's container interface).
+    if os.environ.get("container") or Path("/run/systemd/container").exists() or Path("/.dockerenv").exists():  # noqa: SIM112
         return socket.gethostname()
     return None
 
@@ -62,11 +64,11 @@ class Heartbeat:
         self.capabilities = capabilities
         self.subject = f"$KV.{bucket}.{capability}.{instance_id}"
         now = datetime.now(UTC)
-        self._base = dict(
-            name=name, id=instance_id, capability=capability, version=version, endpoints=endpoints,
-            host=socket.gethostname(), container=container_name(), pid=os.getpid(), started_at=now,
-            heartbeat=interval,
-        )
+        self._base: dict[str, Any] = {
+            "name": name, "id": instance_id, "capability": capability, "version": version, "endpoints": endpoints,
+            "host": socket.gethostname(), "container": container_name(), "pid": os.getpid(), "started_at": now,
+            "heartbeat": interval,
+        }
         self._task: asyncio.Task | None = None
         self.beats = 0
         self._warned = False

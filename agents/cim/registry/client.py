@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from nats.aio.client import Client
 from pydantic import ValidationError
 
-from ..errors import JetStreamUnavailable, NotFound
-from ..jsread import StreamMsg, last_per_subject
+from ..capabilities import CAPABILITIES
+from ..errors import NotFound
+from ..jsread import StreamMsg, TooMany, last_per_subject
 from ..provision import REGISTRY_BUCKET
 from .model import AgentRecord, AgentView, Match, Requirement, now_utc
 from .query import negotiate as _negotiate
@@ -24,7 +25,7 @@ log = logging.getLogger("cim.registry")
 
 STREAM = f"KV_{REGISTRY_BUCKET}"
 PREFIX = f"$KV.{REGISTRY_BUCKET}."
-MAX_AGENTS = 4096  # records read in one snapshot
+MAX_AGENTS = 1024  # records of one capability read in one snapshot (the server's multi_last limit)
 
 
 class AgentNotFound(NotFound):
@@ -54,8 +55,16 @@ async def snapshot(nc: Client, *, timeout: float = 5.0) -> list[StreamMsg]:
     started, and in this bucket that message may expire before it arrives. No consumer
     either: a reader holds no consumer rights (see `jsread`).
     """
-    return await last_per_subject(nc, STREAM, PREFIX + ">", limit=MAX_AGENTS, timeout=timeout,
-                                  what=f"the registry bucket {REGISTRY_BUCKET}")
+    # One capability at a time: the server answers at most MAX_AGENTS subjects per request,
+    # and an agent that writes too many keys under its own capability spoils only that one.
+    out: list[StreamMsg] = []
+    for capability in CAPABILITIES:
+        try:
+            out += await last_per_subject(nc, STREAM, f"{PREFIX}{capability}.>", limit=MAX_AGENTS, timeout=timeout,
+                                          what=f"the registry bucket {REGISTRY_BUCKET} ({capability})")
+        except TooMany as err:
+            log.warning("%s; those agents are not listed", err)
+    return out
 
 
 async def read_records(nc: Client, *, timeout: float = 5.0) -> list[AgentRecord]:

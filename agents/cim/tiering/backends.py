@@ -9,7 +9,6 @@ server keeps them, else a read-back), returning how it verified.
 from __future__ import annotations
 
 import abc
-
 import asyncio
 import base64
 import contextlib
@@ -110,7 +109,7 @@ class Spool:
     against its CID already)."""
 
     def __init__(self, parts: tuple[int, S3Checksum] | None = None):
-        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by close()
         self.parts = parts
         self.part_digests: list[bytes] = []
         self._part = parts[1].new() if parts else None
@@ -127,6 +126,7 @@ class Spool:
             view = memoryview(chunk)
             while view:
                 take = min(len(view), part_size - self._in_part)
+                assert self._part is not None  # made with `parts`
                 self._part.update(view[:take])
                 self._in_part += take
                 view = view[take:]
@@ -134,6 +134,7 @@ class Spool:
                     self.part_digests.append(self._part.digest())
                     self._part, self._in_part = checksum.new(), 0
         if self.parts is not None and (self._in_part or not self.part_digests):
+            assert self._part is not None
             self.part_digests.append(self._part.digest())
         self.file.seek(0)
         return self
@@ -239,8 +240,9 @@ class JetStreamBackend(Backend):
         await self.content.delete(cid)
 
     async def list(self) -> AsyncIterator[tuple[str, int]]:
-        from ..jsread import read_stream
         import json
+
+        from ..jsread import read_stream
 
         live: dict[str, int] = {}
         async for m in read_stream(self.nc, self.content.stream, [f"$O.{self.content.bucket}.M.>"]):
@@ -275,7 +277,7 @@ class FileBackend(Backend):
 
     async def _raw_get(self, cid: str) -> AsyncIterator[bytes]:
         try:
-            f = open(self._path(cid), "rb")
+            f = await asyncio.to_thread(open, self._path(cid), "rb")
         except FileNotFoundError:
             raise ObjectMissing(self.name, cid) from None
         with f:

@@ -34,10 +34,10 @@ from ..events import StoredEvent
 from ..jsread import last_seq, read_stream
 from ..pipeline_events import step_outputs
 from ..provision import EVENTS_STREAM, ProvisionSpec, provision
+from ..unit_fold import HOT
 from .backends import Backend
 from .errors import ObjectMissing, TierError
 from .locations import LocationIndex
-from .urls import HOT
 
 log = logging.getLogger("cim.tier.backup")
 

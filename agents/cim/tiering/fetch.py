@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -43,7 +44,7 @@ class FetchServer:
         self.nc = nc
         self.open_stream = open_stream
         self.ack_timeout = ack_timeout
-        self._sub = None
+        self._sub: Any = None  # the subscription, while running
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self, queue: str = "cim-tier") -> None:
@@ -109,7 +110,7 @@ class FetchServer:
             credit.clear()
             try:
                 await asyncio.wait_for(credit.wait(), self.ack_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise TimeoutError("the reader stopped acknowledging chunks") from None
         await self.nc.publish(reply, data, headers={H_SEQ: str(seq), H_ACK: ack_subject})
         return seq
@@ -156,7 +157,7 @@ async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncI
         while True:
             try:
                 m = await asyncio.wait_for(queue.get(), 2.0 if first else timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if first and not await _agent_listens(nc):
                     raise _no_agent(u) from None
                 if first:

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from .. import __version__
 from ..errors import CidMismatch, CimError, ConcurrencyConflict, NotFound
 from ..events import Event, EventStore
+from ..unit_fold import HOT
 from .backends import Backend
 from .errors import ObjectMissing, TierError, TierUnavailable
 from .locations import LocationIndex, UnitLocation, for_unit
 from .policies import Policy, plan
-from .urls import HOT
 
 log = logging.getLogger("cim.tier")
 
@@ -313,11 +313,11 @@ class Migrator:
                 except TierUnavailable as err:
                     out["unreachable"].append({"tier": name, "cid": u.cid, "error": str(err)})
             for cid in present:
-                u = index.units.get(cid)
-                if u is None or not u.known:
+                found = index.units.get(cid)
+                if found is None or not found.known:
                     if name != HOT:  # in the hot bucket that is a put in progress, not an orphan
                         out["orphans"].append({"tier": name, "cid": cid})
-                elif not u.holds(name) and not u.pending:
+                elif not found.holds(name) and not found.pending:
                     out["orphans"].append({"tier": name, "cid": cid})
         out["clean"] = not (out["missing"] or out["corrupt"] or out["orphans"] or out["unreachable"])
         return out

@@ -12,8 +12,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..tier_events import TIER_NAME
+from ..unit_fold import HOT
 from .locations import UnitLocation
-from .urls import HOT, Duration, Size
+from .urls import Duration, Size
 
 
 class Policy(BaseModel):
@@ -44,11 +45,11 @@ class Policy(BaseModel):
         now = now or datetime.now(UTC)
         if not u.known or u.expired or u.pending:
             return False
-        if self.action == "move" and self.from_tier == HOT and u.promoted_at is not None:
-            # Brought back to hot because someone needed it: it stays there for a while after
-            # its last read, or a policy that moved it once would send it straight back.
-            if now.timestamp() - max(u.promoted_at, last_access or 0) < promote_hold:
-                return False
+        # Brought back to hot because someone needed it: it stays there for a while after its
+        # last read, or a policy that moved it once would send it straight back.
+        if (self.action == "move" and self.from_tier == HOT and u.promoted_at is not None
+                and now.timestamp() - max(u.promoted_at, last_access or 0) < promote_hold):
+            return False
         if self.action != "expire" and not u.holds(self.from_tier):
             return False
         if self.to_tier and u.holds(self.to_tier) and self.action == "copy":

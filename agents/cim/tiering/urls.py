@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from ..tier_events import TIER_NAME
-from ..unit_fold import HOT  # the name of the first tier, always the content bucket; events name tiers
 from .errors import TierConfigError
 
 SCHEMES = ("jetstream", "s3", "file")

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import jinja2
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from nats.aio.client import Client
 
 from ..content import ContentStore
@@ -102,7 +102,8 @@ class Dashboard:
             token = request.headers.get("X-CSRF-Token")
             if token is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
                 if request.content_type == "application/x-www-form-urlencoded":
-                    token = (await request.post()).get("csrf")
+                    posted = (await request.post()).get("csrf")
+                    token = posted if isinstance(posted, str) else None
                 else:
                     token = request.query.get("csrf")  # multipart: the form action carries it (see units.html)
             why = self.auth.check_csrf(request, session, token)
@@ -208,13 +209,13 @@ class Dashboard:
         }
         tiers, tier_note = await self._tiers(unit.cid, view.events)
         preview_text = None
-        if unit.media_type.startswith("text/") or unit.media_type in ("application/json", "application/xml"):
-            if not tiers or HOT in tiers:
-                try:
-                    raw = await self._read(unit.cid, PREVIEW_BYTES + 1)
-                    preview_text = raw[:PREVIEW_BYTES].decode("utf-8", "replace") + ("\n…" if len(raw) > PREVIEW_BYTES else "")
-                except CimError as err:
-                    tier_note = str(err)
+        textual = unit.media_type.startswith("text/") or unit.media_type in ("application/json", "application/xml")
+        if textual and (not tiers or HOT in tiers):
+            try:
+                raw = await self._read(unit.cid, PREVIEW_BYTES + 1)
+                preview_text = raw[:PREVIEW_BYTES].decode("utf-8", "replace") + ("\n…" if len(raw) > PREVIEW_BYTES else "")
+            except CimError as err:
+                tier_note = str(err)
         parents = [(p, self._title(p)) for p in unit.parents]
         children = [(c, self._title(c)) for c in view.children]
         return self.render(
@@ -253,7 +254,8 @@ class Dashboard:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", unit.title or cid)[:120] or cid
         response = web.StreamResponse(headers={
             "Content-Type": unit.media_type if inline else "application/octet-stream",
-            "Content-Disposition": f"{'inline' if inline else 'attachment'}; filename=\"{name}\"; filename*=UTF-8''{quote(unit.title or cid)}",
+            "Content-Disposition": f"{'inline' if inline else 'attachment'}; filename=\"{name}\"; "
+                                   f"filename*=UTF-8''{quote(unit.title or cid)}",
             "Content-Length": str(unit.size), "Cache-Control": "private, max-age=31536000, immutable",
         })
         await response.prepare(request)
@@ -272,11 +274,14 @@ class Dashboard:
         fields: dict[str, str] = {}
         content, filename, ctype = b"", "", None
         while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue  # a nested multipart: not a form field
             if part.name == "file":
                 filename, ctype = part.filename or "", part.headers.get("Content-Type")
                 content = await part.read()
                 if len(content) > self.max_upload:
-                    return self._upload_error(wants_json, f"the file is over {plots.human_bytes(self.max_upload)}; use the hub API or `cim units put`", 413)
+                    return self._upload_error(
+                        wants_json, f"the file is over {plots.human_bytes(self.max_upload)}; use the hub API or `cim units put`", 413)
             elif part.name:
                 fields[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")
         if not filename:
@@ -324,7 +329,7 @@ class Dashboard:
             while not self.stopping.is_set():
                 try:
                     item = await asyncio.wait_for(queue.get(), 15)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
                 await response.write(f"id: {item['seq']}\nevent: cim\ndata: {json.dumps(item)}\n\n".encode())

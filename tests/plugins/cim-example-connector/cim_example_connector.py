@@ -34,7 +34,7 @@ class JsonFolder:
             await self.scan()
             try:
                 await asyncio.wait_for(self.ctx.stopping.wait(), self.s.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def scan(self) -> None:

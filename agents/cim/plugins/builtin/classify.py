@@ -5,10 +5,11 @@ from __future__ import annotations
 import fnmatch
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from ... import __version__
 from ...events import Event
+from ...unit_events import UnitLabeled
 from .. import Plugin, StepContext, StepOutput
 
 
@@ -74,8 +75,8 @@ async def run(ctx: StepContext) -> StepOutput:
     events = []
     if labels:
         events.append(Event(type="unit.labeled", aggregate_id=ctx.unit.cid,
-                            data={"labels": labels, "by": f"{ctx.pipeline}/{ctx.step}@classify-{__version__}"}))
-    return StepOutput({"labels": labels}, events)
+                            data=UnitLabeled(labels=labels, by=f"{ctx.pipeline}/{ctx.step}@classify-{__version__}").model_dump()))
+    return StepOutput({"labels": list[JsonValue](labels)}, events)
 
 
 plugin = Plugin(name="classify", version=__version__, kind="step", run=run, settings=Settings,

@@ -19,8 +19,8 @@ class Settings(BaseModel):
 
 
 class _HtmlText(HTMLParser):
-    SKIP = {"script", "style", "noscript", "template"}
-    BLOCK = {"p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section", "article"}
+    SKIP = frozenset({"script", "style", "noscript", "template"})
+    BLOCK = frozenset({"p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section", "article"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import fnmatch
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from ... import __version__
 from ...events import Event
+from ...unit_events import UnitLabeled
 from .. import Plugin, StepContext, StepOutput
 
 
@@ -35,8 +36,9 @@ async def run(ctx: StepContext) -> StepOutput:
         and (r.min_size is None or u.size >= r.min_size)
     })
     events = [Event(type="unit.labeled", aggregate_id=u.cid,
-                    data={"labels": labels, "by": f"{ctx.pipeline}/{ctx.step}@retention-{__version__}"})] if labels else []
-    return StepOutput({"labels": labels}, events)
+                    data=UnitLabeled(labels=labels, by=f"{ctx.pipeline}/{ctx.step}@retention-{__version__}").model_dump())
+              ] if labels else []
+    return StepOutput({"labels": list[JsonValue](labels)}, events)
 
 
 plugin = Plugin(name="retention", version=__version__, kind="step", run=run, settings=Settings,
