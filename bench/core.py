@@ -24,10 +24,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cim import cid
 from cim.content import ContentStore
-from cim.discovery import discover
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.procs import async_wait_until
 from cim.events import Event, EventStore
+from cim.nats.discovery import discover
 from cim.provision import ProvisionSpec, StreamSpec, provision
 
 

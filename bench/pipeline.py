@@ -31,10 +31,10 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from cim import gc_tuning
-from cim.connection import ConnectionSettings, connect
 from cim.content import ContentStore
 from cim.embedded.nats_server import NatsServer
 from cim.events import Event
+from cim.nats.connect import ConnectionSettings, connect
 from cim.pipeline.engine import Runner
 from cim.pipeline.model import PipelineDef, StepDef
 from cim.plugins import discover

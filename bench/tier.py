@@ -36,12 +36,13 @@ import nats
 from boto3.s3.transfer import TransferConfig
 
 from cim import gc_tuning
-from cim.connection import ConnectionSettings, connect
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.s3_server import S3Server
 from cim.events import EventStore
+from cim.nats.connect import ConnectionSettings, connect
 from cim.provision import CONTENT_BUCKET, ProvisionSpec, provision
 from cim.tiering.backends import JetStreamBackend, S3Backend
+from cim.tiering.fetch import fetch
 from cim.tiering.locations import LocationIndex
 from cim.tiering.migrate import Migrator
 from cim.tiering.policies import Policy
@@ -122,7 +123,7 @@ async def main(args) -> None:
         agent_nc = await connect(ConnectionSettings(servers=[server.url]))
         gc_tuning.tune()  # as the agent runtime does once an agent has started
         await provision(nc, ProvisionSpec())
-        store, events = UnitStore(agent_nc), EventStore(agent_nc)
+        store, events = UnitStore(agent_nc, cold=fetch), EventStore(agent_nc)
         warm = S3Backend(spec)
         tiers = {"hot": JetStreamBackend(TierSpec(name="hot", url="jetstream://CIM_CONTENT"), agent_nc), "warm": warm}
         meter = Meter(server, s3)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -196,3 +197,44 @@ def secured_nats(tmp_path_factory) -> Iterator[Callable[..., tuple[NatsServer, d
     yield start
     for server in started:
         server.stop()
+
+
+class SmallDisk:
+    """A small tmpfs of its own, to fill to the last byte."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.filler = path / "filler"
+
+    def fill(self) -> None:
+        with self.filler.open("wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 2**20)
+                    f.flush()
+            except OSError:
+                pass  # the disk is full
+
+    def free_up(self) -> None:
+        self.filler.unlink()
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Callable[[int], SmallDisk]]:
+    """`small_disk(mib)`: a tmpfs of that size under tmp_path (mounting needs root: the test
+    is skipped otherwise), unmounted (lazily: a process may still use it) afterwards."""
+    mounted: list[Path] = []
+
+    def make(mib: int) -> SmallDisk:
+        path = tmp_path / f"disk{len(mounted)}"
+        path.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"a small filesystem for the full disk needs mount (root): {done.stderr.strip()}")
+        mounted.append(path)
+        return SmallDisk(path)
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -11,8 +11,8 @@ import nats
 import pytest
 
 from cim import cid
-from cim.discovery import discover
 from cim.embedded.procs import async_wait_until, free_port
+from cim.nats.discovery import discover
 from cim.provision import ProvisionSpec, provision
 
 

@@ -4,9 +4,9 @@ import subprocess
 
 import pytest
 
-from cim.connection import ConnectionSettings, connect
 from cim.embedded.nats_server import NatsServer
 from cim.errors import ConnectionFailed
+from cim.nats.connect import ConnectionSettings, connect
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from cim.embedded.procs import async_wait_until
 from cim.errors import ConcurrencyConflict, InvalidInput, JetStreamUnavailable, UnknownEventType
 from cim.events import Event, EventStore
 from cim.events.store import Appended
-from cim.jspublish import publisher_for
+from cim.nats.publish import publisher_for
 from cim.provision import ProvisionSpec, provision
 
 
@@ -156,7 +156,7 @@ async def test_catch_up_delivers_history_then_live_in_order_across_a_server_rest
     assert seen == list(range(1, 121))
 
 
-# --- pipelined appends (append_each / append_many, through cim.jspublish) ---------------
+# --- pipelined appends (append_each / append_many, through cim.nats.publish) ---------------
 
 
 async def test_a_thousand_appends_are_stored_in_order_with_their_headers(events):

@@ -39,7 +39,7 @@ async def test_no_acknowledged_event_is_lost_when_the_stream_leader_is_killed(na
             else:
                 raise AssertionError(f"event {i} was never acknowledged: {last}")
         assert killed is not None
-        # Appends ride out the election themselves (cim.retry), so what shows the kill is a
+        # Appends ride out the election themselves (cim.nats.retry), so what shows the kill is a
         # new leader, not failed appends.
         assert nats_cluster.leader_of("CIM_EVENTS") not in (None, killed)
         await asyncio.to_thread(nats_cluster.restart, killed)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from nats.aio.client import Client
 
-from cim import header_parsing
-from cim.connection import ConnectionSettings, connect
 from cim.events import Event, EventStore
+from cim.nats import headers as header_parsing
+from cim.nats.connect import ConnectionSettings, connect
 from cim.provision import ProvisionSpec, provision
 
 EVENT = Event(type="unit.labeled", aggregate_id="abc", data={"labels": ["x"], "by": "test"}, correlation_id="corr",

@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("aiohttp", reason="the hub needs aiohttp")
 
 from agentkit import AgentProcess
-from cim.calls import call
 from cim.content import ContentStore
 from cim.embedded.procs import async_wait_until, wait_until
+from cim.nats.rpc import call
 from cim.provision import ProvisionSpec, provision
 from cim.unit_store import UnitStore
 from hub_support import TOKEN, Hub, write_tokens

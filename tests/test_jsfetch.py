@@ -10,7 +10,7 @@ import pytest
 
 from cim.embedded.procs import async_wait_until
 from cim.errors import JetStreamUnavailable
-from cim.jsfetch import PullFetcher
+from cim.nats.pull import PullFetcher
 from cim.provision import ProvisionSpec, StreamSpec, provision
 
 STREAM = "FETCHES"

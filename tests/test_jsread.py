@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cim.embedded.procs import async_wait_until
-from cim.jsread import read_stream
+from cim.nats.read import read_stream
 from cim.provision import ProvisionSpec, StreamSpec, provision
 
 STREAM = "READS"
@@ -29,7 +29,7 @@ async def test_a_filter_whose_replica_lags_holds_back_the_other_filters_later_me
     """Two filters merged by sequence; the replica answering for one of them lags (it has not
     stored #3 yet). The other filter's #4 must wait for #3, not go first and have #3 dropped
     as if it had been handed out."""
-    import cim.jsread as jsread
+    import cim.nats.read as jsread
 
     await provision(nc, ProvisionSpec(streams=[StreamSpec(name=STREAM, subjects=["read.>"])]))
     js = nc.jetstream()
@@ -56,7 +56,7 @@ async def test_a_follow_that_keeps_getting_answers_survives_a_second_blip_long_a
     So a second failure long after the first is a new one, not the end of the read."""
     import asyncio
 
-    import cim.jsread as jsread
+    import cim.nats.read as jsread
 
     await provision(nc, ProvisionSpec(streams=[StreamSpec(name=STREAM, subjects=["read.>"])]))
     js = nc.jetstream()

@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cim.cli.main import app
-from cim.connection import ConnectionSettings, connect
 from cim.errors import ConnectionFailed
+from cim.nats.connect import ConnectionSettings, connect
 
 
 def cim(*args: str):

@@ -9,18 +9,14 @@ import subprocess
 import sys
 
 import nats
-import pytest
 
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.procs import wait_until
 
 
-def test_the_watch_says_the_disk_filled_and_restarts_nats_once_space_is_back(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"a small filesystem for the full disk needs mount (root): {mounted.stderr.strip()}")
+def test_the_watch_says_the_disk_filled_and_restarts_nats_once_space_is_back(tmp_path, small_disk):
+    small = small_disk(96)
+    disk = small.path
     server = NatsServer(store_dir=disk / "nats", config_path=tmp_path / "nats.conf")
     restarted = tmp_path / "restart-requested"
     watch = None
@@ -42,14 +38,7 @@ def test_the_watch_says_the_disk_filled_and_restarts_nats_once_space_is_back(tmp
         threading.Thread(target=lambda: said.extend(iter(watch.stderr.readline, "")), daemon=True).start()
         wait_until(lambda: "watching" in output(), 20, what="the watch to start")
 
-        filler = disk / "filler"
-        with filler.open("wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 2**20)
-                    f.flush()
-            except OSError:
-                pass  # the disk is full
+        small.fill()
 
         async def put() -> bool:
             nc = await nats.connect(server.url)
@@ -69,7 +58,7 @@ def test_the_watch_says_the_disk_filled_and_restarts_nats_once_space_is_back(tmp
                    what="a put to fail and the watch to say the disk is full")
         assert not restarted.exists()  # no restart while the disk is still full
 
-        filler.unlink()
+        small.free_up()
         wait_until(restarted.exists, 60, what="the watch to ask for a restart once space is back")
         assert "disk space is back" in output() and "nats-server restarted" in output()
         server.restart()
@@ -79,7 +68,6 @@ def test_the_watch_says_the_disk_filled_and_restarts_nats_once_space_is_back(tmp
             watch.terminate()
             watch.wait(10)
         server.stop()
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_lines_the_old_server_logged_before_a_restart_do_not_restart_it_again(tmp_path):

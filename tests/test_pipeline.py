@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from cim.calls import call
 from cim.content import ContentStore
 from cim.embedded.procs import async_wait_until
 from cim.events import EventStore
+from cim.nats.rpc import call
 from cim.pipeline.dlq import list_letters
 from cim.pipeline.search import SearchIndex
 from cim.provision import ProvisionSpec, provision

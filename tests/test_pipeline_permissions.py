@@ -4,8 +4,8 @@ import json
 
 import nats
 
-from cim.calls import call
 from cim.embedded.procs import async_wait_until
+from cim.nats.rpc import call
 from cim.provision import ProvisionSpec, provision
 from cim.unit_store import UnitStore
 from pipeline_support import count

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from cim.content import ContentStore
+from cim.tiering.fetch import fetch
 from cim.unit_store import UnitStore
 from tierkit import TierAgent, count_events, mixed_sizes, provisioned, s3_tier
 
@@ -27,7 +28,7 @@ async def test_units_migrate_by_policy_and_read_back_by_cid(nats_server, s3_serv
         "migrate_interval": 3600,
     })
     try:
-        store = UnitStore(nc)
+        store = UnitStore(nc, cold=fetch)
         payloads = mixed_sizes(200, big=4)
         cids = []
         for i, data in enumerate(payloads):
@@ -64,7 +65,7 @@ async def test_a_corrupt_object_is_reported_and_never_read_as_wrong_bytes(nats_s
         "tiers": [warm], "policies": [{"name": "all", "to": "warm"}], "migrate_interval": 3600, "read_retry_for": 1,
     })
     try:
-        store = UnitStore(nc)
+        store = UnitStore(nc, cold=fetch)
         good = (await store.put_bytes(b"the original bytes " * 100)).unit.cid
         other = (await store.put_bytes(b"an untouched unit")).unit.cid
         agent.start()

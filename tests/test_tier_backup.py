@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
-from cim.calls import call
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.procs import async_wait_until
+from cim.nats.rpc import call
+from cim.tiering.fetch import fetch
 from cim.unit_store import UnitStore
 from pipeline_support import count
 from tierkit import TierAgent, mixed_sizes, provisioned, s3_tier
@@ -44,7 +45,7 @@ async def test_a_wiped_leaf_is_rebuilt_from_the_archive_alone(nats_server, s3_se
     agent = TierAgent(tmp_path, nats_server.url, settings)
     payloads = mixed_sizes(30, big=1, seed=3)
     try:
-        store = UnitStore(nc)
+        store = UnitStore(nc, cold=fetch)
         cids = [(await store.put_bytes(p, labels=["old"] if i % 2 else ["new"], title=f"unit {i}")).unit.cid
                 for i, p in enumerate(payloads)]
         await store.revise(cids[2], b"a revision of unit 2", title="unit 2, revised")
@@ -110,7 +111,7 @@ async def test_a_wiped_leaf_is_rebuilt_from_the_archive_alone(nats_server, s3_se
         agent = TierAgent(tmp_path_factory.mktemp("agent2"), fresh.url, settings)
         agent.start()
         await agent.ready(nc)
-        store = UnitStore(nc)
+        store = UnitStore(nc, cold=fetch)
         for i, (c, p) in enumerate(zip(cids, payloads, strict=True)):
             assert b"".join([x async for x in store.get(c)]) == p, f"unit {i}"
         agent.stop()

@@ -9,6 +9,7 @@ import random
 
 from cim.content import ContentStore
 from cim.embedded.procs import async_wait_until, free_port
+from cim.tiering.fetch import fetch
 from cim.unit_store import UnitStore
 from tierkit import TierAgent, count_events, mixed_sizes, provisioned, s3_tier
 
@@ -24,7 +25,7 @@ async def test_killing_the_agent_mid_migration_loses_nothing_and_leaves_no_orpha
         "tiers": [warm], "policies": [{"name": "all", "to": "warm"}], "migrate_interval": 0.2, "concurrency": 2,
     })
     try:
-        store = UnitStore(nc)
+        store = UnitStore(nc, cold=fetch)
         payloads = mixed_sizes(60, big=3, seed=11)
         cids = [(await store.put_bytes(p)).unit.cid for p in payloads]
         rnd = random.Random()
@@ -74,7 +75,7 @@ async def test_an_s3_outage_mid_migration_deletes_nothing_and_migration_resumes(
         "read_retry_for": 1,
     })
     try:
-        store = UnitStore(nc)
+        store = UnitStore(nc, cold=fetch)
         payloads = [bytes([i]) * 200_000 for i in range(40)]
         cids = [(await store.put_bytes(p)).unit.cid for p in payloads]
         agent.start()
@@ -114,7 +115,7 @@ async def test_a_restore_while_the_s3_tier_is_down_fails_cleanly_and_works_once_
         "tiers": [warm], "policies": [{"name": "all", "to": "warm"}], "migrate_interval": 3600, "read_retry_for": 1,
     })
     try:
-        store, content = UnitStore(nc), ContentStore(nc)
+        store, content = UnitStore(nc, cold=fetch), ContentStore(nc)
         data = b"bring me back to the hot tier " * 5000
         cid = (await store.put_bytes(data)).unit.cid
         agent.start()
@@ -190,7 +191,7 @@ async def test_a_unit_whose_only_copy_is_gone_is_not_said_to_be_safe(nats_server
         "migrate_interval": 0.3, "read_retry_for": 1,
     })
     try:
-        cid = (await UnitStore(nc).put_bytes(b"the only copy, soon gone" * 100)).unit.cid
+        cid = (await UnitStore(nc, cold=fetch).put_bytes(b"the only copy, soon gone" * 100)).unit.cid
         agent.start()
         content = ContentStore(nc)
         await async_wait_until(lambda: _none_hot(content, [cid]), 60, what="the unit to move to the file tier")

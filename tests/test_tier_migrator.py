@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from cim.events import Event, EventStore
 from cim.tiering.backends import JetStreamBackend, S3Backend
+from cim.tiering.fetch import fetch
 from cim.tiering.locations import LocationIndex
 from cim.tiering.migrate import Migrator
 from cim.tiering.policies import Policy
@@ -18,7 +19,7 @@ async def test_a_move_planned_from_a_stale_index_is_redone_from_the_events_and_r
         nats_server, s3_server, tmp_path):
     nc = await provisioned(nats_server.url)
     try:
-        store, events = UnitStore(nc), EventStore(nc)
+        store, events = UnitStore(nc, cold=fetch), EventStore(nc)
         payloads = [b"stale view", b"fresh view", b"x" * 300_000]
         cids = [(await store.put_bytes(p)).unit.cid for p in payloads]
         index = await LocationIndex.build(events)

@@ -8,6 +8,7 @@ import json
 
 from cim.content import ContentStore
 from cim.embedded.procs import async_wait_until
+from cim.tiering.fetch import fetch
 from cim.unit_store import UnitStore
 from tierkit import TierAgent, provisioned, s3_tier
 
@@ -30,7 +31,7 @@ async def test_an_idle_policy_moves_the_unit_nobody_reads_and_keeps_the_one_that
     try:
         agent.start()
         await agent.ready(nc)  # it hears the reads from the start
-        store = UnitStore(nc)
+        store = UnitStore(nc, cold=fetch)
         content = ContentStore(nc)
         read = (await store.put_bytes(b"read again and again", title="read")).unit.cid
         unread = (await store.put_bytes(b"nobody reads this", title="unread")).unit.cid
@@ -59,7 +60,7 @@ async def test_promote_on_read_brings_a_unit_read_from_s3_back_to_the_hot_tier(n
         "migrate_interval": 3600, "promote_on_read": True, "promote_hold": "8s",
     })
     try:
-        store = UnitStore(nc)
+        store = UnitStore(nc, cold=fetch)
         content = ContentStore(nc)
         big = b"".join(i.to_bytes(4, "big") for i in range(2 * 1024**2))  # 8 MiB: a multipart object in warm
         cid = (await store.put_bytes(big, labels=["cold"], title="big")).unit.cid

@@ -12,6 +12,7 @@ from cim.capabilities import nats_permissions
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.procs import async_wait_until
 from cim.provision import ProvisionSpec, provision
+from cim.tiering.fetch import fetch
 from cim.unit_store import UnitStore
 from test_secured_leaf import seed_file
 from tierkit import TierAgent, s3_tier
@@ -34,7 +35,7 @@ async def test_the_tier_agent_works_within_its_own_permissions(s3_server, tmp_pa
     admin = await nats.connect(server.url, nkeys_seed=str(admin_seed))
     try:
         await provision(admin, ProvisionSpec())
-        store = UnitStore(admin)
+        store = UnitStore(admin, cold=fetch)
         # One chunk each, and one of three chunks (read in one batched direct get).
         payloads = [bytes([i]) * (300_000 if i == 0 else 50_000) + b"x" for i in range(5)]
         cids = [(await store.put_bytes(p)).unit.cid for p in payloads]

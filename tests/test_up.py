@@ -199,38 +199,23 @@ async def test_up_is_secured_like_nixos(up, cli, tmp_path):
     assert cli("--json", "status", server=u.url, env={"CIM_DATA_DIR": str(u.data_dir)}).returncode == 0
 
 
-def test_up_says_the_disk_is_full_and_recovers_once_space_is_back(up, cli, tmp_path):
+def test_up_says_the_disk_is_full_and_recovers_once_space_is_back(up, cli, tmp_path, small_disk):
     """A full disk under the data: puts fail and the console says why; once space is freed
     nats-server is restarted and puts work again, with no restart of `cim up` by hand."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"a small filesystem for the full disk needs mount (root): {mounted.stderr.strip()}")
-    try:
-        u = up(disk / "data")
-        wait_until(lambda: "store" in agents(cli, u), 30, what="the store agent to answer cim status")
-        filler = disk / "filler"
-        with filler.open("wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 2**20)
-                    f.flush()
-            except OSError:
-                pass  # the disk is full
-        note = tmp_path / "note.txt"
-        note.write_text("stored once the disk has room again")
-        assert cli("units", "put", note, server=u.url, env=u.env, check=False, timeout=60).returncode != 0
-        wait_until(lambda: "the disk is full" in u.output(), 60, what="cim up to say the disk is full")
+    disk = small_disk(160)
+    u = up(disk.path / "data")
+    wait_until(lambda: "store" in agents(cli, u), 30, what="the store agent to answer cim status")
+    disk.fill()
+    note = tmp_path / "note.txt"
+    note.write_text("stored once the disk has room again")
+    assert cli("units", "put", note, server=u.url, env=u.env, check=False, timeout=60).returncode != 0
+    wait_until(lambda: "the disk is full" in u.output(), 60, what="cim up to say the disk is full")
 
-        filler.unlink()
-        wait_until(lambda: "disk space is back" in u.output(), 60, what="cim up to see the space back")
-        wait_until(lambda: cli("units", "put", note, server=u.url, env=u.env, check=False, timeout=60).returncode == 0,
-                   60, what="a put to work again")
-        u.stop()
-    finally:
-        # Lazily: if the test failed early, `cim up` still runs until the fixture stops it.
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    disk.free_up()
+    wait_until(lambda: "disk space is back" in u.output(), 60, what="cim up to see the space back")
+    wait_until(lambda: cli("units", "put", note, server=u.url, env=u.env, check=False, timeout=60).returncode == 0,
+               60, what="a put to work again")
+    u.stop()
 
 
 def test_the_embedded_archive_says_when_it_shares_the_datas_disk_and_can_move(tmp_path, monkeypatch):

@@ -14,8 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .capabilities import CAPABILITIES
-from .connection import ConnectionSettings
 from .errors import ConfigError
+from .nats.connect import ConnectionSettings
 
 
 class MetricsSettings(BaseModel):

@@ -6,7 +6,7 @@ the tier agent may purge, so a writer's credential can add entries but never rem
 readers and `has` check the bytes and fall back past an entry that does not match them.
 Reads do not use nats-py either: nats-py's `get` grows one bytes object chunk by chunk, quadratic
 in the object size. Here a small object's chunks come in one batched direct get, a larger
-one's are pulled through `jsread`, and they are handed out one by one while being hashed;
+one's are read by `cim.nats.read` (batched direct gets), and they are handed out one by one while being hashed;
 the last chunk is held back until the CID checks out, so a reader never receives
 complete-looking content that is wrong.
 """
@@ -34,10 +34,11 @@ from nats.js.errors import NotFoundError
 
 from . import cid as cidlib
 from .errors import CidMismatch, CimError, JetStreamUnavailable, UnitNotFound
-from .jspublish import publisher_for
-from .jsread import read_stream
+from .nats.api import JsError
+from .nats.publish import publisher_for
+from .nats.read import read_stream
+from .nats.retry import through_elections
 from .provision import CONTENT_BUCKET
-from .retry import through_elections
 
 log = logging.getLogger("cim.content")
 
@@ -90,7 +91,7 @@ class ObjectLocation:
 THREADED_HASH_MIN_CHUNKS = 8
 
 
-class _ThreadedHasher:
+class ThreadedHasher:
     """Hashes chunks in order on a worker thread while the event loop receives the next ones.
 
     hashlib releases the GIL on large buffers, so verification overlaps the network instead
@@ -163,7 +164,7 @@ class ContentStore:
         except Exception as err:
             if getattr(err, "code", None) == 404 or isinstance(err, NotFoundError):
                 return False, None
-            if "stream not found" in str(err).lower():
+            if getattr(err, "err_code", None) == JsError.STREAM_NOT_FOUND:
                 raise JetStreamUnavailable(
                     f"the content bucket {self.bucket} does not exist; run `cim provision` (or `cim up`)"
                 ) from None
@@ -472,7 +473,7 @@ class ContentStore:
 
     async def _read(self, loc: ObjectLocation) -> AsyncIterator[bytes]:
         cid = loc.cid
-        hasher = _ThreadedHasher() if loc.chunks > THREADED_HASH_MIN_CHUNKS else cidlib.Hasher()
+        hasher = ThreadedHasher() if loc.chunks > THREADED_HASH_MIN_CHUNKS else cidlib.Hasher()
         held: bytes | None = None
         try:
             # The first `chunks` messages of the chunk subject, never the last: a writer may
@@ -503,7 +504,7 @@ class ContentStore:
                         yield held
                     held = m.data
         finally:
-            if isinstance(hasher, _ThreadedHasher):
+            if isinstance(hasher, ThreadedHasher):
                 await asyncio.to_thread(hasher.finish)
         actual = hasher.cid()
         if actual != cid or hasher.size != loc.size:

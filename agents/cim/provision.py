@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError, ProvisionError
+from .nats.api import JsError, api, error_code
 
 NS = 1_000_000_000
 EVENTS_STREAM = "CIM_EVENTS"
@@ -330,15 +331,13 @@ def _diff(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[An
 
 
 async def _api(nc: Client, subject: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> dict[str, Any]:
-    payload = json.dumps(body).encode() if body is not None else b""
     try:
-        msg = await nc.request(f"$JS.API.{subject}", payload, timeout=timeout)
+        return await api(nc, subject, body, timeout=timeout)
     except Exception as err:
         raise ProvisionError(
             f"JetStream did not answer {subject}: {err or type(err).__name__}. "
             "Is JetStream enabled on the server, and may this user call the JetStream API?"
         ) from err
-    return json.loads(msg.data)
 
 
 def _api_error(resp: dict[str, Any]) -> dict[str, Any] | None:
@@ -369,8 +368,7 @@ class Provisioner:
     async def _stream(self, kind: str, name: str, wanted: dict[str, Any]) -> Change:
         stream = wanted["name"]
         info = await _api(self.nc, f"STREAM.INFO.{stream}", timeout=self.timeout)
-        err = _api_error(info)
-        if err and err.get("err_code") == 10059:  # stream not found
+        if error_code(info) == JsError.STREAM_NOT_FOUND:
             if self.dry_run:
                 return Change(kind, name, "would-create")
             resp = await _api(self.nc, f"STREAM.CREATE.{stream}", wanted, timeout=self.timeout)
@@ -394,7 +392,7 @@ class Provisioner:
         info = await _api(self.nc, f"CONSUMER.INFO.{c.stream}.{c.name}", timeout=self.timeout)
         err = _api_error(info)
         exists = not err
-        if err and err.get("err_code") not in (10014,):  # 10014: consumer not found
+        if err and error_code(info) != JsError.CONSUMER_NOT_FOUND:
             self._raise(info, f"read consumer {c.stream}/{c.name}")
         diff = _diff(info["config"], wanted) if exists else {}
         diff.pop("name", None)

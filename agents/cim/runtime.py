@@ -32,8 +32,8 @@ from pydantic import BaseModel, ValidationError
 from . import __version__, gc_tuning, logs
 from .capabilities import inbox_prefix
 from .config import AgentConfig
-from .connection import connect
 from .errors import CimError, InvalidInput, NotFound, UnitTooLarge
+from .nats.connect import connect
 from .registry.announce import Heartbeat, capabilities_of
 
 log = logging.getLogger("cim.agent")

@@ -22,10 +22,13 @@ from nats.aio.client import Client
 from . import __version__
 from . import cid as cidlib
 from .content import ContentStore
-from .errors import ConcurrencyConflict, InvalidInput, NotFound, UnitNotFound, UnitTooLarge
+from .errors import ConcurrencyConflict, InvalidInput, NotFound, UnitExpiredError, UnitNotFound, UnitTooLarge
 from .events import Event, EventStore, StoredEvent
 from .unit_fold import UnitFold
 from .units import Unit
+
+# Reads a unit from a colder tier: (connection, the unit's folded state, timeout) -> its bytes.
+ColdReader = Callable[..., AsyncIterator[bytes]]
 
 DEFAULT_MAX_UNIT_SIZE = 1024**3  # 1 GiB; JetStream holds it, colder tiers take larger loads later
 _HASH_BLOCK = 1024 * 1024
@@ -67,8 +70,12 @@ class UnitStore:
         agent_version: str = __version__,
         timeout: float = 5.0,
         report_access: bool = False,
+        cold: ColdReader | None = None,
     ):
         self.nc = nc
+        # What reads a unit whose bytes left the hot tier (cim.tiering.fetch.fetch, which asks
+        # the tier agent); injected, so this module needs nothing of tiering.
+        self.cold = cold
         # Off by default: a report is a publish on cim.tier.access, which an agent's
         # permissions must allow; `cim units get` turns it on for the `idle` policies.
         self.report_access = report_access
@@ -192,20 +199,18 @@ class UnitStore:
         else:
             await self._report_access(cid)
             return
-        # Read-through (the tier capability): the location index, folded from this unit's
-        # events, says where the bytes went; the tier agent, which holds the keys of the
-        # colder tiers, streams them from there, verified by CID on both sides.
-        from .tiering.fetch import fetch
-        from .tiering.locations import for_unit
-
-        where = await for_unit(self.events, cid)
-        if not where.known:
+        # Read-through: the unit's own events, folded, say where the bytes went; the cold
+        # reader (the tier agent, which holds the colder tiers' keys) streams them from there,
+        # verified by CID on both sides.
+        where = UnitFold().apply_all(await self.events.aggregate("unit", cid)).units.get(cid)
+        if where is None or not where.known:
             raise UnitNotFound(cid)
         if where.expired:
-            from .tiering.errors import UnitExpired
-
-            raise UnitExpired(cid, where.expired.get("policy", "?"), where.expired.get("time", "?"))
-        async for chunk in fetch(self.nc, where, timeout=max(self.events.timeout * 6, 30.0)):
+            raise UnitExpiredError(cid, where.expired.get("policy", "?"), where.expired.get("time", "?"))
+        if self.cold is None:
+            raise NotFound(f"the bytes of {cid} are in the {', '.join(sorted(where.tiers)) or 'colder'} tier(s), and this "
+                           "reader has no cold-tier reader (UnitStore(cold=cim.tiering.fetch.fetch) asks the tier agent)")
+        async for chunk in self.cold(self.nc, where, timeout=max(self.events.timeout * 6, 30.0)):
             yield chunk
 
     async def _report_access(self, cid: str) -> None:

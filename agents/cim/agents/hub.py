@@ -27,6 +27,7 @@ from ..hub.tokens import Tokens
 from ..hub.webhooks import CONSUMER, Dispatcher, Webhook, WebhookSettings
 from ..provision import EVENTS_STREAM, ConsumerSpec, KvSpec, ProvisionSpec
 from ..runtime import AgentContext, endpoint
+from ..tiering.fetch import fetch
 from ..unit_store import UnitStore
 
 log = logging.getLogger("cim.hub")
@@ -72,7 +73,7 @@ class Agent:
     def __init__(self, ctx: AgentContext):
         self.ctx = ctx
         self.config: Config = ctx.config  # type: ignore[assignment]
-        self.units = UnitStore(ctx.nc, max_unit_size=self.config.max_body_size, agent=self.config.agent_name)
+        self.units = UnitStore(ctx.nc, max_unit_size=self.config.max_body_size, agent=self.config.agent_name, cold=fetch)
         self.api = HubApi(self.units, Tokens(self.config.tokens_file), max_body_size=self.config.max_body_size,
                           idle_timeout=self.config.idle_timeout)
         self.webhooks = Dispatcher(ctx.nc, [Webhook(w) for w in self.config.webhooks], agent=self.config.agent_name)

@@ -31,6 +31,7 @@ from ..plugins import discover
 from ..provision import EVENTS_STREAM, KvSpec, ProvisionSpec
 from ..registry import NoProvider, negotiate
 from ..runtime import AgentContext, endpoint
+from ..tiering.fetch import fetch
 from ..unit_store import UnitStore
 
 log = logging.getLogger("cim.pipeline")
@@ -80,7 +81,7 @@ class Agent:
         self.ctx = ctx
         self.config: Config = ctx.config  # type: ignore[assignment]
         self.nc = ctx.nc
-        self.units = UnitStore(ctx.nc, agent=self.config.agent_name, timeout=10)
+        self.units = UnitStore(ctx.nc, agent=self.config.agent_name, timeout=10, cold=fetch)
         self.content = ContentStore(ctx.nc, timeout=10)
         self.events = EventStore(ctx.nc, timeout=10)
         self.plugins = discover()

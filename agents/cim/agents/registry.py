@@ -27,7 +27,7 @@ from ..config import AgentConfig
 from ..errors import ConcurrencyConflict, JetStreamUnavailable, NotFound
 from ..events import Event, EventStore
 from ..events.envelope import aggregate_filter
-from ..jsread import read_stream
+from ..nats.read import read_stream
 from ..registry.client import PREFIX, STREAM, is_removal, parse_record, select
 from ..registry.model import (
     STALE_AFTER_BEATS,

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from ..config import AgentConfig
 from ..errors import InvalidInput, UnitTooLarge
 from ..runtime import AgentContext, endpoint
+from ..tiering.fetch import fetch
 from ..unit_store import DEFAULT_MAX_UNIT_SIZE, UnitStore
 from ..units import Unit
 
@@ -71,7 +72,7 @@ class Agent:
     def __init__(self, ctx: AgentContext):
         self.config: Config = ctx.config  # type: ignore[assignment]
         self.units = UnitStore(
-            ctx.nc, max_unit_size=self.config.max_unit_size, agent=self.config.agent_name,
+            ctx.nc, max_unit_size=self.config.max_unit_size, agent=self.config.agent_name, cold=fetch,
         )
 
     @endpoint("put")

@@ -28,7 +28,7 @@ from ..runtime import progress as runtime_progress
 from ..tier_events import TIER_NAME
 from ..tiering.backends import Backend, open_backend
 from ..tiering.backup import Exporter
-from ..tiering.errors import ObjectMissing, TierUnavailable, UnitExpired
+from ..tiering.errors import ObjectMissing, TierUnavailable, UnitExpiredError
 from ..tiering.fetch import FetchServer
 from ..tiering.locations import UNIT_EVENTS, LocationIndex, for_unit
 from ..tiering.migrate import BACKOFF, Migrator, MoveResult
@@ -266,7 +266,7 @@ class Agent:
     # --- last access ----------------------------------------------------------------------
 
     async def _load_access(self) -> None:
-        from ..jsread import read_stream
+        from ..nats.read import read_stream
 
         try:
             async for m in read_stream(self.nc, f"KV_{ACCESS_BUCKET}", [f"$KV.{ACCESS_BUCKET}.>"], resume_for=5):
@@ -301,7 +301,7 @@ class Agent:
         if not u.known:
             raise UnitNotFound(cid)
         if u.expired:
-            raise UnitExpired(cid, u.expired.get("policy", "?"), u.expired.get("time", "?"))
+            raise UnitExpiredError(cid, u.expired.get("policy", "?"), u.expired.get("time", "?"))
         failures: list[str] = []
         unavailable = False  # a tier that may hold it did not answer: an outage, not a loss
         loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ import typer
 from nats.aio.client import Client
 
 from ..errors import CimError, InvalidInput
+from ..nats.api import no_responders
 from ..registry import AgentNotFound, AgentView, NoProvider, Requirement
 from ..registry import client as registry
 from ..registry.query import negotiate as negotiate_views
@@ -29,7 +30,7 @@ async def _ask(nc: Client, endpoint: str, body: dict[str, Any], timeout: float) 
     try:
         msg = await nc.request(f"cim.registry.{endpoint}", json.dumps(body).encode(), timeout=min(timeout, 3.0))
     except Exception as err:  # no responders or no answer: fall back to the bucket
-        if type(err).__name__ in ("NoRespondersError", "TimeoutError") or "no responders" in str(err).lower():
+        if no_responders(err) or isinstance(err, TimeoutError):
             return None
         raise
     headers = msg.headers or {}

@@ -14,8 +14,8 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from nats.aio.client import Client
 
-from ..connection import ConnectionSettings, connect
 from ..errors import CimError
+from ..nats.connect import ConnectionSettings, connect
 
 T = TypeVar("T")
 

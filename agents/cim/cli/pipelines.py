@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..calls import AgentUnavailable, call
 from ..errors import ConfigError
+from ..nats.rpc import AgentUnavailable, call
 from ..pipeline import definitions
 from ..pipeline.dlq import get_letter, list_letters
 from ..pipeline.model import check_plugins, load

@@ -10,6 +10,7 @@ import typer
 from nats.aio.client import Client
 
 from ..errors import InvalidInput, NotFound
+from ..nats.api import no_responders
 from ..runtime import H_PROGRESS
 from ..tiering.errors import TierAgentMissing, TierUnavailable
 from .common import emit, globals_of, nats_connection, run
@@ -46,7 +47,7 @@ async def ask(nc: Client, endpoint: str, body: dict, timeout: float) -> dict:
     try:
         msg = await nc.request(f"cim.tier.{endpoint}", json.dumps(body).encode(), timeout=timeout)
     except Exception as err:
-        if "no responders" in str(err).lower() or type(err).__name__ == "NoRespondersError":
+        if no_responders(err):
             raise _missing() from None
         raise TierUnavailable(f"the tier agent did not answer {endpoint} within {timeout:g}s ({type(err).__name__})") from None
     return _answer(msg, endpoint)

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InvalidInput
+from ..tiering.fetch import fetch
 from ..unit_store import UnitStore, UnitView
 from ..units import Unit
 from .common import emit, fail, globals_of, nats_connection, run
@@ -118,7 +119,7 @@ def get(
 
     async def body() -> None:
         async with nats_connection(g) as nc:
-            store = UnitStore(nc, report_access=True)  # feeds the tier agent's `idle` policies
+            store = UnitStore(nc, report_access=True, cold=fetch)  # access reports feed the tier's `idle` policies
             if output is None:
                 out = sys.stdout.buffer
                 async for chunk in store.get(cid):
@@ -206,7 +207,7 @@ def ls(
 @app.command("related")
 def related(ctx: typer.Context, cid: str = typer.Argument(..., help="the unit's CID")) -> None:
     """Units related to this one: references, derived-from, same source."""
-    from ..calls import call
+    from ..nats.rpc import call
 
     g = globals_of(ctx)
 

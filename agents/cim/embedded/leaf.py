@@ -18,10 +18,10 @@ from pathlib import Path
 
 from ..capabilities import CAPABILITIES, nats_permissions
 from ..config import agent_module
-from ..connection import ConnectionSettings, connect
 from ..disk_full import DiskWatch
 from ..errors import ConfigError, EmbeddedError
 from ..identity import ensure_identities
+from ..nats.connect import ConnectionSettings, connect
 from ..provision import ProvisionSpec, provision
 from .nats_server import NatsServer
 from .procs import ManagedProcess, free_port, port_is_free

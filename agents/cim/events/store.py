@@ -18,14 +18,13 @@ from nats.aio.client import Client
 from nats.js.errors import APIError, NoStreamResponseError
 
 from ..errors import CimError, ConcurrencyConflict, InvalidInput, JetStreamUnavailable, NotFound
-from ..jspublish import publisher_for
-from ..jsread import read_stream
+from ..nats.api import JsError, error_code, no_responders, not_found
+from ..nats.publish import publisher_for
+from ..nats.read import read_stream
+from ..nats.retry import through_elections, transient
 from ..provision import EVENTS_STREAM
-from ..retry import through_elections, transient
 from .envelope import SUBJECT_PREFIX, Event, StoredEvent, aggregate_filter, validated
 
-WRONG_LAST_SEQUENCE = 10071
-BATCH_DUPLICATE_MSG_ID = 10201
 MAX_BATCH = 1000  # the server's limit for one atomic batch
 
 
@@ -59,7 +58,7 @@ class EventStore:
         event = validated(event)
         headers = {**_expect_headers(event, expected_revision), "Nats-Expected-Stream": self.stream}
         payload = event.payload()
-        pub = publisher_for(self.nc)  # a third of nats-py's CPU per append (see cim.jspublish)
+        pub = publisher_for(self.nc)  # a third of nats-py's CPU per append (see cim.nats.publish)
 
         async def publish():
             fut = await pub.publish(event.subject, payload, headers)
@@ -104,7 +103,7 @@ class EventStore:
             try:
                 msg = await self.nc.request(event.subject, event.payload(), headers=headers, timeout=self.timeout)
             except Exception as err:
-                if "no responders" in str(err).lower():
+                if no_responders(err):
                     raise self._no_stream() from None
                 raise JetStreamUnavailable(
                     f"the batch commit got no answer ({type(err).__name__}); its outcome is unknown: "
@@ -114,7 +113,7 @@ class EventStore:
             refused = resp.get("error")
             if refused is None:
                 return Appended(resp["seq"])
-            if refused.get("err_code") == BATCH_DUPLICATE_MSG_ID:
+            if error_code(resp) == JsError.BATCH_DUPLICATE_MSG_ID:
                 return Appended(0, duplicate=True)
             raise self._map(APIError(**{k: refused.get(k) for k in ("code", "err_code", "description")}), batch[0],
                             expected_revision)
@@ -197,7 +196,7 @@ class EventStore:
             )
 
     def _map(self, err: APIError, event: Event, expected_revision: int | None) -> CimError:
-        if err.err_code == WRONG_LAST_SEQUENCE:
+        if err.err_code == JsError.WRONG_LAST_SEQUENCE:
             return ConcurrencyConflict(
                 aggregate_filter(event.type.split(".", 1)[0], event.aggregate_id),
                 expected_revision if expected_revision is not None else -1,
@@ -209,7 +208,7 @@ class EventStore:
         """Why appends got no answer: a missing stream, or one without a leader."""
         try:
             msg = await self.nc.request(f"$JS.API.STREAM.INFO.{self.stream}", b"", timeout=self.timeout)
-            if json.loads(msg.data).get("error", {}).get("err_code") == 10059:
+            if error_code(json.loads(msg.data)) == JsError.STREAM_NOT_FOUND:
                 return self._no_stream()
         except Exception:  # no answer either: the cluster itself is in trouble
             pass
@@ -266,5 +265,4 @@ class EventStore:
 
 
 def _is_not_found(err: BaseException) -> bool:
-    code = getattr(err, "code", None)
-    return code == 404 or type(err).__name__ == "NotFoundError" or "no message found" in str(err).lower()
+    return not_found(err)

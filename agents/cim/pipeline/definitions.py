@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import JetStreamUnavailable, NotFound
 from ..events.envelope import decode_body
-from ..jsread import last_per_subject
+from ..nats.read import last_per_subject
 from .model import PipelineDef
 
 log = logging.getLogger("cim.pipeline")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client
 
 from ..errors import JetStreamUnavailable, NotFound
-from ..jsread import read_stream
+from ..nats.read import read_stream
 from ..provision import DLQ_STREAM
 
 

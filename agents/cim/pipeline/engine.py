@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,10 +30,12 @@ from .. import cid as cidlib
 from ..errors import CimError, ConcurrencyConflict, NotFound, UnitNotFound
 from ..events import Event, EventStore, StoredEvent
 from ..events.envelope import H_MSG_ID, subject_for, validated
-from ..jsfetch import PullFetcher
+from ..nats.api import JsError, api, error_code
+from ..nats.pull import PullFetcher
 from ..pipeline_events import StepRecord, StepsDone
 from ..plugins import Plugins, StepContext
 from ..provision import DLQ_STREAM, EVENTS_STREAM
+from ..tiering.fetch import fetch
 from ..unit_store import UnitStore
 from ..units import Unit
 from .coalesce import CoalescedReads
@@ -88,20 +89,18 @@ async def ensure_consumer(nc: Client, p: PipelineDef) -> None:
         "filter_subjects": p.trigger,
     }
     for action in ("create", "update"):
-        msg = await nc.request(f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.{p.consumer}",
-                               json.dumps({"stream_name": EVENTS_STREAM, "config": config, "action": action}).encode(),
-                               timeout=10)
-        resp = json.loads(msg.data)
-        err = resp.get("error")
-        if not err:
+        if action == "update":
+            # The start policy cannot change in place (the consumer keeps its position): an
+            # update carries the one the consumer has.
+            info = await api(nc, f"CONSUMER.INFO.{EVENTS_STREAM}.{p.consumer}", timeout=10)
+            config["deliver_policy"] = info.get("config", {}).get("deliver_policy", config["deliver_policy"])
+        resp = await api(nc, f"CONSUMER.CREATE.{EVENTS_STREAM}.{p.consumer}",
+                         {"stream_name": EVENTS_STREAM, "config": config, "action": action}, timeout=10)
+        if "error" not in resp:
             return
-        if action == "create" and err.get("err_code") == 10148:  # exists with another config: update it
+        if action == "create" and error_code(resp) == JsError.CONSUMER_ALREADY_EXISTS:  # another config: update it
             continue
-        if err.get("err_code") == 10012 or "deliver policy" in err.get("description", ""):
-            # The start policy cannot change in place; the consumer keeps its position.
-            config["deliver_policy"] = "all"
-            continue
-        raise CimError(f"cannot set up the consumer of pipeline {p.name}: {err.get('description')}")
+        raise CimError(f"cannot set up the consumer of pipeline {p.name}: {resp['error'].get('description')}")
 
 
 class Runner:
@@ -114,7 +113,7 @@ class Runner:
         self.plugins = plugins
         self.agent = agent
         self.events = EventStore(nc, timeout=10)
-        self.units = UnitStore(nc, agent=agent, timeout=10)
+        self.units = UnitStore(nc, agent=agent, timeout=10, cold=fetch)
         self.read = read
         # Small contents the units of a batch ask for together come in one request;
         # whatever that misses is read singly through `read` (tiers, limits, errors).

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..events import StoredEvent
 from ..pipeline_events import step_outputs
-from .text import terms
+from ..text import terms
 
 K1, B = 1.2, 0.75
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from ..capabilities import CAPABILITIES
 from ..errors import NotFound
-from ..jsread import StreamMsg, TooMany, last_per_subject
+from ..nats.read import StreamMsg, TooMany, last_per_subject
 from ..provision import REGISTRY_BUCKET
 from .model import AgentRecord, AgentView, Match, Requirement, now_utc
 from .query import negotiate as _negotiate
@@ -51,9 +51,9 @@ def parse_record(msg: StreamMsg) -> AgentRecord | None:
 async def snapshot(nc: Client, *, timeout: float = 5.0) -> list[StreamMsg]:
     """The last message of every key, in one batched direct get (`multi_last`).
 
-    Not `jsread.read_stream`: that one reads up to the sequence the stream ended at when it
+    Not `cim.nats.read.read_stream`: that one reads up to the sequence the stream ended at when it
     started, and in this bucket that message may expire before it arrives. No consumer
-    either: a reader holds no consumer rights (see `jsread`).
+    either: a reader holds no consumer rights (see `cim.nats.read`).
     """
     # One capability at a time: the server answers at most MAX_AGENTS subjects per request,
     # and an agent that writes too many keys under its own capability spoils only that one.

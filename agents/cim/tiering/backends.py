@@ -27,7 +27,7 @@ from boto3.s3.transfer import TransferConfig
 from nats.aio.client import Client
 
 from .. import cid as cidlib
-from ..content import THREADED_HASH_MIN_CHUNKS, ContentStore, _ThreadedHasher
+from ..content import THREADED_HASH_MIN_CHUNKS, ContentStore, ThreadedHasher
 from ..errors import CidMismatch, CimError, UnitNotFound
 from .errors import ObjectMissing, TierConfigError, TierError, TierUnavailable
 from .urls import TierSpec, read_credentials
@@ -82,7 +82,7 @@ class S3Checksum:
 async def verified(cid: str, size: int | None, chunks: AsyncIterator[bytes], where: str) -> AsyncIterator[bytes]:
     """Pass `chunks` on, hashing them; the last one only once the CID checked out."""
     big = size is not None and size > THREADED_HASH_MIN_CHUNKS * READ_CHUNK
-    hasher = _ThreadedHasher() if big else cidlib.Hasher()
+    hasher = ThreadedHasher() if big else cidlib.Hasher()
     held: bytes | None = None
     try:
         async for chunk in chunks:
@@ -93,7 +93,7 @@ async def verified(cid: str, size: int | None, chunks: AsyncIterator[bytes], whe
                 yield held
             held = chunk
     finally:
-        if isinstance(hasher, _ThreadedHasher):
+        if isinstance(hasher, ThreadedHasher):
             await asyncio.to_thread(hasher.finish)
     actual = hasher.cid()
     if actual != cid or (size is not None and hasher.size != size):
@@ -242,7 +242,7 @@ class JetStreamBackend(Backend):
     async def list(self) -> AsyncIterator[tuple[str, int]]:
         import json
 
-        from ..jsread import read_stream
+        from ..nats.read import read_stream
 
         live: dict[str, int] = {}
         async for m in read_stream(self.nc, self.content.stream, [f"$O.{self.content.bucket}.M.>"]):

@@ -31,7 +31,7 @@ from .. import cid as cidlib
 from ..content import ContentStore
 from ..errors import CimError, JetStreamUnavailable, UnitNotFound
 from ..events import StoredEvent
-from ..jsread import last_seq, read_stream
+from ..nats.read import last_seq, read_stream
 from ..pipeline_events import step_outputs
 from ..provision import EVENTS_STREAM, ProvisionSpec, provision
 from ..unit_fold import HOT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import CimError, InvalidInput, NotFound
+from ..errors import UnitExpiredError as UnitExpiredError  # where the tier's callers look for it
 
 
 class TierError(CimError):
@@ -22,11 +23,6 @@ class ObjectMissing(NotFound):
         self.tier = tier
         self.cid = cid
         super().__init__(f"tier {tier!r} has no object for {cid}")
-
-
-class UnitExpired(NotFound):
-    def __init__(self, cid: str, policy: str, when: str):
-        super().__init__(f"unit {cid} was expired by the retention policy {policy!r} at {when}; its bytes are gone by design")
 
 
 class TierAgentMissing(TierError):

@@ -20,9 +20,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from .. import cid as cidlib
-from ..content import _ThreadedHasher
-from ..errors import CidMismatch, CimError, UnitNotFound
-from .errors import TierAgentMissing, TierUnavailable, UnitExpired
+from ..content import ThreadedHasher
+from ..errors import CidMismatch, CimError, NotFound, UnitNotFound
+from .errors import TierAgentMissing, TierUnavailable, UnitExpiredError
 from .locations import UnitLocation
 
 log = logging.getLogger("cim.tier.fetch")
@@ -119,9 +119,9 @@ class FetchServer:
 def _kind_of(err: BaseException) -> str:
     if isinstance(err, CidMismatch):
         return "cid-mismatch"
-    if isinstance(err, UnitExpired):
+    if isinstance(err, UnitExpiredError):
         return "expired"
-    if isinstance(err, UnitNotFound) or type(err).__name__ in ("NotFound", "ObjectMissing"):
+    if isinstance(err, NotFound):  # UnitNotFound and a tier's ObjectMissing are NotFounds
         return "not-found"
     if isinstance(err, TierUnavailable):
         return "unavailable"
@@ -144,7 +144,7 @@ async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncI
         queue.put_nowait(m)
 
     sub = await nc.subscribe(inbox, cb=on_msg)
-    hasher = _ThreadedHasher() if u.size > 8 * CHUNK else cidlib.Hasher()
+    hasher = ThreadedHasher() if u.size > 8 * CHUNK else cidlib.Hasher()
     held: bytes | None = None
     expected_seq = 1
     try:
@@ -193,7 +193,7 @@ async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncI
                 raise _error_from(cid, h)
             break  # end
     finally:
-        if isinstance(hasher, _ThreadedHasher):
+        if isinstance(hasher, ThreadedHasher):
             await asyncio.to_thread(hasher.finish)
         await sub.unsubscribe()
     actual = hasher.cid()

@@ -22,6 +22,7 @@ from nats.aio.client import Client
 
 from ..content import ContentStore
 from ..errors import CimError, InvalidInput, NotFound
+from ..tiering.fetch import fetch
 from ..unit_fold import HOT, UnitFold
 from ..unit_store import UnitStore
 from . import data, plots
@@ -42,7 +43,7 @@ class Dashboard:
         self.nc = nc
         self.auth = auth
         self.projection = projection
-        self.units = UnitStore(nc, agent=agent)
+        self.units = UnitStore(nc, agent=agent, cold=fetch)
         self.content = ContentStore(nc)
         self.max_upload = max_upload
         self.stopping = stopping

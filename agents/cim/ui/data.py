@@ -13,10 +13,11 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from ..cli.status import gather_status
-from ..discovery import discover
-from ..jsread import read_stream
+from ..nats.api import no_responders
+from ..nats.discovery import discover
+from ..nats.read import read_stream
 from ..provision import DLQ_STREAM
+from ..status import gather_status
 
 
 @dataclass
@@ -29,10 +30,9 @@ async def call(nc: Client, subject: str, body: dict | None = None, timeout: floa
     try:
         msg = await nc.request(subject, json.dumps(body or {}).encode(), timeout=timeout)
     except Exception as err:
-        name = type(err).__name__
-        if "NoResponders" in name or "no responders" in str(err).lower():
+        if no_responders(err):
             return Missing(f"no agent answers {subject}: it is not running")
-        return Missing(f"{subject} did not answer ({name})")
+        return Missing(f"{subject} did not answer ({type(err).__name__})")
     headers = msg.headers or {}
     if "Nats-Service-Error-Code" in headers:
         return Missing(f"{headers.get('Nats-Service-Error', 'error')} (code {headers['Nats-Service-Error-Code']})")

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..events import EventStore, StoredEvent
-from ..jsread import last_seq
+from ..nats.read import last_seq
 from ..provision import EVENTS_STREAM
 from ..unit_fold import UnitFold
 

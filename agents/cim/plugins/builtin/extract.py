@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 from pydantic import BaseModel, ConfigDict, Field
 
 from ... import __version__
-from ...pipeline.text import words
+from ...text import words
 from .. import Plugin, StepContext, StepOutput
 
 

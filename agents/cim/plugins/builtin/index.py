@@ -7,7 +7,7 @@ can always be rebuilt by replaying the event stream.
 from __future__ import annotations
 
 from ... import __version__
-from ...pipeline.text import terms
+from ...text import terms
 from .. import Plugin, StepContext, StepOutput
 
 

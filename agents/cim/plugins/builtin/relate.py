@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ... import __version__
-from ...pipeline.text import CID_REF
+from ...text import CID_REF
 from .. import Plugin, StepContext, StepOutput
 
 

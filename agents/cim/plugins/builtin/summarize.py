@@ -7,7 +7,7 @@ from collections import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from ... import __version__
-from ...pipeline.text import sentences, terms
+from ...text import sentences, terms
 from .. import Plugin, StepContext, StepOutput
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 
-from .errors import CimError, InvalidInput, NotFound
+from ..errors import CimError, InvalidInput, NotFound
 
 
 class AgentUnavailable(CimError):

@@ -18,8 +18,8 @@ import nats
 from nats.aio.client import Client
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from . import header_parsing
-from .errors import ConnectionFailed
+from ..errors import ConnectionFailed
+from . import headers as header_parsing
 
 log = logging.getLogger("cim.connection")
 

@@ -1,4 +1,4 @@
-"""Pipelined JetStream publishes with headers: the write side of `jsread`.
+"""Pipelined JetStream publishes with headers: the write side of `cim.nats.read`.
 
 nats-py's `publish_async` spends about 30 µs of CPU on each message that carries our dozen
 CloudEvents headers (it re-validates and re-encodes every header, draws random bytes for

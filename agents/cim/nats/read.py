@@ -23,12 +23,14 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from .errors import JetStreamUnavailable
-from .jspublish import publisher_for
+from ..errors import JetStreamUnavailable
+from .api import JsError, api, error_code
+from .publish import publisher_for
 
 log = logging.getLogger("cim.jsread")
 NS = 1_000_000_000
@@ -64,7 +66,7 @@ async def last_seq(nc: Client, stream: str, subjects: list[str] | None, timeout:
         resp = await _api(nc, f"STREAM.MSG.GET.{stream}", {"last_by_subj": subject}, timeout)
         err = resp.get("error")
         if err:
-            if err.get("err_code") == 10059:
+            if error_code(resp) == JsError.STREAM_NOT_FOUND:
                 raise JetStreamUnavailable(f"stream {stream} does not exist; run `cim provision` (or `cim up`) first")
             if err.get("code") == 404:
                 continue
@@ -91,9 +93,9 @@ class _Gone(Exception):
     """The consumer is gone; recreate it after the last delivered sequence."""
 
 
-async def _api(nc: Client, subject: str, body: dict | None, timeout: float) -> dict:
-    msg = await nc.request(f"$JS.API.{subject}", json.dumps(body or {}).encode(), timeout=timeout)
-    return json.loads(msg.data)
+async def _api(nc: Client, subject: str, body: dict | None, timeout: float) -> dict[str, Any]:
+    return await api(nc, subject, body or {}, timeout=timeout)
+
 
 
 async def read_stream(
@@ -334,7 +336,7 @@ async def _stream_last(nc: Client, stream: str, timeout: float) -> int:
 
 
 def _missing_or_gone(stream: str, err: dict) -> Exception:
-    if err.get("err_code") == 10059:
+    if err.get("err_code") == JsError.STREAM_NOT_FOUND:
         return JetStreamUnavailable(f"stream {stream} does not exist; run `cim provision` (or `cim up`) first")
     return _Gone(f"cannot read {stream}: {err.get('description')}")
 

@@ -24,8 +24,8 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from .errors import JetStreamUnavailable
-from .jsread import status_of
+from ..errors import JetStreamUnavailable
+from .read import status_of
 
 NS = 1_000_000_000
 
