@@ -27,12 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from cim.cid import compute
 from cim.embedded.nats_server import NatsServer
-from cim.embedded.procs import async_wait_until, free_port
+from cim.embedded.procs import free_port
 from cim.events import Event, EventStore
 from cim.provision import ProvisionSpec, StreamSpec, provision
 from cim.ui.auth import hash_password
-from hub_support import TOKEN, Hub
-from ui_support import PASSWORD, Agent, http_ok
+from support.hub_support import TOKEN, Hub
+from support.ui_support import PASSWORD, Agent, http_ok
+from support.waiting import async_wait_until
 
 CLIENTS = 16
 SIZE = 4096

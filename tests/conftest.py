@@ -16,9 +16,9 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from agentkit import AgentProcess
 from cim.embedded.nats_server import NatsCluster, NatsServer
 from cim.embedded.s3_server import S3Server
+from support.agentkit import AgentProcess
 
 # Markers follow from the fixtures a test uses, so `-m "not cluster"` works without decorating.
 _MARKERS = {

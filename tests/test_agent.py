@@ -11,9 +11,10 @@ import nats
 import pytest
 
 from cim import cid
-from cim.embedded.procs import async_wait_until, free_port
+from cim.embedded.procs import free_port
 from cim.nats.discovery import discover
 from cim.provision import ProvisionSpec, provision
+from support.waiting import async_wait_until
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import signal
 import subprocess
 import time
 
-from cim.embedded.procs import async_wait_until
 from cim.provision import ProvisionSpec, provision
 from cim.unit_store import UnitStore
-from pipeline_support import install_plugins
+from support.pipeline_support import install_plugins
+from support.waiting import async_wait_until
 
 STOP_BOUND = 60  # seconds: under systemd's default TimeoutStopSec of 90
 

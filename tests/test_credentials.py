@@ -9,9 +9,9 @@ import nats
 import pytest
 
 from cim.capabilities import CAPABILITIES, inbox_prefix, permissions
-from cim.embedded.procs import async_wait_until
 from cim.hub.webhooks import subject_matches  # NATS subject matching: `*` one token, `>` the rest
 from cim.provision import ProvisionSpec, provision
+from support.waiting import async_wait_until
 
 CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 HUB = "cim-hub-webhooks"  # the hub's durable consumer

@@ -10,13 +10,13 @@ import nats
 
 from cim import cid as cidlib
 from cim.capabilities import CAPABILITIES, event_subject, inbox_prefix, may_write
-from cim.embedded.procs import async_wait_until
 from cim.events import Event, StoredEvent
 from cim.events.envelope import validated
 from cim.events.types import known_types
 from cim.provision import ProvisionSpec, provision
 from cim.tiering.locations import LocationIndex
 from cim.units import Unit
+from support.waiting import async_wait_until
 
 
 async def test_every_credential_may_append_exactly_its_own_event_types(secured_nats):
@@ -114,7 +114,7 @@ async def test_a_forged_type_header_is_not_believed(secured_nats):
 async def test_a_caller_cannot_make_the_tier_agent_publish_where_it_names(secured_nats, tmp_path):
     """Progress goes back on the request's own reply subject: a body naming an event subject
     (which the tier's credential may write) is refused, and nothing is published there."""
-    from tierkit import TierAgent
+    from support.tierkit import TierAgent
 
     server, seeds = secured_nats("tier", "ui")
     admin = await nats.connect(server.url, nkeys_seed=str(seeds["admin"]))

@@ -8,12 +8,12 @@ import nats
 import pytest
 
 from cim import cid
-from cim.embedded.procs import async_wait_until
 from cim.errors import ConcurrencyConflict, InvalidInput, JetStreamUnavailable, UnknownEventType
 from cim.events import Event, EventStore
 from cim.events.store import Appended
 from cim.nats.publish import publisher_for
 from cim.provision import ProvisionSpec, provision
+from support.waiting import async_wait_until
 
 
 @pytest.fixture

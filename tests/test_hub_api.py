@@ -10,7 +10,7 @@ yaml = pytest.importorskip("yaml", reason="the OpenAPI checks need PyYAML")
 from cim import cid as cidlib  # noqa: E402
 from cim.provision import ProvisionSpec, provision  # noqa: E402
 from cim.unit_store import UnitStore  # noqa: E402
-from hub_support import LIMITED, TOKEN, Hub  # noqa: E402
+from support.hub_support import LIMITED, TOKEN, Hub  # noqa: E402
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -136,7 +136,7 @@ async def test_a_token_file_that_turns_invalid_refuses_every_token_until_it_is_f
     tokens.write_text('{"tokens": [{"name": "ci"}]}')  # no token: invalid
     status, body, _ = await post(hub.url, data=b"while broken", headers=AUTH)
     assert status == 401, body
-    from hub_support import write_tokens
+    from support.hub_support import write_tokens
 
     write_tokens(tokens)
     status, _, _ = await post(hub.url, data=b"after the fix", headers=AUTH)

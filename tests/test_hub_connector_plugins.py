@@ -9,14 +9,15 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="the hub needs aiohttp")
 
-from agentkit import AgentProcess
 from cim.content import ContentStore
-from cim.embedded.procs import async_wait_until, wait_until
+from cim.embedded.procs import wait_until
 from cim.nats.rpc import call
 from cim.provision import ProvisionSpec, provision
 from cim.unit_store import UnitStore
-from hub_support import TOKEN, Hub, write_tokens
-from pipeline_support import count, events_on, install_plugins
+from support.agentkit import AgentProcess
+from support.hub_support import TOKEN, Hub, write_tokens
+from support.pipeline_support import count, events_on, install_plugins
+from support.waiting import async_wait_until
 
 
 @pytest.fixture(scope="module")

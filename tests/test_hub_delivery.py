@@ -9,12 +9,13 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp", reason="the hub needs aiohttp")
 from aiohttp import web  # noqa: E402
 
-from cim.embedded.procs import async_wait_until, free_port  # noqa: E402
+from cim.embedded.procs import free_port  # noqa: E402
 from cim.hub.webhooks import verify  # noqa: E402
 from cim.nats.read import read_stream  # noqa: E402
 from cim.provision import ProvisionSpec, provision  # noqa: E402
 from cim.unit_store import UnitStore  # noqa: E402
-from hub_support import Hub  # noqa: E402
+from support.hub_support import Hub  # noqa: E402
+from support.waiting import async_wait_until  # noqa: E402
 
 SECRET = b"shared-webhook-secret"
 

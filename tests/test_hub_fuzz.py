@@ -12,7 +12,7 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance  # noqa: E402
 
 from cim.provision import ProvisionSpec, provision  # noqa: E402
-from hub_support import TOKEN, Hub  # noqa: E402
+from support.hub_support import TOKEN, Hub  # noqa: E402
 
 
 async def test_fuzzed_requests_get_documented_answers_and_never_a_500(nats_server, nc, tmp_path):

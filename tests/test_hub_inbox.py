@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="the hub needs aiohttp")
 
-from cim.embedded.procs import async_wait_until
 from cim.provision import ProvisionSpec, provision
 from cim.unit_store import UnitStore
-from hub_support import Hub
+from support.hub_support import Hub
+from support.waiting import async_wait_until
 
 
 def _hub(nats_server, tmp_path, inbox, **settings) -> Hub:

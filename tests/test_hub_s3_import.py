@@ -4,10 +4,10 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="the hub needs aiohttp")
 
-from cim.embedded.procs import async_wait_until
 from cim.provision import ProvisionSpec, provision
 from cim.unit_store import UnitStore
-from hub_support import Hub
+from support.hub_support import Hub
+from support.waiting import async_wait_until
 
 
 async def test_a_periodic_import_takes_new_and_changed_objects_once_each(nats_server, nc, s3_server, tmp_path):

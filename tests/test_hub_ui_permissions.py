@@ -10,10 +10,11 @@ import pytest
 
 aiohttp = pytest.importorskip("aiohttp", reason="the hub and UI need aiohttp")
 
-from cim.embedded.procs import async_wait_until, free_port  # noqa: E402
+from cim.embedded.procs import free_port  # noqa: E402
 from cim.ui.auth import hash_password  # noqa: E402
-from hub_support import TOKEN, Hub  # noqa: E402
-from ui_support import PASSWORD, Agent, http_ok  # noqa: E402
+from support.hub_support import TOKEN, Hub  # noqa: E402
+from support.ui_support import PASSWORD, Agent, http_ok  # noqa: E402
+from support.waiting import async_wait_until  # noqa: E402
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import asyncio
 import nats
 import pytest
 
-from cim.embedded.procs import async_wait_until
 from cim.errors import JetStreamUnavailable
 from cim.nats.pull import PullFetcher
 from cim.provision import ProvisionSpec, StreamSpec, provision
+from support.waiting import async_wait_until
 
 STREAM = "FETCHES"
 

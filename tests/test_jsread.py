@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cim.embedded.procs import async_wait_until
 from cim.nats.read import read_stream
 from cim.provision import ProvisionSpec, StreamSpec, provision
+from support.waiting import async_wait_until
 
 STREAM = "READS"
 

@@ -19,7 +19,7 @@ Rule = tuple[Callable[[str], bool], Callable[[str], bool], str]  # importer, imp
 RULES: list[Rule] = [
     (lambda m: m.startswith("cim.nats"), lambda t: not t.startswith(("cim.nats", "cim.errors")),
      "the transport layer knows nothing of CIM but its errors"),
-    (lambda m: m in ("cim.errors", "cim.cid", "cim.json_depth", "cim.text"), lambda t: t != "cim.errors",
+    (lambda m: m in ("cim.errors", "cim.cid", "cim.json_depth", "cim.text", "cim.names"), lambda t: t != "cim.errors",
      "leaf modules import no other CIM module"),
     (lambda m: m.startswith(CORE), lambda t: t.startswith(HIGH),
      "the core never reaches up into a capability, the CLI or the UI"),

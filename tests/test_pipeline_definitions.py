@@ -48,7 +48,7 @@ def test_a_file_nested_too_deep_or_too_large_is_refused_without_a_traceback(cli,
 
 async def test_apply_asks_the_pipeline_agent_which_plugins_it_has(nc, nats_server, agent_process, cli, tmp_path):
     """A plugin installed only where the agent runs is accepted; one it lacks is refused."""
-    from pipeline_support import install_plugins
+    from support.pipeline_support import install_plugins
 
     await provision(nc, ProvisionSpec())
     site = install_plugins(tmp_path / "site", "cim-example-plugin")

@@ -4,11 +4,11 @@ import json
 
 import nats
 
-from cim.embedded.procs import async_wait_until
 from cim.nats.rpc import call
 from cim.provision import ProvisionSpec, provision
 from cim.unit_store import UnitStore
-from pipeline_support import count
+from support.pipeline_support import count
+from support.waiting import async_wait_until
 
 
 async def test_the_pipeline_agent_works_within_its_own_permissions(secured_nats, agent_process, cli, tmp_path):

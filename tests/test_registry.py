@@ -13,11 +13,12 @@ import pytest
 
 from cim import __version__
 from cim.capabilities import inbox_prefix
-from cim.embedded.procs import async_wait_until, wait_until
+from cim.embedded.procs import wait_until
 from cim.events import EventStore
 from cim.provision import KvSpec, ProvisionSpec, provision
 from cim.registry import NoProvider, Requirement, find_providers, list_agents, negotiate
 from cim.registry.announce import Heartbeat
+from support.waiting import async_wait_until
 
 TTL = 3.0  # the test bucket's TTL: a SIGKILLed agent's record expires after this
 BEAT = 0.3

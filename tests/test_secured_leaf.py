@@ -12,8 +12,9 @@ import pytest
 
 from cim.capabilities import inbox_prefix
 from cim.cli.keys import new_user_seed, public_key_of
-from cim.embedded.procs import async_wait_until, wait_until
+from cim.embedded.procs import wait_until
 from cim.nats.discovery import discover
+from support.waiting import async_wait_until
 
 
 def seed_file(dir, name):

@@ -9,7 +9,7 @@ import json
 from cim.content import ContentStore
 from cim.tiering.fetch import fetch
 from cim.unit_store import UnitStore
-from tierkit import TierAgent, count_events, mixed_sizes, provisioned, s3_tier
+from support.tierkit import TierAgent, count_events, mixed_sizes, provisioned, s3_tier
 
 
 async def read_all(store: UnitStore, cid: str) -> bytes:

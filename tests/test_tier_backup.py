@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 from cim.embedded.nats_server import NatsServer
-from cim.embedded.procs import async_wait_until
 from cim.nats.rpc import call
 from cim.tiering.fetch import fetch
 from cim.unit_store import UnitStore
-from pipeline_support import count
-from tierkit import TierAgent, mixed_sizes, provisioned, s3_tier
+from support.pipeline_support import count
+from support.tierkit import TierAgent, mixed_sizes, provisioned, s3_tier
+from support.waiting import async_wait_until
 
 TEXTS = {  # indexed by the default pipeline; one of them moves to warm
     "solar.txt": (b"Solar panels turn sunlight into electricity.", "new"),

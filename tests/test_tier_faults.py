@@ -8,10 +8,11 @@ import json
 import random
 
 from cim.content import ContentStore
-from cim.embedded.procs import async_wait_until, free_port
+from cim.embedded.procs import free_port
 from cim.tiering.fetch import fetch
 from cim.unit_store import UnitStore
-from tierkit import TierAgent, count_events, mixed_sizes, provisioned, s3_tier
+from support.tierkit import TierAgent, count_events, mixed_sizes, provisioned, s3_tier
+from support.waiting import async_wait_until
 
 
 async def read_all(store: UnitStore, cid: str) -> bytes:

@@ -12,7 +12,7 @@ from cim.tiering.migrate import Migrator
 from cim.tiering.policies import Policy
 from cim.tiering.urls import TierSpec
 from cim.unit_store import UnitStore
-from tierkit import count_events, provisioned, s3_tier
+from support.tierkit import count_events, provisioned, s3_tier
 
 
 async def test_a_move_planned_from_a_stale_index_is_redone_from_the_events_and_recorded_once(

@@ -7,10 +7,10 @@ import asyncio
 import json
 
 from cim.content import ContentStore
-from cim.embedded.procs import async_wait_until
 from cim.tiering.fetch import fetch
 from cim.unit_store import UnitStore
-from tierkit import TierAgent, provisioned, s3_tier
+from support.tierkit import TierAgent, provisioned, s3_tier
+from support.waiting import async_wait_until
 
 
 def _units_per_tier(cli) -> dict[str, int]:

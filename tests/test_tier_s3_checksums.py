@@ -17,7 +17,7 @@ from cim import cid as cidlib
 from cim.errors import CidMismatch
 from cim.tiering.backends import S3Backend, verified
 from cim.tiering.urls import TierSpec
-from tierkit import s3_tier
+from support.tierkit import s3_tier
 
 MiB = 1024**2
 

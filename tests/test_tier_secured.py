@@ -10,12 +10,12 @@ import nats
 
 from cim.capabilities import nats_permissions
 from cim.embedded.nats_server import NatsServer
-from cim.embedded.procs import async_wait_until
 from cim.provision import ProvisionSpec, provision
 from cim.tiering.fetch import fetch
 from cim.unit_store import UnitStore
+from support.tierkit import TierAgent, s3_tier
+from support.waiting import async_wait_until
 from test_secured_leaf import seed_file
-from tierkit import TierAgent, s3_tier
 
 
 async def test_the_tier_agent_works_within_its_own_permissions(s3_server, tmp_path, cli):

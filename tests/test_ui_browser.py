@@ -15,10 +15,11 @@ if not os.path.exists(CHROMIUM):
 
 from aiohttp import web  # noqa: E402
 
-from cim.embedded.procs import async_wait_until, free_port  # noqa: E402
+from cim.embedded.procs import free_port  # noqa: E402
 from cim.hub.webhooks import verify  # noqa: E402
-from hub_support import TOKEN  # noqa: E402
-from ui_support import PASSWORD, Stack  # noqa: E402
+from support.hub_support import TOKEN  # noqa: E402
+from support.ui_support import PASSWORD, Stack  # noqa: E402
+from support.waiting import async_wait_until  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -175,8 +176,8 @@ async def test_a_pipeline_dead_letter_is_retried_from_the_pipelines_page_once_th
     import sys
     import urllib.request
 
-    from agentkit import AgentProcess
-    from pipeline_support import install_plugins
+    from support.agentkit import AgentProcess
+    from support.pipeline_support import install_plugins
 
     # A pipeline agent with a third-party step that refuses "POISON".
     site = install_plugins(tmp_path / "site", "cim-example-plugin")

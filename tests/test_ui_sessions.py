@@ -13,7 +13,7 @@ from yarl import URL
 aiohttp = pytest.importorskip("aiohttp", reason="the UI needs aiohttp")
 
 from cim.ui.auth import hash_password  # noqa: E402
-from ui_support import PASSWORD, Stack  # noqa: E402
+from support.ui_support import PASSWORD, Stack  # noqa: E402
 
 
 @pytest.fixture

@@ -34,11 +34,11 @@ from nats.js.errors import NotFoundError
 
 from . import cid as cidlib
 from .errors import CidMismatch, CimError, JetStreamUnavailable, UnitNotFound
+from .names import CONTENT_BUCKET
 from .nats.api import JsError
 from .nats.publish import publisher_for
 from .nats.read import read_stream
 from .nats.retry import through_elections
-from .provision import CONTENT_BUCKET
 
 log = logging.getLogger("cim.content")
 

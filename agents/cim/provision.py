@@ -16,13 +16,10 @@ from nats.aio.client import Client
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError, ProvisionError
+from .names import CONTENT_BUCKET, DLQ_STREAM, EVENTS_STREAM, REGISTRY_BUCKET
 from .nats.api import JsError, api, error_code
 
 NS = 1_000_000_000
-EVENTS_STREAM = "CIM_EVENTS"
-DLQ_STREAM = "CIM_DLQ"
-CONTENT_BUCKET = "CIM_CONTENT"
-REGISTRY_BUCKET = "CIM_REGISTRY"
 
 _NAME = r"^[A-Za-z0-9_-]+$"
 

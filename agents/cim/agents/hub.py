@@ -25,7 +25,8 @@ from ..hub.connectors import STATE_BUCKET, ConnectorConfig, ConnectorContext, bu
 from ..hub.http_api import HubApi
 from ..hub.tokens import Tokens
 from ..hub.webhooks import CONSUMER, Dispatcher, Webhook, WebhookSettings
-from ..provision import EVENTS_STREAM, ConsumerSpec, KvSpec, ProvisionSpec
+from ..names import EVENTS_STREAM
+from ..provision import ConsumerSpec, KvSpec, ProvisionSpec
 from ..runtime import AgentContext, endpoint
 from ..tiering.fetch import fetch
 from ..unit_store import UnitStore

@@ -21,6 +21,7 @@ from ..config import AgentConfig
 from ..content import ContentStore
 from ..errors import CimError, ConfigError, InvalidInput, NotFound
 from ..events import Event, EventStore, StoredEvent
+from ..names import EVENTS_STREAM
 from ..pipeline import definitions
 from ..pipeline.dlq import delete_letter, get_letter
 from ..pipeline.engine import RECORDS, Runner
@@ -28,7 +29,7 @@ from ..pipeline.graph import RelationGraph
 from ..pipeline.model import PipelineDef, check_plugins, default_pipelines
 from ..pipeline.search import SearchIndex
 from ..plugins import discover
-from ..provision import EVENTS_STREAM, KvSpec, ProvisionSpec
+from ..provision import KvSpec, ProvisionSpec
 from ..registry import NoProvider, negotiate
 from ..runtime import AgentContext, endpoint
 from ..tiering.fetch import fetch

@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..config import AgentConfig
 from ..errors import CimError, UnitNotFound
 from ..events import EventStore
-from ..provision import CONTENT_BUCKET, KvSpec, ProvisionSpec
+from ..names import CONTENT_BUCKET, TIER_ACCESS_BUCKET
+from ..provision import KvSpec, ProvisionSpec
 from ..runtime import AgentContext, endpoint
 from ..runtime import progress as runtime_progress
 from ..tier_events import TIER_NAME
@@ -38,7 +39,7 @@ from ..unit_fold import HOT
 
 log = logging.getLogger("cim.tier")
 
-ACCESS_BUCKET = "CIM_TIER_ACCESS"
+ACCESS_BUCKET = TIER_ACCESS_BUCKET
 ACCESS_SUBJECT = "cim.tier.access"
 HOT_SPEC = TierSpec(name=HOT, url=f"jetstream://{CONTENT_BUCKET}")
 

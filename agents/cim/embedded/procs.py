@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import abc
-import asyncio
 import atexit
-import inspect
 import os
 import shutil
 import signal
@@ -14,7 +12,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
@@ -96,25 +94,6 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise EmbeddedError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
-
-
-async def async_wait_until(
-    predicate: Callable[[], object | Awaitable[object]],
-    timeout: float,
-    interval: float = 0.05,
-    what: str = "condition",
-) -> object:
-    """`wait_until` for the event loop; `predicate` may be a coroutine function or a plain one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise EmbeddedError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def find_binary(name: str, package_hint: str) -> str:

@@ -18,11 +18,11 @@ from nats.aio.client import Client
 from nats.js.errors import APIError, NoStreamResponseError
 
 from ..errors import CimError, ConcurrencyConflict, InvalidInput, JetStreamUnavailable, NotFound
+from ..names import EVENTS_STREAM
 from ..nats.api import JsError, error_code, no_responders, not_found
 from ..nats.publish import publisher_for
 from ..nats.read import read_stream
 from ..nats.retry import through_elections, transient
-from ..provision import EVENTS_STREAM
 from .envelope import SUBJECT_PREFIX, Event, StoredEvent, aggregate_filter, validated
 
 MAX_BATCH = 1000  # the server's limit for one atomic batch

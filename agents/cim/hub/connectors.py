@@ -24,11 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ConfigError
 from ..events import Event, EventStore
+from ..names import HUB_BUCKET
 from ..plugins import Plugin, discover
 from ..unit_store import UnitStore
 
 KIND = "connector"
-STATE_BUCKET = "CIM_HUB"
+STATE_BUCKET = HUB_BUCKET
 
 
 class ConnectorConfig(BaseModel):

@@ -28,7 +28,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from ..events import Event, EventStore, StoredEvent
-from ..provision import DLQ_STREAM, EVENTS_STREAM
+from ..names import DLQ_STREAM, EVENTS_STREAM
 
 log = logging.getLogger("cim.hub.webhooks")
 

@@ -16,11 +16,12 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import JetStreamUnavailable, NotFound
 from ..events.envelope import decode_body
+from ..names import PIPELINES_BUCKET
 from ..nats.read import last_per_subject
 from .model import PipelineDef
 
 log = logging.getLogger("cim.pipeline")
-BUCKET = "CIM_PIPELINES"
+BUCKET = PIPELINES_BUCKET
 MAX_PIPELINES = 1024  # the server's multi_last limit
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from nats.aio.client import Client
 
 from ..errors import JetStreamUnavailable, NotFound
+from ..names import DLQ_STREAM
 from ..nats.read import read_stream
-from ..provision import DLQ_STREAM
 
 
 @dataclass

@@ -30,11 +30,11 @@ from .. import cid as cidlib
 from ..errors import CimError, ConcurrencyConflict, NotFound, UnitNotFound
 from ..events import Event, EventStore, StoredEvent
 from ..events.envelope import H_MSG_ID, subject_for, validated
+from ..names import DLQ_STREAM, EVENTS_STREAM
 from ..nats.api import JsError, api, error_code
 from ..nats.pull import PullFetcher
 from ..pipeline_events import StepRecord, StepsDone
 from ..plugins import Plugins, StepContext
-from ..provision import DLQ_STREAM, EVENTS_STREAM
 from ..tiering.fetch import fetch
 from ..unit_store import UnitStore
 from ..units import Unit

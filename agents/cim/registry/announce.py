@@ -20,7 +20,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from ..provision import REGISTRY_BUCKET
+from ..names import REGISTRY_BUCKET
 from .model import AgentRecord
 
 log = logging.getLogger("cim.registry.announce")

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from ..capabilities import CAPABILITIES
 from ..errors import NotFound
+from ..names import REGISTRY_BUCKET
 from ..nats.read import StreamMsg, TooMany, last_per_subject
-from ..provision import REGISTRY_BUCKET
 from .model import AgentRecord, AgentView, Match, Requirement, now_utc
 from .query import negotiate as _negotiate
 from .query import providers as _providers

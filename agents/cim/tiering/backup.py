@@ -31,9 +31,10 @@ from .. import cid as cidlib
 from ..content import ContentStore
 from ..errors import CimError, JetStreamUnavailable, UnitNotFound
 from ..events import StoredEvent
+from ..names import EVENTS_STREAM
 from ..nats.read import last_seq, read_stream
 from ..pipeline_events import step_outputs
-from ..provision import EVENTS_STREAM, ProvisionSpec, provision
+from ..provision import ProvisionSpec, provision
 from ..unit_fold import HOT
 from .backends import Backend
 from .errors import ObjectMissing, TierError

@@ -22,6 +22,7 @@ from nats.aio.client import Client
 
 from ..content import ContentStore
 from ..errors import CimError, InvalidInput, NotFound
+from ..names import CONTENT_BUCKET
 from ..tiering.fetch import fetch
 from ..unit_fold import HOT, UnitFold
 from ..unit_store import UnitStore
@@ -164,7 +165,7 @@ class Dashboard:
         agents, storage = await asyncio.gather(data.agents(self.nc), data.storage(self.nc))
         tiers = self.projection.tier_bytes()
         if not tiers and not isinstance(storage, data.Missing):
-            content = next((b for b in storage["buckets"] if b["name"] == "CIM_CONTENT"), None)
+            content = next((b for b in storage["buckets"] if b["name"] == CONTENT_BUCKET), None)
             tiers = {"jetstream (CIM_CONTENT)": content["bytes"]} if content else {}
         return self.render(
             request, "overview.html", agents=agents, storage=storage,

@@ -13,10 +13,10 @@ from typing import Any
 
 from nats.aio.client import Client
 
+from ..names import DLQ_STREAM
 from ..nats.api import no_responders
 from ..nats.discovery import discover
 from ..nats.read import read_stream
-from ..provision import DLQ_STREAM
 from ..status import gather_status
 
 

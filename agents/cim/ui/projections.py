@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..events import EventStore, StoredEvent
+from ..names import EVENTS_STREAM
 from ..nats.read import last_seq
-from ..provision import EVENTS_STREAM
 from ..unit_fold import UnitFold
 
 log = logging.getLogger("cim.ui.projection")

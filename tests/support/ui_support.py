@@ -7,11 +7,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from agentkit import AgentProcess
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.procs import free_port, wait_until
 from cim.ui.auth import hash_password
-from hub_support import Hub
+from support.agentkit import AgentProcess
+from support.hub_support import Hub
 
 PASSWORD = "correct horse battery"
 

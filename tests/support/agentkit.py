@@ -35,8 +35,8 @@ class AgentProcess:
 
     async def ready(self, nc: Client, timeout: float = 30) -> AgentProcess:
         """Until the agent answers $SRV.INFO (it has connected and registered)."""
-        from cim.embedded.procs import async_wait_until
         from cim.nats.discovery import discover
+        from support.waiting import async_wait_until
 
         async def answers() -> bool:
             if self.proc is not None and self.proc.poll() is not None:

@@ -12,7 +12,7 @@ from nats.aio.client import Client
 
 from cim.events import EventStore
 
-PLUGINS = Path(__file__).parent / "plugins"
+PLUGINS = Path(__file__).resolve().parents[1] / "plugins"  # tests/plugins
 
 
 async def count(nc: Client, subject: str, stream: str = "CIM_EVENTS") -> int:

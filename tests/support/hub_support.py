@@ -6,8 +6,8 @@ import json
 import urllib.request
 from pathlib import Path
 
-from agentkit import AgentProcess
 from cim.embedded.procs import free_port, wait_until
+from support.agentkit import AgentProcess
 
 TOKEN = "test-token-0123456789abcdef"
 LIMITED = "limited-token-0123456789abcdef"

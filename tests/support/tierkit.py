@@ -12,9 +12,9 @@ from pathlib import Path
 
 import nats
 
-from cim.embedded.procs import async_wait_until
 from cim.embedded.s3_server import S3Server
 from cim.provision import ProvisionSpec, provision
+from support.waiting import async_wait_until
 
 
 def s3_tier(s3: S3Server, name: str, tmp_path: Path, bucket: str | None = None, **extra) -> dict:
