@@ -28,7 +28,7 @@ class UnitState:
     size: int = 0
     labels: tuple[str, ...] = ()  # its own and those pipeline steps added, sorted
     created_at: datetime | None = None
-    created: dict[str, Any] | None = None  # the `unit.created` body
+    created: dict[str, Any] | None = None  # the `unit.created` body, if the fold keeps bodies
     created_seq: int = 0
     children: list[str] = field(default_factory=list)  # its revisions
     tiers: set[str] = field(default_factory=set)
@@ -45,7 +45,7 @@ class UnitState:
         """The unit as created, with every label it has now (as created, if an added label
         is not one a unit may carry: events are hostile input)."""
         if self.created is None:
-            raise ValueError(f"no unit.created seen for {self.cid}")
+            raise ValueError(f"no unit.created body for {self.cid} (a fold made with keep_bodies=True has it)")
         try:
             return Unit.model_validate({**self.created, "labels": list(self.labels)})
         except ValidationError:
@@ -55,9 +55,13 @@ class UnitState:
 class UnitFold:
     """The units of the events applied, by CID; `apply` returns the state an event changed."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_bodies: bool = False) -> None:
+        """`keep_bodies`: keep each `unit.created` body, for `UnitState.unit()`. Off by default:
+        the long-lived folds (the tier agent's index, the dashboard's) would hold every unit's
+        metadata a second time for nothing."""
         self.units: dict[str, UnitState] = {}
         self.last_seq = 0
+        self.keep_bodies = keep_bodies
 
     def apply(self, e: StoredEvent) -> UnitState | None:
         if e.aggregate != "unit" or e.problem:
@@ -72,7 +76,9 @@ class UnitFold:
             if u.known:
                 return u  # created once: a repeat (another writer's race) changes nothing
             u.known = True
-            u.created, u.created_seq = d, e.seq
+            u.created_seq = e.seq
+            if self.keep_bodies:
+                u.created = d
             u.size = int(d.get("size", 0))
             u.labels = tuple(sorted(set(u.labels) | set(d.get("labels") or ())))
             created = d.get("created_at")

@@ -234,7 +234,7 @@ class UnitStore:
         those pipeline steps added (`unit.labeled`), folded by cim.unit_fold; with `label`,
         only those carrying it. The labels added are read first, then the units stream by, so
         only labeled units are held in memory."""
-        fold = UnitFold()
+        fold = UnitFold(keep_bodies=True)
         async for e in self.events.read(["cim.evt.unit.*.labeled"]):
             fold.apply(e)
         count = 0
