@@ -23,11 +23,12 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cim import cid
-from cim.content import ContentStore
 from cim.embedded.nats_server import NatsServer
 from cim.events import Event, EventStore
 from cim.nats.discovery import discover
-from cim.provision import ProvisionSpec, StreamSpec, provision
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec, StreamSpec
+from cim.store.content import ContentStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test harness' bounded waits
 from support.waiting import async_wait_until

@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from cim.cid import compute
 from cim.embedded.nats_server import NatsServer
-from cim.embedded.procs import free_port
 from cim.events import Event, EventStore
-from cim.provision import ProvisionSpec, StreamSpec, provision
+from cim.ports import free_port
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec, StreamSpec
 from cim.ui.auth import hash_password
 from support.hub_support import TOKEN, Hub
 from support.ui_support import PASSWORD, Agent, http_ok

@@ -31,15 +31,16 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from cim import gc_tuning
-from cim.content import ContentStore
 from cim.embedded.nats_server import NatsServer
 from cim.events import Event
 from cim.nats.connect import ConnectionSettings, connect
 from cim.pipeline.engine import Runner
 from cim.pipeline.model import PipelineDef, StepDef
 from cim.plugins import discover
-from cim.provision import ProvisionSpec, StreamSpec, provision
-from cim.unit_store import UnitStore
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec, StreamSpec
+from cim.store.content import ContentStore
+from cim.store.unit_store import UnitStore
 
 STEPS = ("classify", "extract", "index")
 

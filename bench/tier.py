@@ -40,14 +40,15 @@ from cim.embedded.nats_server import NatsServer
 from cim.embedded.s3_server import S3Server
 from cim.events import EventStore
 from cim.nats.connect import ConnectionSettings, connect
-from cim.provision import CONTENT_BUCKET, ProvisionSpec, provision
-from cim.tiering.backends import JetStreamBackend, S3Backend
-from cim.tiering.fetch import fetch
-from cim.tiering.locations import LocationIndex
-from cim.tiering.migrate import Migrator
-from cim.tiering.policies import Policy
-from cim.tiering.urls import TierSpec
-from cim.unit_store import UnitStore
+from cim.provision.apply import CONTENT_BUCKET, provision
+from cim.provision.spec import ProvisionSpec
+from cim.store.unit_store import UnitStore
+from cim.tier.backends import JetStreamBackend, S3Backend
+from cim.tier.fetch import fetch
+from cim.tier.locations import LocationIndex
+from cim.tier.migrate import Migrator
+from cim.tier.policies import Policy
+from cim.tier.urls import TierSpec
 
 TARGET = 0.8
 

@@ -12,9 +12,7 @@ let
   nodeAddresses = map (node: node.address) top.cluster.nodes;
   duplicates = list: lib.unique (builtins.filter (x: lib.count (y: y == x) list > 1) list);
 
-  # Capabilities that have a module in this version (options exist for them).
-  defined = builtins.filter (name: top ? ${name} && top.${name} ? enable) capabilities.names;
-  enabled = builtins.filter (name: top.${name}.enable) defined;
+  enabled = builtins.filter (name: top.${name}.enable) capabilities.names;
 
   problem = message: {
     assertion = false;

@@ -170,8 +170,8 @@ def secured_nats(tmp_path_factory) -> Iterator[Callable[..., tuple[NatsServer, d
     unrestricted `admin` user, and one nkey user per capability with exactly the
     permissions capabilities.json declares. `server, seeds = secured_nats("store", "pipeline")`;
     `seeds[name]` is the seed file of `admin` or of a capability's agent."""
-    from cim.capabilities import nats_permissions
     from cim.cli.keys import new_user_seed, public_key_of
+    from cim.permissions import nats_permissions
 
     started: list[NatsServer] = []
 

@@ -11,9 +11,10 @@ import nats
 import pytest
 
 from cim import cid
-from cim.embedded.procs import free_port
 from cim.nats.discovery import discover
-from cim.provision import ProvisionSpec, provision
+from cim.ports import free_port
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
 from support.waiting import async_wait_until
 
 

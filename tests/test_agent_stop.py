@@ -7,8 +7,9 @@ import signal
 import subprocess
 import time
 
-from cim.provision import ProvisionSpec, provision
-from cim.unit_store import UnitStore
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
+from cim.store.unit_store import UnitStore
 from support.pipeline_support import install_plugins
 from support.waiting import async_wait_until
 

@@ -4,7 +4,7 @@ command that fails stores nothing half-way."""
 from __future__ import annotations
 
 from cim.errors import InvalidInput
-from cim.units import Unit
+from cim.store.units import Unit
 
 
 def test_put_checks_every_argument_before_storing_anything(cli, nats_server, tmp_path):

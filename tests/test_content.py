@@ -6,11 +6,12 @@ import nats
 import pytest
 from multiformats import CID, multihash
 
-from cim.content import ContentStore
 from cim.embedded.nats_server import NatsServer
 from cim.errors import CidMismatch, InvalidCid, InvalidInput, JetStreamUnavailable, UnitNotFound, UnitTooLarge
-from cim.provision import ProvisionSpec, provision
-from cim.unit_store import UnitStore
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
+from cim.store.content import ContentStore
+from cim.store.unit_store import UnitStore
 
 
 @pytest.fixture

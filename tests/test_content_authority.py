@@ -13,10 +13,11 @@ import pytest
 from nats.js.errors import APIError
 
 from cim import cid as cidlib
-from cim.capabilities import inbox_prefix
-from cim.content import ContentStore
 from cim.errors import UnitNotFound
-from cim.provision import ProvisionSpec, provision
+from cim.permissions import inbox_prefix
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
+from cim.store.content import ContentStore
 
 SIZES = [100, 300_000, 4 * 1024 * 1024 + 1]  # one chunk, a direct get of several, streamed
 

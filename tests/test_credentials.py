@@ -8,9 +8,10 @@ from __future__ import annotations
 import nats
 import pytest
 
-from cim.capabilities import CAPABILITIES, inbox_prefix, permissions
 from cim.hub.webhooks import subject_matches  # NATS subject matching: `*` one token, `>` the rest
-from cim.provision import ProvisionSpec, provision
+from cim.permissions import NAMES, inbox_prefix, permissions
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
 from support.waiting import async_wait_until
 
 CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
@@ -19,7 +20,7 @@ PIPE = "pipeline-default"  # a pipeline's durable consumer
 
 
 def dangerous_publishes(cap: str) -> list[str]:
-    others = [c for c in CAPABILITIES if c != cap]
+    others = [c for c in NAMES if c != cap]
     return [
         "$JS.API.STREAM.PURGE.CIM_EVENTS", "$JS.API.STREAM.DELETE.CIM_EVENTS", "$JS.API.STREAM.UPDATE.CIM_EVENTS",
         "$JS.API.STREAM.DELETE.OBJ_CIM_CONTENT", "$JS.API.STREAM.PURGE.OBJ_CIM_CONTENT",
@@ -41,7 +42,7 @@ def dangerous_publishes(cap: str) -> list[str]:
 
 
 def dangerous_subscribes(cap: str) -> list[str]:
-    return ["_INBOX.>", "_INBOX.x", *[f"{inbox_prefix(o)}.x" for o in CAPABILITIES if o != cap], "cim.evt.>"]
+    return ["_INBOX.>", "_INBOX.x", *[f"{inbox_prefix(o)}.x" for o in NAMES if o != cap], "cim.evt.>"]
 
 
 # What no agent credential may do, whatever capabilities.json says; and what only one may.
@@ -60,7 +61,7 @@ ONLY = {f"$JS.API.CONSUMER.MSG.NEXT.CIM_EVENTS.{HUB}": "hub", f"$JS.ACK.CIM_EVEN
         f"cim.evt.agent.{CID}.gone": "registry"}
 
 
-@pytest.mark.parametrize("cap", CAPABILITIES)
+@pytest.mark.parametrize("cap", NAMES)
 async def test_every_dangerous_action_is_decided_by_the_permission_list(secured_nats, cap):
     server, seeds = secured_nats(cap)
     admin = await nats.connect(server.url, nkeys_seed=str(seeds["admin"]))

@@ -9,25 +9,26 @@ import uuid
 import nats
 
 from cim import cid as cidlib
-from cim.capabilities import CAPABILITIES, event_subject, inbox_prefix, may_write
 from cim.events import Event, StoredEvent
 from cim.events.envelope import validated
 from cim.events.types import known_types
-from cim.provision import ProvisionSpec, provision
-from cim.tiering.locations import LocationIndex
-from cim.units import Unit
+from cim.permissions import NAMES, event_subject, inbox_prefix, may_write
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
+from cim.store.units import Unit
+from cim.tier.locations import LocationIndex
 from support.waiting import async_wait_until
 
 
 async def test_every_credential_may_append_exactly_its_own_event_types(secured_nats):
-    server, seeds = secured_nats(*CAPABILITIES)
+    server, seeds = secured_nats(*NAMES)
     admin = await nats.connect(server.url, nkeys_seed=str(seeds["admin"]))
     await provision(admin, ProvisionSpec())
     types = known_types()
     assert {"unit.created", "unit.located", "unit.expired", "agent.gone", "hub.dead_lettered"} <= set(types)
     stored, refused = {}, {}
     try:
-        for cap in CAPABILITIES:
+        for cap in NAMES:
             violations: list[str] = []
 
             async def on_error(err, violations=violations):

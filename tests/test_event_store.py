@@ -12,7 +12,8 @@ from cim.errors import ConcurrencyConflict, InvalidInput, JetStreamUnavailable, 
 from cim.events import Event, EventStore
 from cim.events.store import Appended
 from cim.nats.publish import publisher_for
-from cim.provision import ProvisionSpec, provision
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
 from support.waiting import async_wait_until
 
 

@@ -8,7 +8,8 @@ import nats
 from cim import cid
 from cim.errors import CimError
 from cim.events import Event, EventStore
-from cim.provision import ProvisionSpec, provision
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
 
 TOTAL = 1500
 KILL_AT = 300

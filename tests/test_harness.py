@@ -13,8 +13,9 @@ from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from cim.embedded import procs
 from cim.embedded.nats_server import NatsServer
-from cim.embedded.procs import find_binary, free_port_pairs, port_is_free, wait_until
+from cim.embedded.procs import find_binary, wait_until
 from cim.errors import EmbeddedError
+from cim.ports import free_port_pairs, port_is_free
 from support.waiting import async_wait_until
 
 # -- polling helpers and process plumbing ------------------------------------------------------

@@ -9,7 +9,8 @@ from nats.aio.client import Client
 from cim.events import Event, EventStore
 from cim.nats import headers as header_parsing
 from cim.nats.connect import ConnectionSettings, connect
-from cim.provision import ProvisionSpec, provision
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
 
 EVENT = Event(type="unit.labeled", aggregate_id="abc", data={"labels": ["x"], "by": "test"}, correlation_id="corr",
               causation_id="cause")

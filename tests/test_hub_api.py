@@ -8,8 +8,9 @@ aiohttp = pytest.importorskip("aiohttp", reason="the hub needs aiohttp (pip inst
 yaml = pytest.importorskip("yaml", reason="the OpenAPI checks need PyYAML")
 
 from cim import cid as cidlib  # noqa: E402
-from cim.provision import ProvisionSpec, provision  # noqa: E402
-from cim.unit_store import UnitStore  # noqa: E402
+from cim.provision.apply import provision  # noqa: E402
+from cim.provision.spec import ProvisionSpec  # noqa: E402
+from cim.store.unit_store import UnitStore  # noqa: E402
 from support.hub_support import LIMITED, TOKEN, Hub  # noqa: E402
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

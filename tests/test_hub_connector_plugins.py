@@ -9,11 +9,12 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="the hub needs aiohttp")
 
-from cim.content import ContentStore
 from cim.embedded.procs import wait_until
 from cim.nats.rpc import call
-from cim.provision import ProvisionSpec, provision
-from cim.unit_store import UnitStore
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
+from cim.store.content import ContentStore
+from cim.store.unit_store import UnitStore
 from support.agentkit import AgentProcess
 from support.hub_support import TOKEN, Hub, write_tokens
 from support.pipeline_support import count, events_on, install_plugins

@@ -9,11 +9,12 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp", reason="the hub needs aiohttp")
 from aiohttp import web  # noqa: E402
 
-from cim.embedded.procs import free_port  # noqa: E402
 from cim.hub.webhooks import verify  # noqa: E402
 from cim.nats.read import read_stream  # noqa: E402
-from cim.provision import ProvisionSpec, provision  # noqa: E402
-from cim.unit_store import UnitStore  # noqa: E402
+from cim.ports import free_port  # noqa: E402
+from cim.provision.apply import provision  # noqa: E402
+from cim.provision.spec import ProvisionSpec  # noqa: E402
+from cim.store.unit_store import UnitStore  # noqa: E402
 from support.hub_support import Hub  # noqa: E402
 from support.waiting import async_wait_until  # noqa: E402
 

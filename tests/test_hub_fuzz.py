@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance  # noqa: E402
 
-from cim.provision import ProvisionSpec, provision  # noqa: E402
+from cim.provision.apply import provision  # noqa: E402
+from cim.provision.spec import ProvisionSpec  # noqa: E402
 from support.hub_support import TOKEN, Hub  # noqa: E402
 
 

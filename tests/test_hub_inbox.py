@@ -11,8 +11,9 @@ import pytest
 
 pytest.importorskip("aiohttp", reason="the hub needs aiohttp")
 
-from cim.provision import ProvisionSpec, provision
-from cim.unit_store import UnitStore
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
+from cim.store.unit_store import UnitStore
 from support.hub_support import Hub
 from support.waiting import async_wait_until
 

@@ -10,7 +10,7 @@ import pytest
 
 aiohttp = pytest.importorskip("aiohttp", reason="the hub and UI need aiohttp")
 
-from cim.embedded.procs import free_port  # noqa: E402
+from cim.ports import free_port  # noqa: E402
 from cim.ui.auth import hash_password  # noqa: E402
 from support.hub_support import TOKEN, Hub  # noqa: E402
 from support.ui_support import PASSWORD, Agent, http_ok  # noqa: E402

@@ -10,7 +10,8 @@ import pytest
 
 from cim.errors import JetStreamUnavailable
 from cim.nats.pull import PullFetcher
-from cim.provision import ProvisionSpec, StreamSpec, provision
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec, StreamSpec
 from support.waiting import async_wait_until
 
 STREAM = "FETCHES"

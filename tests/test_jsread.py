@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from cim.nats.read import read_stream
-from cim.provision import ProvisionSpec, StreamSpec, provision
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec, StreamSpec
 from support.waiting import async_wait_until
 
 STREAM = "READS"

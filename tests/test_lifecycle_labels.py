@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 from cim import cid
 from cim.events import Event, StoredEvent
-from cim.tiering.locations import LocationIndex
-from cim.tiering.policies import Policy
+from cim.tier.locations import LocationIndex
+from cim.tier.policies import Policy
 
 
 def stored(seq: int, event: Event) -> StoredEvent:

@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 from cim.cli.main import app
 from cim.embedded.nats_server import ClusterSpec, NatsServer, http_get_json
-from cim.embedded.procs import free_ports, wait_until
+from cim.embedded.procs import wait_until
+from cim.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 NIX_FILES = sorted(
@@ -191,9 +192,9 @@ def test_a_rendered_cluster_forms_with_its_route_password_and_refuses_a_server_w
 def test_the_modules_render_the_same_permissions_as_cim_up_and_the_tests(evaluation):
     """One list, two renderers: modules/capabilities.nix and cim.capabilities agree for every
     capability, event authority included."""
-    from cim.capabilities import CAPABILITIES, nats_permissions
+    from cim.permissions import NAMES, nats_permissions
 
     rendered = evaluation["renderedPermissions"]
-    assert sorted(rendered) == sorted(CAPABILITIES)
-    for cap in CAPABILITIES:
+    assert sorted(rendered) == sorted(NAMES)
+    for cap in NAMES:
         assert rendered[cap] == nats_permissions(cap), cap

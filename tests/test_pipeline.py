@@ -8,13 +8,14 @@ import json
 
 import pytest
 
-from cim.content import ContentStore
 from cim.events import EventStore
 from cim.nats.rpc import call
 from cim.pipeline.dlq import list_letters
 from cim.pipeline.search import SearchIndex
-from cim.provision import ProvisionSpec, provision
-from cim.unit_store import UnitStore
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
+from cim.store.content import ContentStore
+from cim.store.unit_store import UnitStore
 from support.pipeline_support import count, events_on, install_plugins, tiny_pdf
 from support.waiting import async_wait_until
 

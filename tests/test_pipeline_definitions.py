@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from cim.provision import ProvisionSpec, provision
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
 
 
 def test_apply_refuses_an_unknown_plugin_and_settings_its_plugin_rejects(cli, nats_server, tmp_path):

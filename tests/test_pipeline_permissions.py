@@ -5,8 +5,9 @@ import json
 import nats
 
 from cim.nats.rpc import call
-from cim.provision import ProvisionSpec, provision
-from cim.unit_store import UnitStore
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
+from cim.store.unit_store import UnitStore
 from support.pipeline_support import count
 from support.waiting import async_wait_until
 

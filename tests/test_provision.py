@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cim.provision import core_spec
+from cim.capabilities import core_spec
 
 
 def write(tmp_path, spec) -> str:

@@ -12,10 +12,11 @@ import nats
 import pytest
 
 from cim import __version__
-from cim.capabilities import inbox_prefix
 from cim.embedded.procs import wait_until
 from cim.events import EventStore
-from cim.provision import KvSpec, ProvisionSpec, provision
+from cim.permissions import inbox_prefix
+from cim.provision.apply import provision
+from cim.provision.spec import KvSpec, ProvisionSpec
 from cim.registry import NoProvider, Requirement, find_providers, list_agents, negotiate
 from cim.registry.announce import Heartbeat
 from support.waiting import async_wait_until
@@ -359,8 +360,9 @@ async def test_no_agent_can_empty_the_registry_or_hide_other_capabilities_agents
     import nats as nats_client
     from nats.js.errors import APIError
 
-    from cim.capabilities import inbox_prefix
-    from cim.provision import ProvisionSpec, provision
+    from cim.permissions import inbox_prefix
+    from cim.provision.apply import provision
+    from cim.provision.spec import ProvisionSpec
     from cim.registry.client import snapshot
 
     server, seeds = secured_nats("store", "ui")

@@ -10,10 +10,10 @@ import sys
 import nats
 import pytest
 
-from cim.capabilities import inbox_prefix
 from cim.cli.keys import new_user_seed, public_key_of
 from cim.embedded.procs import wait_until
 from cim.nats.discovery import discover
+from cim.permissions import inbox_prefix
 from support.waiting import async_wait_until
 
 
@@ -62,7 +62,8 @@ def test_leaf_twin_put_get_and_status_through_a_secured_server(secured, cli):
 async def test_the_store_agent_works_within_its_own_permissions(secured):
     server, admin_seed, store_seed, tmp_path = secured
     admin = await nats.connect(server.url, nkeys_seed=str(admin_seed))
-    from cim.provision import ProvisionSpec, provision
+    from cim.provision.apply import provision
+    from cim.provision.spec import ProvisionSpec
 
     await provision(admin, ProvisionSpec())
     agent, log = run_store_agent(server, store_seed, tmp_path)
@@ -97,8 +98,9 @@ async def test_security_twin_the_store_credential_cannot_purge_or_delete_the_eve
     as_store = await nats.connect(server.url, nkeys_seed=str(store_seed), error_cb=on_error,
                                    inbox_prefix=inbox_prefix("store"))
     try:
-        from cim.provision import ProvisionSpec, provision
-        from cim.unit_store import UnitStore
+        from cim.provision.apply import provision
+        from cim.provision.spec import ProvisionSpec
+        from cim.store.unit_store import UnitStore
 
         await provision(admin, ProvisionSpec())
         await UnitStore(admin).put_bytes(b"something to keep")

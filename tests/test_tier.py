@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 
-from cim.content import ContentStore
-from cim.tiering.fetch import fetch
-from cim.unit_store import UnitStore
+from cim.store.content import ContentStore
+from cim.store.unit_store import UnitStore
+from cim.tier.fetch import fetch
 from support.tierkit import TierAgent, count_events, mixed_sizes, provisioned, s3_tier
 
 

@@ -7,8 +7,8 @@ import json
 
 from cim.embedded.nats_server import NatsServer
 from cim.nats.rpc import call
-from cim.tiering.fetch import fetch
-from cim.unit_store import UnitStore
+from cim.store.unit_store import UnitStore
+from cim.tier.fetch import fetch
 from support.pipeline_support import count
 from support.tierkit import TierAgent, mixed_sizes, provisioned, s3_tier
 from support.waiting import async_wait_until

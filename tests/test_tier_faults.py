@@ -7,10 +7,10 @@ import asyncio
 import json
 import random
 
-from cim.content import ContentStore
-from cim.embedded.procs import free_port
-from cim.tiering.fetch import fetch
-from cim.unit_store import UnitStore
+from cim.ports import free_port
+from cim.store.content import ContentStore
+from cim.store.unit_store import UnitStore
+from cim.tier.fetch import fetch
 from support.tierkit import TierAgent, count_events, mixed_sizes, provisioned, s3_tier
 from support.waiting import async_wait_until
 

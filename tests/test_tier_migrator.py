@@ -5,13 +5,13 @@ its intent is what notices the view is stale."""
 from __future__ import annotations
 
 from cim.events import Event, EventStore
-from cim.tiering.backends import JetStreamBackend, S3Backend
-from cim.tiering.fetch import fetch
-from cim.tiering.locations import LocationIndex
-from cim.tiering.migrate import Migrator
-from cim.tiering.policies import Policy
-from cim.tiering.urls import TierSpec
-from cim.unit_store import UnitStore
+from cim.store.unit_store import UnitStore
+from cim.tier.backends import JetStreamBackend, S3Backend
+from cim.tier.fetch import fetch
+from cim.tier.locations import LocationIndex
+from cim.tier.migrate import Migrator
+from cim.tier.policies import Policy
+from cim.tier.urls import TierSpec
 from support.tierkit import count_events, provisioned, s3_tier
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from cim import cid as cidlib
 from cim.errors import CidMismatch
-from cim.tiering.backends import S3Backend, verified
-from cim.tiering.urls import TierSpec
+from cim.tier.backends import S3Backend, verified
+from cim.tier.urls import TierSpec
 from support.tierkit import s3_tier
 
 MiB = 1024**2

@@ -8,11 +8,12 @@ import json
 
 import nats
 
-from cim.capabilities import nats_permissions
 from cim.embedded.nats_server import NatsServer
-from cim.provision import ProvisionSpec, provision
-from cim.tiering.fetch import fetch
-from cim.unit_store import UnitStore
+from cim.permissions import nats_permissions
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
+from cim.store.unit_store import UnitStore
+from cim.tier.fetch import fetch
 from support.tierkit import TierAgent, s3_tier
 from support.waiting import async_wait_until
 from test_secured_leaf import seed_file

@@ -15,8 +15,8 @@ if not os.path.exists(CHROMIUM):
 
 from aiohttp import web  # noqa: E402
 
-from cim.embedded.procs import free_port  # noqa: E402
 from cim.hub.webhooks import verify  # noqa: E402
+from cim.ports import free_port  # noqa: E402
 from support.hub_support import TOKEN  # noqa: E402
 from support.ui_support import PASSWORD, Stack  # noqa: E402
 from support.waiting import async_wait_until  # noqa: E402

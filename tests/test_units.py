@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from cim import cid
 from cim.errors import InvalidInput
-from cim.units import Unit
+from cim.store.units import Unit
 
 A = cid.compute(b"a")
 B = cid.compute(b"b")

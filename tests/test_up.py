@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from cim.embedded.paths import admin_key
-from cim.embedded.procs import free_port, port_is_free, wait_until
+from cim.embedded.procs import wait_until
+from cim.ports import free_port, port_is_free
 
 
 class Up:
@@ -172,8 +173,8 @@ async def test_up_is_secured_like_nixos(up, cli, tmp_path):
     permissions; the seeds are the user's alone; `cim` finds the admin key by itself."""
     import nats as nats_client
 
-    from cim.capabilities import nats_permissions
     from cim.identity import public_key_of
+    from cim.permissions import nats_permissions
 
     u = up()
     wait_until(lambda: "store" in agents(cli, u), 30, what="the store agent to answer cim status")
@@ -219,7 +220,7 @@ def test_up_says_the_disk_is_full_and_recovers_once_space_is_back(up, cli, tmp_p
 
 
 def test_the_embedded_archive_says_when_it_shares_the_datas_disk_and_can_move(tmp_path, monkeypatch):
-    from cim.agents.tier import embedded_settings
+    from cim.tier.config import embedded_settings
 
     monkeypatch.delenv("CIM_ARCHIVE_DIR", raising=False)
     settings, note = embedded_settings(tmp_path / "data")

@@ -1,66 +1,45 @@
-"""The one list of capabilities, read from capabilities.json (the NixOS modules read it too)."""
+"""The one list of capabilities, by explicit import: each package exports its `CAPABILITY`.
+
+The order is capabilities.json's (the permissions contract the NixOS modules read, kept in
+cim.permissions); a test holds the two lists equal. Importing this module registers every
+capability's event models (each package imports its `events` module).
+"""
 
 from __future__ import annotations
 
-import json
-from functools import cache
-from importlib.resources import files
-from typing import Any
+from .capability import Capability
+from .errors import ConfigError
+from .hub import CAPABILITY as HUB
+from .pipeline import CAPABILITY as PIPELINE
+from .provision.spec import ProvisionSpec, base_spec
+from .registry import CAPABILITY as REGISTRY
+from .store import CAPABILITY as STORE
+from .tier import CAPABILITY as TIER
+from .ui import CAPABILITY as UI
+
+ALL: tuple[Capability, ...] = (STORE, TIER, REGISTRY, PIPELINE, HUB, UI)
+NAMES: tuple[str, ...] = tuple(c.name for c in ALL)
+_BY_NAME = {c.name: c for c in ALL}
 
 
-@cache
-def _data() -> dict[str, Any]:
-    return json.loads(files("cim").joinpath("capabilities.json").read_text())
+def get(name: str) -> Capability:
+    """The capability of that name, or a ConfigError naming the ones there are."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ConfigError("config", [("capability", f"unknown capability {name!r}; choose one of {', '.join(NAMES)}")]) from None
 
 
-def names() -> list[str]:
-    return list(_data()["capabilities"])
-
-
-CAPABILITIES: tuple[str, ...] = tuple(names())
-
-
-def event_subject(event_type: str) -> str:
-    """The subjects of one event type, for any aggregate id: `unit.located` ->
-    `cim.evt.unit.*.located` (modules/capabilities.nix renders the same)."""
-    aggregate, event = event_type.split(".", 1)
-    return f"cim.evt.{aggregate}.*.{event}"
-
-
-def may_write(capability: str) -> list[str]:
-    """The event types an agent of this capability may append (the server enforces it)."""
-    return list(_data()["capabilities"][capability]["events"])
-
-
-def permissions(capability: str) -> dict[str, list[str]]:
-    """The NATS publish/subscribe permissions an agent of this capability needs, and the
-    publishes denied inside them (`deny_publish`: another capability's durable consumer)."""
-    data = _data()
-    cap = data["capabilities"][capability]
-    # `{capability}` in the common lists is the agent's own capability.
-    common = {k: [s.replace("{capability}", capability) for s in data["common"][k]] for k in ("publish", "subscribe")}
-    return {
-        "publish": common["publish"] + [event_subject(t) for t in cap["events"]] + cap["publish"],
-        "subscribe": common["subscribe"] + cap["subscribe"],
-        "deny_publish": list(cap.get("deny_publish", [])),
-    }
-
-
-def inbox_prefix(capability: str) -> str:
-    """Where an agent of this capability receives its replies: the only inboxes it may read."""
-    return f"_INBOX.{capability}"
-
-
-def nats_permissions(capability: str) -> dict[str, Any]:
-    """The `permissions` block of the agent's NATS user, as nats-server reads it (the NixOS
-    modules render the same block from capabilities.json)."""
-    p = permissions(capability)
-    publish: dict[str, list[str]] = {"allow": p["publish"]}
-    if p["deny_publish"]:
-        publish["deny"] = p["deny_publish"]
-    return {"publish": publish, "subscribe": {"allow": p["subscribe"]},
-            "allow_responses": dict(_data()["common"]["allow_responses"])}
-
-
-def describe(capability: str) -> str:
-    return _data()["capabilities"][capability]["description"]
+def core_spec() -> ProvisionSpec:
+    """What CIM needs: the base (events, dead letters, content, registry) plus what each
+    capability declares, so one `cim provision` (and the NixOS activation) covers all."""
+    spec = base_spec()
+    for c in ALL:
+        part = c.provision
+        spec = spec.model_copy(update={
+            "streams": spec.streams + part.streams,
+            "consumers": spec.consumers + part.consumers,
+            "kv": spec.kv + part.kv,
+            "objects": spec.objects + part.objects,
+        })
+    return spec

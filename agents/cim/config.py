@@ -1,69 +1,20 @@
 """Agent configuration files: the JSON that `cim agent run` reads and `cim config check` validates.
 
-Each capability's agent module (`cim.agents.<capability>`) defines `Config`, a subclass of
-`AgentConfig` with its own keys. The file names its capability, so one checker serves all.
+Each capability's `Config` (its `Capability.config`) is a subclass of `AgentConfig` with its
+own keys. The file names its capability, so one checker serves all.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from .capabilities import CAPABILITIES
+from . import capabilities
+from .capability import AgentConfig
 from .errors import ConfigError
-from .nats.connect import ConnectionSettings
-
-
-class MetricsSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = "127.0.0.1"
-    # None turns the endpoint off; 0 picks a free port (printed in the log).
-    port: int | None = Field(default=None, ge=0, le=65535)
-
-
-class RegistrySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # Keep it well under the registry bucket's TTL (30 s): a record not renewed within the
-    # TTL expires, and readers call an agent stale after three missed beats.
-    heartbeat: float = Field(default=5.0, gt=0, le=300, description="seconds between announcements in CIM_REGISTRY")
-    announce: bool = Field(default=True, description="announce this agent in the registry bucket")
-
-
-class AgentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    capability: str
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
-    nats: ConnectionSettings = Field(default_factory=ConnectionSettings)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    registry: RegistrySettings = Field(default_factory=RegistrySettings)
-
-    @property
-    def agent_name(self) -> str:
-        return self.name or f"cim-{self.capability}"
-
-
-def agent_module(capability: str):
-    """The module that implements a capability's agent, or a ConfigError saying why not."""
-    if capability not in CAPABILITIES:
-        raise ConfigError(
-            "config", [("capability", f"unknown capability {capability!r}; choose one of {', '.join(CAPABILITIES)}")]
-        )
-    try:
-        return importlib.import_module(f"cim.agents.{capability}")
-    except ModuleNotFoundError as err:
-        if err.name != f"cim.agents.{capability}":
-            raise
-        raise ConfigError(
-            "config", [("capability", f"this version of cim has no {capability!r} agent yet")]
-        ) from err
 
 
 def _error_path(loc: tuple[Any, ...]) -> str:
@@ -75,9 +26,9 @@ def validate_config(data: Any, source: str = "config") -> AgentConfig:
         raise ConfigError(source, [("(top level)", "expected a JSON object")])
     capability = data.get("capability")
     if not isinstance(capability, str):
-        raise ConfigError(source, [("capability", f"required: one of {', '.join(CAPABILITIES)}")])
+        raise ConfigError(source, [("capability", f"required: one of {', '.join(capabilities.NAMES)}")])
     try:
-        model = agent_module(capability).Config
+        model = capabilities.get(capability).config
     except ConfigError as err:
         raise ConfigError(source, err.errors) from None
     try:

@@ -52,7 +52,7 @@ class NotFound(CimError):
 
 
 class UnitExpiredError(NotFound):
-    """Reading a unit a retention policy expired (the event is cim.tier_events.UnitExpired)."""
+    """Reading a unit a retention policy expired (the event is cim.tier.events.UnitExpired)."""
 
     def __init__(self, cid: str, policy: str, when: str):
         super().__init__(f"unit {cid} was expired by the retention policy {policy!r} at {when}; its bytes are gone by design")

@@ -30,11 +30,11 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from pydantic import BaseModel, ValidationError
 
 from . import __version__, gc_tuning, logs
-from .capabilities import inbox_prefix
-from .config import AgentConfig
+from .capability import AgentConfig
 from .errors import CimError, InvalidInput, NotFound, UnitTooLarge
 from .nats.connect import connect
-from .registry.announce import Heartbeat, capabilities_of
+from .permissions import inbox_prefix
+from .registry.announce import Heartbeat
 
 log = logging.getLogger("cim.agent")
 
@@ -159,6 +159,25 @@ class AgentContext:
         self.stopping = asyncio.Event()
 
 
+class AgentBase:
+    """What every capability's agent is. The runtime builds it with its context, calls
+    `start` once the endpoints serve, announces `capabilities()` in the registry at every
+    beat, and calls `stop` on SIGTERM; each does nothing unless an agent overrides it."""
+
+    def __init__(self, ctx: AgentContext):
+        self.ctx = ctx
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def capabilities(self) -> dict[str, str]:
+        """What this agent provides besides its own capability, `name -> version`."""
+        return {}
+
+
 # An agent's whole stop, after SIGTERM, takes at most this long (systemd's TimeoutStopSec is
 # 90 s by default): each step gets what is left of it, and what is still running then is
 # abandoned. Nothing acknowledged is lost by that: work in flight was not acknowledged, and
@@ -184,7 +203,7 @@ def _exit_now(signum: int) -> None:
     os._exit(128 + signum)
 
 
-async def run_agent(config: AgentConfig, agent_factory: Callable[[AgentContext], Any]) -> None:
+async def run_agent(config: AgentConfig, agent_class: Callable[[AgentContext], AgentBase]) -> None:
     logs.setup(config.log_level)
     nc = await connect(config.nats.model_copy(update={
         "name": config.nats.name or config.agent_name,
@@ -193,7 +212,7 @@ async def run_agent(config: AgentConfig, agent_factory: Callable[[AgentContext],
     }))
     CONNECTED.set(1)
     ctx = AgentContext(config, nc)
-    agent = agent_factory(ctx)
+    agent = agent_class(ctx)
     gc_tuning.tune()
     metrics_port = None
     if config.metrics.port is not None:
@@ -224,14 +243,12 @@ async def run_agent(config: AgentConfig, agent_factory: Callable[[AgentContext],
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ctx.stopping.set)
-    start = getattr(agent, "start", None)
-    if start:
-        await start()
+    await agent.start()
     heartbeat = None
     if config.registry.announce:
         heartbeat = Heartbeat(
             nc, name=config.agent_name, instance_id=service.id, capability=config.capability, version=__version__,
-            capabilities=capabilities_of(agent, config.capability, __version__),
+            capabilities=lambda: {config.capability: __version__, **agent.capabilities()},
             endpoints=[e.subject for e in service.info().endpoints], interval=config.registry.heartbeat,
         )
         await heartbeat.start()
@@ -245,9 +262,7 @@ async def run_agent(config: AgentConfig, agent_factory: Callable[[AgentContext],
         deadline = loop.time() + STOP_DEADLINE
         if heartbeat is not None:
             await _bounded("the registry heartbeat", heartbeat.stop(), deadline)
-        stop = getattr(agent, "stop", None)
-        if stop:
-            await _bounded(f"the {config.capability} agent's own stop", stop(), deadline)
+        await _bounded(f"the {config.capability} agent's own stop", agent.stop(), deadline)
         await _bounded("the service endpoints", service.stop(), deadline)
         # The connection gets a few seconds of its own even when the steps above used the rest.
         await _bounded("draining the connection", nc.drain(), max(deadline, loop.time() + 5))

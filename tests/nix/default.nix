@@ -699,7 +699,7 @@ let
       };
     "every capability in capabilities.json that has a module gets a container when enabled" = {
       expr = builtins.attrNames leaf.containers;
-      expected = map (n: "cim-${n}") (builtins.filter (n: leaf.services.cim ? ${n} && leaf.services.cim.${n}.enable) capabilities.names);
+      expected = map (n: "cim-${n}") (builtins.filter (n: leaf.services.cim.${n}.enable) capabilities.names);
     };
 
     # --- the registry capability ---------------------------------------------------------

@@ -6,7 +6,8 @@ import json
 import urllib.request
 from pathlib import Path
 
-from cim.embedded.procs import free_port, wait_until
+from cim.embedded.procs import wait_until
+from cim.ports import free_port
 from support.agentkit import AgentProcess
 
 TOKEN = "test-token-0123456789abcdef"

@@ -13,7 +13,8 @@ from pathlib import Path
 import nats
 
 from cim.embedded.s3_server import S3Server
-from cim.provision import ProvisionSpec, provision
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
 from support.waiting import async_wait_until
 
 

@@ -8,7 +8,8 @@ import urllib.request
 from pathlib import Path
 
 from cim.embedded.nats_server import NatsServer
-from cim.embedded.procs import free_port, wait_until
+from cim.embedded.procs import wait_until
+from cim.ports import free_port
 from cim.ui.auth import hash_password
 from support.agentkit import AgentProcess
 from support.hub_support import Hub

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from ..config import agent_module, load_config
+from .. import capabilities
+from ..config import load_config
 from ..errors import CimError, ConfigError
 from ..runtime import run_agent
 from .common import fail
@@ -25,8 +26,7 @@ def run_cmd(
         cfg = load_config(config)
         if cfg.capability != capability:
             raise ConfigError(str(config), [("capability", f"is {cfg.capability!r}, but the command runs {capability!r}")])
-        module = agent_module(capability)
-        asyncio.run(run_agent(cfg, module.Agent))
+        asyncio.run(run_agent(cfg, capabilities.get(capability).agent()))
     except ConfigError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(1) from None

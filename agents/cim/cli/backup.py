@@ -57,9 +57,11 @@ def restore_cmd(
     # Here, not at the top: boto3 costs every agent process (they all start through this
     # CLI) some 20 MB, and only this command and the tier agent need it.
     from ..errors import InvalidInput
-    from ..tiering.backends import open_backend
-    from ..tiering.backup import restore as restore_leaf
-    from ..tiering.urls import TierSpec
+    from ..provision.apply import provision
+    from ..provision.spec import ProvisionSpec
+    from ..tier.backends import open_backend
+    from ..tier.backup import restore as restore_leaf
+    from ..tier.urls import TierSpec
 
     async def body() -> dict:
         try:
@@ -78,7 +80,8 @@ def restore_cmd(
                 print(f"\r{what}: {done}/{total}", end="", file=sys.stderr, flush=True)
 
         async with nats_connection(g) as nc:
-            report = await restore_leaf(nc, archive, progress=progress, timeout=g.timeout)
+            report = await restore_leaf(nc, archive, provision=lambda nc: provision(nc, ProvisionSpec()),
+                                        progress=progress, timeout=g.timeout)
         if show:
             print(file=sys.stderr)
         archive.close()

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import typer
 
+from ..capabilities import core_spec
 from ..errors import ConfigError
-from ..provision import ProvisionSpec, load_spec, provision
+from ..provision.apply import provision
+from ..provision.spec import ProvisionSpec, load_spec
 from .common import emit, globals_of, nats_connection, run
 
 
@@ -28,7 +30,7 @@ def provision_cmd(
     if replicas is not None:
         wanted = wanted.model_copy(update={"replicas": replicas})
     if print_spec:
-        typer.echo(wanted.resolved().model_dump_json(indent=2))
+        typer.echo(wanted.resolved(core_spec()).model_dump_json(indent=2))
         return
 
     async def body() -> list[dict]:

@@ -12,7 +12,7 @@ from nats.aio.client import Client
 from ..errors import InvalidInput, NotFound
 from ..nats.api import no_responders
 from ..runtime import H_PROGRESS
-from ..tiering.errors import TierAgentMissing, TierUnavailable
+from ..tier.errors import TierAgentMissing, TierUnavailable
 from .common import emit, globals_of, nats_connection, run
 
 app = typer.Typer(help="Storage tiers: status, migrate by policy, verify, restore.", no_args_is_help=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 import typer
 
 from ..errors import InvalidInput
-from ..tiering.fetch import fetch
-from ..unit_store import UnitStore, UnitView
-from ..units import Unit
+from ..store.unit_store import UnitStore, UnitView
+from ..store.units import Unit
+from ..tier.fetch import fetch
 from .common import emit, fail, globals_of, nats_connection, run
 
 app = typer.Typer(help="Put, get, show and list information units.", no_args_is_help=True)

@@ -16,32 +16,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..capabilities import CAPABILITIES, nats_permissions
-from ..config import agent_module
+from .. import capabilities
 from ..disk_full import DiskWatch
-from ..errors import ConfigError, EmbeddedError
+from ..errors import EmbeddedError
 from ..identity import ensure_identities
 from ..nats.connect import ConnectionSettings, connect
-from ..provision import ProvisionSpec, provision
+from ..permissions import nats_permissions
+from ..ports import free_port, port_is_free
+from ..provision.apply import provision
+from ..provision.spec import ProvisionSpec
 from .nats_server import NatsServer
-from .procs import ManagedProcess, free_port, port_is_free
+from .procs import ManagedProcess
 
 log = logging.getLogger("cim.up")
 
 RESTART_BACKOFF = (0.5, 1, 2, 5, 10, 30)
 HEALTHY_AFTER = 60.0  # an agent up this long has its backoff reset
-
-
-def available_agents() -> list[str]:
-    """The capabilities whose agent exists in this version, in the one list's order."""
-    out = []
-    for cap in CAPABILITIES:
-        try:
-            agent_module(cap)
-        except ConfigError:
-            continue
-        out.append(cap)
-    return out
 
 
 class AgentProcess(ManagedProcess):
@@ -78,7 +68,7 @@ class Leaf:
         self.port = port
         self.http_port = http_port
         self.log_level = log_level
-        self.agent_names = available_agents() if agents is None else agents
+        self.agent_names = list(capabilities.NAMES) if agents is None else agents
         self.server: NatsServer | None = None
         self.keys: dict[str, tuple[Path, str]] = {}  # name -> (seed file, public key), made at start
         # nats-server is supervised like an agent: restarted with backoff, and said so.
@@ -183,9 +173,9 @@ class Leaf:
             "metrics": {"host": "127.0.0.1", "port": metrics_port},
             "log_level": self.log_level,
         }
-        # An agent module may add what it needs on one machine (a port, a folder, a tier
-        # URL under the data dir) and a line for the summary: `embedded_settings(data_dir)`.
-        hook = getattr(agent_module(capability), "embedded_settings", None)
+        # A capability may add what it needs on one machine (a port, a folder, a tier URL
+        # under the data dir) and a line for the summary: its `Capability.embedded`.
+        hook = capabilities.get(capability).embedded
         if hook is not None:
             extra, note = hook(self.data_dir)
             config.update(extra)

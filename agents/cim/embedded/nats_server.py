@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EmbeddedError
-from .procs import ManagedProcess, find_binary, free_port, free_ports, wait_until
+from ..ports import free_port, free_ports
+from .procs import ManagedProcess, find_binary, wait_until
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_MAX_MEMORY_STORE = 256 * 1024**2

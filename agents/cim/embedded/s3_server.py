@@ -19,7 +19,8 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from .procs import ManagedProcess, find_binary, free_port_pairs
+from ..ports import free_port_pairs
+from .procs import ManagedProcess, find_binary
 
 LOOPBACK = "127.0.0.1"
 # weed derives each component's gRPC port as its HTTP port + 10000, and some internal clients

@@ -45,24 +45,10 @@ def known_types() -> list[str]:
     return sorted(_registry)
 
 
-_loaded = False
-
-
 def _load_builtin() -> None:
-    """Import every `*_events` module of the package: each registers its models on import.
-
-    A capability adds event types by adding such a module (e.g. `cim/tier_events.py`);
-    plugins register theirs with `@event_type` when they are loaded.
-    """
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import importlib
-    import pkgutil
-
-    import cim
-
-    for info in pkgutil.walk_packages(cim.__path__, "cim."):
-        if info.name.rsplit(".", 1)[-1].endswith("_events"):
-            importlib.import_module(info.name)
+    """Register every capability's event models: each capability package imports its
+    `events` module, and cim.capabilities lists the packages. The one import from above
+    this layer, made on first lookup: the models live with their capability, and the
+    registry must know them all before it refuses a type as unknown. Plugins register
+    theirs with `@event_type` when they are loaded."""
+    from .. import capabilities  # noqa: F401

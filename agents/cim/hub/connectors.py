@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..events import Event, EventStore
 from ..names import HUB_BUCKET
 from ..plugins import Plugin, discover
-from ..unit_store import UnitStore
+from ..store.unit_store import UnitStore
 
 KIND = "connector"
 STATE_BUCKET = HUB_BUCKET

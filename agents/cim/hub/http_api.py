@@ -23,8 +23,8 @@ from pydantic import ValidationError
 from .. import cid as cidlib
 from ..errors import CimError, InvalidInput, NotFound, UnitTooLarge
 from ..events.envelope import decode_body
-from ..unit_store import UnitStore, guess_media_type
-from ..units import Unit
+from ..store.unit_store import UnitStore, guess_media_type
+from ..store.units import Unit
 from .tokens import Token, Tokens
 
 log = logging.getLogger("cim.hub.http")

@@ -25,30 +25,15 @@ import aiohttp
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from ..events import Event, EventStore, StoredEvent
 from ..names import DLQ_STREAM, EVENTS_STREAM
+from .config import CONSUMER, WebhookSettings
 
 log = logging.getLogger("cim.hub.webhooks")
 
-CONSUMER = "cim-hub-webhooks"
 SIGNATURE = "X-CIM-Signature"
 DELIVERIES = Counter("cim_hub_webhook_deliveries_total", "Webhook attempts by webhook and outcome", ["webhook", "outcome"])
-
-
-class WebhookSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
-    url: HttpUrl
-    subjects: list[str] = Field(default_factory=lambda: ["cim.evt.unit.*.created"], min_length=1,
-                                description="NATS subject patterns of the events to send")
-    secret_file: Path = Field(description="file holding the HMAC secret (shared with the receiver)")
-    max_attempts: int = Field(default=5, ge=1, le=50)
-    backoff: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0],
-                                 description="seconds between attempts; the last repeats")
-    timeout: float = Field(default=10, gt=0, description="seconds one attempt may take")
 
 
 def sign(secret: bytes, body: bytes, timestamp: int | None = None) -> str:

@@ -33,12 +33,12 @@ from ..events.envelope import H_MSG_ID, subject_for, validated
 from ..names import DLQ_STREAM, EVENTS_STREAM
 from ..nats.api import JsError, api, error_code
 from ..nats.pull import PullFetcher
-from ..pipeline_events import StepRecord, StepsDone
 from ..plugins import Plugins, StepContext
-from ..tiering.fetch import fetch
-from ..unit_store import UnitStore
-from ..units import Unit
+from ..store.unit_store import UnitStore
+from ..store.units import Unit
+from ..tier.fetch import fetch
 from .coalesce import CoalescedReads
+from .events import StepRecord, StepsDone
 from .model import PipelineDef, run_key, step_key
 
 log = logging.getLogger("cim.pipeline")

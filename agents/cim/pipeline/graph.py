@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..events import StoredEvent
-from ..pipeline_events import step_outputs
+from .events import step_outputs
 
 
 class RelationGraph:

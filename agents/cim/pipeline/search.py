@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..events import StoredEvent
-from ..pipeline_events import step_outputs
 from ..text import terms
+from .events import step_outputs
 
 K1, B = 1.2, 0.75
 

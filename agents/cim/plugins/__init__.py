@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from ..errors import CimError, InvalidInput
 from ..events import Event
-from ..units import Unit
+from ..store.units import Unit
 
 log = logging.getLogger("cim.plugins")
 GROUP = "cim.plugins"

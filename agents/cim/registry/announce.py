@@ -116,24 +116,3 @@ class Heartbeat:
             await self.js.publish(self.subject, b"", headers={"KV-Operation": "DEL"})
         except Exception as err:
             log.info("could not remove the registry record (%s); it expires with the bucket's TTL", err)
-
-
-def capabilities_of(agent: object, capability: str, version: str) -> Callable[[], dict[str, str]]:
-    """What an agent provides, read at every beat: its own capability at the cim version,
-    plus the module's `CAPABILITIES = {"name": "version"}`, plus the agent's `capabilities`
-    (a dict, or a method returning one: e.g. from the plugins it loaded)."""
-    import sys
-
-    module = sys.modules.get(type(agent).__module__)
-    declared = dict(getattr(module, "CAPABILITIES", None) or {})
-
-    def current() -> dict[str, str]:
-        caps = {capability: version, **declared}
-        own = getattr(agent, "capabilities", None)
-        if callable(own):
-            own = own()
-        if isinstance(own, dict):
-            caps.update({str(k): str(v) for k, v in own.items()})
-        return caps
-
-    return current

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from nats.aio.client import Client
 from pydantic import ValidationError
 
-from ..capabilities import CAPABILITIES
 from ..errors import NotFound
 from ..names import REGISTRY_BUCKET
 from ..nats.read import StreamMsg, TooMany, last_per_subject
+from ..permissions import NAMES as CAPABILITIES
 from .model import AgentRecord, AgentView, Match, Requirement, now_utc
 from .query import negotiate as _negotiate
 from .query import providers as _providers

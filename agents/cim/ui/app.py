@@ -20,12 +20,12 @@ import jinja2
 from aiohttp import BodyPartReader, web
 from nats.aio.client import Client
 
-from ..content import ContentStore
 from ..errors import CimError, InvalidInput, NotFound
 from ..names import CONTENT_BUCKET
-from ..tiering.fetch import fetch
-from ..unit_fold import HOT, UnitFold
-from ..unit_store import UnitStore
+from ..store.content import ContentStore
+from ..store.unit_fold import HOT, UnitFold
+from ..store.unit_store import UnitStore
+from ..tier.fetch import fetch
 from . import data, plots
 from .auth import Auth, Session
 from .projections import Projection

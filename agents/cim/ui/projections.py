@@ -21,7 +21,7 @@ from typing import Any
 from ..events import EventStore, StoredEvent
 from ..names import EVENTS_STREAM
 from ..nats.read import last_seq
-from ..unit_fold import UnitFold
+from ..store.unit_fold import UnitFold
 
 log = logging.getLogger("cim.ui.projection")
 

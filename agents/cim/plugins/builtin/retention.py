@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from ... import __version__
 from ...events import Event
-from ...unit_events import UnitLabeled
+from ...store.events import UnitLabeled
 from .. import Plugin, StepContext, StepOutput
 
 

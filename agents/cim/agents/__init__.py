@@ -1,1 +1,0 @@
-"""One module per capability's agent. Each defines `Config` (its config file) and `Agent`."""

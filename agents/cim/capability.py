@@ -1,0 +1,69 @@
+"""What a capability is: its agent's config model, its agent, the streams and buckets it
+needs, and what it adds to `cim up` on one machine.
+
+Each capability package (cim.store, cim.tier, cim.registry, cim.pipeline, cim.hub, cim.ui)
+exports one `CAPABILITY`; cim.capabilities lists them by explicit import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .nats.connect import ConnectionSettings
+from .provision.spec import ProvisionSpec
+
+if TYPE_CHECKING:
+    from .runtime import AgentBase
+
+
+class MetricsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    # None turns the endpoint off; 0 picks a free port (printed in the log).
+    port: int | None = Field(default=None, ge=0, le=65535)
+
+
+class RegistrySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Keep it well under the registry bucket's TTL (30 s): a record not renewed within the
+    # TTL expires, and readers call an agent stale after three missed beats.
+    heartbeat: float = Field(default=5.0, gt=0, le=300, description="seconds between announcements in CIM_REGISTRY")
+    announce: bool = Field(default=True, description="announce this agent in the registry bucket")
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    capability: str
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+    nats: ConnectionSettings = Field(default_factory=ConnectionSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+
+    @property
+    def agent_name(self) -> str:
+        return self.name or f"cim-{self.capability}"
+
+
+# For `cim up`: the settings a capability adds to its agent's config on one machine (a port,
+# a folder, a tier under the data dir), and a line for the summary `cim up` prints.
+EmbeddedSettings = Callable[[Path], tuple[dict[str, Any], str | None]]
+
+
+@dataclass(frozen=True)
+class Capability:
+    name: str
+    config: type[AgentConfig]
+    # The agent class, imported only when the agent runs (it may pull in aiohttp or boto3,
+    # which `cim config check` and `cim --version` have no need of).
+    agent: Callable[[], type[AgentBase]]
+    provision: ProvisionSpec = field(default_factory=lambda: ProvisionSpec(include_core=False))
+    embedded: EmbeddedSettings | None = None

@@ -1,0 +1,86 @@
+"""The hub agent's settings, the consumer and bucket it needs, and what `cim up` gives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+from ..capability import AgentConfig
+from ..names import EVENTS_STREAM
+from ..ports import free_port, port_is_free
+from ..provision.spec import ConsumerSpec, KvSpec, ProvisionSpec
+from .connectors import STATE_BUCKET, ConnectorConfig
+
+DEFAULT_PORT = 8471
+
+
+class HttpSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+
+
+class Config(AgentConfig):
+    capability: Literal["hub"] = "hub"
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    tokens_file: Path = Field(description="JSON file of bearer tokens with their allowed sources and labels")
+    max_body_size: int = Field(default=64 * 1024 * 1024, gt=0, description="largest upload accepted, in bytes (413 above)")
+    idle_timeout: float = Field(default=30.0, gt=0, le=3600,
+                                description="seconds a client may send nothing while its upload is read (408 past "
+                                            "it), and may take to send a whole request head (closed past it)")
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    connectors: list[ConnectorConfig] = Field(default_factory=list)
+
+
+def provision_spec() -> ProvisionSpec:
+    return ProvisionSpec(
+        include_core=False,
+        consumers=[ConsumerSpec(
+            stream=EVENTS_STREAM, name=CONSUMER, description="events for the hub's outbound webhooks",
+            filter_subjects=["cim.evt.>"], deliver_policy="new", ack_wait=60, max_ack_pending=256,
+        )],
+        kv=[KvSpec(bucket=STATE_BUCKET, description="hub connector progress (S3 import ETags)")],
+    )
+
+
+def embedded_settings(data_dir: Path) -> tuple[dict, str | None]:
+    """For `cim up`: a port, a token made once under the data dir, and an inbox folder."""
+    hub_dir = data_dir / "hub"
+    hub_dir.mkdir(parents=True, exist_ok=True)
+    tokens = hub_dir / "tokens.json"
+    if not tokens.exists():
+        fd = os.open(tokens, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"tokens": [{"name": "local", "token": secrets.token_urlsafe(24)}]}, f, indent=2)
+    token = json.loads(tokens.read_text())["tokens"][0].get("token", "(see the file)")
+    port = DEFAULT_PORT if port_is_free(DEFAULT_PORT) else free_port()
+    inbox = data_dir / "inbox"
+    settings = {
+        "http": {"host": "127.0.0.1", "port": port},
+        "tokens_file": str(tokens),
+        "connectors": [{"plugin": "inbox", "name": "inbox", "settings": {"path": str(inbox), "interval": 1.0}}],
+    }
+    note = f"hub http://127.0.0.1:{port}/v1/units (token {token}, from {tokens}); inbox {inbox}"
+    return settings, note
+
+
+class WebhookSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    url: HttpUrl
+    subjects: list[str] = Field(default_factory=lambda: ["cim.evt.unit.*.created"], min_length=1,
+                                description="NATS subject patterns of the events to send")
+    secret_file: Path = Field(description="file holding the HMAC secret (shared with the receiver)")
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    backoff: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0],
+                                 description="seconds between attempts; the last repeats")
+    timeout: float = Field(default=10, gt=0, description="seconds one attempt may take")
+
+
+CONSUMER = "cim-hub-webhooks"

@@ -1,0 +1,224 @@
+"""The `pipeline` agent: runs the pipelines in CIM_PIPELINES and serves search and relations.
+
+Pipelines come from this agent's config (the NixOS settings) and from
+`cim pipelines apply`; both land in the KV bucket, which the agent polls, so a changed
+definition or step setting takes effect without a restart. The search index and the
+relation graph are projections rebuilt by replaying the event stream at every start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+
+from ..errors import CimError, ConfigError, InvalidInput, NotFound
+from ..events import Event, EventStore, StoredEvent
+from ..names import EVENTS_STREAM
+from ..plugins import discover
+from ..registry import NoProvider, negotiate
+from ..runtime import AgentBase, AgentContext, endpoint
+from ..store.content import ContentStore
+from ..store.unit_store import UnitStore
+from ..tier.fetch import fetch
+from . import definitions
+from .api import CheckRequest, CidRequest, Empty, RetryRequest, SearchRequest
+from .config import Config
+from .dlq import delete_letter, get_letter
+from .engine import RECORDS, Runner
+from .graph import RelationGraph
+from .model import PipelineDef, check_plugins
+from .search import SearchIndex
+
+log = logging.getLogger("cim.pipeline")
+POLL_SECONDS = 2.0
+PROJECTED = [RECORDS, "cim.evt.unit.*.created"]
+
+
+class Agent(AgentBase):
+    def __init__(self, ctx: AgentContext):
+        self.ctx = ctx
+        self.config: Config = ctx.config  # type: ignore[assignment]
+        self.nc = ctx.nc
+        self.units = UnitStore(ctx.nc, agent=self.config.agent_name, timeout=10, cold=fetch)
+        self.content = ContentStore(ctx.nc, timeout=10)
+        self.events = EventStore(ctx.nc, timeout=10)
+        self.plugins = discover()
+        self.runners: dict[str, Runner] = {}
+        self.versions: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+        self.paused: set[str] = set()
+        self.index = SearchIndex()
+        self.graph = RelationGraph()
+        self._tasks: list[asyncio.Task] = []
+
+    def capabilities(self) -> dict[str, str]:
+        """Announced in the registry: what the loaded plugins provide."""
+        return self.plugins.providers()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for name, why in self.plugins.broken.items():
+            log.error("plugin %s is not available: %s", name, why)
+        for p in self.config.pipelines:
+            await self._install(p)
+        self._tasks = [asyncio.create_task(self._watch(), name="pipelines-watch"),
+                       asyncio.create_task(self._project(), name="projections")]
+
+    async def _install(self, p: PipelineDef) -> None:
+        """Install a pipeline of this agent's config, unless one of its name was applied with
+        `cim pipelines apply`: an operator's pipeline is never reverted by a restart."""
+        try:
+            current = await definitions.get(self.nc, p.name)
+        except NotFound:
+            current = None
+        if current is not None and current.source != "config":
+            log.info("pipeline %s was applied with `cim pipelines apply`; the config's definition does not replace it", p.name)
+            return
+        if current is None or current.definition != p:
+            await definitions.put(self.nc, p, source="config")
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        # Together: each runner waits at most its own bound for the batch in hand.
+        await asyncio.gather(*(r.stop() for r in list(self.runners.values())), return_exceptions=True)
+
+    async def _read(self, cid: str) -> bytes:
+        parts, size = [], 0
+        async for chunk in self.units.get(cid):
+            size += len(chunk)
+            if size > self.config.max_content_bytes:
+                raise InvalidInput("size", f"{cid} is over max_content_bytes ({self.config.max_content_bytes}) for pipeline steps")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def _read_many(self, cids: list[str]) -> dict[str, bytes]:
+        found = await self.content.read_small(cids)
+        return {cid: data for cid, data in found.items() if len(data) <= self.config.max_content_bytes}
+
+    async def _read_text(self, cid: str) -> bytes:
+        return await self.content.read(cid)
+
+    async def _store_text(self, text: str) -> str:
+        return await self.content.put_bytes(text.encode("utf-8"))
+
+    async def _watch(self) -> None:
+        """Poll the definitions: start, restart (changed), pause and remove runners."""
+        while True:
+            try:
+                records = {r.definition.name: r for r in await definitions.list_all(self.nc)}
+                await self._reconcile(records)
+            except Exception as err:  # the bucket may be briefly unavailable; keep the runners
+                log.warning("reading pipeline definitions failed: %s", err)
+            await asyncio.sleep(POLL_SECONDS)  # the polling interval, not a wait for a condition
+
+    async def _reconcile(self, records: dict[str, definitions.PipelineRecord]) -> None:
+        for name in list(self.runners):
+            r = records.get(name)
+            version = r.definition.model_dump_json() if r else None
+            if r is None or r.paused or version != self.versions.get(name):
+                await self.runners.pop(name).stop()
+                self.versions.pop(name, None)
+                log.info("pipeline %s %s", name, "paused" if r and r.paused else "stopped" if r is None else "reloading")
+        # Reported only now that its runner has stopped: "paused" means nothing more runs.
+        self.paused = {name for name, r in records.items() if r.paused}
+        for name, r in records.items():
+            if r.paused or name in self.runners:
+                continue
+            if r.definition.requires:
+                try:
+                    await negotiate(self.nc, r.definition.requires)
+                except NoProvider as err:  # e.g. "nothing provides ocr >= 2 (available: ...)"
+                    if self.errors.get(name) != str(err):
+                        log.error("pipeline %s waits for a provider: %s", name, err)
+                    self.errors[name] = str(err)
+                    continue
+            try:
+                runner = Runner(self.nc, r.definition, self.plugins, agent=self.config.agent_name,
+                                read=self._read, store_text=self._store_text, read_many=self._read_many)
+            except CimError as err:
+                if self.errors.get(name) != str(err):
+                    log.error("pipeline %s cannot run: %s", name, err)
+                self.errors[name] = str(err)
+                continue
+            self.errors.pop(name, None)
+            runner.start()
+            self.runners[name] = runner
+            self.versions[name] = r.definition.model_dump_json()
+
+    async def _project(self) -> None:
+        async for e in self.events.read(PROJECTED, follow=True):
+            try:
+                self.graph.apply(e)
+                await self.index.apply(e, self._read_text)
+            except Exception as err:  # one bad event must not stop the projections
+                log.warning("projection skipped event #%d: %s", e.seq, err)
+
+    # --- endpoints ------------------------------------------------------------------------
+
+    @endpoint("search")
+    async def search(self, req: SearchRequest) -> dict:
+        """Full-text search over indexed units, best first."""
+        hits = self.index.search(req.query, req.limit)
+        return {"hits": [h.__dict__ for h in hits], "indexed": len(self.index.lengths), "as_of": self.index.last_seq}
+
+    @endpoint("related")
+    async def related(self, req: CidRequest) -> dict:
+        """Units related to a unit: references, derived-from, same source."""
+        return {"cid": req.cid, "related": self.graph.related(req.cid)}
+
+    @endpoint("index")
+    async def index_state(self, req: Empty) -> dict:
+        """A digest of the search index, to compare it with one rebuilt by replay."""
+        snap = json.dumps(self.index.snapshot(), sort_keys=True).encode()
+        return {"documents": len(self.index.lengths), "as_of": self.index.last_seq,
+                "digest": hashlib.sha256(snap).hexdigest()}
+
+    @endpoint("status")
+    async def status(self, req: Empty) -> dict:
+        """Each pipeline's state, counters and consumer lag, and the plugins."""
+        out = {}
+        for name, runner in self.runners.items():
+            s = runner.stats
+            out[name] = {"state": "running", "processed": s.processed, "skipped": s.skipped,
+                         "failed_attempts": s.failed_attempts, "dead_letters": s.dead_letters,
+                         "last_error": s.last_error, **await runner.lag()}
+        for name, why in self.errors.items():
+            out[name] = {"state": "error", "last_error": why}
+        for name in self.paused:
+            out[name] = {"state": "paused"}
+        return {"pipelines": out, "plugins": {n: p.version for n, p in self.plugins.found.items()},
+                "broken_plugins": self.plugins.broken}
+
+    @endpoint("check")
+    async def check(self, req: CheckRequest) -> dict:
+        """Problems of these pipelines against the plugins installed here (`cim pipelines apply`)."""
+        try:
+            check_plugins(req.pipelines, self.plugins, "pipelines")
+        except ConfigError as err:
+            return {"problems": [list(p) for p in err.errors]}
+        return {"problems": []}
+
+    @endpoint("retry")
+    async def retry(self, req: RetryRequest) -> dict:
+        """Process a dead letter again; on success remove it from CIM_DLQ."""
+        letter = await get_letter(self.nc, req.seq)
+        runner = self.runners.get(letter.pipeline)
+        if runner is None:
+            raise NotFound(f"pipeline {letter.pipeline!r} is not running here (paused, removed or broken)")
+        msg = await self.nc.jetstream().get_msg(EVENTS_STREAM, letter.original_seq)
+        event = StoredEvent.from_message(msg.subject or "", msg.seq or 0, dict(msg.headers or {}), msg.data or b"")
+        await runner.process(event)
+        await delete_letter(self.nc, req.seq)
+        await self.events.append(Event(
+            type="dlq.retried", aggregate_id=f"{letter.pipeline}-{req.seq}", id=f"dlq-retried-{req.seq}",
+            agent=self.config.agent_name, source=self.config.agent_name,
+            data={"pipeline": letter.pipeline, "dlq_seq": req.seq, "original_seq": letter.original_seq},
+        ))
+        return {"retried": req.seq, "pipeline": letter.pipeline, "original_seq": letter.original_seq}

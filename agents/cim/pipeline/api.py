@@ -1,0 +1,32 @@
+"""The pipeline agent's service API (cim.pipeline.*): its requests."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .model import PipelineDef
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchRequest(_Req):
+    query: str = Field(min_length=1, max_length=500)
+    limit: int = Field(default=10, gt=0, le=100)
+
+
+class CidRequest(_Req):
+    cid: str
+
+
+class RetryRequest(_Req):
+    seq: int = Field(gt=0)
+
+
+class Empty(_Req):
+    pass
+
+
+class CheckRequest(_Req):
+    pipelines: list[PipelineDef] = Field(max_length=256)

@@ -1,0 +1,323 @@
+"""The `tier` agent: moves units between tiers by policy, serves reads from colder tiers,
+verifies, restores single units and exports the event stream to the archive.
+
+Endpoints (`cim.tier.*`): status, migrate, verify, restore, backup_status; plus the
+streaming `cim.tier.fetch` (read-through, see tiering/fetch.py) and `cim.tier.access`
+(last-access reports from readers, kept in the KV bucket CIM_TIER_ACCESS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
+
+from ..errors import CimError, UnitNotFound
+from ..events import EventStore
+from ..names import CONTENT_BUCKET
+from ..runtime import AgentBase, AgentContext, endpoint
+from ..runtime import progress as runtime_progress
+from ..store.unit_fold import HOT
+from .api import CidRequest, Empty, MigrateRequest, VerifyRequest
+from .backends import Backend, open_backend
+from .backup import Exporter
+from .config import ACCESS_BUCKET, Config
+from .errors import ObjectMissing, TierUnavailable, UnitExpiredError
+from .fetch import FetchServer
+from .locations import UNIT_EVENTS, LocationIndex, for_unit
+from .migrate import BACKOFF, Migrator, MoveResult
+from .urls import TierSpec
+
+log = logging.getLogger("cim.tier")
+
+ACCESS_SUBJECT = "cim.tier.access"
+HOT_SPEC = TierSpec(name=HOT, url=f"jetstream://{CONTENT_BUCKET}")
+
+
+# --- requests and replies -------------------------------------------------------------------
+
+
+def _result(r: MoveResult) -> dict:
+    return {k: getattr(r, k) for k in ("cid", "policy", "action", "from_tier", "to_tier", "size", "ok", "error")}
+
+
+class Agent(AgentBase):
+    def __init__(self, ctx: AgentContext):
+        self.ctx = ctx
+        self.config: Config = ctx.config  # type: ignore[assignment]
+        self.nc = ctx.nc
+        self.events = EventStore(ctx.nc)
+        self.tiers: dict[str, Backend] = {HOT: open_backend(HOT_SPEC, ctx.nc)}
+        for spec in self.config.tiers:
+            self.tiers[spec.name] = open_backend(spec, ctx.nc)  # a missing credentials file fails here
+        self.migrator = Migrator(self.events, self.tiers, agent=self.config.agent_name,
+                                 concurrency=self.config.concurrency, retry_for=self.config.read_retry_for)
+        self.exporter = (Exporter(ctx.nc, self.tiers[self.config.backup.tier], chunk_events=self.config.backup.chunk_events)
+                         if self.config.backup else None)
+        self.index = LocationIndex()
+        self.access: dict[str, float] = {}
+        self._access_dirty: set[str] = set()
+        self.fetcher = FetchServer(ctx.nc, self._open_stream)
+        self.last_migration: dict | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._wake = asyncio.Event()
+        self._promotions: set[asyncio.Task] = set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for backend in self.tiers.values():
+            try:
+                await backend.check()
+            except TierUnavailable as err:  # a tier that is down now may come back; retried later
+                self.migrator.note_error(f"checking tier {backend.name}", err)
+        self.index = await LocationIndex.build(self.events)
+        await self._load_access()
+        await self.fetcher.start()
+        await self.nc.subscribe(ACCESS_SUBJECT, cb=self._on_access)
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="index"),
+            asyncio.create_task(self._loop(), name="migrate"),
+        ]
+        if self.exporter:
+            self._tasks.append(asyncio.create_task(self._backup_loop(), name="backup"))
+
+    async def stop(self) -> None:
+        await self.fetcher.stop()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        with contextlib.suppress(Exception):
+            await self._flush_access()
+        for b in self.tiers.values():
+            b.close()
+
+    async def _follow(self) -> None:
+        """Keep the location index current from the live event stream."""
+        while not self.ctx.stopping.is_set():
+            try:
+                async for e in self.events.read([UNIT_EVENTS], start_seq=self.index.last_seq + 1, follow=True):
+                    self.index.apply(e)
+            except CimError as err:
+                self.migrator.note_error("following the unit events", err)
+                await asyncio.sleep(1)  # backoff before following again
+
+    async def _loop(self) -> None:
+        """Finish interrupted moves first, then run the policies every migrate_interval."""
+        while not self.ctx.stopping.is_set():
+            try:
+                await self._catch_up()
+                await self.migrator.resume(self.index)
+                if self.config.policies:
+                    await self._run(dry_run=False)
+            except CimError as err:
+                self.migrator.note_error("migration run", err)
+            except Exception as err:  # never let the loop die; the error is reported in status
+                log.exception("migration run failed")
+                self.migrator.note_error("migration run", err)
+            await self._sleep(self.config.migrate_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait for the next run, or for SIGTERM, whichever comes first."""
+        stop = asyncio.create_task(self.ctx.stopping.wait())
+        try:
+            await asyncio.wait([stop], timeout=seconds)
+        finally:
+            stop.cancel()
+
+    async def _backup_loop(self) -> None:
+        assert self.exporter and self.config.backup
+        while not self.ctx.stopping.is_set():
+            try:
+                await self._catch_up()
+                await self.migrator.copy_all_to(self.index, self.config.backup.tier)
+                await self.exporter.export()
+                self.exporter.last_error = None
+            except Exception as err:
+                self.exporter.last_error = str(err)
+                self.migrator.note_error("backup", err)
+            await self._sleep(self.config.backup.interval)
+
+    async def _catch_up(self) -> None:
+        """Apply every unit event up to now, so a run plans from the current state."""
+        async for e in self.events.read([UNIT_EVENTS], start_seq=self.index.last_seq + 1):
+            self.index.apply(e)
+
+    async def _run(self, dry_run: bool, progress: Callable[[dict], Coroutine[Any, Any, None]] | None = None) -> dict:
+        await self._catch_up()
+        sent: list[asyncio.Task] = []
+        planned_info: dict = {}
+
+        def planned(n: int, size: int) -> None:
+            planned_info.update(units=n, bytes=size)
+            if progress:
+                sent.append(asyncio.create_task(progress({"planned": n, "bytes": size})))
+
+        def each(r: MoveResult) -> None:
+            if progress:
+                sent.append(asyncio.create_task(progress(_result(r))))
+
+        report = await self.migrator.run_policies(self.index, self.config.policies, self.access, dry_run=dry_run,
+                                                  progress=each, planned=planned, promote_hold=self.config.promote_hold)
+        await asyncio.gather(*sent)
+        summary = {
+            "dry_run": dry_run, "planned": planned_info.get("units", 0), "bytes": planned_info.get("bytes", 0),
+            "done": sum(1 for r in report.moved if r.ok), "failed": [_result(r) for r in report.failed],
+            "results": [_result(r) for r in report.moved], "finished": time.time(),
+        }
+        if not dry_run:
+            self.last_migration = {k: v for k, v in summary.items() if k != "results"}
+            await self._catch_up()
+        return summary
+
+    # --- last access ----------------------------------------------------------------------
+
+    async def _load_access(self) -> None:
+        from ..nats.read import read_stream
+
+        try:
+            async for m in read_stream(self.nc, f"KV_{ACCESS_BUCKET}", [f"$KV.{ACCESS_BUCKET}.>"], resume_for=5):
+                self.access[m.subject.rsplit(".", 1)[-1]] = float(m.data or 0)
+        except CimError as err:  # no bucket yet: every unit counts as never read
+            log.info("no access times loaded: %s", err)
+
+    async def _on_access(self, msg) -> None:
+        cid = msg.data.decode(errors="replace").strip()
+        if cid.startswith("b") and len(cid) < 100 and "." not in cid:
+            self.access[cid] = time.time()
+            self._access_dirty.add(cid)
+            if len(self._access_dirty) == 1:  # flush a batch a little later, not one put per read
+                asyncio.get_running_loop().call_later(2.0, lambda: asyncio.ensure_future(self._flush_access()))
+
+    async def _flush_access(self) -> None:
+        dirty, self._access_dirty = self._access_dirty, set()
+        if not dirty:
+            return
+        js = self.nc.jetstream()
+        try:
+            for cid in dirty:
+                # Straight to the KV subject: no bucket lookup, so no extra permission needed.
+                await js.publish(f"$KV.{ACCESS_BUCKET}.{cid}", str(self.access[cid]).encode(), stream=f"KV_{ACCESS_BUCKET}")
+        except Exception as err:
+            self.migrator.note_error("recording last access", err)
+
+    # --- read-through ----------------------------------------------------------------------
+
+    async def _open_stream(self, cid: str, notify: Callable[[str], Awaitable[None]]) -> AsyncIterator[bytes]:
+        u = await for_unit(self.events, cid)
+        if not u.known:
+            raise UnitNotFound(cid)
+        if u.expired:
+            raise UnitExpiredError(cid, u.expired.get("policy", "?"), u.expired.get("time", "?"))
+        failures: list[str] = []
+        unavailable = False  # a tier that may hold it did not answer: an outage, not a loss
+        loop = asyncio.get_running_loop()
+        for name in self.migrator.order(u.tiers):
+            backend = self.tiers[name]
+            deadline = loop.time() + self.config.read_retry_for
+            attempt = 0
+            while True:
+                gen = backend.get(cid, u.size)
+                try:
+                    first = await gen.__anext__()
+                except StopAsyncIteration:
+                    first = b""
+                except ObjectMissing:
+                    failures.append(f"{backend.where()} has no copy")
+                    break
+                except TierUnavailable as err:
+                    await gen.aclose()  # type: ignore[attr-defined]  # an async generator
+                    if loop.time() >= deadline:
+                        failures.append(str(err))
+                        unavailable = True
+                        break
+                    await notify(f"{err}; retrying")
+                    await asyncio.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])  # backoff at a tier that is down
+                    attempt += 1
+                    continue
+                self.access[cid] = time.time()
+                self._access_dirty.add(cid)
+                return self._rest(cid, name, first, gen)
+        if not unavailable:
+            # Every tier that should hold it answered, and none has it: a loss, not an outage.
+            raise TierUnavailable(
+                f"unit {cid} has no copy in any tier: " + "; ".join(failures or ["no tier is recorded as holding it"])
+                + ". Its content is lost unless a backup holds it: `cim tier verify` lists such units, "
+                "and `cim backup restore` brings back what the archive has"
+            )
+        raise TierUnavailable(
+            f"unit {cid} cannot be read now: " + "; ".join(failures or ["no tier holds it"])
+            + ". Nothing is lost: start the tier's server (or fix its endpoint) and read again"
+        )
+
+    async def _rest(self, cid: str, tier: str, first: bytes, gen: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        async for chunk in gen:
+            yield chunk
+        if self.config.promote_on_read and tier != HOT:
+            task = asyncio.create_task(self.migrator.restore(cid))  # held: an unreferenced task may vanish
+            self._promotions.add(task)
+            task.add_done_callback(self._promotions.discard)
+
+    # --- endpoints -------------------------------------------------------------------------
+
+    @endpoint("status")
+    async def status(self, req: Empty) -> dict:
+        """Units and bytes per tier, pending moves and the last errors."""
+        await self._catch_up()
+        tiers = []
+        live = self.index.live()
+        for name, backend in self.tiers.items():
+            held = [u for u in live if u.holds(name)]
+            tiers.append({"name": name, "url": backend.spec.where(), "units": len(held), "bytes": sum(u.size for u in held)})
+        pending = self.index.pending()
+        return {
+            "tiers": tiers,
+            "units": len(live),
+            "expired": sum(1 for u in self.index.units.values() if u.expired),
+            "pending": len(pending),
+            "pending_moves": [{"cid": u.cid, **{k: v for k, v in (u.pending or {}).items() if k != "seq"}} for u in pending[:20]],
+            "policies": [p.model_dump(by_alias=True) for p in self.config.policies],
+            "last_migration": self.last_migration,
+            "errors": list(self.migrator.errors),
+        }
+
+    @endpoint("migrate")
+    async def migrate(self, req: MigrateRequest) -> dict:
+        """Run the policies now (or only plan them with dry_run)."""
+        if not req.dry_run:
+            await self.migrator.resume(self.index)
+        return await self._run(req.dry_run, runtime_progress if req.progress else None)
+
+    @endpoint("verify")
+    async def verify(self, req: VerifyRequest) -> dict:
+        """Re-hash objects in each tier; report missing, corrupt and orphan ones."""
+        if req.tier is not None and req.tier not in self.tiers:
+            from ..errors import InvalidInput
+
+            raise InvalidInput("tier", f"no tier {req.tier!r}; configured: {', '.join(self.tiers)}")
+        await self._catch_up()
+        return await self.migrator.verify(self.index, req.tier, req.sample)
+
+    @endpoint("restore")
+    async def restore(self, req: CidRequest) -> dict:
+        """Bring a unit back to the hot tier."""
+        result = await self.migrator.restore(req.cid)
+        if not result.ok:
+            raise TierUnavailable(result.error or f"restoring {req.cid} failed")
+        return _result(result)
+
+    @endpoint("backup_status")
+    async def backup_status(self, req: Empty) -> dict:
+        """How far the event export to the archive is."""
+        if self.exporter is None:
+            return {"configured": False}
+        await self._catch_up()
+        return {"configured": True, **await self.exporter.status(self.index)}
+

@@ -1,0 +1,241 @@
+"""Read-through: the tier agent streams a unit's bytes from a colder tier to the reader.
+
+Only the agent holds the S3 keys, so `cim units get` asks it on `cim.tier.fetch`. The
+reply is a stream of chunk messages to the reader's inbox with credit-based flow control
+(the reader acks every few chunks on the subject the agent names), then an end or error
+message. While a tier is down the agent retries with backoff and says so (`retrying`
+messages keep the reader waiting); when it gives up the reader gets the reason. Both sides
+verify the CID; the reader holds the last chunk back until it checks out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from .. import cid as cidlib
+from ..errors import CidMismatch, CimError, NotFound, UnitNotFound
+from ..store.content import ThreadedHasher
+from .errors import TierAgentMissing, TierUnavailable, UnitExpiredError
+from .locations import UnitLocation
+
+log = logging.getLogger("cim.tier.fetch")
+
+FETCH_SUBJECT = "cim.tier.fetch"
+CHUNK = 512 * 1024  # well under the default 1 MiB max_payload
+WINDOW = 32  # chunks in flight before the agent waits for an ack (16 MiB)
+H_SEQ, H_ACK, H_STATUS, H_ERROR, H_KIND, H_ACTUAL = "Cim-Seq", "Cim-Ack", "Cim-Status", "Cim-Error", "Cim-Error-Kind", "Cim-Actual"
+
+
+# --- the agent's side ----------------------------------------------------------------------
+
+
+class FetchServer:
+    """Serves fetch requests with `open_stream(cid) -> (where, verified chunks)`."""
+
+    def __init__(self, nc: Client, open_stream: Callable[[str, Callable[[str], Awaitable[None]]], Awaitable[AsyncIterator[bytes]]],
+                 ack_timeout: float = 30.0):
+        self.nc = nc
+        self.open_stream = open_stream
+        self.ack_timeout = ack_timeout
+        self._sub: Any = None  # the subscription, while running
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self, queue: str = "cim-tier") -> None:
+        self._sub = await self.nc.subscribe(FETCH_SUBJECT, queue=queue, cb=self._on_request)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def _on_request(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, msg: Msg) -> None:
+        reply = msg.reply
+        if not reply:
+            return
+        acked = 0
+        credit = asyncio.Event()
+
+        async def on_ack(m: Msg) -> None:
+            nonlocal acked
+            acked = max(acked, int(m.data or 0))
+            credit.set()
+
+        ack_subject = self.nc.new_inbox()
+        ack_sub = await self.nc.subscribe(ack_subject, cb=on_ack)
+
+        async def status(kind: str, text: str) -> None:
+            await self.nc.publish(reply, b"", headers={H_STATUS: "retrying", H_ERROR: text[:900], H_KIND: kind})
+
+        try:
+            req = json.loads(msg.data or b"{}")
+            cid = cidlib.validate(str(req.get("cid", "")))
+            stream = await self.open_stream(cid, lambda text: status("unavailable", text))
+            seq = 0
+            pending = b""
+            async for chunk in stream:
+                pending += chunk
+                while len(pending) >= CHUNK:
+                    seq = await self._send(reply, ack_subject, seq, pending[:CHUNK], lambda: acked, credit)
+                    pending = pending[CHUNK:]
+            if pending:
+                seq = await self._send(reply, ack_subject, seq, pending, lambda: acked, credit)
+            await self.nc.publish(reply, b"", headers={H_STATUS: "end", H_SEQ: str(seq)})
+        except Exception as err:
+            kind = _kind_of(err)
+            headers = {H_STATUS: "error", H_ERROR: str(err)[:900], H_KIND: kind}
+            if isinstance(err, CidMismatch):
+                headers[H_ACTUAL] = err.actual
+            if kind == "internal":
+                log.exception("fetch failed")
+            await self.nc.publish(reply, b"", headers=headers)
+        finally:
+            await ack_sub.unsubscribe()
+
+    async def _send(self, reply: str, ack_subject: str, seq: int, data: bytes, acked: Callable[[], int], credit: asyncio.Event) -> int:
+        seq += 1
+        while seq - acked() > WINDOW:
+            credit.clear()
+            try:
+                await asyncio.wait_for(credit.wait(), self.ack_timeout)
+            except TimeoutError:
+                raise TimeoutError("the reader stopped acknowledging chunks") from None
+        await self.nc.publish(reply, data, headers={H_SEQ: str(seq), H_ACK: ack_subject})
+        return seq
+
+
+def _kind_of(err: BaseException) -> str:
+    if isinstance(err, CidMismatch):
+        return "cid-mismatch"
+    if isinstance(err, UnitExpiredError):
+        return "expired"
+    if isinstance(err, NotFound):  # UnitNotFound and a tier's ObjectMissing are NotFounds
+        return "not-found"
+    if isinstance(err, TierUnavailable):
+        return "unavailable"
+    if isinstance(err, CimError):
+        return "error"
+    return "internal"
+
+
+# --- the reader's side ---------------------------------------------------------------------
+
+
+async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncIterator[bytes]:
+    """A unit's bytes from the tier agent, verified here too; the last chunk held back until
+    they hash to the CID. `timeout`: the longest silence from the agent before giving up."""
+    cid = u.cid
+    inbox = nc.new_inbox()
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_msg(m: Msg) -> None:
+        queue.put_nowait(m)
+
+    sub = await nc.subscribe(inbox, cb=on_msg)
+    hasher = ThreadedHasher() if u.size > 8 * CHUNK else cidlib.Hasher()
+    held: bytes | None = None
+    expected_seq = 1
+    try:
+        await nc.publish(FETCH_SUBJECT, json.dumps({"cid": cid}).encode(), reply=inbox)
+        # No subscriber means no reply at all: learn that at once rather than by timeout.
+        await nc.flush()
+        first = True
+        loop = asyncio.get_running_loop()
+        patience = loop.time() + 5.0  # an agent that is just starting subscribes within this
+        while True:
+            try:
+                m = await asyncio.wait_for(queue.get(), 2.0 if first else timeout)
+            except TimeoutError:
+                if first and not await _agent_listens(nc):
+                    raise _no_agent(u) from None
+                if first:
+                    first = False
+                    continue
+                raise TierUnavailable(f"the tier agent stopped answering while sending {cid}; try again") from None
+            first = False
+            h = m.headers or {}
+            status = h.get(H_STATUS)
+            if h.get("Status") == "503":  # no responders: no agent, or one still starting
+                if loop.time() < patience:
+                    await asyncio.sleep(0.2)  # backoff before asking again
+                    first = True
+                    await nc.publish(FETCH_SUBJECT, json.dumps({"cid": cid}).encode(), reply=inbox)
+                    continue
+                raise _no_agent(u)
+            if status is None:
+                seq = int(h.get(H_SEQ, 0))
+                if seq != expected_seq:
+                    raise TierUnavailable(f"chunk {expected_seq} of {cid} was lost on the way; try again")
+                expected_seq += 1
+                hasher.update(m.data)
+                if held is not None:
+                    yield held
+                held = m.data
+                if seq % (WINDOW // 2) == 0:
+                    await nc.publish(h[H_ACK], str(seq).encode())
+                continue
+            if status == "retrying":
+                log.info("%s", h.get(H_ERROR))
+                continue
+            if status == "error":
+                raise _error_from(cid, h)
+            break  # end
+    finally:
+        if isinstance(hasher, ThreadedHasher):
+            await asyncio.to_thread(hasher.finish)
+        await sub.unsubscribe()
+    actual = hasher.cid()
+    if actual != cid or hasher.size != u.size:
+        raise CidMismatch(cid, actual, where="tier agent's reply")
+    if held is not None:
+        yield held
+
+
+async def _agent_listens(nc: Client) -> bool:
+    try:
+        await nc.request("$SRV.PING.cim-tier", b"", timeout=1.0)
+        return True
+    except Exception:
+        return False
+
+
+def _no_agent(u: UnitLocation) -> CimError:
+    where = ", ".join(sorted(u.tiers)) or "a colder tier"
+    return TierAgentMissing(
+        f"unit {u.cid} is in tier {where}, which only the tier agent can read, and no tier agent answers; "
+        "start it (`cim up` runs one; on NixOS set services.cim.tier.enable) and try again"
+    )
+
+
+def _error_from(cid: str, h: dict[str, str]) -> CimError:
+    kind, text = h.get(H_KIND, "error"), h.get(H_ERROR, "the tier agent failed")
+    if kind == "cid-mismatch":
+        err = CidMismatch(cid, h.get(H_ACTUAL, "?"), where="colder tier")
+        err.args = (text,)
+        return err
+    if kind == "not-found":
+        return UnitNotFound(cid) if "no unit" in text else _NotFoundText(text)
+    if kind == "unavailable":
+        return TierUnavailable(text)
+    return TierUnavailable(text) if kind == "internal" else _Plain(text)
+
+
+class _Plain(CimError):
+    pass
+
+
+class _NotFoundText(UnitNotFound):
+    def __init__(self, text: str):
+        CimError.__init__(self, text)

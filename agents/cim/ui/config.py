@@ -1,0 +1,68 @@
+"""The ui agent's settings, and the login and port `cim up` gives it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..capability import AgentConfig
+from ..ports import free_port, port_is_free
+from .auth import hash_password
+
+DEFAULT_PORT = 8470
+
+
+INLINE_LIMIT = 768 * 1024  # uploads go through the store agent's inline put
+
+
+class HttpSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+
+
+class Config(AgentConfig):
+    capability: Literal["ui"] = "ui"
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    password_file: Path | None = Field(default=None, description="`user:scrypt$...` lines (`cim ui hash-password`)")
+    trusted_header: str | None = Field(default=None, description="header naming the user, set by an authenticating reverse proxy")
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"],
+                                       description="addresses whose trusted_header is believed")
+    session_secret_file: Path | None = Field(default=None, description="HMAC key for session cookies; random per start if unset")
+    secure_cookies: bool = Field(default=False, description="mark cookies Secure (set when served over HTTPS)")
+    max_upload: int = Field(default=INLINE_LIMIT, gt=0, le=INLINE_LIMIT)
+
+    @model_validator(mode="after")
+    def _some_login(self) -> Config:
+        if self.password_file is None and self.trusted_header is None:
+            raise ValueError("set password_file or trusted_header: the dashboard never runs without a login")
+        return self
+
+
+def embedded_settings(data_dir: Path) -> tuple[dict, str | None]:
+    """For `cim up`: a port, and a user `admin` whose password is made once and kept in a
+    0600 file under the data dir (the UI itself only ever sees its hash)."""
+    ui_dir = data_dir / "ui"
+    ui_dir.mkdir(parents=True, exist_ok=True)
+    password_path = ui_dir / "admin-password"
+    users = ui_dir / "users"
+    if not password_path.exists() or not users.exists():
+        password = secrets.token_urlsafe(12)
+        for path, text in ((password_path, password + "\n"), (users, f"admin:{hash_password(password)}\n")):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+    secret = ui_dir / "session-secret"
+    if not secret.exists():
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    port = DEFAULT_PORT if port_is_free(DEFAULT_PORT) else free_port()
+    settings = {"http": {"host": "127.0.0.1", "port": port}, "password_file": str(users), "session_secret_file": str(secret)}
+    note = (f"UI http://127.0.0.1:{port} (user admin, password {password_path.read_text().strip()}, "
+            f"kept in {password_path}); `cim ui open` opens it")
+    return settings, note
