@@ -123,3 +123,27 @@ def test_a_bad_config_stops_the_agent_before_it_connects(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cim", "agent", "run", "store", "--config", str(config)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "max_unit_size" in r.stderr
+
+
+async def test_an_error_crosses_the_agent_boundary_as_the_same_class_with_the_same_message(store_agent):
+    """One typed call (cim.nats.rpc.call) over the store's declared endpoints: the reply is
+    the declared model, and an error the agent raised arrives as its class, with its fields."""
+    from cim.errors import InvalidInput, UnitNotFound, UnitTooLarge
+    from cim.nats.rpc import call
+    from cim.store import api
+
+    _, nc, _, _ = store_agent
+    data = b"typed call"
+    put = await call(nc, api.PUT, api.PutRequest(content_b64=base64.b64encode(data).decode(), title="typed"))
+    assert isinstance(put, api.PutReply) and put.unit.cid == cid.compute(data) and put.created
+    assert await call(nc, api.GET, api.CidRequest(cid=put.unit.cid)) == data
+    missing = cid.compute(b"never stored")
+    with pytest.raises(UnitNotFound) as err:
+        await call(nc, api.SHOW, api.CidRequest(cid=missing))
+    assert err.value.cid == missing and str(err.value) == str(UnitNotFound(missing))
+    with pytest.raises(UnitTooLarge, match="100000"):
+        await call(nc, api.PUT, api.PutRequest(content_b64=base64.b64encode(b"x" * 100_001).decode()))
+    # A bad request is refused before it leaves, with the field named, as the agent would.
+    with pytest.raises(InvalidInput) as bad:
+        await call(nc, api.LIST, {"limit": 0})
+    assert bad.value.field == "limit"

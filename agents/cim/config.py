@@ -14,11 +14,7 @@ from pydantic import ValidationError
 
 from . import capabilities
 from .capability import AgentConfig
-from .errors import ConfigError
-
-
-def _error_path(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+from .errors import ConfigError, field_errors
 
 
 def validate_config(data: Any, source: str = "config") -> AgentConfig:
@@ -34,7 +30,7 @@ def validate_config(data: Any, source: str = "config") -> AgentConfig:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(source, [(_error_path(e["loc"]), e["msg"]) for e in err.errors()]) from None
+        raise ConfigError(source, field_errors(err)) from None
 
 
 def load_config(path: Path) -> AgentConfig:

@@ -6,15 +6,77 @@ library traceback for a condition we can explain.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar, Self
+
 
 class CimError(Exception):
-    """Root of every error CIM raises on purpose. `str(err)` is meant for the user."""
+    """Root of every error CIM raises on purpose. `str(err)` is meant for the user.
 
+    Each class names itself on the wire with `code`, so an error raised in an agent arrives
+    at its caller as the same class with the same message (`to_wire`, `from_wire`); `status`
+    is the HTTP-like status of the micro error reply, for NATS tools that show it.
+    """
+
+    code: ClassVar[str] = "error"
+    status: ClassVar[str] = "503"
+    # Attributes that travel with the message (plain JSON values).
+    wire_fields: ClassVar[tuple[str, ...]] = ()
     exit_code = 1
+    _by_code: ClassVar[dict[str, type[CimError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:
+            existing = CimError._by_code.get(cls.code)
+            if existing is not None and existing.__qualname__ != cls.__qualname__:
+                raise TypeError(f"error code {cls.code!r} is taken by {existing.__qualname__}")
+            CimError._by_code[cls.code] = cls
+
+    def to_wire(self) -> dict[str, Any]:
+        """The error as JSON: its codes from the most specific to `error` (a caller that does
+        not know the first takes the next it knows), its message and its fields."""
+        codes = [c.code for c in type(self).__mro__ if isinstance(c, type) and issubclass(c, CimError) and "code" in c.__dict__]
+        return {"codes": codes, "message": str(self), "fields": {f: getattr(self, f, None) for f in self.wire_fields}}
+
+    @classmethod
+    def from_wire(cls, data: Any, fallback: str = "the agent failed") -> CimError:
+        """The error `to_wire` described, as the first of its classes known here. Hostile or
+        foreign input gives a plain CimError with what text there is, never an exception."""
+        if not isinstance(data, dict):
+            return CimError(fallback)
+        message = data.get("message")
+        message = message if isinstance(message, str) and message else fallback
+        codes = data.get("codes")
+        kind: type[CimError] = CimError
+        for code in codes if isinstance(codes, list) else []:
+            if isinstance(code, str) and code in CimError._by_code:
+                kind = CimError._by_code[code]
+                break
+        err = kind.__new__(kind)
+        Exception.__init__(err, message)
+        fields = data.get("fields")
+        for name in kind.wire_fields:
+            if isinstance(fields, dict) and name in fields:
+                setattr(err, name, fields[name])
+        return err
+
+    @classmethod
+    def with_message(cls, message: str) -> Self:
+        """This class with a given message, whatever its own constructor takes."""
+        err = cls.__new__(cls)
+        Exception.__init__(err, message)
+        return err
+
+
+CimError._by_code["error"] = CimError
 
 
 class InvalidInput(CimError, ValueError):
     """Input broke a rule. `field` names where, `rule` names which."""
+
+    code = "invalid_input"
+    status = "400"
+    wire_fields = ("field", "rule")
 
     def __init__(self, field: str, rule: str):
         self.field = field
@@ -22,20 +84,48 @@ class InvalidInput(CimError, ValueError):
         super().__init__(f"{field}: {rule}")
 
 
+def field_errors(err: Any, prefix: str = "", top: str = "(top level)") -> list[tuple[str, str]]:
+    """A pydantic ValidationError's problems as (dotted field path, message): the one
+    translation every caller uses. `prefix` places the fields (`settings.`), `top` names a
+    problem of the whole object. Pydantic's "Value error, " is dropped, and so is a field
+    name our own validators already put in front of their text (InvalidInput's "field: rule")."""
+    out = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        path = ".".join(loc)
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        for name in (path, loc[-1] if loc else ""):
+            if name and msg.startswith(f"{name}: "):
+                msg = msg[len(name) + 2:]
+                break
+        out.append((f"{prefix}{path}" if path else (prefix.rstrip(".") or top), msg))
+    return out
+
+
+def invalid_input(err: Any, prefix: str = "", top: str = "(request)") -> InvalidInput:
+    """The first problem of a pydantic ValidationError, as an InvalidInput naming its field."""
+    field, rule = field_errors(err, prefix, top)[0]
+    return InvalidInput(field, rule)
+
+
 class InvalidCid(InvalidInput):
-    pass
+    code = "invalid_cid"
 
 
 class UnitTooLarge(InvalidInput):
-    pass
+    code = "unit_too_large"
+    status = "413"
 
 
 class UnknownEventType(InvalidInput):
-    pass
+    code = "unknown_event_type"
 
 
 class CidMismatch(CimError):
     """Bytes read back do not hash to the CID they are stored under: corruption or tampering."""
+
+    code = "cid_mismatch"
+    wire_fields = ("expected", "actual")
 
     def __init__(self, expected: str, actual: str, where: str = "content store"):
         self.expected = expected
@@ -48,17 +138,23 @@ class CidMismatch(CimError):
 
 
 class NotFound(CimError):
-    pass
+    code = "not_found"
+    status = "404"
 
 
 class UnitExpiredError(NotFound):
     """Reading a unit a retention policy expired (the event is cim.tier.events.UnitExpired)."""
+
+    code = "unit_expired"
 
     def __init__(self, cid: str, policy: str, when: str):
         super().__init__(f"unit {cid} was expired by the retention policy {policy!r} at {when}; its bytes are gone by design")
 
 
 class UnitNotFound(NotFound):
+    code = "unit_not_found"
+    wire_fields = ("cid",)
+
     def __init__(self, cid: str):
         self.cid = cid
         super().__init__(f"no unit {cid} is stored here (check the CID, or list units with `cim units ls`)")
@@ -66,6 +162,10 @@ class UnitNotFound(NotFound):
 
 class ConcurrencyConflict(CimError):
     """The server refused an append because the aggregate moved on since the caller read it."""
+
+    code = "concurrency_conflict"
+    status = "409"
+    wire_fields = ("subject", "expected")
 
     def __init__(self, subject: str, expected: int, detail: str = ""):
         self.subject = subject
@@ -78,19 +178,23 @@ class ConcurrencyConflict(CimError):
 
 
 class ConnectionFailed(CimError):
-    pass
+    code = "connection_failed"
 
 
 class JetStreamUnavailable(CimError):
-    pass
+    code = "jetstream_unavailable"
 
 
 class ProvisionError(CimError):
-    pass
+    code = "provision_failed"
 
 
 class ConfigError(CimError):
     """A config file failed validation. `errors` holds (field path, message) pairs."""
+
+    code = "invalid_config"
+    status = "400"
+    wire_fields = ("source", "errors")
 
     def __init__(self, source: str, errors: list[tuple[str, str]]):
         self.source = source
@@ -100,4 +204,4 @@ class ConfigError(CimError):
 
 
 class EmbeddedError(CimError):
-    pass
+    code = "embedded_failed"

@@ -31,8 +31,9 @@ from pydantic import BaseModel, ValidationError
 
 from . import __version__, gc_tuning, logs
 from .capability import AgentConfig
-from .errors import CimError, InvalidInput, NotFound, UnitTooLarge
+from .errors import CimError, InvalidInput, invalid_input
 from .nats.connect import connect
+from .nats.rpc import H_PROGRESS, Endpoint
 from .permissions import inbox_prefix
 from .registry.announce import Heartbeat
 
@@ -54,11 +55,12 @@ class EndpointSpec:
     description: str
 
 
-def endpoint(name: str) -> Callable:
-    """Mark an agent method as a micro endpoint `<group>.<name>`; its type hints are the contract."""
+def endpoint(declared: Endpoint[Any]) -> Callable:
+    """Serve an agent method as the micro endpoint its capability's api.py declares. The
+    method's type hints must match the declaration: callers use the same `Endpoint`."""
 
     def mark(fn: Callable) -> Callable:
-        fn.__cim_endpoint__ = name  # type: ignore[attr-defined]
+        fn.__cim_endpoint__ = declared  # type: ignore[attr-defined]
         return fn
 
     return mark
@@ -67,26 +69,44 @@ def endpoint(name: str) -> Callable:
 def endpoints_of(agent: Any) -> list[EndpointSpec]:
     specs = []
     for _, fn in inspect.getmembers(agent, inspect.ismethod):
-        name = getattr(fn, "__cim_endpoint__", None)
-        if not name:
+        declared = getattr(fn, "__cim_endpoint__", None)
+        if not isinstance(declared, Endpoint):
             continue
         hints = get_type_hints(fn)
         params = list(inspect.signature(fn).parameters.values())
         request = hints.get(params[0].name) if params else None
-        specs.append(EndpointSpec(name, fn, request, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""))
+        reply = hints.get("return")
+        if request is not declared.request or reply is not declared.reply:
+            raise TypeError(f"{fn.__qualname__} takes {request} and answers {reply}, but {declared.subject} declares "
+                            f"{declared.request} and {declared.reply}: change one to match the other")
+        specs.append(EndpointSpec(declared.name, fn, request, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""))
     return specs
 
 
 def _status_of(err: Exception) -> tuple[str, str]:
-    if isinstance(err, UnitTooLarge):
-        return "413", str(err)
-    if isinstance(err, InvalidInput | ValidationError):
-        return "400", str(err)
-    if isinstance(err, NotFound):
-        return "404", str(err)
     if isinstance(err, CimError):
-        return "503", str(err)
+        return err.status, str(err)
+    if isinstance(err, ValidationError):
+        return "400", str(err)
     return "500", f"internal error: {type(err).__name__}: {err}"
+
+
+def _wire_of(err: Exception) -> dict[str, Any]:
+    if isinstance(err, CimError):
+        return err.to_wire()
+    return CimError(_status_of(err)[1]).to_wire()
+
+
+def _answer_with_wire(req: Request, wire: dict[str, Any]) -> None:
+    """The micro framework answers a raised ServiceError itself (that is how $SRV.STATS
+    counts it), with only a status and a text; this puts the error's CIM class and fields
+    (CimError.to_wire) in the body of that same answer, for `cim.nats.rpc.call`."""
+    plain = req.respond_error
+
+    async def respond_error(code: str, description: str, data: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        await plain(code, description, json.dumps(wire, default=str).encode(), headers)
+
+    req.respond_error = respond_error  # type: ignore[method-assign]
 
 
 def _encode(result: Any) -> bytes:
@@ -115,13 +135,13 @@ def _wrap(spec: EndpointSpec) -> Callable[[Request], Awaitable[None]]:
                 try:
                     parsed = spec.request.model_validate(payload)  # type: ignore[attr-defined]  # a pydantic model
                 except ValidationError as err:
-                    first = err.errors()[0]
-                    raise InvalidInput(".".join(str(p) for p in first["loc"]) or "(request)", first["msg"]) from None
+                    raise invalid_input(err) from None
                 result = await spec.handler(parsed)
             await req.respond(_encode(result))
         except Exception as err:
             code, text = _status_of(err)
             outcome = code
+            _answer_with_wire(req, _wire_of(err))
             if code == "500":
                 log.exception("endpoint %s failed", spec.name)
             # Raised, not answered here, so the micro framework counts it in $SRV.STATS.
@@ -133,11 +153,10 @@ def _wrap(spec: EndpointSpec) -> Callable[[Request], Awaitable[None]]:
     return handle
 
 
-# Progress of a long request travels on its own reply subject, ahead of the answer, with this
-# header: the only subject an agent may answer on (allow_responses) is the one it was asked
-# on, and a subject named in a request's body would let any caller make the agent publish
-# wherever its credential reaches.
-H_PROGRESS = "Cim-Progress"
+# Progress of a long request travels on its own reply subject, ahead of the answer, with the
+# header H_PROGRESS: the only subject an agent may answer on (allow_responses) is the one it
+# was asked on, and a subject named in a request's body would let any caller make the agent
+# publish wherever its credential reaches.
 _REQUEST: contextvars.ContextVar[Request | None] = contextvars.ContextVar("cim_request", default=None)
 
 

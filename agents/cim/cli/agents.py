@@ -7,17 +7,16 @@ or `stale` by the age of its last heartbeat.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 import typer
 from nats.aio.client import Client
 
-from ..errors import CimError, InvalidInput
-from ..nats.api import no_responders
-from ..registry import AgentNotFound, AgentView, NoProvider, Requirement
+from ..nats.rpc import AgentUnavailable, Endpoint, call
+from ..registry import AgentView, Requirement, api
 from ..registry import client as registry
+from ..registry.api import Agents, LsRequest, ShowRequest
 from ..registry.query import negotiate as negotiate_views
 from ..registry.query import providers as providers_of
 from .common import emit, globals_of, nats_connection, run
@@ -25,31 +24,19 @@ from .common import emit, globals_of, nats_connection, run
 app = typer.Typer(help="Agents announced in the registry: list, show, providers, negotiation.", no_args_is_help=True)
 
 
-async def _ask(nc: Client, endpoint: str, body: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-    """The registry agent's answer, None when no registry agent runs; its errors raised as ours."""
+async def _ask(nc: Client, endpoint: Endpoint[Agents], request: LsRequest | ShowRequest, timeout: float) -> Agents | None:
+    """The registry agent's answer, None when no registry agent answers (the caller reads the
+    bucket instead); its errors (an unknown agent, a bad request) raised as it raised them."""
     try:
-        msg = await nc.request(f"cim.registry.{endpoint}", json.dumps(body).encode(), timeout=min(timeout, 3.0))
-    except Exception as err:  # no responders or no answer: fall back to the bucket
-        if no_responders(err) or isinstance(err, TimeoutError):
-            return None
-        raise
-    headers = msg.headers or {}
-    if "Nats-Service-Error" in headers:
-        code, text = headers.get("Nats-Service-Error-Code", ""), headers["Nats-Service-Error"]
-        if endpoint == "negotiate" and code == "404":
-            raise NoProvider(text.split("; "))
-        if code == "404":
-            raise AgentNotFound(body.get("name", ""))
-        if code == "400":
-            raise InvalidInput("request", text)
-        raise CimError(f"the registry agent failed: {text}")
-    return json.loads(msg.data)
+        return await call(nc, endpoint, request, timeout=min(timeout, 3.0))
+    except AgentUnavailable:
+        return None
 
 
 async def _views(nc: Client, timeout: float, include_gone: bool = False) -> tuple[list[AgentView], str]:
-    reply = await _ask(nc, "ls", {"all": include_gone}, timeout)
+    reply = await _ask(nc, api.LS, LsRequest(all=include_gone), timeout)
     if reply is not None:
-        return [AgentView.model_validate(v) for v in reply["agents"]], "registry agent"
+        return reply.agents, "registry agent"
     return await registry.list_agents(nc, timeout=timeout), "registry bucket (no registry agent answered)"
 
 
@@ -131,9 +118,9 @@ def show(ctx: typer.Context, name: str = typer.Argument(..., help="agent name, i
 
     async def body() -> dict[str, Any]:
         async with nats_connection(g) as nc:
-            reply = await _ask(nc, "show", {"name": name}, g.timeout)
+            reply = await _ask(nc, api.SHOW, ShowRequest(name=name), g.timeout)
             if reply is not None:
-                views, source = [AgentView.model_validate(v) for v in reply["agents"]], "registry agent"
+                views, source = reply.agents, "registry agent"
             else:
                 views = registry.select(await registry.list_agents(nc, timeout=g.timeout), name)
                 source = "registry bucket (no registry agent answered)"

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import typer
 
+from ..errors import field_errors
+from ..nats.rpc import call
+from ..tier import api
 from .common import emit, globals_of, nats_connection, run
-from .tier import ask
 
 app = typer.Typer(help="Backups of the event stream and unit content in the archive tier.", no_args_is_help=True)
 
@@ -21,7 +23,7 @@ def status(ctx: typer.Context) -> None:
 
     async def body() -> dict:
         async with nats_connection(g) as nc:
-            return await ask(nc, "backup_status", {}, max(g.timeout, 30))
+            return await call(nc, api.BACKUP_STATUS, timeout=max(g.timeout, 30))
 
     def text(s: dict) -> str:
         if not s.get("configured"):
@@ -69,8 +71,7 @@ def restore_cmd(
                             credentials_file=credentials_file,
                             addressing_style=addressing_style)  # type: ignore[arg-type]  # TierSpec validates it
         except ValidationError as err:
-            first = err.errors()[0]
-            raise InvalidInput("--from", str(first["msg"]).removeprefix("Value error, ")) from None
+            raise InvalidInput("--from", field_errors(err)[0][1]) from None
         archive = open_backend(spec)
         await archive.check()
         show = not g.json and sys.stderr.isatty()

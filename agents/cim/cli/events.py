@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, invalid_input
 from ..events import Event, EventStore, StoredEvent
 from ..events.envelope import SUBJECT_PREFIX
 from .common import globals_of, nats_connection, run
@@ -74,9 +75,8 @@ def append(
             fields["id"] = event_id
         try:
             event = Event(**fields)
-        except ValueError as err:
-            first = err.errors()[0]  # type: ignore[attr-defined]
-            raise InvalidInput(".".join(str(p) for p in first["loc"]), first["msg"]) from None
+        except ValidationError as err:
+            raise invalid_input(err) from None
         async with nats_connection(g) as nc:
             res = await EventStore(nc, timeout=g.timeout).append(event, expected_revision=expect)
         return {"seq": res.seq, "duplicate": res.duplicate, "subject": event.subject, "id": event.id}

@@ -8,7 +8,7 @@ import typer
 
 from ..errors import ConfigError
 from ..nats.rpc import AgentUnavailable, call
-from ..pipeline import definitions
+from ..pipeline import api, definitions
 from ..pipeline.dlq import get_letter, list_letters
 from ..pipeline.model import check_plugins, load
 from ..plugins import discover
@@ -27,7 +27,7 @@ def ls(ctx: typer.Context) -> None:
         async with nats_connection(g) as nc:
             records = await definitions.list_all(nc)
             try:
-                status = (await call(nc, "cim.pipeline.status", timeout=g.timeout))["pipelines"]
+                status = (await call(nc, api.STATUS, timeout=g.timeout))["pipelines"]
             except Exception:  # the agent may be down: definitions still list
                 status = {}
         rows = []
@@ -55,7 +55,7 @@ def show(ctx: typer.Context, name: str) -> None:
         async with nats_connection(g) as nc:
             record = await definitions.get(nc, name)
             try:
-                state = (await call(nc, "cim.pipeline.status", timeout=g.timeout))["pipelines"].get(name)
+                state = (await call(nc, api.STATUS, timeout=g.timeout))["pipelines"].get(name)
             except Exception:
                 state = None
         return {**record.model_dump(mode="json"), "state": state}
@@ -79,7 +79,7 @@ def apply(ctx: typer.Context, file: Path = typer.Argument(..., help="pipelines a
     async def body() -> list[str]:
         async with nats_connection(g) as nc:
             try:
-                answer = await call(nc, "cim.pipeline.check", {"pipelines": [p.model_dump(mode="json") for p in pipelines]},
+                answer = await call(nc, api.CHECK, api.CheckRequest(pipelines=pipelines),
                                     timeout=g.timeout)
                 problems = [tuple(p) for p in answer["problems"]]
             except AgentUnavailable:
@@ -153,7 +153,7 @@ def dlq_retry(ctx: typer.Context, seq: int) -> None:
 
     async def body() -> dict:
         async with nats_connection(g) as nc:
-            return await call(nc, "cim.pipeline.retry", {"seq": seq}, timeout=max(g.timeout, 60))
+            return await call(nc, api.RETRY, api.RetryRequest(seq=seq), timeout=max(g.timeout, 60))
 
     r = run(body)
     emit(g, r, lambda r: f"dead letter #{r['retried']} processed by {r['pipeline']} and removed")
@@ -169,7 +169,7 @@ def search_cmd(
 
     async def body() -> dict:
         async with nats_connection(g) as nc:
-            return await call(nc, "cim.pipeline.search", {"query": " ".join(query), "limit": limit}, timeout=g.timeout)
+            return await call(nc, api.SEARCH, api.SearchRequest(query=" ".join(query), limit=limit), timeout=g.timeout)
 
     emit(g, run(body), lambda r: "\n".join(
         f"{h['score']:>7.3f}  {h['cid']}  {h['title']}\n         {h['snippet']}" for h in r["hits"]

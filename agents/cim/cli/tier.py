@@ -2,78 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable
 
 import typer
-from nats.aio.client import Client
 
-from ..errors import InvalidInput, NotFound
-from ..nats.api import no_responders
-from ..runtime import H_PROGRESS
-from ..tier.errors import TierAgentMissing, TierUnavailable
+from ..nats.rpc import call
+from ..tier import api
 from .common import emit, globals_of, nats_connection, run
 
 app = typer.Typer(help="Storage tiers: status, migrate by policy, verify, restore.", no_args_is_help=True)
 
 LONG = 3600.0  # a migration or verify of many units takes a while; the agent answers when done
-
-
-def _answer(msg, endpoint: str) -> dict:
-    """The tier agent's answer, or the CimError its error reply stands for."""
-    headers = msg.headers or {}
-    if "Nats-Service-Error" in headers:
-        code, text = headers.get("Nats-Service-Error-Code", "500"), headers["Nats-Service-Error"]
-        if code == "400":
-            err = InvalidInput("request", text)
-            err.args = (text,)
-            raise err
-        if code == "404":
-            raise NotFound(text)
-        raise TierUnavailable(text)
-    return json.loads(msg.data)
-
-
-def _missing() -> TierAgentMissing:
-    return TierAgentMissing(
-        "no tier agent answers on cim.tier.*; start it (`cim up` runs one; on NixOS set "
-        "services.cim.tier.enable = true) and check `cim status`"
-    )
-
-
-async def ask(nc: Client, endpoint: str, body: dict, timeout: float) -> dict:
-    """A request to the tier agent; its error reply becomes the matching CimError."""
-    try:
-        msg = await nc.request(f"cim.tier.{endpoint}", json.dumps(body).encode(), timeout=timeout)
-    except Exception as err:
-        if no_responders(err):
-            raise _missing() from None
-        raise TierUnavailable(f"the tier agent did not answer {endpoint} within {timeout:g}s ({type(err).__name__})") from None
-    return _answer(msg, endpoint)
-
-
-async def ask_with_progress(nc: Client, endpoint: str, body: dict, timeout: float,
-                            on_progress: Callable[[dict], None]) -> dict:
-    """`ask`, with the progress the agent sends on the same reply subject ahead of the answer."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    try:
-        await nc.publish(f"cim.tier.{endpoint}", json.dumps({**body, "progress": True}).encode(), reply=inbox)
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=timeout)
-            except Exception as err:
-                raise TierUnavailable(f"the tier agent did not answer {endpoint} within {timeout:g}s ({type(err).__name__})") from None
-            headers = msg.headers or {}
-            if headers.get("Status") == "503":
-                raise _missing()
-            if headers.get(H_PROGRESS):
-                on_progress(json.loads(msg.data))
-                continue
-            return _answer(msg, endpoint)
-    finally:
-        await sub.unsubscribe()
 
 
 def _size(n: float) -> str:
@@ -108,7 +47,7 @@ def status(ctx: typer.Context) -> None:
 
     async def body() -> dict:
         async with nats_connection(g) as nc:
-            return await ask(nc, "status", {}, max(g.timeout, 10))
+            return await call(nc, api.STATUS, timeout=max(g.timeout, 10))
 
     emit(g, run(body), _status_text)
 
@@ -135,7 +74,8 @@ def migrate(
                     bar.update(item.get("size", 0))
 
             try:
-                return await ask_with_progress(nc, "migrate", {"dry_run": dry_run}, LONG, on_progress)
+                return await call(nc, api.MIGRATE, api.MigrateRequest(dry_run=dry_run, progress=True), timeout=max(g.timeout, LONG),
+                                  on_progress=on_progress)
             finally:
                 if bar is not None:
                     bar.__exit__(None, None, None)
@@ -166,8 +106,7 @@ def verify(
 
     async def body() -> dict:
         async with nats_connection(g) as nc:
-            body = {k: v for k, v in {"tier": tier, "sample": sample}.items() if v is not None}
-            return await ask(nc, "verify", body, LONG)
+            return await call(nc, api.VERIFY, api.VerifyRequest(tier=tier, sample=sample), timeout=max(g.timeout, LONG))
 
     def text(r: dict) -> str:
         lines = [f"checked {r['checked']} objects"]
@@ -191,7 +130,7 @@ def restore(ctx: typer.Context, cid: str = typer.Argument(..., help="the unit's 
 
     async def body() -> dict:
         async with nats_connection(g) as nc:
-            return await ask(nc, "restore", {"cid": cid}, LONG)
+            return await call(nc, api.RESTORE, api.CidRequest(cid=cid), timeout=max(g.timeout, LONG))
 
     emit(g, run(body), lambda r: f"{r['cid']} is in the hot tier" + ("" if r["action"] != "copy" else f" (from {r['from_tier']})"))
 

@@ -208,12 +208,13 @@ def ls(
 def related(ctx: typer.Context, cid: str = typer.Argument(..., help="the unit's CID")) -> None:
     """Units related to this one: references, derived-from, same source."""
     from ..nats.rpc import call
+    from ..pipeline import api as pipeline_api
 
     g = globals_of(ctx)
 
     async def body() -> dict:
         async with nats_connection(g) as nc:
-            return await call(nc, "cim.pipeline.related", {"cid": cid}, timeout=g.timeout)
+            return await call(nc, pipeline_api.RELATED, pipeline_api.CidRequest(cid=cid), timeout=g.timeout)
 
     emit(g, run(body), lambda r: "\n".join(
         f"{x['type']:<13} {'->' if x['direction'] == 'out' else '<-' if x['direction'] == 'in' else '<>'} {x['cid']}  {x['title']}"

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, field_validator
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, invalid_input
 from ..json_depth import MAX_DEPTH, deeper_than
 
 SUBJECT_PREFIX = "cim.evt"
@@ -230,8 +230,6 @@ def validated(event: Event, *, as_built: bool = False) -> Event:
         from pydantic import ValidationError
 
         if isinstance(err, ValidationError):
-            first = err.errors()[0]
-            path = ".".join(str(p) for p in first["loc"])
-            raise InvalidInput(f"data.{path}" if path else "data", first["msg"]) from None
+            raise invalid_input(err, prefix="data.") from None
         raise
     return event if data == event.data else event.model_copy(update={"data": data})

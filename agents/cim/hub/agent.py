@@ -16,6 +16,7 @@ from ..http_deadline import GuardedSite, HeadDeadline
 from ..runtime import AgentBase, AgentContext, endpoint
 from ..store.unit_store import UnitStore
 from ..tier.fetch import fetch
+from . import api
 from .api import InfoReply, RetryReply, RetryRequest
 from .config import Config
 from .connectors import ConnectorConfig, ConnectorContext, build, load
@@ -84,14 +85,14 @@ class Agent(AgentBase):
         if self._runner:
             await self._runner.cleanup()
 
-    @endpoint("info")
+    @endpoint(api.INFO)
     async def info(self) -> InfoReply:
         """Where the ingest API listens, the webhooks and connectors configured, and the plugins that failed to load."""
         return InfoReply(url=self.url, webhooks=[w.name for w in self.webhooks.webhooks],
                          connectors=[f"{c.name} ({c.plugin})" for c, _ in self.connectors],
                          broken_plugins=self.broken_plugins)
 
-    @endpoint("retry")
+    @endpoint(api.RETRY)
     async def retry(self, req: RetryRequest) -> RetryReply:
         """Send a webhook dead letter (by its CIM_DLQ sequence) once more."""
         return RetryReply(**await self.webhooks.redeliver(req.seq))

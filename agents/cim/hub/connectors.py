@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, field_errors
 from ..events import Event, EventStore
 from ..names import HUB_BUCKET
 from ..plugins import Plugin, discover
@@ -105,7 +105,7 @@ def build(configs: list[ConnectorConfig], make_ctx,
         try:
             settings = plugin.settings.model_validate(c.settings)
         except ValidationError as err:
-            errors += [(f"connectors.{i}.settings." + ".".join(map(str, e["loc"])), e["msg"]) for e in err.errors()]
+            errors += field_errors(err, prefix=f"connectors.{i}.settings.")
             continue
         out.append((c, plugin.connector(settings, make_ctx(c.name))))
     if errors:

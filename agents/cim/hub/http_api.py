@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import ValidationError
 
 from .. import cid as cidlib
-from ..errors import CimError, InvalidInput, NotFound, UnitTooLarge
+from ..errors import CimError, InvalidInput, NotFound, UnitTooLarge, field_errors
 from ..events.envelope import decode_body
 from ..store.unit_store import UnitStore, guess_media_type
 from ..store.units import Unit
@@ -132,8 +132,7 @@ def _check_meta(token: Token, meta: dict[str, Any]) -> None:
     try:
         Unit.model_validate({"cid": _PLACEHOLDER_CID, "size": 0, **probe})
     except ValidationError as err:
-        raise Problem(400, [(".".join(map(str, e["loc"])) or "(unit)", e["msg"].removeprefix("Value error, "))
-                            for e in err.errors()]) from None
+        raise Problem(400, field_errors(err, top="(unit)")) from None
 
 
 class HubApi:

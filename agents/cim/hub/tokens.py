@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, field_errors
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Tokens:
         except (UnicodeDecodeError, RecursionError):
             raise ConfigError(str(self.path), [("(file)", "not UTF-8 JSON of a sane depth")]) from None
         except ValidationError as err:
-            raise ConfigError(str(self.path), [(".".join(map(str, e["loc"])), e["msg"]) for e in err.errors()]) from None
+            raise ConfigError(str(self.path), field_errors(err)) from None
         self._by_digest = {t.digest: t for t in parsed.tokens}
         self._mtime = stat.st_mtime
 

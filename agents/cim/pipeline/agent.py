@@ -23,7 +23,7 @@ from ..runtime import AgentBase, AgentContext, endpoint
 from ..store.content import ContentStore
 from ..store.unit_store import UnitStore
 from ..tier.fetch import fetch
-from . import definitions
+from . import api, definitions
 from .api import CheckRequest, CidRequest, Empty, RetryRequest, SearchRequest
 from .config import Config
 from .dlq import delete_letter, get_letter
@@ -162,41 +162,42 @@ class Agent(AgentBase):
 
     # --- endpoints ------------------------------------------------------------------------
 
-    @endpoint("search")
+    @endpoint(api.SEARCH)
     async def search(self, req: SearchRequest) -> dict:
         """Full-text search over indexed units, best first."""
         hits = self.index.search(req.query, req.limit)
         return {"hits": [h.__dict__ for h in hits], "indexed": len(self.index.lengths), "as_of": self.index.last_seq}
 
-    @endpoint("related")
+    @endpoint(api.RELATED)
     async def related(self, req: CidRequest) -> dict:
         """Units related to a unit: references, derived-from, same source."""
         return {"cid": req.cid, "related": self.graph.related(req.cid)}
 
-    @endpoint("index")
+    @endpoint(api.INDEX)
     async def index_state(self, req: Empty) -> dict:
         """A digest of the search index, to compare it with one rebuilt by replay."""
         snap = json.dumps(self.index.snapshot(), sort_keys=True).encode()
         return {"documents": len(self.index.lengths), "as_of": self.index.last_seq,
                 "digest": hashlib.sha256(snap).hexdigest()}
 
-    @endpoint("status")
+    @endpoint(api.STATUS)
     async def status(self, req: Empty) -> dict:
         """Each pipeline's state, counters and consumer lag, and the plugins."""
         out = {}
-        for name, runner in self.runners.items():
+        # Copies: a pause or a definition change may start or stop a runner while lag() awaits.
+        for name, runner in list(self.runners.items()):
             s = runner.stats
             out[name] = {"state": "running", "processed": s.processed, "skipped": s.skipped,
                          "failed_attempts": s.failed_attempts, "dead_letters": s.dead_letters,
                          "last_error": s.last_error, **await runner.lag()}
-        for name, why in self.errors.items():
+        for name, why in list(self.errors.items()):
             out[name] = {"state": "error", "last_error": why}
-        for name in self.paused:
+        for name in list(self.paused):
             out[name] = {"state": "paused"}
         return {"pipelines": out, "plugins": {n: p.version for n, p in self.plugins.found.items()},
                 "broken_plugins": self.plugins.broken}
 
-    @endpoint("check")
+    @endpoint(api.CHECK)
     async def check(self, req: CheckRequest) -> dict:
         """Problems of these pipelines against the plugins installed here (`cim pipelines apply`)."""
         try:
@@ -205,7 +206,7 @@ class Agent(AgentBase):
             return {"problems": [list(p) for p in err.errors]}
         return {"problems": []}
 
-    @endpoint("retry")
+    @endpoint(api.RETRY)
     async def retry(self, req: RetryRequest) -> dict:
         """Process a dead letter again; on success remove it from CIM_DLQ."""
         letter = await get_letter(self.nc, req.seq)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..nats.rpc import Endpoint
 from .model import PipelineDef
 
 
@@ -30,3 +31,12 @@ class Empty(_Req):
 
 class CheckRequest(_Req):
     pipelines: list[PipelineDef] = Field(max_length=256)
+
+
+# The endpoints (cim.pipeline.*): what each takes and answers, for the agent and its callers alike.
+SEARCH: Endpoint[dict] = Endpoint("cim.pipeline.search", SearchRequest, dict)
+RELATED: Endpoint[dict] = Endpoint("cim.pipeline.related", CidRequest, dict)
+INDEX: Endpoint[dict] = Endpoint("cim.pipeline.index", Empty, dict)
+STATUS: Endpoint[dict] = Endpoint("cim.pipeline.status", Empty, dict)
+CHECK: Endpoint[dict] = Endpoint("cim.pipeline.check", CheckRequest, dict)
+RETRY: Endpoint[dict] = Endpoint("cim.pipeline.retry", RetryRequest, dict)

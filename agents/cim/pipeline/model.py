@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import CimError, ConfigError, InvalidInput
+from ..errors import CimError, ConfigError, InvalidInput, field_errors
 
 NAME = r"^[a-z0-9][a-z0-9_-]{0,40}$"
 UNIT_CREATED = "cim.evt.unit.*.created"
@@ -84,7 +84,7 @@ def default_pipelines() -> list[PipelineDef]:
 
 
 def _errors(err: ValidationError) -> list[tuple[str, str]]:
-    return [(".".join(str(p) for p in e["loc"]) or "(top level)", e["msg"]) for e in err.errors()]
+    return field_errors(err)
 
 
 def parse(data: Any, source: str) -> list[PipelineDef]:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from ..errors import CimError, InvalidInput
+from ..errors import CimError, InvalidInput, field_errors
 from ..events import Event
 from ..store.units import Unit
 
@@ -112,9 +112,8 @@ class Plugin:
         try:
             return self.settings.model_validate(raw or {})
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise InvalidInput(f"settings.{where}" if where else "settings", f"{self.name}: {first['msg']}") from None
+            field, rule = field_errors(err, prefix="settings.")[0]
+            raise InvalidInput(field, f"{self.name}: {rule}") from None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "kind": self.kind, "provides": self.provides,
@@ -122,7 +121,7 @@ class Plugin:
 
 
 class PluginNotFound(CimError):
-    pass
+    code = "plugin_not_found"
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, field_errors
 from ..names import CONTENT_BUCKET, DLQ_STREAM, EVENTS_STREAM, REGISTRY_BUCKET
 
 NS = 1_000_000_000
@@ -141,6 +141,4 @@ def load_spec(path: Path) -> ProvisionSpec:
     try:
         return ProvisionSpec.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(
-            str(path), [(".".join(str(p) for p in e["loc"]) or "(top level)", e["msg"]) for e in err.errors()]
-        ) from None
+        raise ConfigError(str(path), field_errors(err)) from None

@@ -26,6 +26,7 @@ from ..events import Event, EventStore
 from ..events.envelope import aggregate_filter
 from ..nats.read import read_stream
 from ..runtime import AgentBase, AgentContext, endpoint
+from . import api
 from .api import Agents, LsRequest, Negotiated, NegotiateRequest, Provider, Providers, ProvidersRequest, ShowRequest
 from .client import PREFIX, STREAM, is_removal, parse_record, select
 from .config import Config
@@ -279,7 +280,7 @@ class Agent(AgentBase):
         views = [t.view() for t in self.instances.values() if include_gone or t.state != "gone"]
         return sorted(views, key=lambda v: (v.record.name, v.record.started_at))
 
-    @endpoint("ls")
+    @endpoint(api.LS)
     async def ls(self, req: LsRequest) -> Agents:
         """Announced agents with their state; `all` includes those gone."""
         views = self.views(req.all)
@@ -287,18 +288,18 @@ class Agent(AgentBase):
             views = [v for v in views if req.capability in v.record.capabilities]
         return Agents(agents=views)
 
-    @endpoint("show")
+    @endpoint(api.SHOW)
     async def show(self, req: ShowRequest) -> Agents:
         """The instances of one agent (by name or instance id), gone ones included."""
         return Agents(agents=select(self.views(include_gone=True), req.name))
 
-    @endpoint("providers")
+    @endpoint(api.PROVIDERS)
     async def providers(self, req: ProvidersRequest) -> Providers:
         """Live agents providing a capability within a version range, best first."""
         requirement = Requirement.parse(f"{req.capability}{req.spec}")
         return Providers(providers=[Provider(agent=v, version=ver) for v, ver in providers(self.views(), requirement)])
 
-    @endpoint("negotiate")
+    @endpoint(api.NEGOTIATE)
     async def negotiate(self, req: NegotiateRequest) -> Negotiated:
         """A provider per requirement, or an error naming every unmet one."""
         reqs = [r if isinstance(r, Requirement) else Requirement.parse(r) for r in req.requirements]

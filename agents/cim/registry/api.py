@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..nats.rpc import Endpoint
 from .model import (
     AgentView,
     Match,
@@ -48,3 +49,10 @@ class Providers(BaseModel):
 
 class Negotiated(BaseModel):
     matches: list[Match]
+
+
+# The endpoints (cim.registry.*): what each takes and answers, for the agent and its callers alike.
+LS: Endpoint[Agents] = Endpoint("cim.registry.ls", LsRequest, Agents)
+SHOW: Endpoint[Agents] = Endpoint("cim.registry.show", ShowRequest, Agents)
+PROVIDERS: Endpoint[Providers] = Endpoint("cim.registry.providers", ProvidersRequest, Providers)
+NEGOTIATE: Endpoint[Negotiated] = Endpoint("cim.registry.negotiate", NegotiateRequest, Negotiated)

@@ -29,6 +29,9 @@ MAX_AGENTS = 1024  # records of one capability read in one snapshot (the server'
 
 
 class AgentNotFound(NotFound):
+    code = "agent_not_found"
+    wire_fields = ("name",)
+
     def __init__(self, name: str):
         self.name = name
         super().__init__(f"no agent {name!r} is announced in the registry (list them with `cim agents ls`)")

@@ -12,6 +12,9 @@ from .model import AgentView, Match, Requirement, version_key
 class NoProvider(NotFound):
     """Negotiation failed: `unmet` holds one line per requirement nothing live satisfies."""
 
+    code = "no_provider"
+    wire_fields = ("unmet",)
+
     def __init__(self, unmet: list[str]):
         self.unmet = unmet
         super().__init__("; ".join(unmet))

@@ -12,6 +12,7 @@ import base64
 from ..errors import InvalidInput, UnitTooLarge
 from ..runtime import AgentBase, AgentContext, endpoint
 from ..tier.fetch import fetch
+from . import api
 from .api import CidRequest, ListReply, ListRequest, PutReply, PutRequest, ShowReply
 from .config import Config
 from .unit_store import UnitStore
@@ -26,7 +27,7 @@ class Agent(AgentBase):
             ctx.nc, max_unit_size=self.config.max_unit_size, agent=self.config.agent_name, cold=fetch,
         )
 
-    @endpoint("put")
+    @endpoint(api.PUT)
     async def put(self, req: PutRequest) -> PutReply:
         """Store a small unit sent inline (base64)."""
         try:
@@ -38,7 +39,7 @@ class Agent(AgentBase):
         result = await self.units.put_bytes(data, **meta)
         return PutReply(unit=result.unit, created=result.created)
 
-    @endpoint("get")
+    @endpoint(api.GET)
     async def get(self, req: CidRequest) -> bytes:
         """The content of a unit up to the inline limit, verified against its CID."""
         view = await self.units.show(req.cid)
@@ -48,13 +49,13 @@ class Agent(AgentBase):
             )
         return b"".join([chunk async for chunk in self.units.get(req.cid)])
 
-    @endpoint("show")
+    @endpoint(api.SHOW)
     async def show(self, req: CidRequest) -> ShowReply:
         """Metadata and lineage of a unit."""
         view = await self.units.show(req.cid)
         return ShowReply(unit=view.unit, children=view.children, revision=view.revision)
 
-    @endpoint("list")
+    @endpoint(api.LIST)
     async def list(self, req: ListRequest) -> ListReply:
         """Units, optionally with one label."""
         limit = min(req.limit or self.config.list_limit, self.config.list_limit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from ..nats.rpc import Endpoint
 from .units import Unit
 
 
@@ -45,3 +46,10 @@ class ShowReply(BaseModel):
 class ListReply(BaseModel):
     units: list[Unit]
     truncated: bool
+
+
+# The endpoints (cim.store.*): what each takes and answers, for the agent and its callers alike.
+PUT: Endpoint[PutReply] = Endpoint("cim.store.put", PutRequest, PutReply)
+GET: Endpoint[bytes] = Endpoint("cim.store.get", CidRequest, bytes)
+SHOW: Endpoint[ShowReply] = Endpoint("cim.store.show", CidRequest, ShowReply)
+LIST: Endpoint[ListReply] = Endpoint("cim.store.list", ListRequest, ListReply)

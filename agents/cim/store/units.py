@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_serializer, field_validator
 
 from .. import cid as cidlib
-from ..errors import InvalidInput
+from ..errors import InvalidInput, invalid_input
 from ..json_depth import MAX_DEPTH, deeper_than
 
 MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*(;.*)?$", re.IGNORECASE)
@@ -126,11 +126,4 @@ class Unit(BaseModel):
 
 
 def invalid(err: ValidationError) -> InvalidInput:
-    first = err.errors()[0]
-    path = ".".join(str(p) for p in first["loc"]) or "(unit)"
-    msg = first["msg"].removeprefix("Value error, ")
-    # Our own validators raise InvalidInput("field", ...), whose text already names the field.
-    for prefix in (f"{path}: ", f"{first['loc'][-1]}: " if first["loc"] else ""):
-        if prefix and msg.startswith(prefix):
-            msg = msg[len(prefix):]
-    return InvalidInput(path, msg)
+    return invalid_input(err, top="(unit)")

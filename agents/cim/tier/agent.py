@@ -21,6 +21,7 @@ from ..names import CONTENT_BUCKET
 from ..runtime import AgentBase, AgentContext, endpoint
 from ..runtime import progress as runtime_progress
 from ..store.unit_fold import HOT
+from . import api
 from .api import CidRequest, Empty, MigrateRequest, VerifyRequest
 from .backends import Backend, open_backend
 from .backup import Exporter
@@ -267,7 +268,7 @@ class Agent(AgentBase):
 
     # --- endpoints -------------------------------------------------------------------------
 
-    @endpoint("status")
+    @endpoint(api.STATUS)
     async def status(self, req: Empty) -> dict:
         """Units and bytes per tier, pending moves and the last errors."""
         await self._catch_up()
@@ -288,14 +289,14 @@ class Agent(AgentBase):
             "errors": list(self.migrator.errors),
         }
 
-    @endpoint("migrate")
+    @endpoint(api.MIGRATE)
     async def migrate(self, req: MigrateRequest) -> dict:
         """Run the policies now (or only plan them with dry_run)."""
         if not req.dry_run:
             await self.migrator.resume(self.index)
         return await self._run(req.dry_run, runtime_progress if req.progress else None)
 
-    @endpoint("verify")
+    @endpoint(api.VERIFY)
     async def verify(self, req: VerifyRequest) -> dict:
         """Re-hash objects in each tier; report missing, corrupt and orphan ones."""
         if req.tier is not None and req.tier not in self.tiers:
@@ -305,7 +306,7 @@ class Agent(AgentBase):
         await self._catch_up()
         return await self.migrator.verify(self.index, req.tier, req.sample)
 
-    @endpoint("restore")
+    @endpoint(api.RESTORE)
     async def restore(self, req: CidRequest) -> dict:
         """Bring a unit back to the hot tier."""
         result = await self.migrator.restore(req.cid)
@@ -313,7 +314,7 @@ class Agent(AgentBase):
             raise TierUnavailable(result.error or f"restoring {req.cid} failed")
         return _result(result)
 
-    @endpoint("backup_status")
+    @endpoint(api.BACKUP_STATUS)
     async def backup_status(self, req: Empty) -> dict:
         """How far the event export to the archive is."""
         if self.exporter is None:

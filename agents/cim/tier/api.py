@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..nats.rpc import Endpoint
+
 
 class _Req(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -25,3 +27,11 @@ class VerifyRequest(_Req):
 
 class CidRequest(_Req):
     cid: str
+
+
+# The endpoints (cim.tier.*): what each takes and answers, for the agent and its callers alike.
+STATUS: Endpoint[dict] = Endpoint("cim.tier.status", Empty, dict)
+MIGRATE: Endpoint[dict] = Endpoint("cim.tier.migrate", MigrateRequest, dict)
+VERIFY: Endpoint[dict] = Endpoint("cim.tier.verify", VerifyRequest, dict)
+RESTORE: Endpoint[dict] = Endpoint("cim.tier.restore", CidRequest, dict)
+BACKUP_STATUS: Endpoint[dict] = Endpoint("cim.tier.backup_status", Empty, dict)

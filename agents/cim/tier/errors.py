@@ -7,18 +7,25 @@ from ..errors import UnitExpiredError as UnitExpiredError  # where the tier's ca
 
 
 class TierError(CimError):
-    pass
+    code = "tier_error"
 
 
 class TierConfigError(InvalidInput):
     """A tier setting that cannot work (scheme, credentials file, bucket)."""
 
+    code = "invalid_tier_config"
+
 
 class TierUnavailable(TierError):
     """A tier did not answer. The data there is not lost; the read or move is retried."""
 
+    code = "tier_unavailable"
+
 
 class ObjectMissing(NotFound):
+    code = "object_missing"
+    wire_fields = ("tier", "cid")
+
     def __init__(self, tier: str, cid: str):
         self.tier = tier
         self.cid = cid
@@ -26,4 +33,4 @@ class ObjectMissing(NotFound):
 
 
 class TierAgentMissing(TierError):
-    pass
+    code = "tier_agent_missing"

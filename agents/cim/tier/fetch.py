@@ -20,9 +20,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from .. import cid as cidlib
-from ..errors import CidMismatch, CimError, NotFound, UnitNotFound
+from ..errors import CidMismatch, CimError
 from ..store.content import ThreadedHasher
-from .errors import TierAgentMissing, TierUnavailable, UnitExpiredError
+from .errors import TierAgentMissing, TierUnavailable
 from .locations import UnitLocation
 
 log = logging.getLogger("cim.tier.fetch")
@@ -30,7 +30,7 @@ log = logging.getLogger("cim.tier.fetch")
 FETCH_SUBJECT = "cim.tier.fetch"
 CHUNK = 512 * 1024  # well under the default 1 MiB max_payload
 WINDOW = 32  # chunks in flight before the agent waits for an ack (16 MiB)
-H_SEQ, H_ACK, H_STATUS, H_ERROR, H_KIND, H_ACTUAL = "Cim-Seq", "Cim-Ack", "Cim-Status", "Cim-Error", "Cim-Error-Kind", "Cim-Actual"
+H_SEQ, H_ACK, H_STATUS, H_ERROR = "Cim-Seq", "Cim-Ack", "Cim-Status", "Cim-Error"
 
 
 # --- the agent's side ----------------------------------------------------------------------
@@ -76,13 +76,13 @@ class FetchServer:
         ack_subject = self.nc.new_inbox()
         ack_sub = await self.nc.subscribe(ack_subject, cb=on_ack)
 
-        async def status(kind: str, text: str) -> None:
-            await self.nc.publish(reply, b"", headers={H_STATUS: "retrying", H_ERROR: text[:900], H_KIND: kind})
+        async def retrying(text: str) -> None:
+            await self.nc.publish(reply, b"", headers={H_STATUS: "retrying", H_ERROR: text[:900]})
 
         try:
             req = json.loads(msg.data or b"{}")
             cid = cidlib.validate(str(req.get("cid", "")))
-            stream = await self.open_stream(cid, lambda text: status("unavailable", text))
+            stream = await self.open_stream(cid, retrying)
             seq = 0
             pending = b""
             async for chunk in stream:
@@ -94,13 +94,12 @@ class FetchServer:
                 seq = await self._send(reply, ack_subject, seq, pending, lambda: acked, credit)
             await self.nc.publish(reply, b"", headers={H_STATUS: "end", H_SEQ: str(seq)})
         except Exception as err:
-            kind = _kind_of(err)
-            headers = {H_STATUS: "error", H_ERROR: str(err)[:900], H_KIND: kind}
-            if isinstance(err, CidMismatch):
-                headers[H_ACTUAL] = err.actual
-            if kind == "internal":
+            if not isinstance(err, CimError):
                 log.exception("fetch failed")
-            await self.nc.publish(reply, b"", headers=headers)
+                err = TierUnavailable(f"the tier agent failed to read the unit ({type(err).__name__}: {err}); see its log")
+            # The reader gets the same class with the same message (CimError.from_wire).
+            await self.nc.publish(reply, json.dumps(err.to_wire(), default=str).encode(),
+                                  headers={H_STATUS: "error", H_ERROR: str(err)[:900]})
         finally:
             await ack_sub.unsubscribe()
 
@@ -114,20 +113,6 @@ class FetchServer:
                 raise TimeoutError("the reader stopped acknowledging chunks") from None
         await self.nc.publish(reply, data, headers={H_SEQ: str(seq), H_ACK: ack_subject})
         return seq
-
-
-def _kind_of(err: BaseException) -> str:
-    if isinstance(err, CidMismatch):
-        return "cid-mismatch"
-    if isinstance(err, UnitExpiredError):
-        return "expired"
-    if isinstance(err, NotFound):  # UnitNotFound and a tier's ObjectMissing are NotFounds
-        return "not-found"
-    if isinstance(err, TierUnavailable):
-        return "unavailable"
-    if isinstance(err, CimError):
-        return "error"
-    return "internal"
 
 
 # --- the reader's side ---------------------------------------------------------------------
@@ -190,7 +175,11 @@ async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncI
                 log.info("%s", h.get(H_ERROR))
                 continue
             if status == "error":
-                raise _error_from(cid, h)
+                try:
+                    wire = json.loads(m.data) if m.data else None
+                except ValueError:
+                    wire = None
+                raise CimError.from_wire(wire, fallback=h.get(H_ERROR) or "the tier agent failed")
             break  # end
     finally:
         if isinstance(hasher, ThreadedHasher):
@@ -217,25 +206,3 @@ def _no_agent(u: UnitLocation) -> CimError:
         f"unit {u.cid} is in tier {where}, which only the tier agent can read, and no tier agent answers; "
         "start it (`cim up` runs one; on NixOS set services.cim.tier.enable) and try again"
     )
-
-
-def _error_from(cid: str, h: dict[str, str]) -> CimError:
-    kind, text = h.get(H_KIND, "error"), h.get(H_ERROR, "the tier agent failed")
-    if kind == "cid-mismatch":
-        err = CidMismatch(cid, h.get(H_ACTUAL, "?"), where="colder tier")
-        err.args = (text,)
-        return err
-    if kind == "not-found":
-        return UnitNotFound(cid) if "no unit" in text else _NotFoundText(text)
-    if kind == "unavailable":
-        return TierUnavailable(text)
-    return TierUnavailable(text) if kind == "internal" else _Plain(text)
-
-
-class _Plain(CimError):
-    pass
-
-
-class _NotFoundText(UnitNotFound):
-    def __init__(self, text: str):
-        CimError.__init__(self, text)

@@ -14,6 +14,7 @@ from aiohttp import web
 from ..events import EventStore
 from ..http_deadline import GuardedSite, HeadDeadline
 from ..runtime import AgentBase, AgentContext, endpoint
+from . import api
 from .api import InfoReply
 from .app import Dashboard
 from .auth import Auth
@@ -53,7 +54,7 @@ class Agent(AgentBase):
             await self._runner.cleanup()
         await self.projection.stop()
 
-    @endpoint("info")
+    @endpoint(api.INFO)
     async def info(self) -> InfoReply:
         """Where the dashboard listens and how far its projection has read."""
         return InfoReply(url=self.url, units=len(self.projection.rows), caught_up=self.projection.caught_up.is_set())

@@ -22,6 +22,7 @@ from nats.aio.client import Client
 
 from ..errors import CimError, InvalidInput, NotFound
 from ..names import CONTENT_BUCKET
+from ..store import api as store_api
 from ..store.content import ContentStore
 from ..store.unit_fold import HOT, UnitFold
 from ..store.unit_store import UnitStore
@@ -292,12 +293,12 @@ class Dashboard:
         body = {"content_b64": base64.b64encode(content).decode(), "title": fields.get("title") or filename,
                 "labels": labels, "source": f"ui:{request['session'].user}",
                 "media_type": ctype if ctype and ctype != "application/octet-stream" else None}
-        answer = await data.call(self.nc, "cim.store.put", body, timeout=30)
+        answer = await data.ask(self.nc, store_api.PUT, body, timeout=30)
         if isinstance(answer, data.Missing):
-            return self._upload_error(wants_json, answer.why, 400 if "code 400" in answer.why else 503)
-        cid = answer["unit"]["cid"]
+            return self._upload_error(wants_json, answer.why, 400 if isinstance(answer.error, InvalidInput) else 503)
+        cid = answer.unit.cid
         if wants_json:
-            return web.json_response({"cid": cid, "created": answer["created"]}, status=201)
+            return web.json_response({"cid": cid, "created": answer.created}, status=201)
         raise web.HTTPSeeOther(f"/units/{cid}")
 
     def _upload_error(self, wants_json: bool, why: str, status: int) -> web.Response:

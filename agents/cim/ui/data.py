@@ -12,48 +12,50 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
+from pydantic import BaseModel
 
+from ..errors import CimError
+from ..hub import api as hub_api
 from ..names import DLQ_STREAM
-from ..nats.api import no_responders
 from ..nats.discovery import discover
 from ..nats.read import read_stream
+from ..nats.rpc import AgentUnavailable, Endpoint, Reply, call
+from ..pipeline import api as pipeline_api
+from ..pipeline import definitions
+from ..registry import list_agents
 from ..status import gather_status
 
 
 @dataclass
 class Missing:
+    """What a panel shows instead of an agent's answer: why there is none."""
+
     why: str
+    error: CimError | None = None  # what the agent or the call raised
 
 
-async def call(nc: Client, subject: str, body: dict | None = None, timeout: float = 5.0) -> dict[str, Any] | Missing:
-    """A request to an agent endpoint; a Missing when nobody answers or it answers an error."""
+async def ask(nc: Client, endpoint: Endpoint[Reply], request: BaseModel | dict[str, Any] | None = None,
+              timeout: float = 5.0) -> Reply | Missing:
+    """`cim.nats.rpc.call`, with a Missing instead of an error: a page shows what it has."""
     try:
-        msg = await nc.request(subject, json.dumps(body or {}).encode(), timeout=timeout)
-    except Exception as err:
-        if no_responders(err):
-            return Missing(f"no agent answers {subject}: it is not running")
-        return Missing(f"{subject} did not answer ({type(err).__name__})")
-    headers = msg.headers or {}
-    if "Nats-Service-Error-Code" in headers:
-        return Missing(f"{headers.get('Nats-Service-Error', 'error')} (code {headers['Nats-Service-Error-Code']})")
-    try:
-        return json.loads(msg.data or b"{}")
-    except json.JSONDecodeError:
-        return Missing(f"{subject} answered something that is not JSON")
+        return await call(nc, endpoint, request, timeout=timeout)
+    except AgentUnavailable as err:
+        return Missing(f"not running: {err}", err)
+    except CimError as err:
+        return Missing(str(err), err)
 
 
 async def agents(nc: Client) -> list[dict[str, Any]]:
-    """Agents and their health: the registry's view when it exists, else $SRV.INFO."""
+    """Agents and their health: the registry bucket's view, else (no bucket yet, or agents
+    that do not announce themselves) the micro services' $SRV.INFO."""
     try:
-        from ..registry import list_agents
-
         views = await list_agents(nc)
-        if views:
-            return [{"name": v.record.name, "capability": v.record.capability, "version": v.record.version,
-                     "host": v.record.host, "pid": v.record.pid, "state": v.state,
-                     "since": v.record.started_at.isoformat()[:19]} for v in views]
-    except Exception:  # no registry library or bucket in this deployment: ask the services
-        pass
+    except CimError:  # the bucket cannot be read: ask the services
+        views = []
+    if views:
+        return [{"name": v.record.name, "capability": v.record.capability, "version": v.record.version,
+                 "host": v.record.host, "pid": v.record.pid, "state": v.state,
+                 "since": v.record.started_at.isoformat()[:19]} for v in views]
     out = []
     for svc in await discover(nc):
         meta = svc.get("metadata") or {}
@@ -96,24 +98,30 @@ async def retry(nc: Client, seq: int) -> tuple[bool, str]:
     subject = await dead_letter_subject(nc, seq)
     if subject is None:
         return False, f"dead letter #{seq} is gone (retried or removed already)"
-    endpoint = "cim.hub.retry" if subject.startswith("cim.dlq.hub.") else "cim.pipeline.retry"
-    answer = await call(nc, endpoint, {"seq": seq}, timeout=30)
-    if isinstance(answer, Missing):
-        return False, answer.why
-    if answer.get("ok") is False:
-        return False, answer.get("reason") or "the retry failed"
+    ok: object
+    reason: object
+    if subject.startswith("cim.dlq.hub."):
+        hub = await ask(nc, hub_api.RETRY, hub_api.RetryRequest(seq=seq), timeout=30)
+        if isinstance(hub, Missing):
+            return False, hub.why
+        ok, reason = hub.ok, hub.reason
+    else:
+        engine = await ask(nc, pipeline_api.RETRY, pipeline_api.RetryRequest(seq=seq), timeout=30)
+        if isinstance(engine, Missing):
+            return False, engine.why
+        ok, reason = engine.get("ok"), engine.get("reason")
+    if ok is False:
+        return False, str(reason or "the retry failed")
     return True, f"dead letter #{seq} was processed again"
 
 
 async def pipelines(nc: Client) -> dict[str, Any] | Missing:
-    status = await call(nc, "cim.pipeline.status")
+    status = await ask(nc, pipeline_api.STATUS)
     if isinstance(status, Missing):
         return status
     try:
-        from ..pipeline import definitions
-
         defs = {r.definition.name: r.definition.model_dump(mode="json") for r in await definitions.list_all(nc)}
-    except Exception:  # no definitions bucket or library: show the engine's status alone
+    except CimError:  # the definitions bucket cannot be read: show the engine's status alone
         defs = {}
     status["definitions"] = defs
     return status
