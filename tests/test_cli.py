@@ -124,3 +124,40 @@ def test_status_lists_server_streams_and_buckets(cli, provisioned):
 def test_global_options_come_from_the_environment(cli, provisioned):
     r = cli("status", env={"CIM_JSON": "1"})
     assert json.loads(r.stdout)["server"]["url"] == provisioned.url
+
+
+def test_errors_are_json_under_json_and_one_line_otherwise(cli, provisioned, tmp_path):
+    missing = independent_cid(b"never stored here")
+    plain = cli("units", "show", missing, check=False)
+    assert plain.returncode == 1 and plain.stdout == ""
+    assert plain.stderr.strip() == f"error: no unit {missing} is stored here (check the CID, or list units with `cim units ls`)"
+    scripted = cli("--json", "units", "show", missing, check=False)
+    assert scripted.returncode == 1 and scripted.stdout == ""
+    error = json.loads(scripted.stderr)["error"]
+    assert error["codes"] == ["unit_not_found", "not_found", "error"] and error["fields"] == {"cid": missing}
+    # A config that fails validation names every field, in JSON too.
+    bad = tmp_path / "agent.json"
+    bad.write_text(json.dumps({"capability": "hub", "http": {"port": 70000}}))
+    checked = json.loads(cli("--json", "config", "check", bad, check=False).stderr)["error"]
+    assert checked["codes"][0] == "invalid_config"
+    assert {path for path, _ in checked["fields"]["errors"]} == {"http.port", "tokens_file"}
+
+
+def test_the_version_and_a_unit_read_load_only_what_they_use():
+    """Command groups load when run: `cim --version` loads no NATS client, and `cim units`
+    none of the dashboard's templates (jinja2) or the S3 client (boto3). (aiohttp comes
+    with nats-py itself, which imports it for its websocket transport.)"""
+    import subprocess
+    import sys
+
+    probe = ("import runpy, sys; sys.argv = ['cim', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('cim', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('loaded:', *sorted(m for m in ('nats', 'aiohttp', 'jinja2', 'boto3', 'botocore') if m in sys.modules),"
+             " file=sys.stderr)")
+
+    def loaded(*args: str) -> set[str]:
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
+        return set(done.stderr.strip().splitlines()[-1].split()[1:])
+
+    assert loaded("--version") == set()
+    assert loaded("units", "get", "--help") == {"nats", "aiohttp"}

@@ -36,6 +36,7 @@ from .nats.connect import connect
 from .nats.rpc import H_PROGRESS, Endpoint
 from .permissions import inbox_prefix
 from .registry.announce import Heartbeat
+from .tasks import Supervisor
 
 log = logging.getLogger("cim.agent")
 
@@ -170,12 +171,15 @@ async def progress(item: dict) -> None:
 
 
 class AgentContext:
-    """What an agent gets from the runtime: its config and its live connection."""
+    """What an agent gets from the runtime: its config, its live connection, and the one
+    supervisor of its background tasks (`ctx.tasks.spawn(coro, name)`), which the runtime
+    stops, ahead of the agent's own `stop`."""
 
     def __init__(self, config: AgentConfig, nc: Client):
         self.config = config
         self.nc = nc
         self.stopping = asyncio.Event()
+        self.tasks = Supervisor()
 
 
 class AgentBase:
@@ -281,6 +285,7 @@ async def run_agent(config: AgentConfig, agent_class: Callable[[AgentContext], A
         deadline = loop.time() + STOP_DEADLINE
         if heartbeat is not None:
             await _bounded("the registry heartbeat", heartbeat.stop(), deadline)
+        await _bounded(f"the {config.capability} agent's tasks", ctx.tasks.close(max(0.0, deadline - loop.time())), deadline)
         await _bounded(f"the {config.capability} agent's own stop", agent.stop(), deadline)
         await _bounded("the service endpoints", service.stop(), deadline)
         # The connection gets a few seconds of its own even when the steps above used the rest.

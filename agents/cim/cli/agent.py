@@ -28,8 +28,7 @@ def run_cmd(
             raise ConfigError(str(config), [("capability", f"is {cfg.capability!r}, but the command runs {capability!r}")])
         asyncio.run(run_agent(cfg, capabilities.get(capability).agent()))
     except ConfigError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(1) from None
+        fail(err)
     except CimError as err:
         fail(str(err))
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -57,10 +58,15 @@ class Globals:
         )
 
 
+# The invocation's global options, for what has no context to ask (`fail`).
+CURRENT: ContextVar[Globals | None] = ContextVar("cim_cli_globals", default=None)
+
+
 def globals_of(ctx: typer.Context) -> Globals:
     root = ctx.find_root()
     if not isinstance(root.obj, Globals):
         root.obj = Globals(servers=["nats://127.0.0.1:4222"])
+        CURRENT.set(root.obj)
     return root.obj
 
 
@@ -74,18 +80,26 @@ async def nats_connection(g: Globals) -> AsyncIterator[Client]:
 
 
 def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a command's async body; a CimError becomes one line on stderr and its exit code."""
+    """Run a command's async body; a CimError becomes `fail`, with its exit code."""
     try:
         return asyncio.run(coro_fn())
     except CimError as err:
-        fail(str(err), err.exit_code)
+        fail(err)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+def fail(problem: str | CimError, code: int | None = None) -> NoReturn:
+    """Say why the command failed, on stderr, and exit: one line (`error: ...`), or under
+    --json one JSON object, `{"error": {"codes": [...], "message": ..., "fields": {...}}}`
+    (CimError.to_wire: the first code names the error for a script)."""
+    err = problem if isinstance(problem, CimError) else CimError.with_message(problem)
+    g = CURRENT.get()
+    if g is not None and g.json:
+        typer.echo(json.dumps({"error": err.to_wire()}, default=str), err=True)
+    else:
+        typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(err.exit_code if code is None else code)
 
 
 def emit(g: Globals, data: Any, human: Callable[[Any], str] | None = None) -> None:

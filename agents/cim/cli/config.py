@@ -8,7 +8,7 @@ import typer
 
 from ..config import load_config
 from ..errors import ConfigError
-from .common import globals_of
+from .common import fail, globals_of
 
 app = typer.Typer(help="Agent configuration files.", no_args_is_help=True)
 
@@ -20,6 +20,5 @@ def check(ctx: typer.Context, file: Path = typer.Argument(..., help="the agent c
     try:
         cfg = load_config(file)
     except ConfigError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(1) from None
+        fail(err)
     typer.echo(cfg.model_dump_json(indent=None if g.json else 2) if g.json else f"{file}: valid {cfg.capability} agent config")

@@ -12,7 +12,7 @@ from ..pipeline import api, definitions
 from ..pipeline.dlq import get_letter, list_letters
 from ..pipeline.model import check_plugins, load
 from ..plugins import discover
-from .common import emit, globals_of, nats_connection, run
+from .common import emit, fail, globals_of, nats_connection, run
 
 app = typer.Typer(help="Declarative pipelines of plugin steps.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: messages a pipeline gave up on.", no_args_is_help=True)
@@ -73,8 +73,7 @@ def apply(ctx: typer.Context, file: Path = typer.Argument(..., help="pipelines a
     try:
         pipelines = load(file)
     except ConfigError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(1) from None
+        fail(err)
 
     async def body() -> list[str]:
         async with nats_connection(g) as nc:

@@ -10,7 +10,7 @@ from ..capabilities import core_spec
 from ..errors import ConfigError
 from ..provision.apply import provision
 from ..provision.spec import ProvisionSpec, load_spec
-from .common import emit, globals_of, nats_connection, run
+from .common import emit, fail, globals_of, nats_connection, run
 
 
 def provision_cmd(
@@ -25,8 +25,7 @@ def provision_cmd(
     try:
         wanted = load_spec(spec) if spec else ProvisionSpec()
     except ConfigError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(1) from None
+        fail(err)
     if replicas is not None:
         wanted = wanted.model_copy(update={"replicas": replicas})
     if print_spec:

@@ -82,7 +82,7 @@ def put(
         results = []
         paths = expand(files)
         async with nats_connection(g) as nc:
-            store = UnitStore(nc, max_unit_size=max_size)
+            store = UnitStore(nc, max_unit_size=max_size, timeout=g.timeout)
             total = sum(f.stat().st_size for f in paths if str(f) != "-" and f.is_file())
             show_bar = not g.json and sys.stderr.isatty() and (total >= PROGRESS_MIN_BYTES or len(paths) > 20)
             with typer.progressbar(length=total, label="storing", file=sys.stderr, hidden=not show_bar) as bar:
@@ -119,7 +119,7 @@ def get(
 
     async def body() -> None:
         async with nats_connection(g) as nc:
-            store = UnitStore(nc, report_access=True, cold=fetch)  # access reports feed the tier's `idle` policies
+            store = UnitStore(nc, report_access=True, cold=fetch, timeout=g.timeout)  # access reports feed the tier's `idle` policies
             if output is None:
                 out = sys.stdout.buffer
                 async for chunk in store.get(cid):
@@ -181,7 +181,7 @@ def show(ctx: typer.Context, cid: str = typer.Argument(..., help="the unit's CID
 
     async def body() -> dict:
         async with nats_connection(g) as nc:
-            return _view_dict(await UnitStore(nc).show(cid))
+            return _view_dict(await UnitStore(nc, timeout=g.timeout).show(cid))
 
     emit(g, run(body), _view_text)
 
@@ -197,7 +197,7 @@ def ls(
 
     async def body() -> list[dict]:
         async with nats_connection(g) as nc:
-            return [u.model_dump(mode="json") async for u in UnitStore(nc).list(label=label, limit=limit)]
+            return [u.model_dump(mode="json") async for u in UnitStore(nc, timeout=g.timeout).list(label=label, limit=limit)]
 
     units = run(body)
     emit(g, units, lambda us: "\n".join(_unit_line(Unit.model_validate(u)) for u in us) or "no units")

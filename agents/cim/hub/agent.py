@@ -29,7 +29,7 @@ log = logging.getLogger("cim.hub")
 
 class Agent(AgentBase):
     def __init__(self, ctx: AgentContext):
-        self.ctx = ctx
+        super().__init__(ctx)
         self.config: Config = ctx.config  # type: ignore[assignment]
         self.units = UnitStore(ctx.nc, max_unit_size=self.config.max_body_size, agent=self.config.agent_name, cold=fetch)
         self.api = HubApi(self.units, Tokens(self.config.tokens_file), max_body_size=self.config.max_body_size,
@@ -44,7 +44,6 @@ class Agent(AgentBase):
             log=logging.getLogger(f"cim.hub.{name}"),
         ), loaded=(plugins, self.broken_plugins))
         self._runner: web.AppRunner | None = None
-        self._tasks: list[asyncio.Task] = []
         self.url = ""
 
     async def start(self) -> None:
@@ -60,7 +59,7 @@ class Agent(AgentBase):
         log.info("ingest API on %s (OpenAPI at %s/openapi.yaml)", self.url, self.url)
         await self.webhooks.start()
         for c, connector in self.connectors:
-            self._tasks.append(asyncio.create_task(self._supervise(c, connector), name=f"connector-{c.name}"))
+            self.ctx.tasks.spawn(self._supervise(c, connector), name=f"connector-{c.name}")
 
     async def _supervise(self, c: ConnectorConfig, connector) -> None:
         """A connector that crashes is logged and started again; it never takes the hub down."""
@@ -78,9 +77,6 @@ class Agent(AgentBase):
                     pass
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.webhooks.stop()
         if self._runner:
             await self._runner.cleanup()

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +21,7 @@ from pydantic import ValidationError
 from .. import cid as cidlib
 from ..errors import CimError, InvalidInput, NotFound, UnitTooLarge, field_errors
 from ..events.envelope import decode_body
+from ..spool import Spool
 from ..store.unit_store import UnitStore, guess_media_type
 from ..store.units import Unit
 from .tokens import Token, Tokens
@@ -32,7 +31,6 @@ log = logging.getLogger("cim.hub.http")
 INGESTS = Counter("cim_hub_ingest_total", "HTTP ingest requests by HTTP status", ["status"])
 INGEST_BYTES = Counter("cim_hub_ingest_bytes_total", "Bytes of content accepted over HTTP")
 
-IN_MEMORY = 1024 * 1024  # bodies up to this stay in memory; larger ones are spooled to disk
 _PLACEHOLDER_CID = cidlib.compute(b"")
 _META_FIELDS = ("title", "source", "author", "media_type")
 
@@ -55,37 +53,8 @@ def _answer(problem: Problem) -> web.Response:
     return web.json_response(body, status=problem.status, headers=problem.headers)
 
 
-class _Body:
-    """Collects one upload, in memory while small and in a temporary file past IN_MEMORY."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.size = 0
-        self._mem = bytearray()
-        self._file: Any = None
-
-    def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.limit:
-            raise Problem(413, [("content", f"the body is over the limit of {self.limit} bytes (raise max_body_size in the hub settings)")])
-        if self._file is None and self.size <= IN_MEMORY:
-            self._mem += chunk
-            return
-        if self._file is None:
-            self._file = tempfile.NamedTemporaryFile(prefix="cim-hub-", delete=True)  # noqa: SIM115 - closed by close()
-            self._file.write(self._mem)
-            self._mem = bytearray()
-        self._file.write(chunk)
-
-    async def store(self, units: UnitStore, meta: dict[str, Any]):
-        if self._file is None:
-            return await units.put_bytes(bytes(self._mem), **meta)
-        self._file.flush()
-        return await units.put_file(Path(self._file.name), **meta)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+def _over_limit(limit: int) -> Problem:
+    return Problem(413, [("content", f"the body is over the limit of {limit} bytes (raise max_body_size in the hub settings)")])
 
 
 def _token_of(request: web.Request, tokens: Tokens) -> Token:
@@ -154,7 +123,9 @@ class HubApi:
         return app
 
     async def ingest(self, request: web.Request) -> web.StreamResponse:
-        body = _Body(self.max_body_size)
+        # The upload, hashed as it arrives: in memory while small, else a temporary file
+        # written off the event loop (cim.spool).
+        body = Spool(hash=True, limit=self.max_body_size, too_large=lambda _size: _over_limit(self.max_body_size))
         try:
             token = _token_of(request, self.tokens)
             declared = request.content_length
@@ -172,7 +143,7 @@ class HubApi:
                 meta = _meta_from({k: request.query.getall(k) for k in request.query})
                 _check_meta(token, meta)
                 while chunk := await self._arrives(request.content.read(256 * 1024)):
-                    body.write(chunk)
+                    await body.write(chunk)
                 filename = None
                 if "media_type" not in meta and request.content_type not in ("", "application/octet-stream"):
                     meta["media_type"] = request.content_type
@@ -180,7 +151,7 @@ class HubApi:
             if filename:
                 meta.setdefault("title", filename)
             try:
-                result = await body.store(self.units, {k: v for k, v in meta.items() if v not in (None, [])})
+                result = await self.units.put_spool(body, **{k: v for k, v in meta.items() if v not in (None, [])})
             except UnitTooLarge as err:
                 raise Problem(413, [(err.field, err.rule)]) from None
             except InvalidInput as err:
@@ -214,7 +185,7 @@ class HubApi:
             raise Problem(408, [("(body)", f"nothing arrived for {self.idle_timeout:g} s; send the request again")],
                           {"Connection": "close"}) from None
 
-    async def _read_multipart(self, request: web.Request, token: Token, body: _Body) -> tuple[dict[str, Any], str | None]:
+    async def _read_multipart(self, request: web.Request, token: Token, body: Spool) -> tuple[dict[str, Any], str | None]:
         reader = await request.multipart()
         fields: dict[str, list[str]] = {}
         filename: str | None = None
@@ -232,7 +203,7 @@ class HubApi:
                 ctype = part.headers.get("Content-Type")
                 media_type = ctype if ctype and ctype != "application/octet-stream" else None
                 while chunk := await self._arrives(part.read_chunk(256 * 1024)):
-                    body.write(chunk)
+                    await body.write(chunk)
             else:
                 # Read in chunks and stop at the bound: a field is never buffered past it.
                 raw = bytearray()

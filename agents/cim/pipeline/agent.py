@@ -9,7 +9,6 @@ relation graph are projections rebuilt by replaying the event stream at every st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -39,7 +38,7 @@ PROJECTED = [RECORDS, "cim.evt.unit.*.created"]
 
 class Agent(AgentBase):
     def __init__(self, ctx: AgentContext):
-        self.ctx = ctx
+        super().__init__(ctx)
         self.config: Config = ctx.config  # type: ignore[assignment]
         self.nc = ctx.nc
         self.units = UnitStore(ctx.nc, agent=self.config.agent_name, timeout=10, cold=fetch)
@@ -52,7 +51,6 @@ class Agent(AgentBase):
         self.paused: set[str] = set()
         self.index = SearchIndex()
         self.graph = RelationGraph()
-        self._tasks: list[asyncio.Task] = []
 
     def capabilities(self) -> dict[str, str]:
         """Announced in the registry: what the loaded plugins provide."""
@@ -65,8 +63,8 @@ class Agent(AgentBase):
             log.error("plugin %s is not available: %s", name, why)
         for p in self.config.pipelines:
             await self._install(p)
-        self._tasks = [asyncio.create_task(self._watch(), name="pipelines-watch"),
-                       asyncio.create_task(self._project(), name="projections")]
+        self.ctx.tasks.spawn(self._watch(), name="pipelines-watch")
+        self.ctx.tasks.spawn(self._project(), name="projections")
 
     async def _install(self, p: PipelineDef) -> None:
         """Install a pipeline of this agent's config, unless one of its name was applied with
@@ -82,10 +80,6 @@ class Agent(AgentBase):
             await definitions.put(self.nc, p, source="config")
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
         # Together: each runner waits at most its own bound for the batch in hand.
         await asyncio.gather(*(r.stop() for r in list(self.runners.values())), return_exceptions=True)
 

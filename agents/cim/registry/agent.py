@@ -61,12 +61,12 @@ class Tracked:
 
 class Agent(AgentBase):
     def __init__(self, ctx: AgentContext):
+        super().__init__(ctx)
         self.config: Config = ctx.config  # type: ignore[assignment]
         self.nc = ctx.nc
         self.events = EventStore(ctx.nc)
         self.instances: dict[str, Tracked] = {}
         self.ttl = DEFAULT_TTL
-        self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()
         self._closing = False
         self._caught_up = asyncio.Event()  # the bucket's history has been read once
@@ -76,26 +76,12 @@ class Agent(AgentBase):
 
     async def start(self) -> None:
         self.ttl = await self._bucket_ttl()
-        self._tasks = [
-            asyncio.create_task(self._follow(), name="registry-follow"),
-            asyncio.create_task(self._sweeper(), name="registry-sweep"),
-            asyncio.create_task(self._close_missed(), name="registry-missed"),
-        ]
+        self.ctx.tasks.spawn(self._follow(), name="registry-follow")
+        self.ctx.tasks.spawn(self._sweeper(), name="registry-sweep")
+        self.ctx.tasks.spawn(self._close_missed(), name="registry-missed")
 
     async def stop(self) -> None:
-        self._closing = True
-        pending = set(self._tasks)
-        for _ in range(20):
-            if not pending:
-                break
-            for task in pending:
-                # Again on each round: Python 3.11's wait_for (inside the stream read) can
-                # swallow a cancellation that races with a message arriving.
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.25)
-        for task in self._tasks:
-            if task.done() and not task.cancelled() and task.exception():
-                log.warning("registry task %s ended with %r", task.get_name(), task.exception())
+        self._closing = True  # the runtime has cancelled the tasks above (ctx.tasks)
 
     async def _bucket_ttl(self) -> float:
         try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import mimetypes
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from .. import __version__
 from .. import cid as cidlib
 from ..errors import ConcurrencyConflict, InvalidInput, NotFound, UnitExpiredError, UnitNotFound, UnitTooLarge
 from ..events import Event, EventStore, StoredEvent
+from ..spool import Spool
 from .content import ContentStore
 from .unit_fold import UnitFold
 from .units import Unit
@@ -87,11 +87,11 @@ class UnitStore:
 
     def _check_size(self, size: int, what: str) -> None:
         if size > self.max_unit_size:
-            raise UnitTooLarge(
-                "size",
-                f"{what} has {size} bytes, over the limit of {self.max_unit_size} bytes "
-                "(raise max_unit_size in the store settings, or split the file)",
-            )
+            raise self._too_large(size, what)
+
+    def _too_large(self, size: int, what: str) -> UnitTooLarge:
+        return UnitTooLarge("size", f"{what} has {size} bytes, over the limit of {self.max_unit_size} bytes "
+                                    "(raise max_unit_size in the store settings, or split the file)")
 
     # --- put ----------------------------------------------------------------------------
 
@@ -116,15 +116,18 @@ class UnitStore:
         return await self._put(cidlib.compute(data), len(data), io.BytesIO(data), **meta)
 
     async def put_stream(self, reader: IO[bytes], **meta: Any) -> PutResult:
-        """Content from a pipe: spooled to a temporary file (never all in memory), then put."""
-        hasher = cidlib.Hasher()
-        with tempfile.TemporaryFile() as spool:
-            while block := reader.read(_HASH_BLOCK):
-                hasher.update(block)
-                self._check_size(hasher.size, "the input")
-                spool.write(block)
-            spool.seek(0)
-            return await self._put(hasher.cid(), hasher.size, spool, **meta)
+        """Content from a pipe: spooled (to a temporary file past a mebibyte, never all in
+        memory), read and written off the event loop, hashed on the way, then put."""
+        spool = Spool(hash=True, limit=self.max_unit_size, too_large=lambda size: self._too_large(size, "the input"))
+        try:
+            return await self.put_spool(await spool.fill_from(reader), **meta)
+        finally:
+            spool.close()
+
+    async def put_spool(self, spool: Spool, **meta: Any) -> PutResult:
+        """Content a spool collected with `hash=True` (the hub's uploads, a pipe)."""
+        self._check_size(spool.size, "the content")
+        return await self._put(spool.cid(), spool.size, await spool.file(), **meta)
 
     async def revise(self, parent: str, source: Path | bytes, **changes: Any) -> PutResult:
         """Store new content as a revision of `parent`: a new unit naming it as parent."""

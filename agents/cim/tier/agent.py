@@ -35,6 +35,8 @@ from .urls import TierSpec
 log = logging.getLogger("cim.tier")
 
 ACCESS_SUBJECT = "cim.tier.access"
+# Reads from colder tiers served at once; more wait in the subscription's queue.
+FETCHES_AT_ONCE = 32
 HOT_SPEC = TierSpec(name=HOT, url=f"jetstream://{CONTENT_BUCKET}")
 
 
@@ -47,7 +49,7 @@ def _result(r: MoveResult) -> dict:
 
 class Agent(AgentBase):
     def __init__(self, ctx: AgentContext):
-        self.ctx = ctx
+        super().__init__(ctx)
         self.config: Config = ctx.config  # type: ignore[assignment]
         self.nc = ctx.nc
         self.events = EventStore(ctx.nc)
@@ -61,11 +63,13 @@ class Agent(AgentBase):
         self.index = LocationIndex()
         self.access: dict[str, float] = {}
         self._access_dirty: set[str] = set()
-        self.fetcher = FetchServer(ctx.nc, self._open_stream)
+        self.fetcher = FetchServer(ctx.nc, self._open_stream, ctx.tasks.bounded(FETCHES_AT_ONCE))
         self.last_migration: dict | None = None
-        self._tasks: list[asyncio.Task] = []
         self._wake = asyncio.Event()
-        self._promotions: set[asyncio.Task] = set()
+        # Promotions on read run beside reads, a few at a time; one past that is skipped (the
+        # unit is promoted when it is read again).
+        self._promotions = ctx.tasks.bounded(self.config.concurrency)
+        self._promoting: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -79,20 +83,13 @@ class Agent(AgentBase):
         await self._load_access()
         await self.fetcher.start()
         await self.nc.subscribe(ACCESS_SUBJECT, cb=self._on_access)
-        self._tasks = [
-            asyncio.create_task(self._follow(), name="index"),
-            asyncio.create_task(self._loop(), name="migrate"),
-        ]
+        self.ctx.tasks.spawn(self._follow(), name="index")
+        self.ctx.tasks.spawn(self._loop(), name="migrate")
         if self.exporter:
-            self._tasks.append(asyncio.create_task(self._backup_loop(), name="backup"))
+            self.ctx.tasks.spawn(self._backup_loop(), name="backup")
 
     async def stop(self) -> None:
         await self.fetcher.stop()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
         with contextlib.suppress(Exception):
             await self._flush_access()
         for b in self.tiers.values():
@@ -193,9 +190,11 @@ class Agent(AgentBase):
             self.access[cid] = time.time()
             self._access_dirty.add(cid)
             if len(self._access_dirty) == 1:  # flush a batch a little later, not one put per read
-                asyncio.get_running_loop().call_later(2.0, lambda: asyncio.ensure_future(self._flush_access()))
+                self.ctx.tasks.spawn(self._flush_access(after=2.0), name="access-flush")
 
-    async def _flush_access(self) -> None:
+    async def _flush_access(self, after: float = 0.0) -> None:
+        if after:
+            await asyncio.sleep(after)  # batching reports that arrive meanwhile, not waiting for a condition
         dirty, self._access_dirty = self._access_dirty, set()
         if not dirty:
             return
@@ -261,10 +260,17 @@ class Agent(AgentBase):
             yield first
         async for chunk in gen:
             yield chunk
-        if self.config.promote_on_read and tier != HOT:
-            task = asyncio.create_task(self.migrator.restore(cid))  # held: an unreferenced task may vanish
-            self._promotions.add(task)
-            task.add_done_callback(self._promotions.discard)
+        if self.config.promote_on_read and tier != HOT and cid not in self._promoting:
+            self._promoting.add(cid)  # now, so a second read finishing meanwhile starts no second promotion
+            if self._promotions.try_spawn(self._promote(cid), name=f"promote-{cid}") is None:
+                self._promoting.discard(cid)
+                log.info("not promoting %s now: %d promotions are running", cid, self._promotions.running)
+
+    async def _promote(self, cid: str) -> None:
+        try:
+            await self.migrator.restore(cid)
+        finally:
+            self._promoting.discard(cid)
 
     # --- endpoints -------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ import tempfile
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO
 
 import boto3
 import botocore.config
@@ -28,6 +27,7 @@ from nats.aio.client import Client
 
 from .. import cid as cidlib
 from ..errors import CidMismatch, CimError, UnitNotFound
+from ..spool import Spool
 from ..store.content import THREADED_HASH_MIN_CHUNKS, ContentStore, ThreadedHasher
 from .errors import ObjectMissing, TierConfigError, TierError, TierUnavailable
 from .urls import TierSpec, read_credentials
@@ -102,49 +102,31 @@ async def verified(cid: str, size: int | None, chunks: AsyncIterator[bytes], whe
         yield held
 
 
-class Spool:
-    """A verified source copied into memory or a temporary file. With `parts` (a part size
-    and a checksum) it is also summed in S3 part sizes, so a multipart object's composite
-    checksum can be predicted; without, nothing is hashed again (the source was verified
-    against its CID already)."""
+class PartSums:
+    """The checksums of a source in S3 part sizes, fed as it is spooled, so a multipart
+    object's composite checksum can be predicted before the upload."""
 
-    def __init__(self, parts: tuple[int, S3Checksum] | None = None):
-        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by close()
-        self.parts = parts
+    def __init__(self, part_size: int, checksum: S3Checksum):
+        self.part_size = part_size
+        self.checksum = checksum
         self.part_digests: list[bytes] = []
-        self._part = parts[1].new() if parts else None
+        self._part = checksum.new()
         self._in_part = 0
-        self.size = 0
 
-    async def fill(self, chunks: AsyncIterator[bytes]) -> Spool:
-        async for chunk in chunks:
-            self.file.write(chunk)
-            self.size += len(chunk)
-            if self.parts is None:
-                continue
-            part_size, checksum = self.parts
-            view = memoryview(chunk)
-            while view:
-                take = min(len(view), part_size - self._in_part)
-                assert self._part is not None  # made with `parts`
-                self._part.update(view[:take])
-                self._in_part += take
-                view = view[take:]
-                if self._in_part == part_size:
-                    self.part_digests.append(self._part.digest())
-                    self._part, self._in_part = checksum.new(), 0
-        if self.parts is not None and (self._in_part or not self.part_digests):
-            assert self._part is not None
-            self.part_digests.append(self._part.digest())
-        self.file.seek(0)
-        return self
+    def update(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            take = min(len(view), self.part_size - self._in_part)
+            self._part.update(view[:take])
+            self._in_part += take
+            view = view[take:]
+            if self._in_part == self.part_size:
+                self.part_digests.append(self._part.digest())
+                self._part, self._in_part = self.checksum.new(), 0
 
     def composite(self) -> str:
-        assert self.parts is not None, "a spool without parts has no composite checksum"
-        return self.parts[1].composite(self.part_digests)
-
-    def close(self) -> None:
-        self.file.close()
+        digests = self.part_digests + ([self._part.digest()] if self._in_part or not self.part_digests else [])
+        return self.checksum.composite(digests)
 
 
 class Backend(abc.ABC):
@@ -220,11 +202,11 @@ class JetStreamBackend(Backend):
             raise ObjectMissing(self.name, cid) from None
 
     async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
-        spool = await Spool().fill(source)
+        spool = await Spool(in_memory=SPOOL_IN_MEMORY).fill(source)
         try:
             # put_stream hashes what it sends and refuses (and removes) bytes that do not
             # match the CID: verified by the CID there.
-            await self.content.put_stream(cid, spool.file)
+            await self.content.put_stream(cid, await spool.file())
         finally:
             spool.close()
         stored = await self.content.locate(cid)
@@ -310,9 +292,9 @@ class FileBackend(Backend):
             raise
 
     async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
-        spool = await Spool().fill(source)
+        spool = await Spool(in_memory=SPOOL_IN_MEMORY).fill(source)
         try:
-            await asyncio.to_thread(self._write, cid, spool.file)
+            await asyncio.to_thread(self._write, cid, await spool.file())
         except OSError as err:
             raise TierUnavailable(f"{self.where()}: cannot write {cid}: {err.strerror}") from None
         finally:
@@ -459,12 +441,14 @@ class S3Backend(Backend):
         if multipart and self.spec.max_bandwidth is None:
             # Streamed: parts go up while the source is still being read, nothing is spooled.
             return await self._checked(cid, size, key, *await self._put_streaming(cid, key, source))
-        spool = await Spool((self.spec.multipart_chunksize, self.checksum) if multipart else None).fill(source)
+        sums = PartSums(self.spec.multipart_chunksize, self.checksum) if multipart else None
+        spool = await Spool(in_memory=SPOOL_IN_MEMORY, on_chunk=sums.update if sums else None).fill(source)
         echoed = None
         try:
-            if not multipart:
+            spooled = await spool.file()
+            if sums is None:
                 # One request; the server checks the checksum we send (BadDigest otherwise).
-                data = spool.file.read()
+                data = await asyncio.to_thread(spooled.read)
                 # (off the event loop when big: a CRC over 16 MiB takes milliseconds)
                 expected = (self.checksum.of_object(cid, data) if len(data) <= READ_CHUNK
                             else await asyncio.to_thread(self.checksum.of_object, cid, data))
@@ -477,10 +461,10 @@ class S3Backend(Backend):
                 # Multipart, parts in parallel (bounded) and bandwidth-limited; each part's
                 # checksum is checked by the server.
                 await self._call(
-                    f"storing {cid}", self.client.upload_fileobj, spool.file, self.spec.bucket, key,
+                    f"storing {cid}", self.client.upload_fileobj, spooled, self.spec.bucket, key,
                     ExtraArgs={"ChecksumAlgorithm": self.checksum.algorithm}, Config=self.transfer,
                 )
-                expected = spool.composite()
+                expected = sums.composite()
         finally:
             spool.close()
         return await self._checked(cid, size, key, expected, echoed)

@@ -33,9 +33,10 @@ from ..events import StoredEvent
 from ..names import EVENTS_STREAM
 from ..nats.read import last_seq, read_stream
 from ..pipeline.events import step_outputs
+from ..spool import Spool
 from ..store.content import ContentStore
 from ..store.unit_fold import HOT
-from .backends import Backend
+from .backends import SPOOL_IN_MEMORY, Backend
 from .errors import ObjectMissing, TierError
 from .locations import LocationIndex
 
@@ -223,11 +224,9 @@ async def restore(nc: Client, archive: Backend, *, provision: Callable[[Client],
     restored = 0
     for u in hot:
         try:
-            from .backends import Spool
-
-            spool = await Spool().fill(archive.get(u.cid, u.size))
+            spool = await Spool(in_memory=SPOOL_IN_MEMORY).fill(archive.get(u.cid, u.size))
             try:
-                await content.put_stream(u.cid, spool.file)
+                await content.put_stream(u.cid, await spool.file())
             finally:
                 spool.close()
         except ObjectMissing:

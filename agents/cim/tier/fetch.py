@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from .. import cid as cidlib
 from ..errors import CidMismatch, CimError
 from ..store.content import ThreadedHasher
+from ..tasks import Bounded
 from .errors import TierAgentMissing, TierUnavailable
 from .locations import UnitLocation
 
@@ -40,26 +41,24 @@ class FetchServer:
     """Serves fetch requests with `open_stream(cid) -> (where, verified chunks)`."""
 
     def __init__(self, nc: Client, open_stream: Callable[[str, Callable[[str], Awaitable[None]]], Awaitable[AsyncIterator[bytes]]],
-                 ack_timeout: float = 30.0):
+                 tasks: Bounded, ack_timeout: float = 30.0):
         self.nc = nc
         self.open_stream = open_stream
         self.ack_timeout = ack_timeout
         self._sub: Any = None  # the subscription, while running
-        self._tasks: set[asyncio.Task] = set()
+        # One task per request, at most so many at once: the next request waits in the
+        # subscription's queue (this callback awaits a slot), not as a task in memory.
+        self.tasks = tasks
 
     async def start(self, queue: str = "cim-tier") -> None:
         self._sub = await self.nc.subscribe(FETCH_SUBJECT, queue=queue, cb=self._on_request)
 
     async def stop(self) -> None:
         if self._sub is not None:
-            await self._sub.unsubscribe()
-        for t in list(self._tasks):
-            t.cancel()
+            await self._sub.unsubscribe()  # the runtime cancels the reads in flight (ctx.tasks)
 
     async def _on_request(self, msg: Msg) -> None:
-        task = asyncio.create_task(self._serve(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self.tasks.spawn(self._serve(msg), name="fetch")
 
     async def _serve(self, msg: Msg) -> None:
         reply = msg.reply

@@ -27,7 +27,7 @@ HEAD_DEADLINE = 30.0  # seconds a browser may take to send a request head (slowl
 
 class Agent(AgentBase):
     def __init__(self, ctx: AgentContext):
-        self.ctx = ctx
+        super().__init__(ctx)
         self.config: Config = ctx.config  # type: ignore[assignment]
         self.projection = Projection(EventStore(ctx.nc))
         auth = Auth(password_file=self.config.password_file, session_secret_file=self.config.session_secret_file,
