@@ -112,3 +112,23 @@ def test_the_type_comes_from_the_subject_and_a_header_that_disagrees_is_a_proble
     assert e.type == "unit.created"
     assert e.problem and "type header says 'unit.expired'" in e.problem
     assert e.typed() is None
+
+
+def test_a_writer_builds_an_event_from_its_registered_model_and_a_reader_gets_the_model_back():
+    """Typed events end to end (issue 15 item 3): the type comes from the model, and a stored
+    event reads back as that model; a model nobody registered is refused by name."""
+    from pydantic import BaseModel
+
+    from cim.store.events import UnitLabeled
+
+    event = Event.of(UnitLabeled(labels=["invoice"], by="p/classify@1"), "bafkreiabc", agent="cim-pipeline")
+    assert event.type == "unit.labeled" and event.subject == "cim.evt.unit.bafkreiabc.labeled"
+    stored = StoredEvent.from_message(event.subject, 7, event.headers(), event.payload())
+    assert stored.typed() == UnitLabeled(labels=["invoice"], by="p/classify@1")
+
+    class Stray(BaseModel):
+        x: int = 1
+
+    with pytest.raises(InvalidInput, match="Stray is not a registered event model"):
+        Event.of(Stray(), "a1")
+    assert json.loads(event.payload())["labels"] == ["invoice"]

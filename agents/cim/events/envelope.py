@@ -75,6 +75,13 @@ class Event(BaseModel):
             raise ValueError("must not be empty")
         return v
 
+    @classmethod
+    def of(cls, data: BaseModel, aggregate_id: str, **envelope: Any) -> Event:
+        """An event whose data is a registered model: its type is the model's."""
+        from .types import type_of
+
+        return cls(type=type_of(type(data)), aggregate_id=aggregate_id, data=data.model_dump(mode="json"), **envelope)
+
     @property
     def subject(self) -> str:
         return subject_for(self.type, self.aggregate_id)

@@ -17,6 +17,7 @@ from ..errors import InvalidInput
 TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*$")
 
 _registry: dict[str, type[BaseModel]] = {}
+_names: dict[type[BaseModel], str] = {}
 M = TypeVar("M", bound=type[BaseModel])
 
 
@@ -30,9 +31,18 @@ def event_type(name: str) -> Callable[[M], M]:
         if existing is not None and existing is not model:
             raise InvalidInput("type", f"{name!r} is already registered to {existing.__qualname__}")
         _registry[name] = model
+        _names[model] = name
         return model
 
     return register
+
+
+def type_of(model: type[BaseModel]) -> str:
+    """The event type a model is registered for (`UnitLabeled` -> `unit.labeled`)."""
+    try:
+        return _names[model]
+    except KeyError:
+        raise InvalidInput("data", f"{model.__qualname__} is not a registered event model (decorate it with @event_type)") from None
 
 
 def model_for(name: str) -> type[BaseModel] | None:

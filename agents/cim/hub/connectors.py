@@ -27,6 +27,7 @@ from ..events import Event, EventStore
 from ..names import HUB_BUCKET
 from ..plugins import Plugin, discover
 from ..store.unit_store import UnitStore
+from .events import ImportFailed
 
 KIND = "connector"
 STATE_BUCKET = HUB_BUCKET
@@ -58,10 +59,8 @@ class ConnectorContext:
         return self._kv
 
     async def record_failure(self, item: str, reason: str) -> None:
-        await self.events.append(Event(
-            type="hub.import_failed", aggregate_id=self.name, source=self.agent, agent=self.agent,
-            data={"item": item[:2000], "reason": reason[:2000]},
-        ))
+        await self.events.append(Event.of(ImportFailed(item=item[:2000], reason=reason[:2000]), self.name,
+                                          source=self.agent, agent=self.agent))
 
 
 @runtime_checkable

@@ -29,6 +29,7 @@ from prometheus_client import Counter
 from ..events import Event, EventStore, StoredEvent
 from ..names import DLQ_STREAM, EVENTS_STREAM
 from .config import CONSUMER, WebhookSettings
+from .events import WebhookDeadLettered, WebhookRedelivered
 
 log = logging.getLogger("cim.hub.webhooks")
 
@@ -204,11 +205,11 @@ class Dispatcher:
         await self.js.publish(subject, body, headers=headers, stream=DLQ_STREAM)
         log.warning("webhook %s: event %s dead-lettered after %d attempts: %s", hook.name, event.id, hook.settings.max_attempts, reason)
         DELIVERIES.labels(hook.name, "dead_letter").inc()
-        await self.events.append(Event(
-            type="hub.dead_lettered", aggregate_id=hook.name, id=f"hub-dead-lettered-{hook.name}-{event.id}",
-            source=self.agent, agent=self.agent, causation_id=event.id,
-            data={"event_id": event.id, "subject": msg.subject, "url": str(hook.settings.url),
-                  "attempts": hook.settings.max_attempts, "reason": reason[:500], "dlq_subject": subject},
+        await self.events.append(Event.of(
+            WebhookDeadLettered(event_id=event.id, subject=msg.subject, url=str(hook.settings.url),
+                                attempts=hook.settings.max_attempts, reason=reason[:500], dlq_subject=subject),
+            hook.name, id=f"hub-dead-lettered-{hook.name}-{event.id}", source=self.agent, agent=self.agent,
+            causation_id=event.id,
         ))
 
     async def redeliver(self, dlq_seq: int) -> dict[str, Any]:
@@ -226,8 +227,8 @@ class Dispatcher:
         reason = await hook.attempt(self._http, event_id, headers.get("ce-type", ""), raw.data or b"", 0)
         if reason is not None:
             return {"ok": False, "reason": reason}
-        await self.events.append(Event(
-            type="hub.redelivered", aggregate_id=hook.name, id=f"hub-redelivered-{dlq_seq}", source=self.agent,
-            agent=self.agent, causation_id=event_id, data={"event_id": event_id, "dlq_seq": dlq_seq},
+        await self.events.append(Event.of(
+            WebhookRedelivered(event_id=event_id, dlq_seq=dlq_seq), hook.name, id=f"hub-redelivered-{dlq_seq}",
+            source=self.agent, agent=self.agent, causation_id=event_id,
         ))
         return {"ok": True, "reason": ""}

@@ -27,6 +27,7 @@ from .api import CheckRequest, CidRequest, Empty, RetryRequest, SearchRequest
 from .config import Config
 from .dlq import delete_letter, get_letter
 from .engine import RECORDS, Runner
+from .events import DlqRetried
 from .graph import RelationGraph
 from .model import PipelineDef, check_plugins
 from .search import SearchIndex
@@ -211,9 +212,9 @@ class Agent(AgentBase):
         event = StoredEvent.from_message(msg.subject or "", msg.seq or 0, dict(msg.headers or {}), msg.data or b"")
         await runner.process(event)
         await delete_letter(self.nc, req.seq)
-        await self.events.append(Event(
-            type="dlq.retried", aggregate_id=f"{letter.pipeline}-{req.seq}", id=f"dlq-retried-{req.seq}",
-            agent=self.config.agent_name, source=self.config.agent_name,
-            data={"pipeline": letter.pipeline, "dlq_seq": req.seq, "original_seq": letter.original_seq},
+        await self.events.append(Event.of(
+            DlqRetried(pipeline=letter.pipeline, dlq_seq=req.seq, original_seq=letter.original_seq),
+            f"{letter.pipeline}-{req.seq}", id=f"dlq-retried-{req.seq}", agent=self.config.agent_name,
+            source=self.config.agent_name,
         ))
         return {"retried": req.seq, "pipeline": letter.pipeline, "original_seq": letter.original_seq}

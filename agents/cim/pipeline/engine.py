@@ -297,10 +297,10 @@ class Runner:
                                         output=result.output))
             if w.redelivered:  # a crash may have come after some effects were stored
                 w.effects = [e for e in w.effects if not await self._already(e)]
-            record = Event(
-                type="steps.done", aggregate_id=key, id=record_id, source=self.agent, agent=self.agent,
-                agent_version=__version__, correlation_id=correlation, causation_id=trigger.id,
-                data=StepsDone(pipeline=self.p.name, cid=unit.cid, trigger_seq=trigger.seq, steps=steps).model_dump(mode="json"))
+            record = Event.of(
+                StepsDone(pipeline=self.p.name, cid=unit.cid, trigger_seq=trigger.seq, steps=steps), key, id=record_id,
+                source=self.agent, agent=self.agent, agent_version=__version__, correlation_id=correlation,
+                causation_id=trigger.id)
             w.record = validated(record, as_built=True)
         except Exception as err:
             w.error = err

@@ -37,11 +37,12 @@ class StepsDone(BaseModel):
 def step_outputs(e: StoredEvent, plugin: str | None = None) -> Iterator[tuple[str, dict]]:
     """(unit CID, output) of each step a `steps.done` event records (of one plugin, if
     given); nothing for any other event or a damaged one."""
-    if e.type != "steps.done" or e.problem or not isinstance(e.data, dict):
+    done = e.typed() if e.type == "steps.done" else None
+    if not isinstance(done, StepsDone):
         return
-    for s in e.data.get("steps") or []:
-        if plugin is None or s.get("plugin") == plugin:
-            yield e.data["cid"], s.get("output") or {}
+    for s in done.steps:
+        if plugin is None or s.plugin == plugin:
+            yield done.cid, dict(s.output)
 
 
 @event_type("dlq.retried")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from ..events import StoredEvent
+from ..store.events import UnitCreated
 from .events import step_outputs
 
 
@@ -26,17 +27,15 @@ class RelationGraph:
         self.into[b].add((kind, a))
 
     def apply(self, e: StoredEvent) -> None:
-        if e.problem or not isinstance(e.data, dict):
-            return
-        if e.type == "unit.created":
-            cid = e.aggregate_id
-            self.titles[cid] = e.data.get("title", "")
-            for parent in e.data.get("parents") or []:
+        created = e.typed() if e.type == "unit.created" else None
+        if isinstance(created, UnitCreated):
+            cid = created.cid
+            self.titles[cid] = created.title
+            for parent in created.parents:
                 self._edge("derived-from", cid, parent)
-            source = e.data.get("source") or ""
-            if source:
-                self.by_source[source].add(cid)
-                self.source_of[cid] = source
+            if created.source:
+                self.by_source[created.source].add(cid)
+                self.source_of[cid] = created.source
         for cid, out in step_outputs(e, "relate"):
             for rel in out.get("relations") or []:
                 self._edge(rel.get("type", "references"), cid, rel["target"])

@@ -183,9 +183,8 @@ class Agent(AgentBase):
                 data = AgentGone(name=identity.get("name", "?"), capability=identity.get("capability", "?"),
                                  host=identity.get("host", "?"), container=identity.get("container"),
                                  last_seen=identity.get("last_seen"), reason=reason)  # type: ignore[arg-type]
-                event = Event(type="agent.gone", aggregate_id=instance_id, data=data.model_dump(mode="json"),
-                              source=f"cim/{self.config.agent_name}", agent=self.config.agent_name,
-                              agent_version=__version__)
+                event = Event.of(data, instance_id, source=f"cim/{self.config.agent_name}", agent=self.config.agent_name,
+                                 agent_version=__version__)
                 try:
                     await self.events.append(event, expected_revision=seq)
                     missed += 1
@@ -238,10 +237,8 @@ class Agent(AgentBase):
                 await self._read_history(t)
             if t.recorded == type_name:
                 return
-            event = Event(
-                type=type_name, aggregate_id=t.record.id, data=data.model_dump(mode="json"),
-                source=f"cim/{self.config.agent_name}", agent=self.config.agent_name, agent_version=__version__,
-            )
+            event = Event.of(data, t.record.id, source=f"cim/{self.config.agent_name}", agent=self.config.agent_name,
+                             agent_version=__version__)
             try:
                 appended = await self.events.append(event, expected_revision=t.revision)
             except ConcurrencyConflict:

@@ -24,6 +24,7 @@ from ..errors import ConcurrencyConflict, InvalidInput, NotFound, UnitExpiredErr
 from ..events import Event, EventStore, StoredEvent
 from ..spool import Spool
 from .content import ContentStore
+from .events import UnitCreated, UnitRevised
 from .unit_fold import UnitFold
 from .units import Unit
 
@@ -155,8 +156,8 @@ class UnitStore:
         for p in unit.parents:
             await self.show(p)  # a revision of a unit we do not have is refused up front
         await self.content.put_stream(cid, content, progress=progress)
-        created = Event(
-            type="unit.created", aggregate_id=cid, data=unit.model_dump(mode="json"), id=f"unit-created-{cid}",
+        created = Event.of(
+            UnitCreated.model_validate(unit.model_dump()), cid, id=f"unit-created-{cid}",
             agent=self.agent, agent_version=self.agent_version, source=self.agent,
         )
         try:
@@ -165,8 +166,8 @@ class UnitStore:
             return PutResult((await self.show(cid)).unit, created=False)
         for p in unit.parents:
             await self.events.append(
-                Event(
-                    type="unit.revised", aggregate_id=p, data={"child": cid}, id=f"unit-revised-{p}-{cid}",
+                Event.of(
+                    UnitRevised(child=cid), p, id=f"unit-revised-{p}-{cid}",
                     causation_id=created.id, agent=self.agent, agent_version=self.agent_version, source=self.agent,
                 )
             )

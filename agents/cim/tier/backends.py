@@ -30,6 +30,7 @@ from ..errors import CidMismatch, CimError, UnitNotFound
 from ..spool import Spool
 from ..store.content import THREADED_HASH_MIN_CHUNKS, ContentStore, ThreadedHasher
 from .errors import ObjectMissing, TierConfigError, TierError, TierUnavailable
+from .events import VerifiedBy
 from .urls import TierSpec, read_credentials
 
 READ_CHUNK = 1024 * 1024
@@ -148,7 +149,7 @@ class Backend(abc.ABC):
         """The stored bytes, unverified (`get` verifies them)."""
 
     @abc.abstractmethod
-    async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
+    async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> VerifiedBy:
         """Store and verify there; returns the checksum the tier holds."""
 
     @abc.abstractmethod
@@ -201,7 +202,7 @@ class JetStreamBackend(Backend):
         except UnitNotFound:
             raise ObjectMissing(self.name, cid) from None
 
-    async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
+    async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> VerifiedBy:
         spool = await Spool(in_memory=SPOOL_IN_MEMORY).fill(source)
         try:
             # put_stream hashes what it sends and refuses (and removes) bytes that do not
@@ -291,7 +292,7 @@ class FileBackend(Backend):
                 os.unlink(tmp)
             raise
 
-    async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
+    async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> VerifiedBy:
         spool = await Spool(in_memory=SPOOL_IN_MEMORY).fill(source)
         try:
             await asyncio.to_thread(self._write, cid, await spool.file())
@@ -435,7 +436,7 @@ class S3Backend(Backend):
         finally:
             body.close()
 
-    async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> str:
+    async def put(self, cid: str, size: int, source: AsyncIterator[bytes]) -> VerifiedBy:
         key = self._key(cid)
         multipart = size >= self.spec.multipart_threshold
         if multipart and self.spec.max_bandwidth is None:
@@ -530,7 +531,7 @@ class S3Backend(Backend):
             raise
         return self.checksum.composite(digests), done.get(self.checksum.field)
 
-    async def _checked(self, cid: str, size: int, key: str, expected: str, echoed: str | None = None) -> str:
+    async def _checked(self, cid: str, size: int, key: str, expected: str, echoed: str | None = None) -> VerifiedBy:
         """Verified THERE: the checksum the server computed over what it stored, as
         its answer to the write reports it (the usual case: no further request) or as a HEAD
         reports it with the size; failing both, a read-back."""

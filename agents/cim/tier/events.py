@@ -16,6 +16,10 @@ from ..events.types import event_type
 TIER_NAME = r"^[a-z][a-z0-9_-]*$"
 
 
+# How a copy was checked: the server's S3 checksum, reading it back, or the content bucket's CID.
+VerifiedBy = Literal["s3-checksum", "read-back", "cid"]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -39,7 +43,7 @@ class UnitLocated(_Body):
     tier: str = Field(pattern=TIER_NAME)
     url: str  # where, for people (never carries credentials)
     size: int = Field(ge=0)
-    verified_by: Literal["s3-checksum", "read-back", "cid"]
+    verified_by: VerifiedBy
     dropped: list[str] = Field(default_factory=list)
 
 

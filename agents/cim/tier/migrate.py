@@ -20,6 +20,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 from .. import __version__
 from ..errors import CidMismatch, CimError, ConcurrencyConflict, NotFound
@@ -27,6 +30,7 @@ from ..events import Event, EventStore
 from ..store.unit_fold import HOT
 from .backends import Backend
 from .errors import ObjectMissing, TierError, TierUnavailable
+from .events import UnitExpired, UnitLocated, UnitMoving, VerifiedBy
 from .locations import LocationIndex, UnitLocation, for_unit
 from .policies import Policy, plan
 
@@ -76,15 +80,15 @@ class Migrator:
         log.warning("%s: %s", what, err)
         self.errors.append({"time": time.time(), "what": what, "error": str(err)})
 
-    def _event(self, type_: str, cid: str, data: dict, **kw) -> Event:
-        return Event(type=type_, aggregate_id=cid, data=data, agent=self.agent, agent_version=__version__, source=self.agent, **kw)
+    def _event(self, data: BaseModel, cid: str, **kw: Any) -> Event:
+        return Event.of(data, cid, agent=self.agent, agent_version=__version__, source=self.agent, **kw)
 
     def order(self, tiers) -> list[str]:
         return [t for t in self.tiers if t in tiers]
 
     # --- one unit -----------------------------------------------------------------------
 
-    async def move(self, cid: str, policy: str, from_tier: str | None, to_tier: str, action: str, *,
+    async def move(self, cid: str, policy: str, from_tier: str | None, to_tier: str, action: Literal["copy", "move"], *,
                    seen: UnitLocation | None = None) -> MoveResult:
         """Copy or move one unit, from `from_tier` (None: the hottest that holds it).
 
@@ -106,7 +110,7 @@ class Migrator:
             if u.holds(to_tier) and action == "copy":
                 result.ok = True
                 return result
-            intent = self._event("unit.moving", cid, {"from_tier": src, "to_tier": to_tier, "action": action, "policy": policy})
+            intent = self._event(UnitMoving(from_tier=src, to_tier=to_tier, action=action, policy=policy), cid)
             appended = await self.events.append(intent, expected_revision=u.revision)
             u.pending = {**intent.data, "seq": appended.seq}
             u.revision = appended.seq
@@ -135,9 +139,8 @@ class Migrator:
         if not u.holds(dst) or (action == "move" and u.holds(src)):
             verified_by = await self._copy(u, source, target, fresh)
             dropped = [src] if action == "move" else []
-            located = self._event("unit.located", u.cid, {
-                "tier": dst, "url": target.spec.where(), "size": u.size, "verified_by": verified_by, "dropped": dropped,
-            })
+            located = self._event(UnitLocated(tier=dst, url=target.spec.where(), size=u.size, verified_by=verified_by,
+                                              dropped=dropped), u.cid)
             appended = await self.events.append(located, expected_revision=u.revision)
             u.revision = appended.seq
             u.tiers.add(dst)
@@ -148,10 +151,10 @@ class Migrator:
         result.ok = True
         return result
 
-    async def _copy(self, u: UnitLocation, source: Backend, target: Backend, fresh: bool) -> str:
+    async def _copy(self, u: UnitLocation, source: Backend, target: Backend, fresh: bool) -> VerifiedBy:
         attempts = 0
 
-        async def copy() -> str:
+        async def copy() -> VerifiedBy:
             nonlocal attempts
             attempts += 1
             # A copy already verified there (a crash after step 2) needs no second upload;
@@ -187,7 +190,7 @@ class Migrator:
         result = MoveResult(cid, policy, "expire", None, None, u.size, ok=False)
         try:
             if not u.expired:
-                await self.events.append(self._event("unit.expired", cid, {"policy": policy, "reason": reason}),
+                await self.events.append(self._event(UnitExpired(policy=policy, reason=reason), cid),
                                          expected_revision=u.revision)
             await self._drop_everywhere(cid)
             result.ok = True

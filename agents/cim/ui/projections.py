@@ -21,6 +21,7 @@ from typing import Any
 from ..events import EventStore, StoredEvent
 from ..names import EVENTS_STREAM
 from ..nats.read import last_seq
+from ..store.events import UnitCreated
 from ..store.unit_fold import UnitFold
 
 log = logging.getLogger("cim.ui.projection")
@@ -112,9 +113,10 @@ class Projection:
                 del self.per_minute[old]
         item = {"seq": e.seq, "type": e.type, "subject": e.subject, "time": when.isoformat()[:19], "agent": e.agent or "",
                 "id": e.aggregate_id}
-        if e.type == "unit.created" and not e.problem:
-            item["unit"] = {"cid": e.data["cid"], "title": e.data.get("title", ""), "labels": list(e.data.get("labels", ())),
-                            "size": e.data.get("size", 0), "created_at": str(e.data.get("created_at", ""))[:19]}
+        created = e.typed() if e.type == "unit.created" else None
+        if isinstance(created, UnitCreated):
+            item["unit"] = {"cid": created.cid, "title": created.title, "labels": list(created.labels),
+                            "size": created.size, "created_at": created.created_at.isoformat()[:19]}
         self.recent.append(item)
         if e.problem or e.type.endswith(ERROR_TYPES):
             self.errors.append({**item, "detail": e.problem or json.dumps(e.data)[:300]})

@@ -74,8 +74,7 @@ async def run(ctx: StepContext) -> StepOutput:
     labels = sorted({r.label for r in settings.rules if matches(r, ctx, text)})
     events = []
     if labels:
-        events.append(Event(type="unit.labeled", aggregate_id=ctx.unit.cid,
-                            data=UnitLabeled(labels=labels, by=f"{ctx.pipeline}/{ctx.step}@classify-{__version__}").model_dump()))
+        events.append(Event.of(UnitLabeled(labels=labels, by=f"{ctx.pipeline}/{ctx.step}@classify-{__version__}"), ctx.unit.cid))
     return StepOutput({"labels": list[JsonValue](labels)}, events)
 
 

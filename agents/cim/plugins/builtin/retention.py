@@ -35,8 +35,7 @@ async def run(ctx: StepContext) -> StepOutput:
         and (r.media_type is None or fnmatch.fnmatch(u.media_type, r.media_type))
         and (r.min_size is None or u.size >= r.min_size)
     })
-    events = [Event(type="unit.labeled", aggregate_id=u.cid,
-                    data=UnitLabeled(labels=labels, by=f"{ctx.pipeline}/{ctx.step}@retention-{__version__}").model_dump())
+    events = [Event.of(UnitLabeled(labels=labels, by=f"{ctx.pipeline}/{ctx.step}@retention-{__version__}"), u.cid)
               ] if labels else []
     return StepOutput({"labels": list[JsonValue](labels)}, events)
 
