@@ -17,7 +17,7 @@ from .common import emit, fail, globals_of, nats_connection, run
 app = typer.Typer(help="Put, get, show and list information units.", no_args_is_help=True)
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024  # smaller puts finish before a bar would be worth drawing
-MAX_SIZE_HELP = "largest unit accepted, in bytes (env: CIM_MAX_UNIT_SIZE)"
+MAX_SIZE_HELP = "refuse units larger than this, in bytes; the content bucket's own limit applies anyway (env: CIM_MAX_UNIT_SIZE)"
 
 
 def _unit_line(u: Unit) -> str:
@@ -65,7 +65,7 @@ def put(
     author: str = typer.Option("", help="who made it"),
     media_type: str | None = typer.Option(None, help="media type (default: guessed from the name)"),
     parent: list[str] = typer.Option([], "--parent", help="CID this is a revision of; repeat for several"),
-    max_size: int = typer.Option(1024**3, envvar="CIM_MAX_UNIT_SIZE", help=MAX_SIZE_HELP),
+    max_size: int | None = typer.Option(None, envvar="CIM_MAX_UNIT_SIZE", help=MAX_SIZE_HELP),
 ) -> None:
     """Store files as units and print their CIDs."""
     g = globals_of(ctx)

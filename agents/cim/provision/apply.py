@@ -16,7 +16,7 @@ from ..capabilities import core_spec
 from ..errors import ProvisionError
 from ..names import EVENTS_STREAM
 from ..nats.api import JsError, api, error_code
-from .spec import NS, ConsumerSpec, KvSpec, ObjectSpec, ProvisionSpec, StreamSpec
+from .spec import MAX_UNIT_SIZE_KEY, NS, ConsumerSpec, KvSpec, ObjectSpec, ProvisionSpec, StreamSpec
 
 # --- rendering specs into JetStream API configs --------------------------------------------
 
@@ -71,7 +71,7 @@ def object_stream_config(o: ObjectSpec, replicas: int) -> dict[str, Any]:
     # without rollups and message deletes: a writer's credential may add chunks and index
     # entries, never take one away (only the tier agent may purge). cim.store.content writes
     # without rollups; nats-py's own `put` and `delete` would be refused.
-    return {
+    cfg: dict[str, Any] = {
         "name": f"OBJ_{o.bucket}",
         "subjects": [f"$O.{o.bucket}.C.>", f"$O.{o.bucket}.M.>"],
         "description": o.description,
@@ -84,6 +84,9 @@ def object_stream_config(o: ObjectSpec, replicas: int) -> dict[str, Any]:
         "deny_delete": True,
         "allow_direct": True,
     }
+    if o.max_unit_size is not None:
+        cfg["metadata"] = {MAX_UNIT_SIZE_KEY: str(o.max_unit_size)}
+    return cfg
 
 
 def consumer_config(c: ConsumerSpec) -> dict[str, Any]:
@@ -163,6 +166,8 @@ def _diff(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[An
             continue  # the server leaves out fields at their zero value
         if key == "filter_subjects" and have is None and "filter_subject" in current:
             have = [current["filter_subject"]]
+        if key == "metadata":  # the server adds keys of its own (`_nats.*`): compare ours
+            have = {k: (have or {}).get(k) for k in value}
         if have != value:
             out[key] = (have, value)
     return out

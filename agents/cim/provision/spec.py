@@ -64,10 +64,19 @@ class KvSpec(_Spec):
     storage: Literal["file", "memory"] = "file"
 
 
+# The largest unit the content bucket takes unless the spec says otherwise. Kept in the
+# bucket's own metadata (MAX_UNIT_SIZE_KEY), where every writer reads it: one limit, on the
+# server, for the CLI, the hub, the dashboard and the agents alike.
+DEFAULT_MAX_UNIT_SIZE = 1024**3  # 1 GiB; JetStream holds it, colder tiers take larger loads later
+MAX_UNIT_SIZE_KEY = "cim_max_unit_size"
+
+
 class ObjectSpec(_Spec):
     bucket: str = Field(pattern=_NAME)
     description: str = ""
     max_bytes: int = Field(default=-1, ge=-1)
+    max_unit_size: int | None = Field(default=None, gt=0, description="largest object a writer may store, in bytes "
+                                      "(kept in the bucket's metadata, read by every writer)")
     replicas: int | None = Field(default=None, ge=1, le=5)
     storage: Literal["file", "memory"] = "file"
 
@@ -124,7 +133,8 @@ def base_spec() -> ProvisionSpec:
                 description="CIM dead letters, with the reason and the original headers",
             ),
         ],
-        objects=[ObjectSpec(bucket=CONTENT_BUCKET, description="CIM unit content, keyed by CID")],
+        objects=[ObjectSpec(bucket=CONTENT_BUCKET, description="CIM unit content, keyed by CID",
+                            max_unit_size=DEFAULT_MAX_UNIT_SIZE)],
         kv=[KvSpec(bucket=REGISTRY_BUCKET, ttl=30, description="CIM agents and their capabilities (TTL heartbeats)")],
     )
 

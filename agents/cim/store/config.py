@@ -7,10 +7,11 @@ from typing import Literal
 from pydantic import Field
 
 from ..capability import AgentConfig
-from .unit_store import DEFAULT_MAX_UNIT_SIZE
 
 
 class Config(AgentConfig):
     capability: Literal["store"] = "store"
-    max_unit_size: int = Field(default=DEFAULT_MAX_UNIT_SIZE, gt=0, description="largest unit accepted, in bytes")
+    max_unit_size: int | None = Field(default=None, gt=0, description=(
+        "largest unit this agent accepts, in bytes; only lowers the content bucket's limit, which every writer "
+        "reads from the server (max_unit_size of CIM_CONTENT in the provisioning spec)"))
     list_limit: int = Field(default=1000, gt=0, description="most units one list request returns")

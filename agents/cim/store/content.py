@@ -22,6 +22,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -39,7 +40,9 @@ from ..nats.api import JsError
 from ..nats.publish import publisher_for
 from ..nats.read import read_stream
 from ..nats.retry import through_elections
+from ..provision.spec import DEFAULT_MAX_UNIT_SIZE, MAX_UNIT_SIZE_KEY
 
+LIMIT_FOR = 30.0  # seconds a read of the bucket's unit size limit is used before it is read again
 log = logging.getLogger("cim.store.content")
 
 CHUNK_SIZE = 128 * 1024
@@ -131,20 +134,34 @@ class ContentStore:
         self.stream = f"OBJ_{bucket}"
         self.timeout = timeout
         self._bucket_known = False
+        self._limit: tuple[int, float] | None = None  # the bucket's unit size limit, and until when it holds
         self._direct_off_until = 0.0
         self._located: OrderedDict[str, ObjectLocation] = OrderedDict()
 
     async def _ensure_bucket(self) -> None:
         """The bucket must exist (once per store): a put into none gets a clear error."""
-        if self._bucket_known:
-            return
+        if not self._bucket_known:
+            await self.max_unit_size()
+
+    async def max_unit_size(self) -> int:
+        """The largest unit this bucket takes: server-side state in the bucket's metadata,
+        set by `cim provision`, so every writer applies the same limit. Read again after
+        LIMIT_FOR seconds, so a changed limit reaches running agents; a bucket provisioned
+        without one takes DEFAULT_MAX_UNIT_SIZE."""
+        now = time.monotonic()
+        if self._limit is not None and now < self._limit[1]:
+            return self._limit[0]
         try:
-            await self.js.stream_info(self.stream)
+            info = await self.js.stream_info(self.stream)
         except NotFoundError:
             raise JetStreamUnavailable(
                 f"the content bucket {self.bucket} does not exist; run `cim provision` (or `cim up`)"
             ) from None
         self._bucket_known = True
+        raw = (info.config.metadata or {}).get(MAX_UNIT_SIZE_KEY)
+        limit = int(raw) if raw is not None and raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_UNIT_SIZE
+        self._limit = (limit, now + LIMIT_FOR)
+        return limit
 
     async def locate(self, cid: str) -> ObjectLocation | None:
         """The object's last index entry, read from the leader. Unverified: `get` checks the

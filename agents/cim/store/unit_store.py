@@ -31,7 +31,6 @@ from .units import Unit
 # Reads a unit from a colder tier: (connection, the unit's folded state, timeout) -> its bytes.
 ColdReader = Callable[..., AsyncIterator[bytes]]
 
-DEFAULT_MAX_UNIT_SIZE = 1024**3  # 1 GiB; JetStream holds it, colder tiers take larger loads later
 _HASH_BLOCK = 1024 * 1024
 
 
@@ -66,7 +65,7 @@ class UnitStore:
         self,
         nc: Client,
         *,
-        max_unit_size: int = DEFAULT_MAX_UNIT_SIZE,
+        max_unit_size: int | None = None,
         agent: str = "cim-cli",
         agent_version: str = __version__,
         timeout: float = 5.0,
@@ -82,17 +81,28 @@ class UnitStore:
         self.report_access = report_access
         self.events = EventStore(nc, timeout=timeout)
         self.content = ContentStore(nc, timeout=timeout)
+        # The limit is the content bucket's (server-side, one for every writer); a writer's
+        # own setting (the hub's max_body_size, a store agent's max_unit_size) only lowers it.
         self.max_unit_size = max_unit_size
         self.agent = agent
         self.agent_version = agent_version
 
-    def _check_size(self, size: int, what: str) -> None:
-        if size > self.max_unit_size:
-            raise self._too_large(size, what)
+    async def limit(self) -> tuple[int, str]:
+        """The largest unit this writer may put, and where that limit is set."""
+        bucket = await self.content.max_unit_size()
+        if self.max_unit_size is not None and self.max_unit_size < bucket:
+            return self.max_unit_size, "raise max_unit_size in this writer's settings, or split the file"
+        return bucket, ("the content bucket's limit, kept on the server: raise max_unit_size of CIM_CONTENT in the "
+                        "provisioning spec (`cim provision --spec`), or split the file")
 
-    def _too_large(self, size: int, what: str) -> UnitTooLarge:
-        return UnitTooLarge("size", f"{what} has {size} bytes, over the limit of {self.max_unit_size} bytes "
-                                    "(raise max_unit_size in the store settings, or split the file)")
+    async def _check_size(self, size: int, what: str) -> None:
+        limit, where = await self.limit()
+        if size > limit:
+            raise self._too_large(size, what, limit, where)
+
+    @staticmethod
+    def _too_large(size: int, what: str, limit: int, where: str) -> UnitTooLarge:
+        return UnitTooLarge("size", f"{what} has {size} bytes, over the limit of {limit} bytes ({where})")
 
     # --- put ----------------------------------------------------------------------------
 
@@ -104,7 +114,7 @@ class UnitStore:
                 raise InvalidInput("file", f"{path} is not a regular file")
         except FileNotFoundError:
             raise InvalidInput("file", f"{path} does not exist") from None
-        self._check_size(size, str(path))
+        await self._check_size(size, str(path))
         meta.setdefault("title", path.name)
         meta.setdefault("media_type", guess_media_type(path.name))
         with await asyncio.to_thread(path.open, "rb") as f:
@@ -113,13 +123,14 @@ class UnitStore:
             return await self._put(cid, size, f, progress=progress, **meta)
 
     async def put_bytes(self, data: bytes, **meta: Any) -> PutResult:
-        self._check_size(len(data), "the content")
+        await self._check_size(len(data), "the content")
         return await self._put(cidlib.compute(data), len(data), io.BytesIO(data), **meta)
 
     async def put_stream(self, reader: IO[bytes], **meta: Any) -> PutResult:
         """Content from a pipe: spooled (to a temporary file past a mebibyte, never all in
         memory), read and written off the event loop, hashed on the way, then put."""
-        spool = Spool(hash=True, limit=self.max_unit_size, too_large=lambda size: self._too_large(size, "the input"))
+        limit, where = await self.limit()
+        spool = Spool(hash=True, limit=limit, too_large=lambda size: self._too_large(size, "the input", limit, where))
         try:
             return await self.put_spool(await spool.fill_from(reader), **meta)
         finally:
@@ -127,21 +138,21 @@ class UnitStore:
 
     async def put_spool(self, spool: Spool, **meta: Any) -> PutResult:
         """Content a spool collected with `hash=True` (the hub's uploads, a pipe)."""
-        self._check_size(spool.size, "the content")
+        await self._check_size(spool.size, "the content")
         return await self._put(spool.cid(), spool.size, await spool.file(), **meta)
 
     async def revise(self, parent: str, source: Path | bytes, **changes: Any) -> PutResult:
         """Store new content as a revision of `parent`: a new unit naming it as parent."""
         base = (await self.show(parent)).unit
         if isinstance(source, bytes):
-            self._check_size(len(source), "the revision")
+            await self._check_size(len(source), "the revision")
             return await self._put_revision(base, cidlib.compute(source), len(source), io.BytesIO(source), changes)
         path = Path(source)
         try:
             size = (await asyncio.to_thread(path.stat)).st_size
         except FileNotFoundError:
             raise InvalidInput("file", f"{path} does not exist") from None
-        self._check_size(size, str(path))
+        await self._check_size(size, str(path))
         with await asyncio.to_thread(path.open, "rb") as f:  # streamed, like put_file: never all in memory
             cid = await asyncio.to_thread(_hash_file, f)
             f.seek(0)
