@@ -64,3 +64,16 @@ async def test_a_writers_own_setting_only_lowers_the_limit(nats_server, nc, cli,
     f.write_bytes(b"y" * (LIMIT + 1))
     raised = cli("units", "put", f, env={"CIM_MAX_UNIT_SIZE": str(10 * LIMIT)}, check=False)
     assert raised.returncode == 1 and SAYS in raised.stderr
+
+
+async def test_garbage_in_the_metadata_falls_back_and_provisioning_keeps_an_operators_keys(nc, cli, tmp_path):
+    await provision(nc, ProvisionSpec())
+    js = nc.jetstream()
+    info = await js.stream_info("OBJ_CIM_CONTENT")
+    config = info.config
+    config.metadata = {**(config.metadata or {}), "cim_max_unit_size": "²" * 3, "owner": "ops"}
+    await js.update_stream(config)
+    assert await ContentStore(nc).max_unit_size() == 1024**3  # not ours to believe: the default
+    await provision(nc, ProvisionSpec())  # lays our key over, keeps the operator's
+    metadata = (await js.stream_info("OBJ_CIM_CONTENT")).config.metadata
+    assert metadata["cim_max_unit_size"] == str(1024**3) and metadata["owner"] == "ops"

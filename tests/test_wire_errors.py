@@ -74,3 +74,33 @@ def test_a_handler_that_drifts_from_its_declared_endpoint_is_refused():
     with pytest.raises(TypeError, match=r"cim.store.show declares"):
         endpoints_of(Drifted.__new__(Drifted))
     assert Endpoint("cim.store.show", store_api.CidRequest, store_api.ShowReply).capability == "store"
+
+
+def test_an_error_reply_that_is_hostile_or_from_an_older_agent_still_gives_a_cim_error():
+    from cim.nats.rpc import H_ERROR, H_ERROR_CODE, raise_for_error
+
+    ep = store_api.SHOW
+    with pytest.raises(CimError) as deep:  # JSON nested past Python's recursion limit
+        raise_for_error(ep, {H_ERROR_CODE: "500", H_ERROR: "boom"}, b"[" * 50_000)
+    assert str(deep.value) == "boom"
+    with pytest.raises(NotFound):  # an agent from before error bodies: its status says the kind
+        raise_for_error(ep, {H_ERROR_CODE: "404", H_ERROR: "no such unit"}, b"")
+    with pytest.raises(InvalidInput) as bad:
+        raise_for_error(ep, {H_ERROR_CODE: "400", H_ERROR: "limit: too small"}, b"")
+    assert bad.value.field is None  # every wire field is set, to None when it did not come
+    wire = {"codes": ["unit_not_found"], "message": "gone \x1b[2J\x1b]0;pwned\x07 for good", "fields": {"cid": "b\x1b[31m"}}
+    err = CimError.from_wire(wire)
+    assert "\x1b" not in str(err) and "\x07" not in str(err) and err.cid == "b[31m"
+
+
+async def test_closing_with_no_time_left_still_cancels_every_task():
+    import asyncio
+
+    from cim.tasks import Supervisor
+
+    tasks = Supervisor()
+    forever = tasks.spawn(asyncio.Event().wait(), name="forever")
+    await tasks.close(timeout=0)
+    for _ in range(10):
+        await asyncio.sleep(0)  # a turn of the loop for the cancellation to land
+    assert forever.cancelled()

@@ -28,7 +28,7 @@ class CimError(Exception):
         super().__init_subclass__(**kwargs)
         if "code" in cls.__dict__:
             existing = CimError._by_code.get(cls.code)
-            if existing is not None and existing.__qualname__ != cls.__qualname__:
+            if existing is not None and (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
                 raise TypeError(f"error code {cls.code!r} is taken by {existing.__qualname__}")
             CimError._by_code[cls.code] = cls
 
@@ -36,7 +36,8 @@ class CimError(Exception):
         """The error as JSON: its codes from the most specific to `error` (a caller that does
         not know the first takes the next it knows), its message and its fields."""
         codes = [c.code for c in type(self).__mro__ if isinstance(c, type) and issubclass(c, CimError) and "code" in c.__dict__]
-        return {"codes": codes, "message": str(self), "fields": {f: getattr(self, f, None) for f in self.wire_fields}}
+        return {"codes": codes, "message": str(self)[:MAX_MESSAGE],
+                "fields": {f: getattr(self, f, None) for f in self.wire_fields}}
 
     @classmethod
     def from_wire(cls, data: Any, fallback: str = "the agent failed") -> CimError:
@@ -45,7 +46,7 @@ class CimError(Exception):
         if not isinstance(data, dict):
             return CimError(fallback)
         message = data.get("message")
-        message = message if isinstance(message, str) and message else fallback
+        message = _printable(message[:MAX_MESSAGE]) if isinstance(message, str) and message.strip() else fallback
         codes = data.get("codes")
         kind: type[CimError] = CimError
         for code in codes if isinstance(codes, list) else []:
@@ -55,9 +56,9 @@ class CimError(Exception):
         err = kind.__new__(kind)
         Exception.__init__(err, message)
         fields = data.get("fields")
-        for name in kind.wire_fields:
-            if isinstance(fields, dict) and name in fields:
-                setattr(err, name, fields[name])
+        for name in kind.wire_fields:  # each one set (None if missing): callers may read it
+            value = fields.get(name) if isinstance(fields, dict) else None
+            setattr(err, name, _printable(value) if isinstance(value, str) else value)
         return err
 
     @classmethod
@@ -69,6 +70,16 @@ class CimError(Exception):
 
 
 CimError._by_code["error"] = CimError
+
+# An error's message on the wire: long enough for any of ours, short enough for one message.
+MAX_MESSAGE = 4000
+_CONTROL = dict.fromkeys(c for c in range(32) if c not in (9, 10))  # keeps tabs and newlines
+_CONTROL[127] = None
+
+
+def _printable(text: str) -> str:
+    """Text from another process, without terminal control characters (escape sequences)."""
+    return text.translate(_CONTROL)
 
 
 class InvalidInput(CimError, ValueError):

@@ -193,6 +193,10 @@ class AgentBase:
     async def start(self) -> None:
         pass
 
+    async def quiesce(self) -> None:
+        """On SIGTERM, first: take no new work (leave request subjects to the other agents of
+        the queue group). Then the runtime cancels the background tasks, then `stop`."""
+
     async def stop(self) -> None:
         pass
 
@@ -285,6 +289,7 @@ async def run_agent(config: AgentConfig, agent_class: Callable[[AgentContext], A
         deadline = loop.time() + STOP_DEADLINE
         if heartbeat is not None:
             await _bounded("the registry heartbeat", heartbeat.stop(), deadline)
+        await _bounded(f"the {config.capability} agent's quiesce", agent.quiesce(), deadline)
         await _bounded(f"the {config.capability} agent's tasks", ctx.tasks.close(max(0.0, deadline - loop.time())), deadline)
         await _bounded(f"the {config.capability} agent's own stop", agent.stop(), deadline)
         await _bounded("the service endpoints", service.stop(), deadline)

@@ -47,6 +47,8 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         pending = set(self._tasks)
+        for task in pending:  # at least once, however little time is left
+            task.cancel()
         while pending and loop.time() < deadline:
             for task in pending:
                 # Again on each round: Python 3.11's wait_for can swallow a cancellation

@@ -33,6 +33,8 @@ H_ERROR = "Nats-Service-Error"
 H_ERROR_CODE = "Nats-Service-Error-Code"
 
 Reply = TypeVar("Reply")
+# An error reply without a CIM body (an agent of an older version): its status, as an error code.
+STATUS_CODES = {"400": "invalid_input", "413": "invalid_input", "404": "not_found"}
 
 
 class AgentUnavailable(CimError):
@@ -65,10 +67,11 @@ def encode_request(endpoint: Endpoint[Any], request: BaseModel | bytes | dict[st
     if isinstance(request, BaseModel):
         if model is not None and model is not bytes and not isinstance(request, model):
             raise TypeError(f"{endpoint.subject} takes a {model.__name__}, not a {type(request).__name__}")
-        return request.model_dump_json().encode()
+        # Only what the caller set: an agent of an older version refuses fields it lacks.
+        return request.model_dump_json(exclude_unset=True).encode()
     if model is not None and model is not bytes and issubclass(model, BaseModel):
         try:
-            return model.model_validate(request or {}).model_dump_json().encode()
+            return model.model_validate(request or {}).model_dump_json(exclude_unset=True).encode()
         except ValidationError as err:
             raise invalid_input(err) from None
     return json.dumps(request or {}).encode()
@@ -82,7 +85,7 @@ def decode_reply(endpoint: Endpoint[Reply], data: bytes) -> Reply:
         if isinstance(kind, type) and issubclass(kind, BaseModel):
             return kind.model_validate_json(data)  # type: ignore[return-value]  # Reply is this model
         return json.loads(data) if data else None  # type: ignore[return-value]  # Reply is dict here
-    except (ValidationError, ValueError) as err:
+    except (ValidationError, ValueError, RecursionError) as err:  # RecursionError: JSON nested too deep
         raise CimError(f"the {endpoint.capability} agent's answer to {endpoint.subject} is not what it declares "
                        f"({type(err).__name__}); is it a different version of cim? Check `cim agents ls`") from None
 
@@ -92,11 +95,15 @@ def raise_for_error(endpoint: Endpoint[Any], headers: dict[str, str] | None, dat
     headers = headers or {}
     if H_ERROR_CODE not in headers and H_ERROR not in headers:
         return
-    text = headers.get(H_ERROR) or f"the {endpoint.capability} agent failed ({headers.get(H_ERROR_CODE)})"
+    status = headers.get(H_ERROR_CODE, "")
+    text = headers.get(H_ERROR) or f"the {endpoint.capability} agent failed ({status})"
     try:
         wire = json.loads(data) if data else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to be ours
         wire = None
+    if not (isinstance(wire, dict) and isinstance(wire.get("codes"), list)):
+        # An agent from before errors carried their class: its status says what kind.
+        wire = {"codes": [STATUS_CODES.get(status, "error")], "message": text}
     raise CimError.from_wire(wire, fallback=text)
 
 
@@ -148,7 +155,7 @@ async def _with_progress(nc: Client, ep: Endpoint[Any], body: bytes, timeout: fl
             if headers.get(H_PROGRESS):
                 try:
                     item = json.loads(msg.data)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue  # progress is advisory: a garbled line is skipped
                 if isinstance(item, dict):
                     on_progress(item)

@@ -226,6 +226,8 @@ class Provisioner:
         if self.dry_run:
             return Change(kind, name, "would-update", diff)
         merged = {**info["config"], **wanted}
+        if "metadata" in wanted:  # ours laid over what is there (an operator's keys, the server's)
+            merged["metadata"] = {**(info["config"].get("metadata") or {}), **wanted["metadata"]}
         resp = await _api(self.nc, f"STREAM.UPDATE.{stream}", merged, timeout=self.timeout)
         self._raise(resp, f"update {kind} {name}")
         return Change(kind, name, "updated", diff)

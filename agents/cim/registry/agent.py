@@ -80,8 +80,8 @@ class Agent(AgentBase):
         self.ctx.tasks.spawn(self._sweeper(), name="registry-sweep")
         self.ctx.tasks.spawn(self._close_missed(), name="registry-missed")
 
-    async def stop(self) -> None:
-        self._closing = True  # the runtime has cancelled the tasks above (ctx.tasks)
+    async def quiesce(self) -> None:
+        self._closing = True  # the follower records nothing more; the runtime then cancels it
 
     async def _bucket_ttl(self) -> float:
         try:

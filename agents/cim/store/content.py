@@ -34,7 +34,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from .. import cid as cidlib
-from ..errors import CidMismatch, CimError, JetStreamUnavailable, UnitNotFound
+from ..errors import CidMismatch, CimError, JetStreamUnavailable, UnitNotFound, UnitTooLarge
 from ..names import CONTENT_BUCKET
 from ..nats.api import JsError
 from ..nats.publish import publisher_for
@@ -157,9 +157,16 @@ class ContentStore:
             raise JetStreamUnavailable(
                 f"the content bucket {self.bucket} does not exist; run `cim provision` (or `cim up`)"
             ) from None
+        except Exception as err:  # an election, a timeout: the last limit read stays good
+            if self._limit is not None:
+                return self._limit[0]
+            raise JetStreamUnavailable(f"cannot read the content bucket {self.bucket} ({type(err).__name__}: {err}); "
+                                       "is JetStream up? `cim status` says") from None
         self._bucket_known = True
         raw = (info.config.metadata or {}).get(MAX_UNIT_SIZE_KEY)
-        limit = int(raw) if raw is not None and raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_UNIT_SIZE
+        # Plain ASCII digits only, at most 19 (an int64): anything else is not ours.
+        ok = isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) > 0
+        limit = int(raw) if ok else DEFAULT_MAX_UNIT_SIZE  # type: ignore[arg-type]  # a str when ok
         self._limit = (limit, now + LIMIT_FOR)
         return limit
 
@@ -298,6 +305,12 @@ class ContentStore:
         return True
 
     async def put_bytes(self, data: bytes) -> str:
+        """New content (a pipeline step's text), under the bucket's unit size limit like any
+        unit. `put_stream` takes what is already a unit's (a tier bringing it back) as it is."""
+        limit = await self.max_unit_size()
+        if len(data) > limit:
+            raise UnitTooLarge("size", f"the content has {len(data)} bytes, over the limit of {limit} bytes "
+                                       "(the content bucket's limit, kept on the server)")
         cid = cidlib.compute(data)
         await self.put_stream(cid, io.BytesIO(data))
         return cid

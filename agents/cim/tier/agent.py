@@ -88,8 +88,10 @@ class Agent(AgentBase):
         if self.exporter:
             self.ctx.tasks.spawn(self._backup_loop(), name="backup")
 
+    async def quiesce(self) -> None:
+        await self.fetcher.stop()  # new reads go to the other tier agents; those in flight are told
+
     async def stop(self) -> None:
-        await self.fetcher.stop()
         with contextlib.suppress(Exception):
             await self._flush_access()
         for b in self.tiers.values():
@@ -203,6 +205,9 @@ class Agent(AgentBase):
             for cid in dirty:
                 # Straight to the KV subject: no bucket lookup, so no extra permission needed.
                 await js.publish(f"$KV.{ACCESS_BUCKET}.{cid}", str(self.access[cid]).encode(), stream=f"KV_{ACCESS_BUCKET}")
+        except asyncio.CancelledError:
+            self._access_dirty |= dirty  # cancelled on stop: the final flush writes them (again: harmless)
+            raise
         except Exception as err:
             self.migrator.note_error("recording last access", err)
 

@@ -11,6 +11,7 @@ verify the CID; the reader holds the last chunk back until it checks out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -55,9 +56,14 @@ class FetchServer:
 
     async def stop(self) -> None:
         if self._sub is not None:
-            await self._sub.unsubscribe()  # the runtime cancels the reads in flight (ctx.tasks)
+            sub, self._sub = self._sub, None
+            await sub.unsubscribe()  # the runtime cancels the reads in flight (ctx.tasks); each reader is told
 
     async def _on_request(self, msg: Msg) -> None:
+        if self.tasks.running >= self.tasks.limit and msg.reply:
+            # The reader's patience restarts with every status: a queued read is not abandoned.
+            await self.nc.publish(msg.reply, b"", headers={
+                H_STATUS: "retrying", H_ERROR: f"the tier agent is serving {self.tasks.limit} reads; waiting for a free slot"})
         await self.tasks.spawn(self._serve(msg), name="fetch")
 
     async def _serve(self, msg: Msg) -> None:
@@ -92,6 +98,12 @@ class FetchServer:
             if pending:
                 seq = await self._send(reply, ack_subject, seq, pending, lambda: acked, credit)
             await self.nc.publish(reply, b"", headers={H_STATUS: "end", H_SEQ: str(seq)})
+        except asyncio.CancelledError:
+            stopping = TierUnavailable("the tier agent stopped while serving this read; read it again")
+            with contextlib.suppress(Exception):
+                await self.nc.publish(reply, json.dumps(stopping.to_wire()).encode(),
+                                      headers={H_STATUS: "error", H_ERROR: str(stopping)})
+            raise
         except Exception as err:
             if not isinstance(err, CimError):
                 log.exception("fetch failed")
@@ -176,7 +188,7 @@ async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncI
             if status == "error":
                 try:
                     wire = json.loads(m.data) if m.data else None
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or nested too deep to be ours
                     wire = None
                 raise CimError.from_wire(wire, fallback=h.get(H_ERROR) or "the tier agent failed")
             break  # end
