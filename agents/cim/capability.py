@@ -64,6 +64,6 @@ class Capability:
     config: type[AgentConfig]
     # The agent class, imported only when the agent runs (it may pull in aiohttp or boto3,
     # which `cim config check` and `cim --version` have no need of).
-    agent: Callable[[], type[AgentBase]]
+    agent: Callable[[], type[AgentBase[Any]]]
     provision: ProvisionSpec = field(default_factory=lambda: ProvisionSpec(include_core=False))
     embedded: EmbeddedSettings | None = None

@@ -53,8 +53,7 @@ class CimError(Exception):
             if isinstance(code, str) and code in CimError._by_code:
                 kind = CimError._by_code[code]
                 break
-        err = kind.__new__(kind)
-        Exception.__init__(err, message)
+        err = kind.with_message(message)
         fields = data.get("fields")
         for name in kind.wire_fields:  # each one set (None if missing): callers may read it
             value = fields.get(name) if isinstance(fields, dict) else None

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, get_type_hints
+from typing import Any, Generic, TypeVar, cast, get_type_hints
 
 from nats.aio.client import Client
 from nats.micro import add_service
@@ -39,6 +39,7 @@ from .registry.announce import Heartbeat
 from .tasks import Supervisor
 
 log = logging.getLogger("cim.agent")
+C = TypeVar("C", bound=AgentConfig)
 
 REQUESTS = Counter("cim_requests_total", "Requests served by endpoint and outcome", ["endpoint", "outcome"])
 LATENCY = Histogram("cim_request_seconds", "Request handling time", ["endpoint"])
@@ -182,13 +183,17 @@ class AgentContext:
         self.tasks = Supervisor()
 
 
-class AgentBase:
-    """What every capability's agent is. The runtime builds it with its context, calls
-    `start` once the endpoints serve, announces `capabilities()` in the registry at every
-    beat, and calls `stop` on SIGTERM; each does nothing unless an agent overrides it."""
+class AgentBase(Generic[C]):
+    """What every capability's agent is, over its config model (`AgentBase[Config]`). The
+    runtime builds it with its context, calls `start` once the endpoints serve, announces
+    `capabilities()` in the registry at every beat, and on SIGTERM calls `quiesce` and then
+    `stop`; each does nothing unless an agent overrides it."""
 
     def __init__(self, ctx: AgentContext):
         self.ctx = ctx
+        # The runtime validated the file with this capability's own model (cim.config).
+        self.config: C = cast(C, ctx.config)
+        self.nc = ctx.nc
 
     async def start(self) -> None:
         pass
@@ -230,7 +235,7 @@ def _exit_now(signum: int) -> None:
     os._exit(128 + signum)
 
 
-async def run_agent(config: AgentConfig, agent_class: Callable[[AgentContext], AgentBase]) -> None:
+async def run_agent(config: AgentConfig, agent_class: Callable[[AgentContext], AgentBase[Any]]) -> None:
     logs.setup(config.log_level)
     nc = await connect(config.nats.model_copy(update={
         "name": config.nats.name or config.agent_name,

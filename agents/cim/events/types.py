@@ -60,5 +60,13 @@ def _load_builtin() -> None:
     `events` module, and cim.capabilities lists the packages. The one import from above
     this layer, made on first lookup: the models live with their capability, and the
     registry must know them all before it refuses a type as unknown. Plugins register
-    theirs with `@event_type` when they are loaded."""
+    theirs with `@event_type` when they are loaded. Once: lookups run for every event read."""
+    global _loaded
+    if _loaded:
+        return
     from .. import capabilities  # noqa: F401
+
+    _loaded = True
+
+
+_loaded = False

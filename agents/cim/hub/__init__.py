@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..runtime import AgentBase
 
 
-def _agent() -> type[AgentBase]:
+def _agent() -> type[AgentBase[Config]]:
     # Imported when the agent runs, not when the capability is listed.
     from .agent import Agent
 

@@ -27,10 +27,9 @@ from .webhooks import Dispatcher, Webhook
 log = logging.getLogger("cim.hub")
 
 
-class Agent(AgentBase):
+class Agent(AgentBase[Config]):
     def __init__(self, ctx: AgentContext):
         super().__init__(ctx)
-        self.config: Config = ctx.config  # type: ignore[assignment]
         self.units = UnitStore(ctx.nc, max_unit_size=self.config.max_body_size, agent=self.config.agent_name, cold=fetch)
         self.api = HubApi(self.units, Tokens(self.config.tokens_file), max_body_size=self.config.max_body_size,
                           idle_timeout=self.config.idle_timeout)

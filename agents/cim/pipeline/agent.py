@@ -37,11 +37,9 @@ POLL_SECONDS = 2.0
 PROJECTED = [RECORDS, "cim.evt.unit.*.created"]
 
 
-class Agent(AgentBase):
+class Agent(AgentBase[Config]):
     def __init__(self, ctx: AgentContext):
         super().__init__(ctx)
-        self.config: Config = ctx.config  # type: ignore[assignment]
-        self.nc = ctx.nc
         self.units = UnitStore(ctx.nc, agent=self.config.agent_name, timeout=10, cold=fetch)
         self.content = ContentStore(ctx.nc, timeout=10)
         self.events = EventStore(ctx.nc, timeout=10)

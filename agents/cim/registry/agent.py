@@ -59,11 +59,9 @@ class Tracked:
         return AgentView(record=self.record, state=self.state, since=self.since)
 
 
-class Agent(AgentBase):
+class Agent(AgentBase[Config]):
     def __init__(self, ctx: AgentContext):
         super().__init__(ctx)
-        self.config: Config = ctx.config  # type: ignore[assignment]
-        self.nc = ctx.nc
         self.events = EventStore(ctx.nc)
         self.instances: dict[str, Tracked] = {}
         self.ttl = DEFAULT_TTL

@@ -20,10 +20,9 @@ from .unit_store import UnitStore
 INLINE_LIMIT = 768 * 1024  # leaves room for headers under the default 1 MiB max_payload
 
 
-class Agent(AgentBase):
+class Agent(AgentBase[Config]):
     def __init__(self, ctx: AgentContext):
         super().__init__(ctx)
-        self.config: Config = ctx.config  # type: ignore[assignment]
         self.units = UnitStore(
             ctx.nc, max_unit_size=self.config.max_unit_size, agent=self.config.agent_name, cold=fetch,
         )

@@ -47,11 +47,9 @@ def _result(r: MoveResult) -> dict:
     return {k: getattr(r, k) for k in ("cid", "policy", "action", "from_tier", "to_tier", "size", "ok", "error")}
 
 
-class Agent(AgentBase):
+class Agent(AgentBase[Config]):
     def __init__(self, ctx: AgentContext):
         super().__init__(ctx)
-        self.config: Config = ctx.config  # type: ignore[assignment]
-        self.nc = ctx.nc
         self.events = EventStore(ctx.nc)
         self.tiers: dict[str, Backend] = {HOT: open_backend(HOT_SPEC, ctx.nc)}
         for spec in self.config.tiers:

@@ -25,10 +25,9 @@ log = logging.getLogger("cim.ui")
 HEAD_DEADLINE = 30.0  # seconds a browser may take to send a request head (slowloris)
 
 
-class Agent(AgentBase):
+class Agent(AgentBase[Config]):
     def __init__(self, ctx: AgentContext):
         super().__init__(ctx)
-        self.config: Config = ctx.config  # type: ignore[assignment]
         self.projection = Projection(EventStore(ctx.nc))
         auth = Auth(password_file=self.config.password_file, session_secret_file=self.config.session_secret_file,
                     trusted_header=self.config.trusted_header, trusted_proxies=self.config.trusted_proxies,
