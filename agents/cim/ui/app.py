@@ -219,17 +219,24 @@ class Dashboard:
                 preview_text = raw[:PREVIEW_BYTES].decode("utf-8", "replace") + ("\n…" if len(raw) > PREVIEW_BYTES else "")
             except CimError as err:
                 tier_note = str(err)
-        parents = [(p, self._title(p)) for p in unit.parents]
-        children = [(c, self._title(c)) for c in view.children]
+        parents = [(p, await self._title(p)) for p in unit.parents]
+        children = [(c, await self._title(c)) for c in view.children]
         return self.render(
             request, "unit.html", unit=unit, labels=view.labels, meta=meta, provenance=provenance, tiers=tiers, tier_note=tier_note,
             preview_text=preview_text, image=unit.media_type in INLINE_IMAGES, parents=parents, children=children,
             events=view.events, revision=view.revision,
         )
 
-    def _title(self, cid: str) -> str:
+    async def _title(self, cid: str) -> str:
+        """From the projection; from the unit itself when the projection has not seen it yet
+        (a revision put a moment ago, whose parent's event is still on its way here)."""
         i = self.projection.by_cid.get(cid)
-        return self.projection.rows[i].title if i is not None else ""
+        if i is not None:
+            return self.projection.rows[i].title
+        try:
+            return (await self.units.unit(cid)).title
+        except CimError:
+            return ""
 
     async def _tiers(self, cid: str, events) -> tuple[list[str], str]:
         loc = UnitFold().apply_all(events).units.get(cid)
