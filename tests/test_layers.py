@@ -19,7 +19,7 @@ CAPABILITIES = ("cim.store", "cim.tier", "cim.registry", "cim.pipeline", "cim.hu
 OTHER_THAN_STORE = tuple(c for c in CAPABILITIES if c != "cim.store")
 TOP = ("cim.capabilities", "cim.config", "cim.provision.apply", "cim.cli", "cim.embedded", "cim.__main__")
 CORE = ("cim.events", "cim.capability", "cim.permissions", "cim.provision.spec", "cim.runtime", "cim.logs",
-        "cim.gc_tuning", "cim.http_deadline", "cim.disk_full", "cim.spool", "cim.tasks")
+        "cim.gc_tuning", "cim.http_deadline", "cim.disk_full", "cim.spool", "cim.tasks", "cim.projection_db")
 
 # The few imports that go up, each for a stated reason (importer, imported).
 EXCEPTIONS = {

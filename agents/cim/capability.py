@@ -47,6 +47,9 @@ class AgentConfig(BaseModel):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    state_dir: Path | None = Field(default=None, description=(
+        "where the agent keeps its projections (SQLite); default: $STATE_DIRECTORY (systemd's StateDirectory), "
+        "else none: kept in memory and rebuilt by replay at every start"))
 
     @property
     def agent_name(self) -> str:

@@ -199,6 +199,13 @@ class ProvisionError(CimError):
     code = "provision_failed"
 
 
+class ProjectionUnavailable(CimError):
+    """A read model cannot answer: its feed failed, or it is being rebuilt."""
+
+    code = "projection_unavailable"
+    status = "503"
+
+
 class ConfigError(CimError):
     """A config file failed validation. `errors` holds (field path, message) pairs."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -160,16 +161,44 @@ def dlq_retry(ctx: typer.Context, seq: int) -> None:
 
 def search_cmd(
     ctx: typer.Context,
-    query: list[str] = typer.Argument(..., help="words to look for"),
+    query: list[str] = typer.Argument(..., help='words (all must match), "a phrase", prefix*, OR, -excluded'),
     limit: int = typer.Option(10, help="at most this many"),
+    label: list[str] = typer.Option([], "--label", help="only units with this label (repeatable: all of them)"),
+    media_type: str = typer.Option("", "--type", help="only this media type, or a family: text/*"),
+    source: str = typer.Option("", help="only this source (a glob allowed)"),
+    since: str = typer.Option("", help="only units created at or after this date (ISO 8601)"),
+    until: str = typer.Option("", help="only units created before this date (ISO 8601)"),
+    facets: bool = typer.Option(False, "--facets", help="also count the matches by label, media type and source"),
 ) -> None:
-    """Full-text search over the units the pipelines indexed, best first."""
+    """Full-text search over the units, best first: stemmed (English by default), with
+    phrases, prefixes and filters. Matched words are shown in bold on a terminal."""
     g = globals_of(ctx)
 
     async def body() -> dict:
         async with nats_connection(g) as nc:
-            return await call(nc, api.SEARCH, api.SearchRequest(query=" ".join(query), limit=limit), timeout=g.timeout)
+            request = api.SearchRequest(query=" ".join(query), limit=limit, labels=label, media_type=media_type,
+                                        source=source, since=since, until=until, facets=facets)
+            return (await call(nc, api.SEARCH, request, timeout=g.timeout)).model_dump(mode="json")
 
-    emit(g, run(body), lambda r: "\n".join(
-        f"{h['score']:>7.3f}  {h['cid']}  {h['title']}\n         {h['snippet']}" for h in r["hits"]
-    ) or f"nothing found ({r['indexed']} units indexed)")
+    bold = sys.stdout.isatty()
+
+    def marked(h: dict) -> str:
+        text, out, pos = h["snippet"], [], 0
+        for start, end in h["highlights"]:
+            out += [text[pos:start], f"\033[1m{text[start:end]}\033[0m" if bold else text[start:end]]
+            pos = end
+        return "".join([*out, text[pos:]])
+
+    def human(r: dict) -> str:
+        lines = [f"{h['score']:>7.3f}  {h['cid']}  {h['title']}" + (f"\n         {marked(h)}" if h["snippet"] else "")
+                 for h in r["hits"]]
+        if not lines:
+            lines = [f"nothing found ({r['units']} units, {r['indexed']} with indexed text)"]
+        for name, counts in (r.get("facets") or {}).items():
+            if counts:
+                lines.append(f"{name}: " + ", ".join(f"{v or '(none)'} {n}" for v, n in counts))
+        if r["stale"]:
+            lines.append(f"(the index is still catching up: it covers events up to #{r['as_of']})")
+        return "\n".join(lines)
+
+    emit(g, run(body), human)

@@ -205,8 +205,10 @@ def ls(
 
 
 @app.command("related")
-def related(ctx: typer.Context, cid: str = typer.Argument(..., help="the unit's CID")) -> None:
-    """Units related to this one: references, derived-from, same source."""
+def related(ctx: typer.Context, cid: str = typer.Argument(..., help="the unit's CID"),
+            limit: int = typer.Option(10, help="similar units at most")) -> None:
+    """Units related to this one (references, derived-from, same source) and similar ones
+    (more like this: units whose text shares its distinctive words)."""
     from ..nats.rpc import call
     from ..pipeline import api as pipeline_api
 
@@ -214,8 +216,13 @@ def related(ctx: typer.Context, cid: str = typer.Argument(..., help="the unit's 
 
     async def body() -> dict:
         async with nats_connection(g) as nc:
-            return await call(nc, pipeline_api.RELATED, pipeline_api.CidRequest(cid=cid), timeout=g.timeout)
+            reply = await call(nc, pipeline_api.RELATED, pipeline_api.CidRequest(cid=cid, limit=limit), timeout=g.timeout)
+            return reply.model_dump(mode="json")
 
-    emit(g, run(body), lambda r: "\n".join(
-        f"{x['type']:<13} {'->' if x['direction'] == 'out' else '<-' if x['direction'] == 'in' else '<>'} {x['cid']}  {x['title']}"
-        for x in r["related"]) or "no related units")
+    def human(r: dict) -> str:
+        lines = [f"{x['type']:<13} {'->' if x['direction'] == 'out' else '<-' if x['direction'] == 'in' else '<>'} "
+                 f"{x['cid']}  {x['title']}" for x in r["related"]]
+        lines += [f"{'similar':<13} ~  {h['cid']}  {h['title']}  ({h['score']:.2f})" for h in r["similar"]]
+        return "\n".join(lines) or "no related or similar units"
+
+    emit(g, run(body), human)

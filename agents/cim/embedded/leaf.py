@@ -172,6 +172,8 @@ class Leaf:
             "nats": {"servers": [self.url], "nkey_seed_file": str(self.keys[capability][0])},
             "metrics": {"host": "127.0.0.1", "port": metrics_port},
             "log_level": self.log_level,
+            # Projections (search index, the dashboard's unit list) survive restarts here.
+            "state_dir": str(self.data_dir / "state" / capability),
         }
         # A capability may add what it needs on one machine (a port, a folder, a tier URL
         # under the data dir) and a line for the summary: its `Capability.embedded`.

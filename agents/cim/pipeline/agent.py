@@ -3,7 +3,12 @@
 Pipelines come from this agent's config (the NixOS settings) and from
 `cim pipelines apply`; both land in the KV bucket, which the agent polls, so a changed
 definition or step setting takes effect without a restart. The search index and the
-relation graph are projections rebuilt by replaying the event stream at every start.
+relation graph are projections in one SQLite file under the agent's state directory
+(cim.projection_db): a start resumes from its checkpoint and replays only what is newer.
+
+Several pipeline agents share the work: each pipeline is one durable consumer, and every
+agent pulls from it, so a unit goes to one of them. Each agent keeps its own projection of
+the whole stream, so any of them answers a search completely.
 """
 
 from __future__ import annotations
@@ -12,29 +17,31 @@ import asyncio
 import hashlib
 import json
 import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from ..errors import CimError, ConfigError, InvalidInput, NotFound
+from ..errors import CimError, ConfigError, InvalidInput, NotFound, ProjectionUnavailable
 from ..events import Event, EventStore, StoredEvent
 from ..names import EVENTS_STREAM
 from ..plugins import discover
+from ..projection_db import Follower, ProjectionDb, state_dir
 from ..registry import NoProvider, negotiate
 from ..runtime import AgentBase, AgentContext, endpoint
 from ..store.content import ContentStore
 from ..store.unit_store import UnitStore
 from ..tier.fetch import fetch
-from . import api, definitions
+from . import api, definitions, graph, projection, search
 from .api import CheckRequest, CidRequest, Empty, RetryRequest, SearchRequest
 from .config import Config
 from .dlq import delete_letter, get_letter
-from .engine import RECORDS, Runner
+from .engine import Runner
 from .events import DlqRetried
-from .graph import RelationGraph
 from .model import PipelineDef, check_plugins
-from .search import SearchIndex
 
 log = logging.getLogger("cim.pipeline")
 POLL_SECONDS = 2.0
-PROJECTED = [RECORDS, "cim.evt.unit.*.created"]
+T = TypeVar("T")
 
 
 class Agent(AgentBase[Config]):
@@ -48,8 +55,10 @@ class Agent(AgentBase[Config]):
         self.versions: dict[str, str] = {}
         self.errors: dict[str, str] = {}
         self.paused: set[str] = set()
-        self.index = SearchIndex()
-        self.graph = RelationGraph()
+        self.db = ProjectionDb(state_dir(self.config.state_dir), "pipeline", schema=projection.SCHEMA,
+                               version=projection.VERSION)
+        self.projection = Follower(self.events, self.db, projection.SUBJECTS,
+                                   lambda batch: projection.prepare(batch, self._read_texts))
 
     def capabilities(self) -> dict[str, str]:
         """Announced in the registry: what the loaded plugins provide."""
@@ -60,10 +69,11 @@ class Agent(AgentBase[Config]):
     async def start(self) -> None:
         for name, why in self.plugins.broken.items():
             log.error("plugin %s is not available: %s", name, why)
+        self.db.open()
         for p in self.config.pipelines:
             await self._install(p)
         self.ctx.tasks.spawn(self._watch(), name="pipelines-watch")
-        self.ctx.tasks.spawn(self._project(), name="projections")
+        self.ctx.tasks.spawn(self.projection.run(), name="projection")
 
     async def _install(self, p: PipelineDef) -> None:
         """Install a pipeline of this agent's config, unless one of its name was applied with
@@ -81,6 +91,7 @@ class Agent(AgentBase[Config]):
     async def stop(self) -> None:
         # Together: each runner waits at most its own bound for the batch in hand.
         await asyncio.gather(*(r.stop() for r in list(self.runners.values())), return_exceptions=True)
+        self.db.close()
 
     async def _read(self, cid: str) -> bytes:
         parts, size = [], 0
@@ -95,8 +106,16 @@ class Agent(AgentBase[Config]):
         found = await self.content.read_small(cids)
         return {cid: data for cid, data in found.items() if len(data) <= self.config.max_content_bytes}
 
-    async def _read_text(self, cid: str) -> bytes:
-        return await self.content.read(cid)
+    async def _read_texts(self, cids: list[str]) -> dict[str, bytes]:
+        """Texts for the search index: small ones in two requests, the rest one by one."""
+        found = await self.content.read_small(cids)
+        for cid in cids:
+            if cid not in found:
+                try:
+                    found[cid] = await self.content.read(cid)
+                except CimError as err:
+                    log.warning("the text %s for the search index cannot be read: %s", cid, err)
+        return found
 
     async def _store_text(self, text: str) -> str:
         return await self.content.put_bytes(text.encode("utf-8"))
@@ -145,33 +164,58 @@ class Agent(AgentBase[Config]):
             self.runners[name] = runner
             self.versions[name] = r.definition.model_dump_json()
 
-    async def _project(self) -> None:
-        async for e in self.events.read(PROJECTED, follow=True):
-            try:
-                self.graph.apply(e)
-                await self.index.apply(e, self._read_text)
-            except Exception as err:  # one bad event must not stop the projections
-                log.warning("projection skipped event #%d: %s", e.seq, err)
-
     # --- endpoints ------------------------------------------------------------------------
 
+    def _query(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a query on the projection; a corrupt file is rebuilt, never served."""
+        try:
+            return run(self.db.conn)
+        except sqlite3.DatabaseError as err:
+            self.projection.rebuild(f"a query failed on it ({err})")
+            raise ProjectionUnavailable(
+                "the search index is damaged and is being rebuilt from the event stream; try again shortly") from None
+
+    def _fresh(self) -> dict[str, Any]:
+        return self.projection.state()
+
     @endpoint(api.SEARCH)
-    async def search(self, req: SearchRequest) -> dict:
-        """Full-text search over indexed units, best first."""
-        hits = self.index.search(req.query, req.limit)
-        return {"hits": [h.__dict__ for h in hits], "indexed": len(self.index.lengths), "as_of": self.index.last_seq}
+    async def search(self, req: SearchRequest) -> api.SearchReply:
+        """Full-text search over the units, best first (FTS5: stemming, phrases, prefixes)."""
+        filters = search.Filters(labels=req.labels, media_type=req.media_type, source=req.source, since=req.since,
+                                 until=req.until)
+
+        def run(conn: sqlite3.Connection) -> api.SearchReply:
+            hits = search.search(conn, req.query, limit=req.limit, filters=filters)
+            units, indexed = search.counts(conn)
+            return api.SearchReply(
+                hits=[api.SearchHit(**h.__dict__) for h in hits], indexed=indexed, units=units,
+                facets=search.facets(conn, req.query, filters=filters) if req.facets else None, **self._fresh())
+
+        return self._query(run)
 
     @endpoint(api.RELATED)
-    async def related(self, req: CidRequest) -> dict:
-        """Units related to a unit: references, derived-from, same source."""
-        return {"cid": req.cid, "related": self.graph.related(req.cid)}
+    async def related(self, req: CidRequest) -> api.RelatedReply:
+        """Units related to a unit (references, derived-from, same source) and similar ones."""
+
+        def run(conn: sqlite3.Connection) -> api.RelatedReply:
+            return api.RelatedReply(
+                cid=req.cid, related=[api.Relation(**r) for r in graph.related(conn, req.cid)],
+                similar=[api.SearchHit(**h.__dict__) for h in search.similar(conn, req.cid, limit=req.limit)],
+                **self._fresh())
+
+        return self._query(run)
 
     @endpoint(api.INDEX)
-    async def index_state(self, req: Empty) -> dict:
-        """A digest of the search index, to compare it with one rebuilt by replay."""
-        snap = json.dumps(self.index.snapshot(), sort_keys=True).encode()
-        return {"documents": len(self.index.lengths), "as_of": self.index.last_seq,
-                "digest": hashlib.sha256(snap).hexdigest()}
+    async def index_state(self, req: Empty) -> api.IndexReply:
+        """A digest of the search index and graph, to compare one rebuilt by replay with a live one."""
+
+        def run(conn: sqlite3.Connection) -> api.IndexReply:
+            rows = search.digest_rows(conn) + conn.execute("SELECT a, kind, b FROM edges ORDER BY a, kind, b").fetchall()
+            units, indexed = search.counts(conn)
+            return api.IndexReply(documents=indexed, units=units, replayed=self.projection.replayed,
+                                  digest=hashlib.sha256(json.dumps(rows).encode()).hexdigest(), **self._fresh())
+
+        return self._query(run)
 
     @endpoint(api.STATUS)
     async def status(self, req: Empty) -> dict:

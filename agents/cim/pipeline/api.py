@@ -1,4 +1,4 @@
-"""The pipeline agent's service API (cim.pipeline.*): its requests."""
+"""The pipeline agent's service API (cim.pipeline.*): its requests and replies."""
 
 from __future__ import annotations
 
@@ -13,12 +13,19 @@ class _Req(BaseModel):
 
 
 class SearchRequest(_Req):
-    query: str = Field(min_length=1, max_length=500)
+    query: str = Field(min_length=1, max_length=500, description='words (all must match), "a phrase", prefix*, OR, -excluded')
     limit: int = Field(default=10, gt=0, le=100)
+    labels: list[str] = Field(default_factory=list, max_length=16, description="units with every one of these labels")
+    media_type: str = Field(default="", max_length=200, description="exact, or a family: text/*")
+    source: str = Field(default="", max_length=1000, description="exact, or a glob")
+    since: str = Field(default="", max_length=40, description="created at or after (ISO 8601)")
+    until: str = Field(default="", max_length=40, description="created before (ISO 8601)")
+    facets: bool = Field(default=False, description="also count the matches by label, media type and source")
 
 
 class CidRequest(_Req):
     cid: str
+    limit: int = Field(default=10, gt=0, le=100, description="similar units at most")
 
 
 class RetryRequest(_Req):
@@ -33,10 +40,56 @@ class CheckRequest(_Req):
     pipelines: list[PipelineDef] = Field(max_length=256)
 
 
+class Freshness(BaseModel):
+    """How far a projection has caught up: the last event sequence it covers, and whether it
+    knows it is behind (still catching up after a start, or cut off from the stream)."""
+
+    as_of: int
+    stale: bool
+
+
+class SearchHit(BaseModel):
+    cid: str
+    score: float
+    title: str
+    snippet: str
+    highlights: list[tuple[int, int]] = Field(description="(start, end) of each matched word in the snippet")
+    media_type: str = ""
+    source: str = ""
+    created_at: str = ""
+
+
+class SearchReply(Freshness):
+    hits: list[SearchHit]
+    indexed: int = Field(description="units with indexed text")
+    units: int = Field(description="units known to the index (searchable by title)")
+    facets: dict[str, list[tuple[str, int]]] | None = None
+
+
+class Relation(BaseModel):
+    type: str
+    direction: str
+    cid: str
+    title: str
+
+
+class RelatedReply(Freshness):
+    cid: str
+    related: list[Relation]
+    similar: list[SearchHit] = Field(default_factory=list, description="more like this: units with similar text")
+
+
+class IndexReply(Freshness):
+    documents: int
+    units: int
+    digest: str
+    replayed: int = Field(description="events this agent applied to its projection since it started")
+
+
 # The endpoints (cim.pipeline.*): what each takes and answers, for the agent and its callers alike.
-SEARCH: Endpoint[dict] = Endpoint("cim.pipeline.search", SearchRequest, dict)
-RELATED: Endpoint[dict] = Endpoint("cim.pipeline.related", CidRequest, dict)
-INDEX: Endpoint[dict] = Endpoint("cim.pipeline.index", Empty, dict)
+SEARCH: Endpoint[SearchReply] = Endpoint("cim.pipeline.search", SearchRequest, SearchReply)
+RELATED: Endpoint[RelatedReply] = Endpoint("cim.pipeline.related", CidRequest, RelatedReply)
+INDEX: Endpoint[IndexReply] = Endpoint("cim.pipeline.index", Empty, IndexReply)
 STATUS: Endpoint[dict] = Endpoint("cim.pipeline.status", Empty, dict)
 CHECK: Endpoint[dict] = Endpoint("cim.pipeline.check", CheckRequest, dict)
 RETRY: Endpoint[dict] = Endpoint("cim.pipeline.retry", RetryRequest, dict)

@@ -1,50 +1,34 @@
-"""The relation graph of units: a projection of unit and step events.
+"""The relation graph of units: a projection of unit and step events, in the pipeline
+agent's projection database (next to the search index, under one checkpoint).
 
 Edges: `references` (a unit's text names another's CID, from the relate step),
 `derived-from` (lineage: a revision's parents) and `same-source` (units that share a
-non-empty source).
+non-empty source, read from the search index's documents).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import sqlite3
 
-from ..events import StoredEvent
-from ..store.events import UnitCreated
-from .events import step_outputs
+SAME_SOURCE_LIMIT = 100  # a source shared by a million units lists its newest hundred
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS edges (a TEXT NOT NULL, kind TEXT NOT NULL, b TEXT NOT NULL, PRIMARY KEY (a, kind, b)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS edges_into ON edges (b, kind, a);
+"""
 
 
-class RelationGraph:
-    def __init__(self) -> None:
-        self.out: dict[str, set[tuple[str, str]]] = defaultdict(set)  # cid -> {(type, target)}
-        self.into: dict[str, set[tuple[str, str]]] = defaultdict(set)  # cid -> {(type, source cid)}
-        self.by_source: dict[str, set[str]] = defaultdict(set)
-        self.source_of: dict[str, str] = {}
-        self.titles: dict[str, str] = {}
+def add_edge(conn: sqlite3.Connection, kind: str, a: str, b: str) -> None:
+    conn.execute("INSERT OR IGNORE INTO edges (a, kind, b) VALUES (?, ?, ?)", (a, kind, b))
 
-    def _edge(self, kind: str, a: str, b: str) -> None:
-        self.out[a].add((kind, b))
-        self.into[b].add((kind, a))
 
-    def apply(self, e: StoredEvent) -> None:
-        created = e.typed() if e.type == "unit.created" else None
-        if isinstance(created, UnitCreated):
-            cid = created.cid
-            self.titles[cid] = created.title
-            for parent in created.parents:
-                self._edge("derived-from", cid, parent)
-            if created.source:
-                self.by_source[created.source].add(cid)
-                self.source_of[cid] = created.source
-        for cid, out in step_outputs(e, "relate"):
-            for rel in out.get("relations") or []:
-                self._edge(rel.get("type", "references"), cid, rel["target"])
-
-    def related(self, cid: str) -> list[dict]:
-        rows = [{"type": t, "direction": "out", "cid": c, "title": self.titles.get(c, "")} for t, c in sorted(self.out.get(cid, ()))]
-        rows += [{"type": t, "direction": "in", "cid": c, "title": self.titles.get(c, "")} for t, c in sorted(self.into.get(cid, ()))]
-        source = self.source_of.get(cid)
-        if source:
-            rows += [{"type": "same-source", "direction": "both", "cid": c, "title": self.titles.get(c, "")}
-                     for c in sorted(self.by_source[source] - {cid})]
-        return rows
+def related(conn: sqlite3.Connection, cid: str) -> list[dict]:
+    title = "(SELECT title FROM docs WHERE docs.cid = {}), ''"
+    rows = [{"type": t, "direction": "out", "cid": c, "title": n or ""} for t, c, n in conn.execute(
+        f"SELECT kind, b, coalesce({title.format('b')}) FROM edges WHERE a = ? ORDER BY kind, b", (cid,))]
+    rows += [{"type": t, "direction": "in", "cid": c, "title": n or ""} for t, c, n in conn.execute(
+        f"SELECT kind, a, coalesce({title.format('a')}) FROM edges WHERE b = ? ORDER BY kind, a", (cid,))]
+    rows += [{"type": "same-source", "direction": "both", "cid": c, "title": n} for c, n in conn.execute(
+        "SELECT cid, title FROM docs WHERE source = (SELECT source FROM docs WHERE cid = ? AND source != '')"
+        " AND cid != ? ORDER BY id DESC LIMIT ?", (cid, cid, SAME_SOURCE_LIMIT))]
+    return rows

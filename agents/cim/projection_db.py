@@ -1,0 +1,317 @@
+"""Read models that survive restarts: one SQLite file per agent, checkpointed with the stream.
+
+An agent's projections (the pipeline's search index and relation graph, the dashboard's unit
+list) live in one SQLite database under its state directory, together with the position in
+CIM_EVENTS they cover, written in the same transaction as the rows. On start the agent
+resumes after that position and replays only what is newer.
+
+Why SQLite: it is in Python's standard library and in every Python nixpkgs builds, one
+transaction covers the rows and the checkpoint (so a projection is never ahead of what it
+says it covers), FTS5 is a real search engine (stemming, phrases, prefixes, snippets, BM25),
+and one file is simple to wipe and rebuild.
+
+Before it is used, a checkpoint is checked against the stream: the stream's creation time
+(a stream recreated by `cim restore` is another stream), its end (a projection cannot be
+ahead of it) and the id of the event at the checkpoint (the same history). A file that fails
+SQLite's own check, or whose schema is older, is set aside and rebuilt by replay, and the log
+says why. A projection is rebuilt, never served, once it is found corrupt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, ProjectionUnavailable
+from .events import EventStore, StoredEvent
+from .names import EVENTS_STREAM
+from .nats.api import api
+from .nats.read import last_seq
+
+log = logging.getLogger("cim.projections")
+
+BATCH = 1000  # events applied per transaction while catching up
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    stream_created: str
+    seq: int
+    event_id: str
+
+
+def state_dir(configured: Path | None) -> Path | None:
+    """Where an agent keeps its state: its `state_dir` setting, else systemd's
+    $STATE_DIRECTORY (NixOS: the unit's StateDirectory), else nowhere (kept in memory)."""
+    if configured is not None:
+        return configured
+    env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(env) if env else None
+
+
+class ProjectionDb:
+    """One SQLite file of read models and the stream position they cover.
+
+    `schema` is the DDL of the model's tables; `version` names it: a file written with
+    another version is rebuilt (the rows would not mean what the code reads them as).
+    """
+
+    def __init__(self, directory: Path | None, name: str, *, schema: str, version: int):
+        self.path = directory / f"{name}.sqlite" if directory is not None else None
+        self.name = name
+        self.schema = schema
+        self.version = version
+        self.conn: sqlite3.Connection = sqlite3.connect(":memory:")
+        self._lock: Any = None
+        self.rebuilt_because: str | None = None
+
+    def open(self) -> None:
+        if self.path is None:
+            self.conn = self._connect(":memory:")
+            self.rebuilt_because = "no state directory: kept in memory and rebuilt at every start"
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._take_lock()
+        reason = self._problem() if self.path.exists() else "no projection file yet"
+        if reason:
+            self._set_aside(reason)
+        self.conn = self._connect(str(self.path))
+
+    def _take_lock(self) -> None:
+        """Two agents writing one projection would each checkpoint the other's rows."""
+        assert self.path is not None
+        lock_path = self.path.with_suffix(".lock")
+        self._lock = lock_path.open("a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise ConfigError(str(lock_path.parent), [(
+                "state_dir", f"{lock_path.parent} is in use by another agent; give each instance its own state_dir")]) from None
+
+    def _problem(self) -> str | None:
+        """Why the file on disk cannot be resumed from, or None."""
+        assert self.path is not None
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                ok = conn.execute("PRAGMA quick_check").fetchone()
+                if not ok or ok[0] != "ok":
+                    return f"it is corrupt ({ok[0] if ok else 'no answer'})"
+                found = conn.execute("SELECT version FROM cim_checkpoint WHERE id = 1").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as err:
+            return f"it is corrupt ({err})"
+        if not found:
+            return "it has no checkpoint"
+        if found[0] != self.version:
+            return f"it was written by schema {found[0]}, this agent reads schema {self.version}"
+        return None
+
+    def _set_aside(self, reason: str) -> None:
+        assert self.path is not None
+        existed = self.path.exists()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{suffix}")
+        self.rebuilt_because = reason
+        if existed:
+            log.warning("projection %s: %s; rebuilding it by replaying the event stream", self.path, reason)
+
+    def _connect(self, where: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
+        # WAL: readers never wait for the writer. synchronous=NORMAL: a power cut may lose the
+        # last transactions, never corrupt; a lost one is replayed (the checkpoint went too).
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.executescript(
+            "CREATE TABLE IF NOT EXISTS cim_checkpoint (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL,"
+            " stream_created TEXT NOT NULL, seq INTEGER NOT NULL, event_id TEXT NOT NULL);" + self.schema)
+        return conn
+
+    def checkpoint(self) -> Checkpoint | None:
+        row = self.conn.execute("SELECT stream_created, seq, event_id FROM cim_checkpoint WHERE id = 1").fetchone()
+        return Checkpoint(*row) if row else None
+
+    def commit(self, apply: Callable[[sqlite3.Connection], None], stream_created: str, last: StoredEvent) -> None:
+        """Apply rows and move the checkpoint to `last` in one transaction."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            apply(self.conn)
+            self.conn.execute(
+                "INSERT INTO cim_checkpoint (id, version, stream_created, seq, event_id) VALUES (1, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET version = excluded.version, stream_created = excluded.stream_created,"
+                " seq = excluded.seq, event_id = excluded.event_id",
+                (self.version, stream_created, last.seq, last.id))
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def reset(self, reason: str) -> None:
+        """Drop everything and start from an empty file (a stream restored, a corrupt page)."""
+        self.conn.close()
+        if self.path is None:
+            self.conn = self._connect(":memory:")
+            self.rebuilt_because = reason
+            log.warning("projection %s: %s; rebuilding it by replay", self.name, reason)
+            return
+        self._set_aside(reason)
+        log.warning("projection %s: %s; rebuilding it by replay", self.path, reason)
+        self.conn = self._connect(str(self.path))
+
+    def close(self) -> None:
+        self.conn.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+class _Rebuild(Exception):
+    """A rebuild was asked for; its reason."""
+
+
+Apply = Callable[[list[StoredEvent]], Any]  # returns rows to write: Callable[[Connection], None], maybe awaited
+
+
+class Follower:
+    """Feeds one ProjectionDb from CIM_EVENTS: resumes after the checkpoint, then follows live.
+
+    `prepare(events)` is awaited outside the transaction (it may read content) and returns the
+    function that writes the rows; that runs with the checkpoint in one transaction.
+    """
+
+    def __init__(self, events: EventStore, db: ProjectionDb, subjects: list[str], prepare: Apply):
+        self.events = events
+        self.db = db
+        self.subjects = subjects
+        self.prepare = prepare
+        self.replayed = 0  # events applied since this agent started (a resumed start applies few)
+        self.caught_up = asyncio.Event()
+        self.interrupted = False
+        self.started_at = time.monotonic()
+        self._created = ""
+        self._rebuild: asyncio.Future[str] | None = None
+
+    def rebuild(self, why: str) -> None:
+        """Start over from an empty projection (a query found it damaged): the feed stops,
+        the file is set aside, and the replay starts from the first event."""
+        self.caught_up.clear()
+        if self._rebuild is not None and not self._rebuild.done():
+            self._rebuild.set_result(why)
+
+    @property
+    def as_of(self) -> int:
+        cp = self.db.checkpoint()
+        return cp.seq if cp else 0
+
+    @property
+    def stale(self) -> bool:
+        """Behind the stream as far as it knows: still catching up, or cut off from it."""
+        return not self.caught_up.is_set() or self.interrupted
+
+    def state(self) -> dict[str, Any]:
+        return {"as_of": self.as_of, "stale": self.stale}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._verify()
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except _Rebuild as why:
+                self.db.reset(str(why))
+            except sqlite3.DatabaseError as err:
+                self.caught_up.clear()
+                self.db.reset(f"it failed while being written ({err})")
+            except Exception as err:  # the read gave up after its own resume window: start again
+                self.interrupted = True
+                log.warning("projection %s: event feed interrupted (%s); resuming after #%d", self.db.name, err,
+                            self.as_of)
+                await asyncio.sleep(2)  # backoff before a new catch-up, not a wait for a condition
+
+    async def _verify(self) -> None:
+        """Is the checkpoint about this stream's history? If not, start over."""
+        info = await api(self.events.nc, f"STREAM.INFO.{EVENTS_STREAM}", timeout=self.events.timeout)
+        if "error" in info:
+            raise ProjectionUnavailable(f"cannot read {EVENTS_STREAM}: {info['error'].get('description')}")
+        self._created = str(info.get("created", ""))
+        end = int(info.get("state", {}).get("last_seq", 0))
+        cp = self.db.checkpoint()
+        if cp is None:
+            return
+        why = None
+        if cp.stream_created != self._created:
+            why = f"{EVENTS_STREAM} was recreated since the checkpoint (restored?)"
+        elif cp.seq > end:
+            why = f"the checkpoint (#{cp.seq}) is ahead of {EVENTS_STREAM}, which ends at #{end}"
+        else:
+            try:
+                msg = await self.events.js.get_msg(EVENTS_STREAM, cp.seq)
+                found = StoredEvent.from_message(msg.subject or "", cp.seq, dict(msg.headers or {}), msg.data or b"")
+                if found.id != cp.event_id:
+                    why = f"event #{cp.seq} is not the one the checkpoint recorded"
+            except Exception as err:
+                why = f"event #{cp.seq} of the checkpoint cannot be read ({err or type(err).__name__})"
+        if why:
+            self.db.reset(why)
+
+    async def _follow(self) -> None:
+        start = self.as_of + 1
+        end = await last_seq(self.events.nc, EVENTS_STREAM, self.subjects, self.events.timeout)
+        if end < start:
+            self._caught_up()
+        queue: asyncio.Queue[StoredEvent] = asyncio.Queue(maxsize=BATCH * 4)
+
+        async def read() -> None:
+            async for e in self.events.read(self.subjects, start_seq=start, follow=True, batch=BATCH):
+                await queue.put(e)
+
+        reader = asyncio.create_task(read(), name=f"projection-{self.db.name}-read")
+        self._rebuild = rebuild = asyncio.get_running_loop().create_future()
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, reader, rebuild}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    if rebuild.done():
+                        raise _Rebuild(rebuild.result())
+                    reader.result()  # raises what ended the read
+                    raise ProjectionUnavailable("the event feed ended")
+                batch = [getter.result()]
+                while len(batch) < BATCH and not queue.empty():
+                    batch.append(queue.get_nowait())
+                write = self.prepare(batch)
+                if asyncio.iscoroutine(write):
+                    write = await write
+                self.db.commit(write, self._created, batch[-1])
+                self.replayed += len(batch)
+                self.interrupted = False
+                if batch[-1].seq >= end:
+                    self._caught_up()
+        finally:
+            self._rebuild = None
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    def _caught_up(self) -> None:
+        if not self.caught_up.is_set():
+            self.caught_up.set()
+            log.info("projection %s caught up at #%d (%d events applied since start, %.1f s)%s", self.db.name,
+                     self.as_of, self.replayed, time.monotonic() - self.started_at,
+                     f"; rebuilt because {self.db.rebuilt_because}" if self.db.rebuilt_because else "")
