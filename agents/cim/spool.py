@@ -66,6 +66,10 @@ class Spool:
             await self.write(block)
         return self
 
+    def held(self) -> bytes | None:
+        """The bytes, when they are all in memory (small): None once they spilled to a file."""
+        return bytes(self._pending) if self._file is None else None
+
     def cid(self) -> str:
         assert self.hasher is not None, "made without hash=True"
         return self.hasher.cid()

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 import typer
 
-from ..errors import InvalidInput
-from ..store.unit_store import UnitStore, UnitView
+from ..errors import CimError, InvalidInput
+from ..store.content import CHUNK_SIZE
+from ..store.unit_store import PutResult, UnitStore, UnitView, guess_media_type
 from ..store.units import Unit
 from ..tier.fetch import fetch
 from .common import emit, fail, globals_of, nats_connection, run
 
 app = typer.Typer(help="Put, get, show and list information units.", no_args_is_help=True)
 
+PUT_BATCH = 256  # small files stored per pipelined batch
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024  # smaller puts finish before a bar would be worth drawing
 MAX_SIZE_HELP = "refuse units larger than this, in bytes; the content bucket's own limit applies anyway (env: CIM_MAX_UNIT_SIZE)"
 
@@ -86,16 +90,67 @@ def put(
             total = sum(f.stat().st_size for f in paths if str(f) != "-" and f.is_file())
             show_bar = not g.json and sys.stderr.isatty() and (total >= PROGRESS_MIN_BYTES or len(paths) > 20)
             with typer.progressbar(length=total, label="storing", file=sys.stderr, hidden=not show_bar) as bar:
-                for f in paths:
-                    if str(f) == "-":
-                        r = await store.put_stream(sys.stdin.buffer, **meta())
-                    else:
-                        r = await store.put_file(f, progress=bar.update, **meta())
+
+                def done(f: Path, r: PutResult) -> None:
                     row = {"file": str(f), "cid": r.unit.cid, "size": r.unit.size, "created": r.created}
                     results.append(row)
                     if not g.json:
                         # As each one is stored: if a later file fails, these CIDs are known.
                         typer.echo(f"{row['cid']}  {row['file']}" + ("" if row["created"] else "  (already stored)"))
+
+                # Small files go in pipelined batches (one round of lookups, chunks, index
+                # entries and events for many; the next batch is read and sent while the last
+                # one's answers come back); a big one, or standard input, on its own.
+                small: list[Path] = []
+                in_flight: asyncio.Task | None = None
+
+                async def store_batch(batch: list[Path]) -> tuple[list[Path], list[bytes], list]:
+                    datas = await asyncio.to_thread(lambda: [f.read_bytes() for f in batch])
+                    meta_of = [{"title": f.name, "media_type": guess_media_type(f.name), **meta()} for f in batch]
+                    return batch, datas, await store.put_small_many(list(zip(datas, meta_of, strict=True)))
+
+                async def settle() -> None:
+                    nonlocal in_flight
+                    if in_flight is None:
+                        return
+                    task, in_flight = in_flight, None
+                    batch, datas, outcomes = await task
+                    for f, data, r in zip(batch, datas, outcomes, strict=True):
+                        if isinstance(r, CimError):  # said with the file it is about; the rest was stored
+                            named = type(r).with_message(f"{f}: {r}")
+                            named.__dict__.update(r.__dict__)
+                            raise named
+                        bar.update(len(data))
+                        done(f, r)
+
+                async def send() -> None:
+                    nonlocal in_flight
+                    task = asyncio.create_task(store_batch(small[:]))
+                    small.clear()
+                    try:
+                        await settle()  # the one before, reported in order while this one is on its way
+                    except BaseException:
+                        with contextlib.suppress(BaseException):
+                            await task  # what was sent is stored (a put is idempotent); then the error
+                        raise
+                    in_flight = task
+
+                for f in paths:
+                    if str(f) != "-" and not parent and f.is_file() and f.stat().st_size <= CHUNK_SIZE:
+                        small.append(f)
+                        if len(small) >= PUT_BATCH:
+                            await send()
+                        continue
+                    if small:
+                        await send()
+                    await settle()
+                    if str(f) == "-":
+                        done(f, await store.put_stream(sys.stdin.buffer, **meta()))
+                    else:
+                        done(f, await store.put_file(f, progress=bar.update, **meta()))
+                if small:
+                    await send()
+                await settle()
         return results
 
     results = run(body)

@@ -20,10 +20,19 @@ from nats.aio.client import Client
 
 from .. import __version__
 from .. import cid as cidlib
-from ..errors import ConcurrencyConflict, InvalidInput, NotFound, UnitExpiredError, UnitNotFound, UnitTooLarge
+from ..errors import (
+    CimError,
+    ConcurrencyConflict,
+    InvalidInput,
+    JetStreamUnavailable,
+    NotFound,
+    UnitExpiredError,
+    UnitNotFound,
+    UnitTooLarge,
+)
 from ..events import Event, EventStore, StoredEvent
 from ..spool import Spool
-from .content import ContentStore
+from .content import CHUNK_SIZE, ContentStore
 from .events import UnitCreated, UnitRevised
 from .unit_fold import UnitFold
 from .units import Unit
@@ -161,6 +170,53 @@ class UnitStore:
     async def _put_revision(self, base: Unit, cid: str, size: int, content: IO[bytes], changes: dict) -> PutResult:
         fields = base.revise(cid=cid, size=size, **changes).model_dump()
         return await self._put(cid, size, content, **{k: v for k, v in fields.items() if k not in ("cid", "size")})
+
+    async def put_small_many(self, items: list[tuple[bytes, dict[str, Any]]]) -> list[PutResult | CimError]:
+        """Many small units at once, pipelined: one lookup of which contents are stored
+        already, every missing content in two waves (chunks, then index entries), then every
+        `unit.created` in one wave, each with expected revision 0. The guarantees of `_put`
+        hold per unit: its event is appended only after its content is stored, a retry
+        finds it stored (created=False), and a failure fails that unit alone.
+
+        A unit bigger than one chunk, or a revision, goes through `_put` on its own."""
+        out: list[PutResult | CimError | None] = [None] * len(items)
+        limit, where = await self.limit()
+        batch: list[tuple[int, Unit, bytes]] = []
+        for i, (data, meta) in enumerate(items):
+            try:
+                if len(data) > limit:
+                    raise self._too_large(len(data), "the content", limit, where)
+                cid = cidlib.compute(data)
+                if len(data) > CHUNK_SIZE or meta.get("parents"):
+                    out[i] = await self._put(cid, len(data), io.BytesIO(data), **meta)
+                    continue
+                batch.append((i, Unit.create(cid=cid, size=len(data), **meta), data))
+            except CimError as err:
+                out[i] = err
+        stored = await self.content.read_small(list(dict.fromkeys(u.cid for _, u, _ in batch)))
+        missing = {u.cid: data for _, u, data in batch if u.cid not in stored}
+        outcome = dict(zip(missing, await self.content.put_small_many(list(missing.items())), strict=True))
+        events = []
+        for i, unit, _ in batch:
+            failed = outcome.get(unit.cid)
+            if failed is not None:
+                out[i] = failed
+                continue
+            events.append((i, unit, Event.of(UnitCreated.model_validate(unit.model_dump()), unit.cid,
+                                             id=f"unit-created-{unit.cid}", agent=self.agent,
+                                             agent_version=self.agent_version, source=self.agent)))
+        appended = await self.events.append_each([e for _, _, e in events], expected_revision=0)
+        for (i, unit, _), result in zip(events, appended, strict=True):
+            if isinstance(result, ConcurrencyConflict):  # stored before (a retry, or the same bytes twice)
+                try:
+                    out[i] = PutResult((await self.show(unit.cid)).unit, created=False)
+                except CimError as err:
+                    out[i] = err
+            elif isinstance(result, CimError):
+                out[i] = result
+            else:
+                out[i] = PutResult(unit, created=True)
+        return [r if r is not None else JetStreamUnavailable("no outcome; put it again") for r in out]
 
     async def _put(self, cid: str, size: int, content: IO[bytes], *, progress=None, **meta: Any) -> PutResult:
         unit = Unit.create(cid=cid, size=size, **meta)  # validates before anything is stored
