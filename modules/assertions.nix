@@ -37,6 +37,7 @@ let
       (check config.services.nats.enable "${opt}.enable is set but services.nats.enable is false: the agent needs the host's NATS server. Remove the override of services.nats.enable.")
       (check (cfg.nkeyPublicKey != null) "${opt}.nkeyPublicKey is not set: NATS would not let the agent in. Run `cim keys new ${name}` and put the public key it prints there.")
       (check (cfg.nkeySeedFile != null) "${opt}.nkeySeedFile is not set: the agent has no identity. Point it at the seed file `cim keys new ${name}` wrote (e.g. \"/run/keys/cim-${name}.nk\").")
+      (check (cfg.instances == 1 || capabilities.scales name) "${opt}.instances is ${toString cfg.instances}, but the ${name} agent's work is not shared between instances (only pipeline and hub scale out). Set it to 1.")
     ]
     ++ fileChecks ({ "${opt}.nkeySeedFile" = cfg.nkeySeedFile; } // lib.mapAttrs' (id: f: lib.nameValuePair "${opt}.secretFiles.${id}" f) cfg.secretFiles)
     ++ keyChecks { "${opt}.nkeyPublicKey" = cfg.nkeyPublicKey; }

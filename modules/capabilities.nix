@@ -11,6 +11,10 @@ rec {
 
   description = name: data.capabilities.${name}.description;
 
+  # Whether several agents may share the capability's work (`instances`; `cim agent run
+  # --instances` refuses the others).
+  scales = name: data.capabilities.${name}.scales or false;
+
   # The NATS permissions of one agent's user: the common ones every agent needs plus the
   # subjects and JetStream API calls its capability declares. Nothing else is allowed.
   # `{capability}` in the common lists stands for the agent's own capability.

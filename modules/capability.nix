@@ -89,6 +89,17 @@ in
       + lib.concatStrings (lib.mapAttrsToList (id: what: "\n- `${id}`: ${what}") extraSecretFiles);
     };
 
+    instances = lib.mkOption {
+      type = lib.types.ints.between 1 64;
+      default = 1;
+      description = ''
+        How many `${name}` agents run in the container, sharing the work
+        (`cim agent run --instances`): each has its own name (`cim-${name}-N`), its own
+        state under the unit's StateDirectory and its own metrics port (the configured one
+        plus N - 1). Only capabilities whose work can be shared accept more than one.
+      '';
+    };
+
     hostAddress = lib.mkOption {
       type = lib.types.str;
       default = "10.233.${toString (index + 1)}.1";
@@ -194,7 +205,9 @@ in
         # evaluates nixpkgs once more.
         nixpkgs.pkgs = lib.mkDefault pkgs;
         environment.etc."cim/${name}.json".source = checkedConfig;
-        networking.firewall.allowedTCPPorts = lib.optional (cfg.settings.metrics.port or null != null) cfg.settings.metrics.port;
+        networking.firewall.allowedTCPPorts = lib.optionals (cfg.settings.metrics.port or null != null) (
+          lib.range cfg.settings.metrics.port (cfg.settings.metrics.port + cfg.instances - 1)
+        );
         environment.systemPackages = [ cfg.package ];
 
         systemd.services.${unitName} = {
@@ -204,7 +217,9 @@ in
           after = [ "network-online.target" ];
           restartTriggers = [ checkedConfig ];
           serviceConfig = {
-            ExecStart = "${cfg.package}/bin/cim agent run ${name} --config /etc/cim/${name}.json";
+            ExecStart =
+              "${cfg.package}/bin/cim agent run ${name} --config /etc/cim/${name}.json"
+              + lib.optionalString (cfg.instances > 1) " --instances ${toString cfg.instances}";
             # The agent keeps reconnecting on its own; a crash is restarted.
             Restart = "always";
             RestartSec = 2;

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import permissions
 from .nats.connect import ConnectionSettings
 from .provision.spec import ProvisionSpec
 
@@ -55,6 +56,20 @@ class AgentConfig(BaseModel):
     def agent_name(self) -> str:
         return self.name or f"cim-{self.capability}"
 
+    def for_instance(self, i: int) -> Self:
+        """Instance `i` (from 1) of several under one service (`cim agent run --instances`):
+        its own name, its own state directory below this one, its own metrics port above
+        this one's."""
+        from .projection_db import state_dir
+
+        changes: dict[str, Any] = {"name": f"{self.agent_name}-{i}"}
+        base = state_dir(self.state_dir)
+        if base is not None:
+            changes["state_dir"] = base / str(i)
+        if self.metrics.port:
+            changes["metrics"] = self.metrics.model_copy(update={"port": self.metrics.port + i - 1})
+        return self.model_copy(update=changes)
+
 
 # For `cim up`: the settings a capability adds to its agent's config on one machine (a port,
 # a folder, a tier under the data dir), and a line for the summary `cim up` prints.
@@ -70,3 +85,11 @@ class Capability:
     agent: Callable[[], type[AgentBase[Any]]]
     provision: ProvisionSpec = field(default_factory=lambda: ProvisionSpec(include_core=False))
     embedded: EmbeddedSettings | None = None
+
+    @property
+    def scales(self) -> bool:
+        """Whether several agents may share its work (`cim agent run --instances`, NixOS
+        `instances`), as capabilities.json says (Nix reads the same): the pipeline's and the
+        hub's work goes through durable consumers and idempotent puts; a second registry or
+        tier agent would only do the same work twice."""
+        return permissions.scales(self.name)

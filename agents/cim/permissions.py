@@ -48,6 +48,11 @@ def permissions(capability: str) -> dict[str, list[str]]:
     }
 
 
+def scales(capability: str) -> bool:
+    """Whether several agents of this capability may share its work (`"scales"` in the list)."""
+    return bool(_data()["capabilities"][capability].get("scales", False))
+
+
 def inbox_prefix(capability: str) -> str:
     """Where an agent of this capability receives its replies: the only inboxes it may read."""
     return f"_INBOX.{capability}"

@@ -25,6 +25,13 @@ in
           nkeyPublicKey = keys.${name}.store;
           nkeySeedFile = "/run/keys/cim-store.nk";
         };
+        # A pipeline agent on every node: they share the work through each pipeline's
+        # durable consumer, and each answers searches from its own projection.
+        pipeline = {
+          enable = true;
+          nkeyPublicKey = keys.${name}.pipeline;
+          nkeySeedFile = "/run/keys/cim-pipeline.nk";
+        };
       };
     }
   ];
@@ -35,6 +42,7 @@ in
     keys = import ../deploy-keys.nix name [
       "cim-admin.nk"
       "cim-store.nk"
+      "cim-pipeline.nk"
       "cim-route-password"
     ];
   };

@@ -316,15 +316,15 @@ let
         };
         cluster-1 = {
           tags = [ "cim-cluster" ];
-          keys = [ "cim-admin.nk" "cim-route-password" "cim-store.nk" ];
+          keys = [ "cim-admin.nk" "cim-pipeline.nk" "cim-route-password" "cim-store.nk" ];
         };
         cluster-2 = {
           tags = [ "cim-cluster" ];
-          keys = [ "cim-admin.nk" "cim-route-password" "cim-store.nk" ];
+          keys = [ "cim-admin.nk" "cim-pipeline.nk" "cim-route-password" "cim-store.nk" ];
         };
         cluster-3 = {
           tags = [ "cim-cluster" ];
-          keys = [ "cim-admin.nk" "cim-route-password" "cim-store.nk" ];
+          keys = [ "cim-admin.nk" "cim-pipeline.nk" "cim-route-password" "cim-store.nk" ];
         };
       };
     };
@@ -571,6 +571,46 @@ let
         leafHasNone = leaf.containers ? cim-pipeline;
       };
       expected = { container = true; user = true; leafHasNone = false; };
+    };
+    "several pipeline agents share the work in one container: one service, --instances, a metrics port each" = {
+      expr =
+        let
+          c = cfgOf (f.leaf ++ [ {
+            services.cim.pipeline = {
+              enable = true;
+              nkeyPublicKey = pipelineKey;
+              nkeySeedFile = "/run/keys/cim-pipeline.nk";
+              instances = 3;
+            };
+          } ]);
+          inner = c.containers.cim-pipeline.config;
+        in
+        {
+          exec = inner.systemd.services.cim-agent.serviceConfig.ExecStart;
+          ports = inner.networking.firewall.allowedTCPPorts;
+          failed = h.failedAssertions c;
+        };
+      expected = {
+        exec = "${leaf.services.cim.package}/bin/cim agent run pipeline --config /etc/cim/pipeline.json --instances 3";
+        ports = [ 9464 9465 9466 ];
+        failed = [ ];
+      };
+    };
+    "one pipeline agent runs without --instances" = {
+      expr = lib.hasInfix "--instances" withPipeline.containers.cim-pipeline.config.systemd.services.cim-agent.serviceConfig.ExecStart;
+      expected = false;
+    };
+    "an agent whose work is not shared refuses instances" =
+      fires (f.leaf ++ [ {
+        services.cim.registry = { enable = true; nkeyPublicKey = registryKey; nkeySeedFile = "/run/keys/r.nk"; instances = 2; };
+      } ]) "services.cim.registry.instances is 2, but the registry agent's work is not shared";
+    "each agent keeps its projections in its StateDirectory, in the container's persistent root" = {
+      expr = {
+        state = withPipeline.containers.cim-pipeline.config.systemd.services.cim-agent.serviceConfig.StateDirectory;
+        # Not ephemeral: nixos-containers keeps the root (and /var/lib) across restarts.
+        ephemeral = withPipeline.containers.cim-pipeline.ephemeral;
+      };
+      expected = { state = "cim-pipeline"; ephemeral = false; };
     };
     "the enabled store has its container, started at boot on a private link" = {
       expr = {

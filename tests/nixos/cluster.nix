@@ -1,6 +1,8 @@
 # Three nodes with R3 streams. A client keeps putting units (each put appends an event and
 # is acknowledged only once stored) while the stream leader crashes; every acknowledged
-# unit is still there afterwards, and the crashed node rejoins and catches up.
+# unit is still there afterwards, and the crashed node rejoins and catches up. A pipeline
+# agent runs on every node: together they record every unit exactly once (one of them
+# crashed with its node), and each answers searches completely from its own projection.
 { self }:
 let
   common = import ./common.nix { inherit self; };
@@ -22,6 +24,12 @@ let
         cluster.routePasswordFile = "/run/keys/cim-route-password";
         # The client machine reaches every node.
         nats.openFirewall = true;
+        # One pipeline agent per node, sharing the default pipeline's durable consumer.
+        pipeline = {
+          enable = true;
+          nkeyPublicKey = common.keys.pipeline.public;
+          nkeySeedFile = "/run/keys/cim-pipeline.nk";
+        };
       };
     };
 in
@@ -73,6 +81,8 @@ in
 
 
       SEEDS["cim-route-password"] = "cim-vm-test-route-password"
+      SEEDS["cim-pipeline.nk"] = "${common.keys.pipeline.seed}"
+      DONE = """nats --server '${builtins.concatStringsSep "," urls}' --nkey /run/keys/cim-admin.nk req --raw '$JS.API.STREAM.INFO.CIM_EVENTS' '{"subjects_filter": "cim.evt.steps.*.done"}' | jq -c '.state.subjects // {}'"""
 
       start_all()
       with subtest("without the route password nats waits and says why"):
@@ -123,5 +133,25 @@ in
           install_keys(crashed)
           crashed.wait_for_unit("nats.service")
           crashed.wait_until_succeeds(f"[ $({LAST_SEQ}) -ge {want} ]")
+
+      with subtest("a pipeline agent on every node: each acknowledged unit is recorded exactly once"):
+          for server in servers:
+              server.wait_until_succeeds("systemctl -M cim-pipeline is-active cim-agent.service")
+          client.wait_until_succeeds(f"[ $({DONE} | jq length) -ge {len(acked)} ]", timeout=600)
+          done = json.loads(client.succeed(DONE))
+          for cid in acked:
+              assert done.get(f"cim.evt.steps.default--{cid}.done") == 1, f"{cid}: {done.get(f'cim.evt.steps.default--{cid}.done')}"
+
+      with subtest("each pipeline agent answers searches completely from its own projection"):
+          for answering in servers:
+              for other in servers:
+                  if other is not answering:
+                      other.succeed("systemctl stop container@cim-pipeline.service")
+              answering.succeed("systemctl start container@cim-pipeline.service")
+              client.wait_until_succeeds(
+                  f"{CLIENT} --json search unit | jq -e '.stale == false and .indexed >= {len(acked)}'", timeout=300
+              )
+          for server in servers:
+              server.succeed("systemctl start container@cim-pipeline.service")
     '';
 }

@@ -1,0 +1,78 @@
+"""`cim agent run CAP --instances N` (issue 16, NixOS `instances`): N agents under one
+service, each with its own name and state, sharing the work; a dead one is started again,
+SIGTERM stops them all. Real nats-server, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from cim.nats.discovery import discover
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
+from cim.store.unit_store import UnitStore
+from support.pipeline_support import count
+from support.waiting import async_wait_until
+
+
+@pytest.fixture
+async def supervisor(nc, nats_server, tmp_path):
+    await provision(nc, ProvisionSpec())
+    config = tmp_path / "pipeline.json"
+    config.write_text(json.dumps({"capability": "pipeline", "nats": {"servers": [nats_server.url]},
+                                  "state_dir": str(tmp_path / "state"),
+                                  "pipelines": [{"name": "p", "steps": [{"name": "extract", "plugin": "extract"}]}]}))
+    log = (tmp_path / "instances.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "cim", "agent", "run", "pipeline", "--config", str(config),
+                             "--instances", "2"], stdout=log, stderr=subprocess.STDOUT)
+    yield proc
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def pids(nc) -> dict[str, str]:
+    return {s["name"]: s["metadata"]["pid"] for s in await discover(nc, wait=0.5) if s["name"].startswith("cim-pipeline")}
+
+
+async def test_two_instances_share_the_work_and_a_dead_one_is_started_again(nc, supervisor, tmp_path):
+    before = await async_wait_until(lambda: _both(nc), 60, what="cim-pipeline-1 and cim-pipeline-2 to answer")
+    units = UnitStore(nc)
+    for i in range(50):
+        await units.put_bytes(f"note {i}".encode(), media_type="text/plain")
+    await async_wait_until(lambda: _done(nc, 50), 60, what="50 units through the shared pipeline")
+    assert (tmp_path / "state" / "1" / "pipeline.sqlite").exists() and (tmp_path / "state" / "2" / "pipeline.sqlite").exists()
+
+    os.kill(int(before["cim-pipeline-1"]), signal.SIGKILL)
+
+    async def restarted():
+        now = await pids(nc)
+        return now.get("cim-pipeline-1") not in (None, before["cim-pipeline-1"]) and now
+    after = await async_wait_until(restarted, 60, what="the killed instance to be started again")
+    assert after["cim-pipeline-2"] == before["cim-pipeline-2"]  # the other one ran on
+
+    supervisor.terminate()
+    assert supervisor.wait(60) == 0
+    for pid in after.values():
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+async def _both(nc):
+    found = await pids(nc)
+    return set(found) == {"cim-pipeline-1", "cim-pipeline-2"} and found
+
+
+async def _done(nc, n):
+    return await count(nc, "cim.evt.steps.*.done") >= n
+
+
+def test_an_agent_whose_work_is_not_shared_refuses_instances(cli, tmp_path):
+    config = tmp_path / "registry.json"
+    config.write_text(json.dumps({"capability": "registry"}))
+    r = cli("agent", "run", "registry", "--config", str(config), "--instances", "2", check=False)
+    assert r.returncode != 0 and "only pipeline and hub agents scale out" in r.stderr
