@@ -11,7 +11,7 @@ from cim import cid as cidlib  # noqa: E402
 from cim.provision.apply import provision  # noqa: E402
 from cim.provision.spec import ProvisionSpec  # noqa: E402
 from cim.store.unit_store import UnitStore  # noqa: E402
-from support.hub_support import LIMITED, TOKEN, Hub  # noqa: E402
+from support.hub_support import LIMITED, READ_ONLY, TEAM, TOKEN, WRITE_ONLY, Hub  # noqa: E402
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -107,6 +107,7 @@ async def test_the_served_openapi_document_describes_every_answer_the_api_gives(
             metrics = await r.text()
     documented = set(spec["paths"]["/v1/units"]["post"]["responses"])
     assert {"201", "200", "400", "401", "403", "413"} <= documented
+    assert {"200", "400", "401", "403", "503"} <= set(spec["paths"]["/v1/search"]["get"]["responses"])
     assert 'cim_hub_ingest_total' in metrics
 
 
@@ -119,6 +120,41 @@ async def test_unit_metadata_is_readable_with_a_token_and_404_for_an_unknown_cid
             assert r.status == 404
         async with s.get(f"{hub.url}/v1/units/{body['cid']}") as r:
             assert r.status == 401
+
+
+async def test_a_token_does_only_what_its_scopes_allow(hub, nc):
+    reader, writer = {"Authorization": f"Bearer {READ_ONLY}"}, {"Authorization": f"Bearer {WRITE_ONLY}"}
+    status, body, _ = await post(hub.url, data=b"from a reader", headers=reader)
+    assert status == 403 and "may not store units" in body["errors"][0]["message"], body
+    form = aiohttp.FormData()
+    form.add_field("file", b"from a reader, as a form", filename="r.txt")
+    status, _, _ = await post(hub.url, data=form, headers=reader)
+    assert status == 403
+    assert [u async for u in UnitStore(nc).list()] == []
+    status, body, _ = await post(hub.url, data=b"from a writer", headers=writer)
+    assert status == 201
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{hub.url}/v1/units/{body['cid']}", headers=writer) as r:
+            assert r.status == 403 and "may not read units" in (await r.json())["errors"][0]["message"]
+        async with s.get(f"{hub.url}/v1/units/{body['cid']}", headers=reader) as r:
+            assert r.status == 200
+
+
+async def test_a_token_limited_to_some_sources_sees_only_their_units_and_others_as_unknown(hub):
+    team = {"Authorization": f"Bearer {TEAM}"}
+    _, theirs, _ = await post(hub.url, "?source=elsewhere", data=b"not the team's", headers=AUTH)
+    _, ours, _ = await post(hub.url, "?source=team/alpha", data=b"the team's", headers=team)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{hub.url}/v1/units/{ours['cid']}", headers=team) as r:
+            assert r.status == 200
+        async with s.get(f"{hub.url}/v1/units/{theirs['cid']}", headers=team) as r:
+            hidden = await r.json()
+            assert r.status == 404
+        async with s.get(f"{hub.url}/v1/units/{cidlib.compute(b'never stored')}", headers=team) as r:
+            unknown = await r.json()
+    # Told apart from an unknown CID by nothing but the CID itself.
+    assert hidden["errors"][0]["message"].replace(theirs["cid"], "C") == unknown["errors"][0]["message"].replace(
+        cidlib.compute(b"never stored"), "C")
 
 
 async def test_metadata_nested_a_thousand_deep_is_400_not_500(hub, nc):

@@ -12,27 +12,34 @@ from support.agentkit import AgentProcess
 
 TOKEN = "test-token-0123456789abcdef"
 LIMITED = "limited-token-0123456789abcdef"
+WRITE_ONLY = "write-only-token-0123456789abcdef"
+READ_ONLY = "read-only-token-0123456789abcdef"
+TEAM = "team-token-0123456789abcdef"  # reads and writes the sources team/*
 
 
 def write_tokens(path: Path) -> Path:
     path.write_text(json.dumps({"tokens": [
         {"name": "ci", "token": TOKEN},
         {"name": "reports", "token": LIMITED, "sources": ["reports", "reports/*"], "labels": ["report", "q*"]},
+        {"name": "writer", "token": WRITE_ONLY, "scopes": ["write"]},
+        {"name": "reader", "token": READ_ONLY, "scopes": ["read"]},
+        {"name": "team", "token": TEAM, "sources": ["team/*"]},
     ]}))
     return path
 
 
 class Hub(AgentProcess):
-    """The hub agent on a free port, with the test tokens; `start()` waits for /healthz."""
+    """The hub agent on a free port (or `port`, which several hubs with `reuse_port` may share),
+    with the test tokens; `start()` waits for /healthz."""
 
     def __init__(self, nats_url: str, tmp: Path, *, nkey: Path | None = None, env: dict[str, str] | None = None,
-                 **settings):
-        self.port = free_port()
+                 port: int | None = None, reuse_port: bool = False, **settings):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         nats = {"servers": [nats_url]}
         if nkey:
             nats["nkey_seed_file"] = str(nkey)
-        super().__init__("hub", {"nats": nats, "http": {"port": self.port},
+        super().__init__("hub", {"nats": nats, "http": {"port": self.port, "reuse_port": reuse_port},
                                  "tokens_file": str(write_tokens(tmp / "tokens.json")), **settings}, tmp, env)
 
     def start(self) -> Hub:

@@ -1,4 +1,5 @@
-"""The `hub` agent: HTTP ingest, outbound webhooks, and connectors (inbox folder, S3 import).
+"""The `hub` agent: HTTP ingest and search, outbound webhooks, and connectors (inbox folder,
+S3 import).
 
 The HTTP server runs on the agent's own event loop (aiohttp beside nats-py); every unit it
 stores goes through `cim.store.unit_store`, like the CLI's and the store agent's.
@@ -7,10 +8,12 @@ stores goes through `cim.store.unit_store`, like the CLI's and the store agent's
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 
 from aiohttp import web
 
+from ..errors import CimError
 from ..events import EventStore
 from ..http_deadline import GuardedSite, HeadDeadline
 from ..runtime import AgentBase, AgentContext, endpoint
@@ -25,6 +28,15 @@ from .tokens import Tokens
 from .webhooks import Dispatcher, Webhook
 
 log = logging.getLogger("cim.hub")
+
+
+class _Site(GuardedSite):
+    """GuardedSite with aiohttp's own `reuse_port` (SO_REUSEPORT, see HttpSettings.reuse_port),
+    which GuardedSite's constructor does not pass on; its `start` binds with it."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, deadline: HeadDeadline, *, reuse_port: bool):
+        web.TCPSite.__init__(self, runner, host, port, reuse_port=reuse_port)
+        self.deadline = deadline
 
 
 class Agent(AgentBase[Config]):
@@ -51,8 +63,15 @@ class Agent(AgentBase[Config]):
         deadline.install(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = GuardedSite(self._runner, self.config.http.host, self.config.http.port, deadline)
-        await site.start()
+        http = self.config.http
+        site = _Site(self._runner, http.host, http.port, deadline, reuse_port=http.reuse_port)
+        try:
+            await site.start()
+        except OSError as err:
+            shared = ("; to share it between hubs, set http.reuse_port on every one of them"
+                      if err.errno == errno.EADDRINUSE else "")
+            raise CimError(f"the hub cannot listen on {http.host}:{http.port}: {err.strerror or err}{shared}; "
+                           "or choose another http.port") from None
         port = self._runner.addresses[0][1]
         self.url = f"http://{self.config.http.host}:{port}"
         log.info("ingest API on %s (OpenAPI at %s/openapi.yaml)", self.url, self.url)

@@ -6,7 +6,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
@@ -23,6 +23,13 @@ class HttpSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    reuse_port: bool = Field(default=False, description=(
+        "bind with SO_REUSEPORT, so several hub agents on one host (each with its own `name`, all run by the "
+        "same user) share one host and port, and the kernel (Linux) spreads new connections between them; "
+        "one that stops or crashes leaves the others serving. Every hub stores through NATS and keeps nothing "
+        "between requests, so any of them can answer any request (webhooks share one durable consumer); "
+        "/healthz names the one that answered, and /metrics counts only its own requests. Give the connectors "
+        "to one of them: two would work the same folder or bucket"))
 
 
 class Config(AgentConfig):
@@ -35,6 +42,13 @@ class Config(AgentConfig):
                                             "it), and may take to send a whole request head (closed past it)")
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     connectors: list[ConnectorConfig] = Field(default_factory=list)
+
+    def for_instance(self, i: int) -> Self:
+        """Hubs under one service share its port (SO_REUSEPORT), and only the first runs the
+        connectors: two would work the same folder or bucket. Webhooks share one consumer."""
+        base = super().for_instance(i)
+        return base.model_copy(update={"http": base.http.model_copy(update={"reuse_port": True}),
+                                       "connectors": base.connectors if i == 1 else []})
 
 
 def provision_spec() -> ProvisionSpec:

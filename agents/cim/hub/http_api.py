@@ -1,5 +1,6 @@
 """The ingest API over HTTP: `POST /v1/units` (multipart or a raw body), unit metadata,
-the OpenAPI document it is tested against, health and Prometheus metrics.
+full-text search (`GET /v1/search`, answered by a pipeline agent over NATS), the OpenAPI
+document it is tested against, health and Prometheus metrics.
 
 Checks run cheapest first: the token (401), what the token allows (403), the metadata
 (400), and only then the body, counted as it arrives (413 past the limit), so a refused
@@ -9,19 +10,27 @@ request costs no storage and a big one never sits whole in memory.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
+from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
 
+import nats.errors
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from multidict import MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import ValidationError
 
 from .. import cid as cidlib
-from ..errors import CimError, InvalidInput, NotFound, UnitTooLarge, field_errors
+from ..errors import CimError, InvalidInput, NotFound, UnitNotFound, UnitTooLarge, field_errors
 from ..events.envelope import decode_body
+from ..nats.rpc import AgentUnavailable, call
+from ..pipeline.api import SEARCH, SearchRequest
 from ..spool import Spool
+from ..store.content import CHUNK_SIZE
+from ..store.put_batcher import PutBatcher
 from ..store.unit_store import UnitStore, guess_media_type
 from ..store.units import Unit
 from .tokens import Token, Tokens
@@ -107,6 +116,7 @@ def _check_meta(token: Token, meta: dict[str, Any]) -> None:
 class HubApi:
     def __init__(self, units: UnitStore, tokens: Tokens, *, max_body_size: int, idle_timeout: float = 30.0):
         self.units = units
+        self.batcher = PutBatcher(units)
         self.tokens = tokens
         self.max_body_size = max_body_size
         self.idle_timeout = idle_timeout
@@ -117,6 +127,7 @@ class HubApi:
         app = web.Application(client_max_size=self.max_body_size + 1024 * 1024)
         app.router.add_post("/v1/units", self.ingest)
         app.router.add_get("/v1/units/{cid}", self.show)
+        app.router.add_get("/v1/search", self.search)
         app.router.add_get("/openapi.yaml", self.openapi)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
@@ -151,7 +162,11 @@ class HubApi:
             if filename:
                 meta.setdefault("title", filename)
             try:
-                result = await self.units.put_spool(body, **{k: v for k, v in meta.items() if v not in (None, [])})
+                fields = {k: v for k, v in meta.items() if v not in (None, [])}
+                small = body.held() if body.size <= CHUNK_SIZE else None
+                # Small bodies go out with the other puts arriving now (cim.store.put_batcher);
+                # a big one streams from its spool on its own.
+                result = await (self.batcher.put(small, **fields) if small is not None else self.units.put_spool(body, **fields))
             except UnitTooLarge as err:
                 raise Problem(413, [(err.field, err.rule)]) from None
             except InvalidInput as err:
@@ -223,26 +238,158 @@ class HubApi:
 
     async def show(self, request: web.Request) -> web.Response:
         try:
-            _token_of(request, self.tokens)
+            token = _token_of(request, self.tokens)
+            if refused := token.refused("read"):
+                raise Problem(403, refused)
+            cid = request.match_info["cid"]
             try:
-                view = await self.units.show(request.match_info["cid"])
+                view = await self.units.show(cid)
             except InvalidInput as err:
                 raise Problem(400, [("cid", err.rule)]) from None
             except NotFound as err:
                 raise Problem(404, [("cid", str(err))]) from None
             except CimError as err:
                 raise Problem(503, [("(server)", str(err))]) from None
+            if not token.may_see(view.unit.source, view.unit.labels):
+                # Answered as an unknown CID is: that the unit exists is not this token's to learn.
+                raise Problem(404, [("cid", str(UnitNotFound(cid)))])
         except Problem as problem:
             return _answer(problem)
         return web.json_response({"unit": view.unit.model_dump(mode="json"), "children": view.children})
+
+    async def search(self, request: web.Request) -> web.Response:
+        """Full-text search, answered by a pipeline agent (cim.pipeline.search) and kept to the
+        units the token may see."""
+        try:
+            token = _token_of(request, self.tokens)
+            if refused := token.refused("read"):
+                raise Problem(403, refused)
+            pattern = _source_reach(token)
+            query = _within(token, pattern, _search_request(request.query))
+            try:
+                reply = await call(self.units.nc, SEARCH, query, timeout=SEARCH_TIMEOUT)
+            except InvalidInput as err:
+                raise Problem(400, [(_param(err.field) if err.field else "q", err.rule or str(err))]) from None
+            except AgentUnavailable as err:
+                raise Problem(503, [("(server)", f"search needs a running pipeline agent: {err}")],
+                              {"Retry-After": "5"}) from None
+            except CimError as err:  # e.g. the index is being rebuilt
+                raise Problem(503, [("(server)", str(err))], {"Retry-After": "5"}) from None
+            except nats.errors.Error as err:
+                raise Problem(503, [("(server)", f"NATS is not reachable from the hub ({type(err).__name__}); "
+                                                 "retry, and check the hub's log")], {"Retry-After": "5"}) from None
+        except Problem as problem:
+            return _answer(problem)
+        return web.json_response(reply.model_dump(mode="json"))
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=self.spec_yaml, content_type="application/yaml")
 
     async def healthz(self, request: web.Request) -> web.Response:
         ok = self.units.nc.is_connected
-        return web.json_response({"nats": "connected" if ok else "disconnected"}, status=200 if ok else 503)
+        # `agent` says which hub answered, when several share one address (http.reuse_port).
+        return web.json_response({"nats": "connected" if ok else "disconnected", "agent": self.units.agent},
+                                 status=200 if ok else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+
+# --- search ----------------------------------------------------------------------------
+
+# GET /v1/search's query parameters and the SearchRequest fields they fill.
+_SEARCH_PARAMS = {"q": "query", "label": "labels", "type": "media_type", "source": "source", "since": "since",
+                  "until": "until", "limit": "limit", "facets": "facets"}
+_PARAM_OF = {field: param for param, field in _SEARCH_PARAMS.items()}
+_FLAGS = {"true": True, "1": True, "false": False, "0": False}
+# A search runs on an index the pipeline agent holds; longer than this is an agent in trouble.
+SEARCH_TIMEOUT = 10.0
+
+
+def _param(field: str) -> str:
+    """A SearchRequest field path (`labels.3`) as the query parameter that set it (`label.3`)."""
+    head, dot, rest = field.partition(".")
+    return _PARAM_OF.get(head, head) + dot + rest
+
+
+def _utc(value: str) -> str:
+    """An ISO 8601 date or time as the pipeline compares it with created_at (as text): UTC
+    to the second, the form of SearchHit.created_at. Without a zone it is taken as UTC."""
+    if len(value) > 40:
+        raise ValueError(value)
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="seconds")
+
+
+def _search_request(query: MultiMapping[str]) -> SearchRequest:
+    """The pipeline's SearchRequest from the query string, or 400 naming each bad parameter."""
+    errors = [(k, f"is not a search parameter (use {', '.join(_SEARCH_PARAMS)})") for k in sorted(set(query) - set(_SEARCH_PARAMS))]
+    errors += [(k, "give it once") for k in _SEARCH_PARAMS if k != "label" and len(query.getall(k, [])) > 1]
+    if "q" not in query:
+        errors.append(("q", 'say what to look for: words, "a phrase", prefix*, OR, -excluded'))
+    fields: dict[str, Any] = {}
+    labels = [x.strip() for v in query.getall("label", []) for x in v.split(",") if x.strip()]
+    if labels:
+        fields["labels"] = labels
+    for param in ("q", "type", "source"):
+        if param in query:
+            fields[_SEARCH_PARAMS[param]] = query[param]
+    for param in ("since", "until"):
+        if param in query:
+            try:
+                fields[param] = _utc(query[param])
+            except (ValueError, OverflowError):
+                errors.append((param, "not an ISO 8601 date or time (2024-05-01, 2024-05-01T12:00:00Z); without a zone it is UTC"))
+    if "limit" in query:
+        try:
+            fields["limit"] = int(query["limit"])
+        except ValueError:
+            errors.append(("limit", "must be a whole number from 1 to 100"))
+    if "facets" in query:
+        flag = _FLAGS.get(query["facets"].lower())
+        if flag is None:
+            errors.append(("facets", "must be true or false"))
+        fields["facets"] = flag
+    if errors:
+        raise Problem(400, errors)
+    try:
+        return SearchRequest(**fields)
+    except ValidationError as err:
+        raise Problem(400, [(_param(f), m) for f, m in field_errors(err, top="(query)")]) from None
+
+
+def _source_reach(token: Token) -> str | None:
+    """The one source pattern a restricted token's search is kept to (None: every source), or
+    403 when the pipeline's filters cannot keep it to what the token may see.
+
+    A token sees what it could have written: its sources and labels (cim.hub.tokens). The
+    pipeline filters by ONE source glob, and by labels a unit HAS. So a token with one source
+    pattern searches inside it; several patterns, a [...] class (fnmatch's [!x] is SQLite
+    GLOB's [^x]) or any label limit (which needs "no label outside these") are refused with
+    403 rather than answered with units the token may not see."""
+    if not token.every_label:
+        raise Problem(403, [("Authorization", f"token {token.name!r} is limited to labels {', '.join(token.labels)}, and "
+                                              "search cannot leave out units with other labels; search with a token "
+                                              'whose labels are ["*"]')])
+    if token.every_source:
+        return None
+    if len(token.sources) != 1 or "[" in token.sources[0]:
+        raise Problem(403, [("Authorization", f"token {token.name!r} is limited to sources {', '.join(token.sources)}, and "
+                                              "search keeps to one source pattern without [...]; search with a token "
+                                              "that has one such pattern")])
+    return token.sources[0]
+
+
+def _within(token: Token, pattern: str | None, query: SearchRequest) -> SearchRequest:
+    """The search with its source filter inside the token's pattern, or 403 for a source
+    the token may not see (or a glob that might reach past the pattern)."""
+    if pattern is None or query.source == pattern:
+        return query
+    if not query.source:
+        return SearchRequest(**{**query.model_dump(exclude_unset=True), "source": pattern})
+    if not any(c in query.source for c in "*?[") and fnmatch.fnmatchcase(query.source, pattern):
+        return query
+    raise Problem(403, [("source", f"token {token.name!r} may search only sources matching {pattern}; "
+                                   "give one of them exactly, or leave source out")])

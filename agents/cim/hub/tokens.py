@@ -1,9 +1,15 @@
 """Bearer tokens for the ingest API, read from a file (a secret: never inline in a config).
 
 The file is JSON: `{"tokens": [{"name": "ci", "token": "...", "sources": ["ci", "ci/*"],
-"labels": ["build", "report-*"]}]}`. `token_sha256` (hex) may stand in for `token`, so the
-file can hold hashes only. `sources` and `labels` are shell-style patterns of what a client
-holding the token may set; a request outside them is refused with 403, not trimmed.
+"labels": ["build", "report-*"], "scopes": ["write"]}]}`. `token_sha256` (hex) may stand in for
+`token`, so the file can hold hashes only. `sources` and `labels` are shell-style patterns of
+what a client holding the token may set; a request outside them is refused with 403, not
+trimmed. `scopes` says what the token may do: `write` (store units) and `read` (unit metadata,
+search); both unless the file says otherwise, as every token could before scopes existed.
+
+A token reads what it could have written: units whose source and every label lie inside its
+patterns. A unit outside them answers 404, as an unknown one does; a search is narrowed to
+them, or refused with 403 where it cannot be (cim.hub.http_api).
 """
 
 from __future__ import annotations
@@ -13,13 +19,18 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError, field_errors
 
 log = logging.getLogger(__name__)
+
+Scope = Literal["read", "write"]
+SCOPES: tuple[Scope, ...] = ("read", "write")
 
 
 class Token(BaseModel):
@@ -31,6 +42,8 @@ class Token(BaseModel):
     sources: list[str] = Field(default_factory=lambda: ["*"])
     labels: list[str] = Field(default_factory=lambda: ["*"])
     default_source: str | None = None
+    # Both by default: every token could read and write before scopes existed.
+    scopes: list[Scope] = Field(default_factory=lambda: list(SCOPES), min_length=1)
 
     @model_validator(mode="after")
     def _one_secret(self) -> Token:
@@ -53,6 +66,29 @@ class Token(BaseModel):
 
     def forbidden(self, source: str, labels: list[str]) -> list[tuple[str, str]]:
         """(field, why) for each thing this token may not set; empty when all is allowed."""
+        return self.refused("write") + self._outside(source, labels)
+
+    def refused(self, scope: Scope) -> list[tuple[str, str]]:
+        """(field, why) when this token lacks `scope`; empty when it has it."""
+        if scope in self.scopes:
+            return []
+        doing = "store units" if scope == "write" else "read units"
+        return [("Authorization", f"token {self.name!r} may not {doing} (its scopes: {', '.join(self.scopes)}); "
+                                  f"give it the scope {scope} in the hub's tokens_file")]
+
+    def may_see(self, source: str, labels: Iterable[str]) -> bool:
+        """Whether this token may read a unit: it has `read` and could have written the unit."""
+        return not self.refused("read") and not self._outside(source, list(labels))
+
+    @property
+    def every_source(self) -> bool:
+        return "*" in self.sources
+
+    @property
+    def every_label(self) -> bool:
+        return "*" in self.labels
+
+    def _outside(self, source: str, labels: list[str]) -> list[tuple[str, str]]:
         problems = []
         if not any(fnmatch.fnmatchcase(source, p) for p in self.sources):
             problems.append(("source", f"token {self.name!r} may not set source {source!r} (allowed: {', '.join(self.sources)})"))
