@@ -33,6 +33,8 @@ def conn():
 
 
 def cids(hits):
+    if isinstance(hits, tuple):  # search() answers (hits, capped)
+        hits = hits[0]
     return [h.cid for h in hits]
 
 
@@ -82,7 +84,7 @@ def test_facets_count_the_matches(conn):
 
 
 def test_snippets_mark_the_matched_words(conn):
-    (hit,) = search.search(conn, "electricity")
+    (hit,), _ = search.search(conn, "electricity")
     assert [hit.snippet[a:b] for a, b in hit.highlights] == ["electricity"]
     assert "\x02" not in hit.snippet and "\x03" not in hit.snippet
 
@@ -98,7 +100,7 @@ def test_query_syntax_is_never_passed_through(conn):
 def test_control_markers_in_a_text_cannot_forge_highlights(conn):
     search.add_unit(conn, cid="c9", title="evil", media_type="text/plain", source="", created_at="", labels=[], seq=99)
     search.set_text(conn, "c9", text="before \x02forged\x03 after zebra", text_cid="t9", title="evil", language="english", seq=100)
-    (hit,) = search.search(conn, "zebra")
+    (hit,), _ = search.search(conn, "zebra")
     assert [hit.snippet[a:b] for a, b in hit.highlights] == ["zebra"]
 
 
@@ -123,3 +125,13 @@ def test_related_lists_edges_and_same_source(conn):
     assert {"type": "references", "direction": "out", "cid": "c2", "title": "Solar notes"} in rel
     assert {"type": "same-source", "direction": "both", "cid": "c4", "title": "Scan 17"} in rel
     assert {"type": "references", "direction": "in", "cid": "c1", "title": "Wind power"} in graph.related(conn, "c2")
+
+
+def test_past_the_candidate_cap_the_newest_matches_are_ranked_and_the_answer_says_so(conn, monkeypatch):
+    monkeypatch.setattr(search, "CANDIDATES", 2)
+    hits, capped = search.search(conn, "brown OR wind OR scan")  # c1, c2, c3, c4 match
+    assert capped and set(cids(hits)) <= {"c3", "c4"} and cids(hits)
+    hits, capped = search.search(conn, "brown OR wind OR scan", filters=search.Filters(source="inbox/*"))
+    assert not capped and set(cids(hits)) == {"c1", "c2", "c4"}  # a filter ranks every match
+    hits, capped = search.search(conn, "sunlight")
+    assert not capped and cids(hits) == ["c2"]

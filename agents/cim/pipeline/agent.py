@@ -185,10 +185,11 @@ class Agent(AgentBase[Config]):
                                  until=req.until)
 
         def run(conn: sqlite3.Connection) -> api.SearchReply:
-            hits = search.search(conn, req.query, limit=req.limit, filters=filters)
+            hits, capped = search.search(conn, req.query, limit=req.limit, filters=filters)
             units, indexed = search.counts(conn)
             return api.SearchReply(
                 hits=[api.SearchHit(**h.__dict__) for h in hits], indexed=indexed, units=units,
+                ranked_newest=search.CANDIDATES if capped else None,
                 facets=search.facets(conn, req.query, filters=filters) if req.facets else None, **self._fresh())
 
         return self._query(run)

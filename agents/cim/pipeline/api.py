@@ -64,6 +64,9 @@ class SearchReply(Freshness):
     indexed: int = Field(description="units with indexed text")
     units: int = Field(description="units known to the index (searchable by title)")
     facets: dict[str, list[tuple[str, int]]] | None = None
+    ranked_newest: int | None = Field(default=None, description=(
+        "set when more units matched than are ranked: only the newest this many matches were ranked; "
+        "a filter, more words or a phrase reach older ones"))
 
 
 class Relation(BaseModel):

@@ -16,7 +16,7 @@ log = logging.getLogger("cim.pipeline")
 
 SUBJECTS = ["cim.evt.steps.*.done", "cim.evt.unit.*.created", "cim.evt.unit.*.labeled"]
 SCHEMA = search.SCHEMA + graph.SCHEMA
-VERSION = 1  # raise it when SCHEMA or what the rows mean changes: older files are rebuilt
+VERSION = 2  # raise it when SCHEMA or what the rows mean changes: older files are rebuilt
 
 Write = Callable[[sqlite3.Connection], None]
 

@@ -26,6 +26,7 @@ LANGUAGES = {"english": "porter unicode61 remove_diacritics 2", "simple": "unico
 MAX_TEXT = 1_000_000  # characters of a unit's text indexed; the rest is not searched
 MARK_START, MARK_END = "\x02", "\x03"  # snippet markers: control characters, stripped from indexed text
 MAX_TERMS = 32  # words in one query
+CANDIDATES = 10_000  # matches ranked at most, the newest, when no filter narrows them
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -44,6 +45,9 @@ CREATE INDEX IF NOT EXISTS docs_media ON docs (media_type, id);
 CREATE INDEX IF NOT EXISTS docs_created ON docs (created_at, id);
 CREATE TABLE IF NOT EXISTS doc_labels (label TEXT NOT NULL, doc INTEGER NOT NULL, PRIMARY KEY (label, doc)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS doc_labels_doc ON doc_labels (doc);
+-- Kept as rows change: count(*) over a million documents would cost every answer ~200 ms.
+CREATE TABLE IF NOT EXISTS doc_counts (id INTEGER PRIMARY KEY CHECK (id = 1), units INTEGER NOT NULL, indexed INTEGER NOT NULL);
+INSERT OR IGNORE INTO doc_counts (id, units, indexed) VALUES (1, 0, 0);
 """ + "".join(
     f"CREATE VIRTUAL TABLE IF NOT EXISTS fts_{lang} USING fts5(title, body, tokenize = '{tok}');\n"
     for lang, tok in LANGUAGES.items())
@@ -107,6 +111,7 @@ def add_unit(conn: sqlite3.Connection, *, cid: str, title: str, media_type: str,
         " ON CONFLICT (cid) DO NOTHING", (cid, clean(title), media_type, source, created_at, seq))
     if not cur.rowcount:
         return
+    conn.execute("UPDATE doc_counts SET units = units + 1")
     doc = cur.lastrowid
     conn.execute("INSERT INTO fts_english (rowid, title, body) VALUES (?, ?, '')", (doc, clean(title)))
     add_labels(conn, cid, labels)
@@ -121,11 +126,14 @@ def set_text(conn: sqlite3.Connection, cid: str, *, text: str, text_cid: str, ti
     """The index step's text for a unit (again: the latest record wins)."""
     if language not in LANGUAGES:
         language = "english"
-    row = conn.execute("SELECT id, title FROM docs WHERE cid = ?", (cid,)).fetchone()
+    row = conn.execute("SELECT id, title, text_cid FROM docs WHERE cid = ?", (cid,)).fetchone()
     if row is None:  # a record whose unit event was lost to retention: still searchable
         doc = conn.execute("INSERT INTO docs (cid, title, seq) VALUES (?, ?, ?)", (cid, clean(title), seq)).lastrowid
+        conn.execute("UPDATE doc_counts SET units = units + 1, indexed = indexed + 1")
     else:
         doc, title = row[0], title or row[1]
+        if row[2] is None:
+            conn.execute("UPDATE doc_counts SET indexed = indexed + 1")
     conn.execute("UPDATE docs SET title = ?, text_cid = ?, language = ? WHERE id = ?", (clean(title), text_cid, language, doc))
     for lang in LANGUAGES:
         conn.execute(f"DELETE FROM fts_{lang} WHERE rowid = ?", (doc,))
@@ -201,24 +209,46 @@ def _spans(marked: str) -> tuple[str, list[tuple[int, int]]]:
 
 
 def search(conn: sqlite3.Connection, query: str, *, limit: int = 10, filters: Filters | None = None,
-           exclude: str = "") -> list[Hit]:
-    """Best first; `exclude` leaves one unit out (more-like-this leaves out the unit itself)."""
+           exclude: str = "") -> tuple[list[Hit], bool]:
+    """Best first, and whether the ranking was kept to the newest CANDIDATES matches.
+    `exclude` leaves one unit out (more-like-this leaves out the unit itself)."""
     expr = fts_query(query)
-    where, args = (filters or Filters()).sql()
-    if exclude:
-        where += " AND d.cid != ?"
-        args.append(exclude)
-    rows: list[tuple] = []
+    filters = filters or Filters()
+    where, args = filters.sql()
+    want = limit + (1 if exclude else 0)
+    ranked: list[tuple[float, int, str]] = []
+    capped = False
     for lang in LANGUAGES:
-        # Title matches weigh more than body matches (bm25 column weights). `rank` lets FTS5
-        # order inside the index; the join only filters.
-        rows += conn.execute(
+        if where:
+            # Filters need each match's row: ranked over every match, so nothing is missed.
+            sql = (f"SELECT f.rowid, bm25(fts_{lang}, 4.0, 1.0) AS score FROM fts_{lang} f JOIN docs d ON d.id = f.rowid"
+                   f" WHERE fts_{lang} MATCH ?{where} ORDER BY score, f.rowid LIMIT ?")
+            params: list = [expr, *args, want]
+        else:
+            # BM25 costs ~2 µs a match: a word in every unit of a million would take seconds.
+            # Past CANDIDATES matches only the newest are ranked (FTS5 starts its doclists
+            # at a rowid), and the answer says so.
+            floor = conn.execute(f"SELECT rowid FROM fts_{lang} WHERE fts_{lang} MATCH ? ORDER BY rowid DESC"
+                                 " LIMIT 1 OFFSET ?", (expr, CANDIDATES - 1)).fetchone()
+            capped = capped or floor is not None
+            sql = (f"SELECT rowid, bm25(fts_{lang}, 4.0, 1.0) AS score FROM fts_{lang} WHERE fts_{lang} MATCH ?"
+                   f"{' AND rowid >= ?' if floor else ''} ORDER BY score, rowid LIMIT ?")
+            params = [expr, *([floor[0]] if floor else []), want]
+        ranked += [(score, doc, lang) for doc, score in conn.execute(sql, params)]
+    ranked.sort()
+    hits = []
+    for score, doc, lang in ranked:
+        # A snippet is made only for the hits returned, not for every match.
+        row = conn.execute(
             f"SELECT d.cid, d.title, d.media_type, d.source, d.created_at,"
-            f" snippet(fts_{lang}, 1, '{MARK_START}', '{MARK_END}', '…', 24), bm25(fts_{lang}, 4.0, 1.0) AS score"
-            f" FROM fts_{lang} JOIN docs d ON d.id = fts_{lang}.rowid"
-            f" WHERE fts_{lang} MATCH ?{where} ORDER BY score, d.id LIMIT ?", [expr, *args, limit]).fetchall()
-    rows.sort(key=lambda r: (r[6], r[0]))
-    return [_hit(r) for r in rows[:limit]]
+            f" snippet(fts_{lang}, 1, '{MARK_START}', '{MARK_END}', '…', 24)"
+            f" FROM fts_{lang} JOIN docs d ON d.id = fts_{lang}.rowid WHERE fts_{lang} MATCH ? AND fts_{lang}.rowid = ?",
+            (expr, doc)).fetchone()
+        if row is not None and row[0] != exclude:
+            hits.append(_hit((*row, score)))
+        if len(hits) == limit:
+            break
+    return hits, capped
 
 
 def facets(conn: sqlite3.Connection, query: str, *, filters: Filters | None = None, top: int = 10) -> dict[str, list]:
@@ -254,12 +284,12 @@ def similar(conn: sqlite3.Connection, cid: str, *, limit: int = 10) -> list[Hit]
         return []
     # OR of its most frequent words: BM25 weighs the rare ones up, so the result is what
     # shares its distinctive words, not its common ones.
-    return search(conn, " OR ".join(common), limit=limit, exclude=cid)
+    return search(conn, " OR ".join(common), limit=limit, exclude=cid)[0]
 
 
 def counts(conn: sqlite3.Connection) -> tuple[int, int]:
     """(units known, units with indexed text)."""
-    units, indexed = conn.execute("SELECT count(*), count(text_cid) FROM docs").fetchone()
+    units, indexed = conn.execute("SELECT units, indexed FROM doc_counts WHERE id = 1").fetchone()
     return int(units), int(indexed)
 
 
