@@ -28,24 +28,27 @@ async def prepare(batch: list[StoredEvent], read_texts: Callable[[list[str]], Aw
     texts = await read_texts(list(dict.fromkeys(wanted))) if wanted else {}
 
     def write(conn: sqlite3.Connection) -> None:
+        w = search.Writer(conn)
         for e in batch:
             try:
-                apply(conn, e, texts)
+                apply(w, e, texts)
             except sqlite3.DatabaseError:
                 raise
             except Exception as err:  # one bad event must not stop the projection
                 log.warning("projection skipped event #%d: %s", e.seq, err)
+        w.flush()
 
     return write
 
 
-def apply(conn: sqlite3.Connection, e: StoredEvent, texts: dict[str, bytes]) -> None:
+def apply(w: search.Writer, e: StoredEvent, texts: dict[str, bytes]) -> None:
+    conn = w.conn
     if e.problem:
         return
     if e.type == "unit.created":
         created = e.typed()
         if isinstance(created, UnitCreated):
-            search.add_unit(conn, cid=created.cid, title=created.title, media_type=created.media_type,
+            w.add_unit(cid=created.cid, title=created.title, media_type=created.media_type,
                             source=created.source, created_at=created.created_at.isoformat()[:19],
                             labels=list(created.labels), seq=e.seq)
             for parent in created.parents:
@@ -54,7 +57,7 @@ def apply(conn: sqlite3.Connection, e: StoredEvent, texts: dict[str, bytes]) -> 
     if e.type == "unit.labeled":
         labeled = e.typed()
         if isinstance(labeled, UnitLabeled):
-            search.add_labels(conn, e.aggregate_id, labeled.labels)
+            w.add_labels(e.aggregate_id, labeled.labels)
         return
     for cid, out in step_outputs(e, "index"):
         text_cid = out.get("text_cid")
@@ -63,7 +66,7 @@ def apply(conn: sqlite3.Connection, e: StoredEvent, texts: dict[str, bytes]) -> 
             if data is None:
                 log.warning("unit %s: its text %s could not be read; it is searchable by title only", cid, text_cid)
                 continue
-            search.set_text(conn, cid, text=data.decode("utf-8", "replace"), text_cid=text_cid,
+            w.set_text(cid, text=data.decode("utf-8", "replace"), text_cid=text_cid,
                             title=str(out.get("title") or ""), language=str(out.get("language") or "english"), seq=e.seq)
     for cid, out in step_outputs(e, "relate"):
         for rel in out.get("relations") or []:

@@ -18,6 +18,7 @@ import re
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import InvalidInput
 from ..text import WORD, terms
@@ -103,41 +104,77 @@ def clean(text: str) -> str:
     return text[:MAX_TEXT].replace(MARK_START, " ").replace(MARK_END, " ")
 
 
-def add_unit(conn: sqlite3.Connection, *, cid: str, title: str, media_type: str, source: str, created_at: str,
-             labels: list[str], seq: int) -> None:
-    """A new unit: searchable by its title at once; its text comes with its index step."""
-    cur = conn.execute(
-        "INSERT INTO docs (cid, title, media_type, source, created_at, seq) VALUES (?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (cid) DO NOTHING", (cid, clean(title), media_type, source, created_at, seq))
-    if not cur.rowcount:
-        return
-    conn.execute("UPDATE doc_counts SET units = units + 1")
-    doc = cur.lastrowid
-    conn.execute("INSERT INTO fts_english (rowid, title, body) VALUES (?, ?, '')", (doc, clean(title)))
-    add_labels(conn, cid, labels)
+class Writer:
+    """One batch's writes. Each document's full-text row is written once, at `flush`, in its
+    final state: a unit and its index record mostly arrive in one batch, and FTS5 pays for
+    replacing a row by reading its tokens back. The counts are kept the same way."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.fts: dict[int, tuple[str, str, str]] = {}  # doc -> (language, title, body)
+        self.new: set[int] = set()  # docs with no full-text row before this batch
+        self.units = self.indexed = 0
+
+    def add_unit(self, *, cid: str, title: str, media_type: str, source: str, created_at: str, labels: list[str],
+                 seq: int) -> None:
+        """A new unit: searchable by its title at once; its text comes with its index step."""
+        cur = self.conn.execute(
+            "INSERT INTO docs (cid, title, media_type, source, created_at, seq) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (cid) DO NOTHING", (cid, clean(title), media_type, source, created_at, seq))
+        if not cur.rowcount:
+            return
+        doc = int(cur.lastrowid or 0)
+        self.units += 1
+        self.new.add(doc)
+        self.fts[doc] = ("english", clean(title), "")
+        self.add_labels(cid, labels)
+
+    def add_labels(self, cid: str, labels: list[str]) -> None:
+        self.conn.executemany("INSERT OR IGNORE INTO doc_labels (label, doc) SELECT ?, id FROM docs WHERE cid = ?",
+                              [(label, cid) for label in labels])
+
+    def set_text(self, cid: str, *, text: str, text_cid: str, title: str, language: str, seq: int) -> None:
+        """The index step's text for a unit (again: the latest record wins)."""
+        if language not in LANGUAGES:
+            language = "english"
+        row = self.conn.execute("SELECT id, title, text_cid FROM docs WHERE cid = ?", (cid,)).fetchone()
+        if row is None:  # a record whose unit event was lost to retention: still searchable
+            doc = int(self.conn.execute("INSERT INTO docs (cid, title, seq) VALUES (?, ?, ?)",
+                                        (cid, clean(title), seq)).lastrowid or 0)
+            self.new.add(doc)
+            self.units += 1
+            self.indexed += 1
+        else:
+            doc, title = row[0], title or row[1]
+            self.indexed += row[2] is None
+        self.conn.execute("UPDATE docs SET title = ?, text_cid = ?, language = ? WHERE id = ?",
+                          (clean(title), text_cid, language, doc))
+        self.fts[doc] = (language, clean(title), clean(text))
+
+    def flush(self) -> None:
+        for doc, (language, title, body) in self.fts.items():
+            if doc not in self.new:
+                for lang in LANGUAGES:
+                    self.conn.execute(f"DELETE FROM fts_{lang} WHERE rowid = ?", (doc,))
+            self.conn.execute(f"INSERT INTO fts_{language} (rowid, title, body) VALUES (?, ?, ?)", (doc, title, body))
+        if self.units or self.indexed:
+            self.conn.execute("UPDATE doc_counts SET units = units + ?, indexed = indexed + ?", (self.units, self.indexed))
+        self.fts.clear()
+        self.new.clear()
+        self.units = self.indexed = 0
 
 
-def add_labels(conn: sqlite3.Connection, cid: str, labels: list[str]) -> None:
-    conn.executemany("INSERT OR IGNORE INTO doc_labels (label, doc) SELECT ?, id FROM docs WHERE cid = ?",
-                     [(label, cid) for label in labels])
+def add_unit(conn: sqlite3.Connection, **unit: Any) -> None:
+    """One unit on its own (tests and tools; the projection writes batches with a Writer)."""
+    w = Writer(conn)
+    w.add_unit(**unit)
+    w.flush()
 
 
-def set_text(conn: sqlite3.Connection, cid: str, *, text: str, text_cid: str, title: str, language: str, seq: int) -> None:
-    """The index step's text for a unit (again: the latest record wins)."""
-    if language not in LANGUAGES:
-        language = "english"
-    row = conn.execute("SELECT id, title, text_cid FROM docs WHERE cid = ?", (cid,)).fetchone()
-    if row is None:  # a record whose unit event was lost to retention: still searchable
-        doc = conn.execute("INSERT INTO docs (cid, title, seq) VALUES (?, ?, ?)", (cid, clean(title), seq)).lastrowid
-        conn.execute("UPDATE doc_counts SET units = units + 1, indexed = indexed + 1")
-    else:
-        doc, title = row[0], title or row[1]
-        if row[2] is None:
-            conn.execute("UPDATE doc_counts SET indexed = indexed + 1")
-    conn.execute("UPDATE docs SET title = ?, text_cid = ?, language = ? WHERE id = ?", (clean(title), text_cid, language, doc))
-    for lang in LANGUAGES:
-        conn.execute(f"DELETE FROM fts_{lang} WHERE rowid = ?", (doc,))
-    conn.execute(f"INSERT INTO fts_{language} (rowid, title, body) VALUES (?, ?, ?)", (doc, clean(title), clean(text)))
+def set_text(conn: sqlite3.Connection, cid: str, **text: Any) -> None:
+    w = Writer(conn)
+    w.set_text(cid, **text)
+    w.flush()
 
 
 # --- queries -------------------------------------------------------------------------------
