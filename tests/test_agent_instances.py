@@ -122,3 +122,26 @@ async def test_hub_instances_share_one_port_and_only_the_first_runs_the_connecto
 
 async def _created(nc, n):
     return await count(nc, "cim.evt.unit.*.created") >= n
+
+
+async def test_sigterm_while_the_instances_are_being_started_stops_every_one(nc, nats_server, tmp_path):
+    await provision(nc, ProvisionSpec())
+    config = tmp_path / "pipeline.json"
+    config.write_text(json.dumps({"capability": "pipeline", "nats": {"servers": [nats_server.url]},
+                                  "state_dir": str(tmp_path / "state"), "pipelines": []}))
+    with (tmp_path / "instances.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cim", "agent", "run", "pipeline", "--config", str(config),
+                                 "--instances", "12"], stdout=log, stderr=subprocess.STDOUT)
+
+    def children() -> list[int]:
+        try:
+            return [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+        except OSError:
+            return []
+
+    await async_wait_until(lambda: children(), 30, interval=0.005, what="the first instance to be started")
+    proc.send_signal(signal.SIGTERM)  # while the others are still being started
+    started = set(children())
+    assert proc.wait(60) == 0
+    await async_wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in started), 30,
+                           what="every instance to be gone")

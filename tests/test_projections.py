@@ -4,6 +4,7 @@ served. Real nats-server, real pipeline agent processes, real SQLite files."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -107,3 +108,119 @@ async def test_search_reports_how_far_it_has_caught_up(env, agent_process, cli):
     r = await settled(nc, 1)
     out = json.loads(cli("--json", "search", "kiwi").stdout)
     assert out["as_of"] >= r.as_of and out["stale"] is False and out["hits"][0]["title"] == "kiwi.txt"
+
+
+async def test_a_hostile_index_record_is_skipped_and_the_projection_goes_on(env, agent_process):
+    from cim.events import Event, EventStore
+    from cim.pipeline.events import StepRecord, StepsDone
+
+    nc, config = env
+    await agent_process("pipeline", config).ready(nc)
+    (first,) = await put_texts(nc, ["alpha"])
+    await settled(nc, 1)
+    for i, odd in enumerate(([1, 2], {"a": 1}, 7, True, "not-a-cid")):
+        record = StepsDone(pipeline="odd", cid=first, trigger_seq=1, steps=[StepRecord(
+            step="index", plugin="index", plugin_version="1", output={"text_cid": odd, "title": "odd"})])
+        await EventStore(nc).append(Event.of(record, f"odd--{i}", id=f"odd-{i}"))
+    await put_texts(nc, ["omega"])
+    r = await settled(nc, 2)  # the unit after the odd records is indexed: the projection did not stall
+    assert not r.stale
+    assert [h.title for h in (await call(nc, api.SEARCH, api.SearchRequest(query="omega"))).hits] == ["omega.txt"]
+
+
+async def test_a_stream_recreated_while_the_agent_runs_is_noticed_without_a_restart(env, agent_process):
+    nc, config = env
+    agent = await agent_process("pipeline", config).ready(nc)
+    await put_texts(nc, ["apple", "pear", "quince"])
+    await settled(nc, 3)
+    await nc.jetstream().delete_stream("CIM_EVENTS")
+    await provision(nc, ProvisionSpec())
+    await put_texts(nc, ["plum"])
+
+    async def rebuilt():
+        r = await call(nc, api.INDEX, api.Empty())
+        return not r.stale and r.units == 1 and r.documents == 1 and r
+    await async_wait_until(rebuilt, 60, what="the running agent to rebuild from the new stream")
+    assert (await call(nc, api.SEARCH, api.SearchRequest(query="apple"))).hits == []
+    assert (await call(nc, api.SEARCH, api.SearchRequest(query="plum"))).hits[0].title == "plum.txt"
+    assert "was recreated while the agent ran" in agent.log()
+
+
+async def test_a_text_that_cannot_be_read_now_is_read_again_not_skipped(env, agent_process):
+    """Content unreachable for a while (its bucket gone, a leader election) stops the index at
+    that record, says it is stale, and indexes the text once it can be read."""
+    from cim.store.content import ContentStore
+
+    nc, config = env
+    await agent_process("pipeline", config).ready(nc)
+    await put_texts(nc, ["before"])
+    await settled(nc, 1)
+    await nc.jetstream().delete_stream("OBJ_CIM_CONTENT")  # every text is unreachable now
+    await provision(nc, ProvisionSpec())  # the bucket again, empty: the unit's bytes and text are gone
+    units = UnitStore(nc)
+    body = b"a note about zanzibar and other things"
+    cid = (await units.put_bytes(body, media_type="text/plain", title="zanzibar.txt")).unit.cid
+    await async_wait_until(lambda: _indexed(nc, "zanzibar"), 60, what="the new unit indexed")
+    assert cid
+    assert await ContentStore(nc).read(cid) == body
+
+
+async def _indexed(nc, word):
+    r = await call(nc, api.SEARCH, api.SearchRequest(query=word))
+    return not r.stale and r.hits and r.hits[0].snippet != ""
+
+
+async def test_a_full_disk_stops_the_projection_without_throwing_it_away(env, agent_process, tmp_path):
+    """The agent's files may not grow past a limit (RLIMIT_FSIZE: writes fail with EFBIG, as on
+    a full disk); the projection says it is stale, keeps its rows, and resumes once there is room."""
+    import resource
+    import sys
+
+    nc, config = env
+    agent = agent_process("pipeline", config)
+    limit = 3 * 1024 * 1024
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    import subprocess
+    log = agent.log_path.open("ab")
+    agent.proc = subprocess.Popen([sys.executable, "-m", "cim", "agent", "run", "pipeline", "--config",
+                                   str(agent.config_path)], stdout=log, stderr=subprocess.STDOUT, env=agent.env,
+                                  preexec_fn=limited)
+    log.close()
+    await agent.ready(nc)
+    await put_texts(nc, ["first"])
+    await settled(nc, 1)
+    db = tmp_path / "state" / "pipeline.sqlite"
+    units = UnitStore(nc)
+    big = "lorem ipsum dolor sit amet " * 2000  # ~54 KB of text each
+    for start in range(0, 80, 20):
+        await asyncio.gather(*(units.put_bytes(f"{i} {big}".encode(), media_type="text/plain", title=f"big{i}")
+                               for i in range(start, start + 20)))
+    await async_wait_until(lambda: "cannot write it" in agent.log(), 120, what="the projection to report the full disk")
+    r = await call(nc, api.SEARCH, api.SearchRequest(query="first"))
+    assert r.stale and r.hits and r.hits[0].title == "first.txt"  # the good rows stay, marked stale
+    assert db.exists() and not (tmp_path / "state" / "pipeline.sqlite.bad").exists()
+    resource.prlimit(agent.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    await settled(nc, 81)
+
+
+async def test_a_state_directory_that_cannot_be_written_is_a_clear_error(env, agent_process, tmp_path):
+    _, config = env
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory should be")
+    agent = agent_process("pipeline", dict(config, state_dir=str(blocker / "state")))
+    await async_wait_until(lambda: agent.proc.poll() is not None, 30, what="the agent to refuse to start")
+    assert agent.proc.returncode != 0
+    assert "cannot keep the projection in" in agent.log() and "Traceback" not in agent.log()
+
+
+async def test_cim_search_never_prints_a_units_escape_sequences(env, agent_process, cli):
+    nc, config = env
+    await agent_process("pipeline", config).ready(nc)
+    hostile = "a kestrel note \x1b]52;c;ZXZpbA==\x07 and \x9b31m red \x1b[2J cleared"
+    await UnitStore(nc).put_bytes(hostile.encode(), media_type="text/plain", title="kestrel \x1b]0;pwned\x07")
+    await settled(nc, 1)
+    out = cli("search", "kestrel").stdout
+    assert "kestrel" in out and not any(c in out for c in "\x1b\x07\x9b"), repr(out)

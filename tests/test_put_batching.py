@@ -17,6 +17,7 @@ from cim.store.content import ContentStore
 from cim.store.unit_store import PutResult, UnitStore
 from support.hub_support import TOKEN, Hub
 from support.pipeline_support import count
+from support.waiting import async_wait_until
 
 
 @pytest.fixture
@@ -99,3 +100,44 @@ def test_a_file_refused_in_a_batch_is_named_and_the_files_before_it_are_printed(
     assert r.returncode != 0
     assert "b-large.txt" in r.stderr and "over the limit of 100 bytes" in r.stderr
     assert r.stdout.count("a") >= 5 and all(f"a{i}.txt" in r.stdout for i in range(5))
+
+
+async def test_empty_content_put_again_in_batches_adds_no_index_entry(provisioned):
+    nc = provisioned
+    store = UnitStore(nc)
+    for _ in range(5):
+        (r,) = await store.put_small_many([(b"", {"title": "empty"})])
+        assert isinstance(r, PutResult)
+    assert len(await ContentStore(nc).entries(compute(b""))) == 1
+
+
+async def test_a_put_arriving_as_the_last_batches_finish_is_not_stranded(provisioned):
+    """Both batches are answered in one turn of the loop (their acks came in one socket read)
+    and a put arrives in that same turn: it must start a drain of its own, although the two
+    that just finished are still registered (a task's done-callback runs a turn later)."""
+    from cim.store.put_batcher import PutBatcher
+
+    nc = provisioned
+    gates: list[asyncio.Future] = []
+
+    class Gated(UnitStore):  # the real store, each batch held at the door until released
+        async def put_small_many(self, items):
+            stored = await super().put_small_many(items)
+            if len(gates) < 2:  # the two early batches wait to be answered; a later one does not
+                gate = asyncio.get_running_loop().create_future()
+                gates.append(gate)
+                await gate
+            return stored
+
+    batcher = PutBatcher(Gated(nc), in_flight=2)
+    a = asyncio.create_task(batcher.put(b"early a"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the first drain takes [a]
+    b = asyncio.create_task(batcher.put(b"early b"))
+    await async_wait_until(lambda: len(gates) == 2, 10, what="both batches stored and held at their gates")
+    for gate in gates:  # both released in one turn, and a third put created in it
+        gate.set_result(None)
+    late = asyncio.create_task(batcher.put(b"late"))
+    assert (await a).created and (await b).created
+    result = await asyncio.wait_for(late, 10)
+    assert result.created and result.unit.cid == compute(b"late")

@@ -135,3 +135,15 @@ def test_past_the_candidate_cap_the_newest_matches_are_ranked_and_the_answer_say
     assert not capped and set(cids(hits)) == {"c1", "c2", "c4"}  # a filter ranks every match
     hits, capped = search.search(conn, "sunlight")
     assert not capped and cids(hits) == ["c2"]
+
+
+def test_dates_are_compared_as_utc_instants_and_media_types_lower_case():
+    from pydantic import ValidationError
+
+    from cim.pipeline.api import SearchRequest
+
+    r = SearchRequest(query="x", since="2026-01-05T11:00:00+02:00", until="2026-01-06", media_type="Text/*")
+    assert (r.since, r.until, r.media_type) == ("2026-01-05T09:00:00", "2026-01-06T00:00:00", "text/*")
+    for bad in ("yesterday", "20261301", "2026-13-01"):
+        with pytest.raises(ValidationError, match="ISO 8601"):
+            SearchRequest(query="x", since=bad)

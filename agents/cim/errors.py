@@ -72,13 +72,17 @@ CimError._by_code["error"] = CimError
 
 # An error's message on the wire: long enough for any of ours, short enough for one message.
 MAX_MESSAGE = 4000
-_CONTROL = dict.fromkeys(c for c in range(32) if c not in (9, 10))  # keeps tabs and newlines
-_CONTROL[127] = None
+# C0 (but tabs and newlines), DEL and C1: a C1 CSI (0x9b) starts an escape sequence too.
+_CONTROL = dict.fromkeys([c for c in range(32) if c not in (9, 10)] + [127] + list(range(0x80, 0xA0)))
 
 
-def _printable(text: str) -> str:
-    """Text from another process, without terminal control characters (escape sequences)."""
+def printable(text: str) -> str:
+    """Text from another process or a stored unit, without terminal control characters
+    (escape sequences that could retitle, recolour or write the clipboard of a terminal)."""
     return text.translate(_CONTROL)
+
+
+_printable = printable
 
 
 class InvalidInput(CimError, ValueError):
@@ -193,6 +197,12 @@ class ConnectionFailed(CimError):
 
 class JetStreamUnavailable(CimError):
     code = "jetstream_unavailable"
+
+
+class ConsumerGone(JetStreamUnavailable):
+    """A durable consumer was deleted under its reader (its stream deleted and made again)."""
+
+    code = "consumer_gone"
 
 
 class ProvisionError(CimError):

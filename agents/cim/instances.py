@@ -34,12 +34,17 @@ class Instances:
         self.started: dict[int, float] = {}
         self.failures: dict[int, int] = {}
         self.stopping = False
+        self.failed = False
 
     def _start(self, i: int) -> None:
-        self.children[i] = subprocess.Popen([sys.executable, "-m", "cim", "agent", "run", self.capability,
-                                             "--config", str(self.config), "--instance", str(i)])
+        child = subprocess.Popen([sys.executable, "-m", "cim", "agent", "run", self.capability,
+                                  "--config", str(self.config), "--instance", str(i)])
+        self.children[i] = child
         self.started[i] = time.monotonic()
-        log.info("%s instance %d started (pid %d)", self.capability, i, self.children[i].pid)
+        if self.stopping:  # SIGTERM came while it was being started: it stops with the others
+            child.terminate()
+            return
+        log.info("%s instance %d started (pid %d)", self.capability, i, child.pid)
 
     def _stop(self, *_: object) -> None:
         self.stopping = True
@@ -51,6 +56,8 @@ class Instances:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         for i in range(1, self.count + 1):
+            if self.stopping:
+                break
             self._start(i)
         while self.children:
             try:
@@ -65,6 +72,10 @@ class Instances:
             self.children[i].returncode = code
             del self.children[i]
             if self.stopping:
+                # Stopped as asked: 0, or -SIGTERM if it had not yet set up its own handler.
+                if code not in (0, -signal.SIGTERM):
+                    self.failed = True
+                    log.error("%s instance %d exited with %d while stopping", self.capability, i, code)
                 continue
             ran = time.monotonic() - self.started[i]
             self.failures[i] = 0 if ran > HEALTHY_AFTER else self.failures.get(i, 0) + 1
@@ -76,4 +87,6 @@ class Instances:
                 time.sleep(0.2)  # the restart pause, cut short by SIGTERM
             if not self.stopping:
                 self._start(i)
-        return 0
+        # Non-zero when an instance did not stop cleanly, so systemd's Restart= and an
+        # operator's `systemctl status` see it.
+        return 1 if self.failed else 0

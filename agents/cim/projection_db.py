@@ -34,12 +34,13 @@ from typing import Any
 from .errors import ConfigError, ProjectionUnavailable
 from .events import EventStore, StoredEvent
 from .names import EVENTS_STREAM
-from .nats.api import api
+from .nats.api import api, not_found
 from .nats.read import last_seq
 
 log = logging.getLogger("cim.projections")
 
 BATCH = 1000  # events applied per transaction while catching up
+WATCH_SECONDS = 2.0  # how often a running feed checks that its stream is still the same one
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,16 @@ class Checkpoint:
     stream_created: str
     seq: int
     event_id: str
+
+
+# SQLite's primary result codes that mean the file itself is damaged; anything else (a full
+# disk, an I/O error, a read-only file) is a condition to report and retry, not a reason to
+# throw a good projection away.
+CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def is_corrupt(err: sqlite3.DatabaseError) -> bool:
+    return str(getattr(err, "sqlite_errorname", "")).startswith(CORRUPT)
 
 
 def state_dir(configured: Path | None) -> Path | None:
@@ -79,12 +90,20 @@ class ProjectionDb:
             self.conn = self._connect(":memory:")
             self.rebuilt_because = "no state directory: kept in memory and rebuilt at every start"
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._take_lock()
-        reason = self._problem() if self.path.exists() else "no projection file yet"
-        if reason:
-            self._set_aside(reason)
-        self.conn = self._connect(str(self.path))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._take_lock()
+            reason = self._problem() if self.path.exists() else "no projection file yet"
+            if reason:
+                self._set_aside(reason)
+            self.conn = self._connect(str(self.path))
+        except OSError as err:
+            raise ConfigError(str(self.path.parent), [("state_dir", (
+                f"cannot keep the projection in {self.path.parent}: {err.strerror or err}; give the agent a state "
+                "directory it can write (state_dir, or the unit's StateDirectory)"))]) from None
+        except sqlite3.OperationalError as err:
+            raise ConfigError(str(self.path.parent), [("state_dir", (
+                f"cannot open {self.path}: {err}; check the disk and the directory's permissions"))]) from None
 
     def _take_lock(self) -> None:
         """Two agents writing one projection would each checkpoint the other's rows."""
@@ -120,14 +139,19 @@ class ProjectionDb:
         return None
 
     def _set_aside(self, reason: str) -> None:
+        """Move a file that cannot be resumed from out of the way (kept, the last one only, as
+        `<name>.sqlite.bad` for an operator to look at) and start an empty one."""
         assert self.path is not None
         existed = self.path.exists()
-        for suffix in ("", "-wal", "-shm"):
+        if existed:
+            os.replace(self.path, f"{self.path}.bad")  # a rename: it needs no free space
+        for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{self.path}{suffix}")
+                os.replace(f"{self.path}{suffix}", f"{self.path}.bad{suffix}")
         self.rebuilt_because = reason
         if existed:
-            log.warning("projection %s: %s; rebuilding it by replaying the event stream", self.path, reason)
+            log.warning("projection %s: %s; moved to %s.bad, rebuilding it by replaying the event stream", self.path,
+                        reason, self.path.name)
 
     def _connect(self, where: str) -> sqlite3.Connection:
         conn = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
@@ -161,16 +185,22 @@ class ProjectionDb:
         self.conn.execute("COMMIT")
 
     def reset(self, reason: str) -> None:
-        """Drop everything and start from an empty file (a stream restored, a corrupt page)."""
+        """Drop everything and start from an empty file (a stream restored, a corrupt page).
+        If the file cannot be moved aside, the projection is kept in memory until the agent
+        restarts, and the log says what to fix: a projection is never left unusable."""
         self.conn.close()
-        if self.path is None:
-            self.conn = self._connect(":memory:")
-            self.rebuilt_because = reason
+        if self.path is not None:
+            try:
+                self._set_aside(reason)
+                self.conn = self._connect(str(self.path))
+                return
+            except (OSError, sqlite3.Error) as err:
+                log.error("projection %s: %s, and it cannot be replaced (%s); kept in memory until the agent restarts: "
+                          "check the state directory's disk and permissions", self.path, reason, err)
+        else:
             log.warning("projection %s: %s; rebuilding it by replay", self.name, reason)
-            return
-        self._set_aside(reason)
-        log.warning("projection %s: %s; rebuilding it by replay", self.path, reason)
-        self.conn = self._connect(str(self.path))
+        self.rebuilt_because = reason
+        self.conn = self._connect(":memory:")
 
     def close(self) -> None:
         self.conn.close()
@@ -204,6 +234,7 @@ class Follower:
         self.started_at = time.monotonic()
         self._created = ""
         self._rebuild: asyncio.Future[str] | None = None
+        self._asked: str | None = None  # a rebuild asked for while no feed was running
 
     def rebuild(self, why: str) -> None:
         """Start over from an empty projection (a query found it damaged): the feed stops,
@@ -211,6 +242,8 @@ class Follower:
         self.caught_up.clear()
         if self._rebuild is not None and not self._rebuild.done():
             self._rebuild.set_result(why)
+        else:
+            self._asked = why
 
     @property
     def as_of(self) -> int:
@@ -228,16 +261,28 @@ class Follower:
     async def run(self) -> None:
         while True:
             try:
+                if self._asked:
+                    why, self._asked = self._asked, None
+                    raise _Rebuild(why)
                 await self._verify()
                 await self._follow()
             except asyncio.CancelledError:
                 raise
             except _Rebuild as why:
+                self.caught_up.clear()
                 self.db.reset(str(why))
             except sqlite3.DatabaseError as err:
                 self.caught_up.clear()
-                self.db.reset(f"it failed while being written ({err})")
-            except Exception as err:  # the read gave up after its own resume window: start again
+                if is_corrupt(err):
+                    self.db.reset(f"it failed while being written ({err})")
+                    continue
+                # A full disk, an I/O error, a read-only file: the transaction was rolled back
+                # and the good rows stay; say what is wrong and try again.
+                self.interrupted = True
+                log.error("projection %s: cannot write it (%s); free space or fix the state directory, it resumes "
+                          "after #%d by itself", self.db.path or self.db.name, err, self.as_of)
+                await asyncio.sleep(5)  # backoff before writing again, not a wait for a condition
+            except Exception as err:  # the feed, or a read the batch needed, failed: resume after the checkpoint
                 self.interrupted = True
                 log.warning("projection %s: event feed interrupted (%s); resuming after #%d", self.db.name, err,
                             self.as_of)
@@ -261,13 +306,30 @@ class Follower:
         else:
             try:
                 msg = await self.events.js.get_msg(EVENTS_STREAM, cp.seq)
+            except Exception as err:
+                if not not_found(err):
+                    raise  # a timeout, a leader election: try again, do not throw the projection away
+                why = f"event #{cp.seq} of the checkpoint is not in {EVENTS_STREAM}"
+            else:
                 found = StoredEvent.from_message(msg.subject or "", cp.seq, dict(msg.headers or {}), msg.data or b"")
                 if found.id != cp.event_id:
                     why = f"event #{cp.seq} is not the one the checkpoint recorded"
-            except Exception as err:
-                why = f"event #{cp.seq} of the checkpoint cannot be read ({err or type(err).__name__})"
         if why:
             self.db.reset(why)
+
+    async def _stream_created(self) -> str:
+        info = await api(self.events.nc, f"STREAM.INFO.{EVENTS_STREAM}", timeout=self.events.timeout)
+        return str(info.get("created", "")) if "error" not in info else ""
+
+    async def _watch_stream(self, rebuild: asyncio.Future[str]) -> None:
+        """A stream deleted and created again while the feed runs (`cim restore` on a wiped
+        leaf) is another history: the feed's position means nothing there."""
+        while not rebuild.done():
+            await asyncio.sleep(WATCH_SECONDS)  # the polling interval, not a wait for a condition
+            with contextlib.suppress(Exception):  # unreachable now: the feed says so itself
+                created = await self._stream_created()
+                if created and created != self._created and not rebuild.done():
+                    rebuild.set_result(f"{EVENTS_STREAM} was recreated while the agent ran (restored?)")
 
     async def _follow(self) -> None:
         start = self.as_of + 1
@@ -282,6 +344,7 @@ class Follower:
 
         reader = asyncio.create_task(read(), name=f"projection-{self.db.name}-read")
         self._rebuild = rebuild = asyncio.get_running_loop().create_future()
+        watcher = asyncio.create_task(self._watch_stream(rebuild), name=f"projection-{self.db.name}-watch")
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
@@ -298,6 +361,8 @@ class Follower:
                 write = self.prepare(batch)
                 if asyncio.iscoroutine(write):
                     write = await write
+                if rebuild.done():  # asked for while the batch's content was read: not written
+                    raise _Rebuild(rebuild.result())
                 self.db.commit(write, self._created, batch[-1])
                 self.replayed += len(batch)
                 self.interrupted = False
@@ -305,9 +370,10 @@ class Follower:
                     self._caught_up()
         finally:
             self._rebuild = None
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            for task in (reader, watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     def _caught_up(self) -> None:
         if not self.caught_up.is_set():

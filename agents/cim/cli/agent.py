@@ -34,8 +34,10 @@ def run_cmd(
             raise CimError(f"the {capability} agent runs once: its work is not shared between instances "
                            "(only pipeline and hub agents scale out); drop --instances")
         if instances > 1:
+            from .. import logs
             from ..instances import Instances
 
+            logs.setup(cfg.log_level, f"{cfg.agent_name}-instances")
             raise typer.Exit(Instances(capability, config, instances).run())
         if instance is not None:
             cfg = cfg.for_instance(instance)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ConfigError
+from ..errors import ConfigError, printable
 from ..nats.rpc import AgentUnavailable, call
 from ..pipeline import api, definitions
 from ..pipeline.dlq import get_letter, list_letters
@@ -183,20 +183,24 @@ def search_cmd(
     bold = sys.stdout.isatty()
 
     def marked(h: dict) -> str:
+        # Snippets and titles are what units contain: escape sequences in them never reach the terminal.
         text, out, pos = h["snippet"], [], 0
         for start, end in h["highlights"]:
-            out += [text[pos:start], f"\033[1m{text[start:end]}\033[0m" if bold else text[start:end]]
+            out += [printable(text[pos:start]), f"\033[1m{printable(text[start:end])}\033[0m" if bold else printable(text[start:end])]
             pos = end
-        return "".join([*out, text[pos:]])
+        return "".join([*out, printable(text[pos:])])
 
     def human(r: dict) -> str:
-        lines = [f"{h['score']:>7.3f}  {h['cid']}  {h['title']}" + (f"\n         {marked(h)}" if h["snippet"] else "")
+        lines = [f"{h['score']:>7.3f}  {h['cid']}  {printable(h['title'])}" + (f"\n         {marked(h)}" if h["snippet"] else "")
                  for h in r["hits"]]
         if not lines:
             lines = [f"nothing found ({r['units']} units, {r['indexed']} with indexed text)"]
         for name, counts in (r.get("facets") or {}).items():
             if counts:
-                lines.append(f"{name}: " + ", ".join(f"{v or '(none)'} {n}" for v, n in counts))
+                lines.append(f"{name}: " + ", ".join(f"{printable(v) or '(none)'} {n}" for v, n in counts))
+        if r.get("ranked_newest"):
+            lines.append(f"(more units matched than are ranked: the newest {r['ranked_newest']:,} matches were; "
+                         "a filter, more words or a phrase reach older ones)")
         if r["stale"]:
             lines.append(f"(the index is still catching up: it covers events up to #{r['as_of']})")
         return "\n".join(lines)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import CimError, InvalidInput
+from ..errors import CimError, InvalidInput, printable
 from ..store.content import CHUNK_SIZE
 from ..store.unit_store import PutResult, UnitStore, UnitView, guess_media_type
 from ..store.units import Unit
@@ -276,8 +276,8 @@ def related(ctx: typer.Context, cid: str = typer.Argument(..., help="the unit's 
 
     def human(r: dict) -> str:
         lines = [f"{x['type']:<13} {'->' if x['direction'] == 'out' else '<-' if x['direction'] == 'in' else '<>'} "
-                 f"{x['cid']}  {x['title']}" for x in r["related"]]
-        lines += [f"{'similar':<13} ~  {h['cid']}  {h['title']}  ({h['score']:.2f})" for h in r["similar"]]
+                 f"{x['cid']}  {printable(x['title'])}" for x in r["related"]]
+        lines += [f"{'similar':<13} ~  {h['cid']}  {printable(h['title'])}  ({h['score']:.2f})" for h in r["similar"]]
         return "\n".join(lines) or "no related or similar units"
 
     emit(g, run(body), human)

@@ -24,7 +24,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from ..errors import JetStreamUnavailable
+from ..errors import ConsumerGone
 from .read import status_of
 
 NS = 1_000_000_000
@@ -99,7 +99,7 @@ class PullFetcher:
         while not self._buffer:
             if self._failure:
                 failure, self._failure = self._failure, None
-                raise JetStreamUnavailable(failure)
+                raise ConsumerGone(failure)
             left = deadline - loop.time()
             if left <= 0 or (not self._open and left < 0.1):
                 return []

@@ -21,11 +21,11 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..errors import CimError, ConfigError, InvalidInput, NotFound, ProjectionUnavailable
+from ..errors import CidMismatch, CimError, ConfigError, InvalidInput, NotFound, ProjectionUnavailable, UnitNotFound
 from ..events import Event, EventStore, StoredEvent
 from ..names import EVENTS_STREAM
 from ..plugins import discover
-from ..projection_db import Follower, ProjectionDb, state_dir
+from ..projection_db import Follower, ProjectionDb, is_corrupt, state_dir
 from ..registry import NoProvider, negotiate
 from ..runtime import AgentBase, AgentContext, endpoint
 from ..store.content import ContentStore
@@ -107,14 +107,17 @@ class Agent(AgentBase[Config]):
         return {cid: data for cid, data in found.items() if len(data) <= self.config.max_content_bytes}
 
     async def _read_texts(self, cids: list[str]) -> dict[str, bytes]:
-        """Texts for the search index: small ones in two requests, the rest one by one."""
+        """Texts for the search index: small ones in two requests, the rest one by one. A text
+        that is not there (or not what its CID says) is left out, and its unit stays searchable
+        by title; any other failure (a timeout, a leader election) fails the batch, which is
+        read again: the checkpoint never moves past a text that was only unreachable."""
         found = await self.content.read_small(cids)
         for cid in cids:
             if cid not in found:
                 try:
                     found[cid] = await self.content.read(cid)
-                except CimError as err:
-                    log.warning("the text %s for the search index cannot be read: %s", cid, err)
+                except (UnitNotFound, CidMismatch) as err:
+                    log.warning("the text %s for the search index cannot be used: %s", cid, err)
         return found
 
     async def _store_text(self, text: str) -> str:
@@ -171,6 +174,8 @@ class Agent(AgentBase[Config]):
         try:
             return run(self.db.conn)
         except sqlite3.DatabaseError as err:
+            if not is_corrupt(err):
+                raise ProjectionUnavailable(f"the search index cannot answer now ({err}); try again shortly") from None
             self.projection.rebuild(f"a query failed on it ({err})")
             raise ProjectionUnavailable(
                 "the search index is damaged and is being rebuilt from the event stream; try again shortly") from None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..nats.rpc import Endpoint
 from .model import PipelineDef
@@ -21,6 +23,25 @@ class SearchRequest(_Req):
     since: str = Field(default="", max_length=40, description="created at or after (ISO 8601)")
     until: str = Field(default="", max_length=40, description="created before (ISO 8601)")
     facets: bool = Field(default=False, description="also count the matches by label, media type and source")
+
+    @field_validator("since", "until")
+    @classmethod
+    def _moment(cls, v: str) -> str:
+        """As created_at is kept (UTC to the second, as text), so text order is time order."""
+        if not v:
+            return v
+        try:
+            moment = datetime.fromisoformat(v)
+        except ValueError:
+            raise ValueError("not an ISO 8601 date or time (2026-05-01, 2026-05-01T12:00:00Z); without a zone it is UTC") from None
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        return moment.isoformat(timespec="seconds")
+
+    @field_validator("media_type")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()  # media types are stored lower-case
 
 
 class CidRequest(_Req):
@@ -53,7 +74,8 @@ class SearchHit(BaseModel):
     score: float
     title: str
     snippet: str
-    highlights: list[tuple[int, int]] = Field(description="(start, end) of each matched word in the snippet")
+    highlights: list[tuple[int, int]] = Field(
+        description="(start, end) of each matched word in the snippet, in Unicode code points (not UTF-16 units)")
     media_type: str = ""
     source: str = ""
     created_at: str = ""
@@ -63,7 +85,8 @@ class SearchReply(Freshness):
     hits: list[SearchHit]
     indexed: int = Field(description="units with indexed text")
     units: int = Field(description="units known to the index (searchable by title)")
-    facets: dict[str, list[tuple[str, int]]] | None = None
+    facets: dict[str, list[tuple[str, int]]] | None = Field(default=None, description=(
+        "matches by label, media type and source; past ranked_newest matches, of the newest ones"))
     ranked_newest: int | None = Field(default=None, description=(
         "set when more units matched than are ranked: only the newest this many matches were ranked; "
         "a filter, more words or a phrase reach older ones"))

@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 
 from .. import __version__
 from .. import cid as cidlib
-from ..errors import CimError, ConcurrencyConflict, NotFound, UnitNotFound
+from ..errors import CimError, ConcurrencyConflict, ConsumerGone, NotFound, UnitNotFound
 from ..events import Event, EventStore, StoredEvent
 from ..events.envelope import H_MSG_ID, subject_for, validated
 from ..names import DLQ_STREAM, EVENTS_STREAM
@@ -177,6 +177,22 @@ class Runner:
                     return
                 if not msgs:
                     continue
+            except ConsumerGone:  # its stream was deleted and made again (`cim restore`): a new consumer
+                if self._stop.is_set():
+                    return
+                log.warning("pipeline %s: its consumer was deleted (the event stream was recreated?); making it again",
+                            self.p.name)
+                # Until it exists again: a fetch from a consumer that is not there gets no
+                # answer at all, so nothing else would notice.
+                while not self._stop.is_set():
+                    try:
+                        await ensure_consumer(self.nc, self.p)
+                        self._replay_until = await self._processed_before()
+                        break
+                    except Exception as err:
+                        log.warning("pipeline %s: cannot make its consumer yet (%s); retrying", self.p.name, err)
+                        await asyncio.sleep(1)  # backoff before the next try, not a wait for a condition
+                continue
             except Exception as err:  # a reconnect or leader change: try again shortly
                 if self._stop.is_set():
                     return

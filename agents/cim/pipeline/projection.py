@@ -7,6 +7,8 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 
+from .. import cid as cidlib
+from ..errors import InvalidCid
 from ..events import StoredEvent
 from ..store.events import UnitCreated, UnitLabeled
 from . import graph, search
@@ -24,7 +26,9 @@ Write = Callable[[sqlite3.Connection], None]
 async def prepare(batch: list[StoredEvent], read_texts: Callable[[list[str]], Awaitable[dict[str, bytes]]]) -> Write:
     """Read what the batch's index records point to (outside the transaction), then return
     the function that writes the batch's rows."""
-    wanted = [out["text_cid"] for e in batch for _, out in step_outputs(e, "index") if out.get("text_cid")]
+    # Events are hostile input: only a well-formed CID is read (anything else is skipped per
+    # event below), so one odd record cannot stall the whole projection.
+    wanted = [str(t) for e in batch for _, out in step_outputs(e, "index") if _cid(t := out.get("text_cid"))]
     texts = await read_texts(list(dict.fromkeys(wanted))) if wanted else {}
 
     def write(conn: sqlite3.Connection) -> None:
@@ -39,6 +43,16 @@ async def prepare(batch: list[StoredEvent], read_texts: Callable[[list[str]], Aw
         w.flush()
 
     return write
+
+
+def _cid(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        cidlib.validate(value)
+    except InvalidCid:
+        return False
+    return True
 
 
 def apply(w: search.Writer, e: StoredEvent, texts: dict[str, bytes]) -> None:
@@ -61,6 +75,8 @@ def apply(w: search.Writer, e: StoredEvent, texts: dict[str, bytes]) -> None:
         return
     for cid, out in step_outputs(e, "index"):
         text_cid = out.get("text_cid")
+        if text_cid is not None and not _cid(text_cid):
+            raise ValueError(f"its index step names {str(text_cid)[:80]!r} as the text, which is not a CID")
         if text_cid:
             data = texts.get(text_cid)
             if data is None:

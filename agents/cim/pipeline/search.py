@@ -289,13 +289,20 @@ def search(conn: sqlite3.Connection, query: str, *, limit: int = 10, filters: Fi
 
 
 def facets(conn: sqlite3.Connection, query: str, *, filters: Filters | None = None, top: int = 10) -> dict[str, list]:
-    """How the matches split by label, media type and source (each the top `top`)."""
+    """How the matches split by label, media type and source (each the top `top`), over the
+    same matches `search` ranks: past CANDIDATES, the newest ones (counting every match of
+    a common word would hold the agent for seconds at a million units)."""
     expr = fts_query(query)
     where, args = (filters or Filters()).sql()
-    matches = " UNION ALL ".join(
-        f"SELECT d.id AS id, d.media_type AS media_type, d.source AS source FROM fts_{lang}"
-        f" JOIN docs d ON d.id = fts_{lang}.rowid WHERE fts_{lang} MATCH ?{where}" for lang in LANGUAGES)
-    margs = [a for _ in LANGUAGES for a in (expr, *args)]
+    parts, margs = [], []
+    for lang in LANGUAGES:
+        floor = conn.execute(f"SELECT rowid FROM fts_{lang} WHERE fts_{lang} MATCH ? ORDER BY rowid DESC"
+                             " LIMIT 1 OFFSET ?", (expr, CANDIDATES - 1)).fetchone()
+        parts.append(f"SELECT d.id AS id, d.media_type AS media_type, d.source AS source FROM fts_{lang}"
+                     f" JOIN docs d ON d.id = fts_{lang}.rowid WHERE fts_{lang} MATCH ?"
+                     f"{' AND fts_' + lang + '.rowid >= ?' if floor else ''}{where}")
+        margs += [expr, *([floor[0]] if floor else []), *args]
+    matches = " UNION ALL ".join(parts)
     out: dict[str, list] = {}
     for name, sql in (
         ("labels", f"SELECT l.label, count(*) FROM ({matches}) m JOIN doc_labels l ON l.doc = m.id GROUP BY l.label"),

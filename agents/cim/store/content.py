@@ -53,6 +53,7 @@ DIRECT_BATCH = 256  # subjects per batched direct get
 DIRECT_CHUNKS = 32
 DIRECT_PAUSE = 300  # seconds without direct gets after one went unanswered
 LOCATED_KEPT = 1024  # locations a read found, kept for the delete that may follow it
+EMPTY_CID = cidlib.compute(b"")
 PUT_WINDOW = 64  # chunks of one put in flight (8 MiB)
 CID_HEADER = "Cim-Cid"  # on every chunk: the object it belongs to
 NUID = re.compile(r"[A-Za-z0-9]{22}")  # the object store's chunk ids (nats NUIDs)
@@ -592,6 +593,7 @@ class ContentStore:
         was asked of a replica that has not caught up is simply left out (the same holds
         for bytes that do not match their CID): read those with `get`, which says why.
         """
+        out: dict[str, bytes] = {}
         meta_of = {c: self._meta_subject(c) for c in cids}
         metas = await self._direct_last(list(meta_of.values()))
         chunk_of: dict[str, str] = {}
@@ -603,10 +605,13 @@ class ContentStore:
                 info = json.loads(raw)
             except ValueError:
                 continue
+            if not isinstance(info, dict):  # not an index entry: hostile input
+                continue
             if not info.get("deleted") and info.get("chunks") == 1 and info.get("nuid"):
                 chunk_of[cid] = f"$O.{self.bucket}.C.{info['nuid']}"
+            elif not info.get("deleted") and info.get("chunks") == 0 and cid == EMPTY_CID:
+                out[cid] = b""  # empty content has no chunk: its entry is all there is
         chunks = await self._direct_last(list(chunk_of.values()))
-        out = {}
         for cid, subject in chunk_of.items():
             data = chunks.get(subject)
             if data is not None and cidlib.compute(data) == cid:

@@ -29,12 +29,17 @@ class PutBatcher:
         self.max_batch = max_batch
         self.in_flight = in_flight
         self._queue: list[tuple[bytes, dict[str, Any], asyncio.Future[PutResult]]] = []
-        self._drains: set[asyncio.Task] = set()
+        self._drains: set[asyncio.Task] = set()  # references, so a running drain is not collected
+        # Drains still taking from the queue. Counted down in the same step in which a drain
+        # finds the queue empty: a task's done-callback runs a turn later, and a put that came
+        # in between would wait with nobody to take it.
+        self._active = 0
 
     async def put(self, data: bytes, **meta: Any) -> PutResult:
         fut: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
         self._queue.append((data, meta, fut))
-        if len(self._drains) < self.in_flight:
+        if self._active < self.in_flight:
+            self._active += 1
             task = asyncio.create_task(self._drain(), name="put-batch")
             self._drains.add(task)
             task.add_done_callback(self._drains.discard)
@@ -43,6 +48,12 @@ class PutBatcher:
         return await fut
 
     async def _drain(self) -> None:
+        try:
+            await self._take()
+        finally:
+            self._active -= 1
+
+    async def _take(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
             try:
