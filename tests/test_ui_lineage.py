@@ -22,9 +22,11 @@ async def test_a_parent_the_projection_has_not_seen_still_shows_its_title(nc):
     await provision(nc, ProvisionSpec())
     units = UnitStore(nc)
     parent = (await units.put_bytes(b"v1", title="original")).unit.cid
-    projection = Projection(EventStore(nc))  # not started: it has seen nothing
+    projection = Projection(EventStore(nc), None)
+    projection.open()  # its (empty) rows, in memory; not following the stream: it has seen nothing
     auth = Auth(password_file=None, session_secret_file=None, trusted_header="X-User", trusted_proxies=["127.0.0.1"],
                 secure_cookies=False)
     dashboard = Dashboard(nc, auth, projection, agent="cim-ui", max_upload=1024, stopping=asyncio.Event())
     assert await dashboard._title(parent) == "original"
     assert await dashboard._title("bafkreinotstoredanywhere") == ""
+    projection.close()

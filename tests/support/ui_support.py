@@ -1,4 +1,5 @@
-"""A whole stack for the dashboard tests: nats-server, the store, hub and ui agents."""
+"""A whole stack for the dashboard tests: nats-server, the store, hub and ui agents (and a
+pipeline agent, for search, when a test asks for one)."""
 
 from __future__ import annotations
 
@@ -31,23 +32,23 @@ def http_ok(url: str) -> bool:
 
 
 class Stack:
-    def __init__(self, tmp: Path, *, webhook_url: str | None = None):
+    def __init__(self, tmp: Path, *, webhook_url: str | None = None, ui_state: Path | None = None):
         self.tmp = tmp
         self.server = NatsServer(store_dir=tmp / "nats")
-        self.agents: list[Agent] = []
+        self.agents: list[AgentProcess] = []
         self.hub: Hub | None = None
         self.webhook_url = webhook_url
+        self.ui_state = ui_state  # None: the dashboard keeps its projection in memory
 
     def start(self) -> Stack:
         self.server.start()
         subprocess.run([sys.executable, "-m", "cim", "--server", self.server.url, "provision"], check=True, capture_output=True)
         nats = {"servers": [self.server.url]}
         self.agents.append(Agent("store", {"nats": nats}, self.tmp))
-        users = self.tmp / "users"
-        users.write_text(f"admin:{hash_password(PASSWORD)}\n")
+        (self.tmp / "users").write_text(f"admin:{hash_password(PASSWORD)}\n")
         self.ui_port = free_port()
         self.ui_url = f"http://127.0.0.1:{self.ui_port}"
-        self.agents.append(Agent("ui", {"nats": nats, "http": {"port": self.ui_port}, "password_file": str(users)}, self.tmp))
+        self.ui = self.start_ui(port=self.ui_port, state_dir=self.ui_state)
         hub_dir = self.tmp / "hub"
         hub_dir.mkdir()
         (hub_dir / "secret").write_text("webhook-secret\n")
@@ -58,6 +59,22 @@ class Stack:
         self.hub = Hub(self.server.url, hub_dir, webhooks=hooks).start()
         wait_until(lambda: http_ok(self.ui_url + "/healthz"), 30, what="the dashboard to answer")
         return self
+
+    def start_ui(self, *, port: int, state_dir: Path | None, name: str = "cim-ui") -> AgentProcess:
+        """A dashboard agent (another one needs its own name, port and state directory)."""
+        config: dict = {"name": name, "nats": {"servers": [self.server.url]}, "http": {"port": port},
+                        "password_file": str(self.tmp / "users")}
+        if state_dir is not None:
+            config["state_dir"] = str(state_dir)
+        agent = Agent("ui", config, self.tmp)
+        self.agents.append(agent)
+        return agent
+
+    def start_pipeline(self) -> AgentProcess:
+        """A pipeline agent with the default pipelines: what the dashboard's search asks."""
+        agent = Agent("pipeline", {"nats": {"servers": [self.server.url]}}, self.tmp)
+        self.agents.append(agent)
+        return agent
 
     def stop(self) -> None:
         if self.hub:

@@ -1,8 +1,10 @@
 """The web dashboard: server-rendered pages (jinja2), progressive enhancement, live events.
 
 app.py auth.py            the pages and the login
-projections.py plots.py   the live projection of the event stream, and its plots
-data.py                   what the pages ask the other agents
+projections.py unit_list.py
+                          the projection of the event stream (SQLite, checkpointed), its rows
+plots.py                  its plots
+data.py search.py         what the pages ask the other agents (search: the pipeline agent)
 config.py api.py agent.py the ui agent (cim.ui.*)
 """
 

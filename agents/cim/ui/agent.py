@@ -1,8 +1,9 @@
 """The `ui` agent: the web dashboard (server-rendered, live over Server-Sent Events).
 
-It keeps an in-memory projection of the event stream (units, labels, event rate, recent
-errors) fed by one catch-up subscription, and asks the other agents over NATS for the
-rest; what is not running shows as a "not running" panel, never as an error page.
+It keeps a projection of the event stream (the unit list, labels, bytes per tier, the event
+rate) in SQLite under its state directory, resumed from its checkpoint at start, and asks
+the other agents over NATS for the rest (search, pipelines, storage); what is not running
+shows as a "not running" panel, never as an error page.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from ..events import EventStore
 from ..http_deadline import GuardedSite, HeadDeadline
+from ..projection_db import state_dir
 from ..runtime import AgentBase, AgentContext, endpoint
 from . import api
 from .api import InfoReply
@@ -28,7 +30,7 @@ HEAD_DEADLINE = 30.0  # seconds a browser may take to send a request head (slowl
 class Agent(AgentBase[Config]):
     def __init__(self, ctx: AgentContext):
         super().__init__(ctx)
-        self.projection = Projection(EventStore(ctx.nc))
+        self.projection = Projection(EventStore(ctx.nc), state_dir(self.config.state_dir))
         auth = Auth(password_file=self.config.password_file, session_secret_file=self.config.session_secret_file,
                     trusted_header=self.config.trusted_header, trusted_proxies=self.config.trusted_proxies,
                     secure_cookies=self.config.secure_cookies)
@@ -38,7 +40,8 @@ class Agent(AgentBase[Config]):
         self.url = ""
 
     async def start(self) -> None:
-        await self.projection.start()
+        self.projection.open()
+        self.ctx.tasks.spawn(self.projection.run(), name="projection")
         app = self.dashboard.app()
         deadline = HeadDeadline(HEAD_DEADLINE)
         deadline.install(app)
@@ -51,11 +54,12 @@ class Agent(AgentBase[Config]):
     async def stop(self) -> None:
         if self._runner:
             await self._runner.cleanup()
-        await self.projection.stop()
+        self.projection.close()  # the runtime has cancelled the feed already
 
     @endpoint(api.INFO)
     async def info(self) -> InfoReply:
-        """Where the dashboard listens and how far its projection has read."""
-        return InfoReply(url=self.url, units=len(self.projection.rows), caught_up=self.projection.caught_up.is_set())
+        """Where the dashboard listens and how far its projection has read (and replayed since start)."""
+        return InfoReply(url=self.url, units=self.projection.count(), caught_up=self.projection.caught_up.is_set(),
+                         **self.projection.freshness())
 
 

@@ -20,7 +20,7 @@ import jinja2
 from aiohttp import BodyPartReader, web
 from nats.aio.client import Client
 
-from ..errors import CimError, InvalidInput, NotFound
+from ..errors import CimError, InvalidInput, NotFound, ProjectionUnavailable
 from ..names import CONTENT_BUCKET
 from ..store import api as store_api
 from ..store.content import ContentStore
@@ -30,6 +30,7 @@ from ..tier.fetch import fetch
 from . import data, plots
 from .auth import Auth, Session
 from .projections import Projection
+from .search import listed, search
 
 log = logging.getLogger("cim.ui")
 
@@ -60,7 +61,7 @@ class Dashboard:
     # --- plumbing -------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._gate], client_max_size=self.max_upload + 64 * 1024)
+        app = web.Application(middlewares=[self._gate, self._unavailable], client_max_size=self.max_upload + 64 * 1024)
         app.on_response_prepare.append(self._headers)
         r = app.router
         r.add_get("/login", self.login_page)
@@ -113,6 +114,14 @@ class Dashboard:
             if why:
                 return self._refuse(request, why)
         return await handler(request)
+
+    @web.middleware
+    async def _unavailable(self, request: web.Request, handler):
+        """The unit list being rebuilt is a page that says so (503), not a traceback."""
+        try:
+            return await handler(request)
+        except ProjectionUnavailable as err:
+            return self.render(request, "error.html", status=503, message=str(err))
 
     def _refuse(self, request: web.Request, why: str) -> web.Response:
         log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, why)
@@ -171,27 +180,41 @@ class Dashboard:
         return self.render(
             request, "overview.html", agents=agents, storage=storage,
             errors=list(self.projection.errors)[::-1][:20], rate_svg=plots.rate_chart(self.projection.rate()),
-            tier_svg=plots.bar_chart(tiers or {}), units=len(self.projection.rows), caught_up=self.projection.caught_up.is_set(),
+            tier_svg=plots.bar_chart(tiers or {}), units=self.projection.count(), caught_up=self.projection.caught_up.is_set(),
         )
 
     async def units_page(self, request: web.Request) -> web.Response:
-        q = request.query.get("q", "")[:200]
+        q = request.query.get("q", "")[:200].strip()
         label = request.query.get("label", "")[:64]
         size = _int(request.query.get("size"), 50)
         size = size if size in PAGE_SIZES else 50
+        common: dict[str, Any] = {"q": q, "label": label, "size": size, "labels": self.projection.labels(),
+                                  "max_upload": self.max_upload, "caught_up": self.projection.caught_up.is_set()}
+        if q:
+            return await self._search_page(request, common)
         page = max(_int(request.query.get("page"), 1), 1)
-        rows, total = self.projection.page(q=q, label=label, offset=(page - 1) * size, limit=size)
+        # The pager's links carry the sequence they continue from (keyset): a page far down is
+        # as quick as the first. A page number alone (typed in) is counted down to.
+        before, after = _int(request.query.get("before"), 0) or None, _int(request.query.get("after"), 0) or None
+        rows, total = self.projection.page(label=label, before=before, after=after, offset=(page - 1) * size, limit=size)
         pages = max((total + size - 1) // size, 1)
 
-        def link(n: int) -> str:
-            return "/units?" + urlencode({k: v for k, v in (("q", q), ("label", label), ("size", size), ("page", n)) if v})
+        def link(n: int, **cursor: int) -> str:
+            return "/units?" + urlencode({k: v for k, v in (("label", label), ("size", size), ("page", n), *cursor.items()) if v})
 
-        return self.render(
-            request, "units.html", rows=rows, total=total, q=q, label=label, page=page, pages=pages, size=size,
-            prev_link=link(page - 1) if page > 1 else None, next_link=link(page + 1) if page < pages else None,
-            labels=self.projection.labels(), live=page == 1 and not q and not label, max_upload=self.max_upload,
-            caught_up=self.projection.caught_up.is_set(),
-        )
+        newer = (link(1) if page == 2 or not rows else link(page - 1, after=rows[0].seq)) if page > 1 else None
+        older = link(page + 1, before=rows[-1].seq) if page < pages and rows else None
+        return self.render(request, "units.html", rows=rows, hits=None, total=total, page=page, pages=pages,
+                           prev_link=newer, next_link=older, live=page == 1 and not label, searched=None, **common)
+
+    async def _search_page(self, request: web.Request, common: dict[str, Any]) -> web.Response:
+        found = await search(self.nc, common["q"], common["label"], common["size"])
+        if isinstance(found, data.Missing):
+            return self.render(request, "units.html", rows=[], hits=None, total=0, page=1, pages=1, prev_link=None,
+                               next_link=None, live=False, searched=found, **common)
+        hits = listed(found.hits, self.projection.by_cids([h.cid for h in found.hits]))
+        return self.render(request, "units.html", rows=[], hits=hits, total=len(hits), page=1, pages=1, prev_link=None,
+                           next_link=None, live=False, searched=found, **common)
 
     async def unit_page(self, request: web.Request) -> web.Response:
         cid = request.match_info["cid"]
@@ -230,9 +253,12 @@ class Dashboard:
     async def _title(self, cid: str) -> str:
         """From the projection; from the unit itself when the projection has not seen it yet
         (a revision put a moment ago, whose parent's event is still on its way here)."""
-        i = self.projection.by_cid.get(cid)
-        if i is not None:
-            return self.projection.rows[i].title
+        try:
+            title = self.projection.title(cid)
+        except ProjectionUnavailable:
+            title = None  # being rebuilt: ask the store
+        if title is not None:
+            return title
         try:
             return (await self.units.unit(cid)).title
         except CimError:
@@ -350,8 +376,13 @@ class Dashboard:
         return response
 
     async def healthz(self, request: web.Request) -> web.Response:
+        try:
+            units: int | None = self.projection.count()
+            fresh = self.projection.freshness()
+        except ProjectionUnavailable:  # being rebuilt: health says so (stale), it does not fail
+            units, fresh = None, {"as_of": 0, "stale": True, "replayed": self.projection.follower.replayed}
         return web.json_response({"nats": self.nc.is_connected, "caught_up": self.projection.caught_up.is_set(),
-                                  "units": len(self.projection.rows)}, status=200 if self.nc.is_connected else 503)
+                                  "units": units, **fresh}, status=200 if self.nc.is_connected else 503)
 
 
 def _int(v: str | None, default: int) -> int:

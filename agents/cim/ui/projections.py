@@ -1,118 +1,118 @@
-"""What the dashboard reads from: an in-memory projection of the event stream.
+"""What the dashboard reads from: its projection of the event stream, kept on disk.
 
-One catch-up subscription (`EventStore.read(follow=True)`) feeds it: history first, then
-live. Listing units therefore never scans the stream per page view; at 100k units a page
-is a slice of a list, a label filter a slice of that label's list, and a search one pass
-over lower-cased titles. The same feed gives the event rate, recent errors and the live
-events the pages receive over Server-Sent Events.
+The unit list, label counts, bytes per tier and the event rate are SQLite rows
+(`unit_list.py`) in one file under the agent's state directory (cim.projection_db), with the
+stream position they cover: a restart resumes there and replays only what is newer, and a
+page is an index walk whatever the number of units. Without a state directory the file is
+kept in memory and rebuilt at every start.
+
+The last events and errors (the Events page, the overview) stay in memory: they are read
+again from the stream's end at start, so a restart does not empty them. Browsers listening
+for live events (Server-Sent Events) get each event once the history has been read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import json
 import logging
+import sqlite3
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
+from ..errors import ProjectionUnavailable
 from ..events import EventStore, StoredEvent
 from ..names import EVENTS_STREAM
 from ..nats.read import last_seq
+from ..projection_db import Follower, ProjectionDb, is_corrupt
 from ..store.events import UnitCreated
-from ..store.unit_fold import UnitFold
+from . import unit_list
+from .unit_list import UnitRow
 
 log = logging.getLogger("cim.ui.projection")
 
 ERROR_TYPES = ("failed", "dead_lettered", "error", "rejected")
-RATE_MINUTES = 60
+SUBJECTS = ["cim.evt.>"]  # every event: the rate and the Events page count them all
+RECENT_AT_START = 200  # events read back from the stream's end at start, for the Events page
+LISTENER_BACKLOG = 1000  # a stuck browser tab must not grow memory without bound
+T = TypeVar("T")
 
 
-@dataclass(slots=True)
-class UnitRow:
-    cid: str
-    title: str
-    labels: tuple[str, ...]
-    size: int
-    media_type: str
-    source: str
-    created_at: str
-    seq: int
-    search: str  # lower-cased title, source and CID: what a search matches
+def _now_minute() -> int:
+    return int(datetime.now(UTC).timestamp() // 60)
 
 
 class Projection:
-    def __init__(self, events: EventStore):
+    def __init__(self, events: EventStore, directory: Path | None):
         self.events = events
-        self.rows: list[UnitRow] = []  # in stream order: newest last
-        self.by_cid: dict[str, int] = {}
-        self.by_label: dict[str, list[int]] = {}
-        self.last_seq = 0
-        self.caught_up = asyncio.Event()
-        self.per_minute: dict[int, int] = {}
+        self.db = ProjectionDb(directory, "ui", schema=unit_list.SCHEMA, version=unit_list.VERSION)
+        self.follower = Follower(events, self.db, SUBJECTS, self._prepare)
         self.recent: deque[dict[str, Any]] = deque(maxlen=100)
         self.errors: deque[dict[str, Any]] = deque(maxlen=50)
-        self.listeners: set[asyncio.Queue] = set()
-        self.units = UnitFold()  # the one fold of unit events (labels added later, tiers)
-        self._task: asyncio.Task | None = None
+        self.listeners: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._noted = 0  # the last sequence `recent` and `errors` hold: a replay never adds one twice
 
     # --- feeding ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="ui-projection")
+    def open(self) -> None:
+        self.db.open()
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    def close(self) -> None:
+        self.db.close()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                end = await last_seq(self.events.nc, EVENTS_STREAM, None)
-                if end <= self.last_seq:
-                    self.caught_up.set()
-                async for e in self.events.read(start_seq=self.last_seq + 1, follow=True):
-                    self.apply(e)
-                    if not self.caught_up.is_set() and e.seq >= end:
-                        self.caught_up.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # the read gave up after its own resume window: start again
-                log.warning("event feed interrupted (%s); resuming after #%d", err, self.last_seq)
-                await asyncio.sleep(2)  # backoff before a new catch-up, not a wait for a condition
+    async def run(self) -> None:
+        """The feed, for the agent's task supervisor: the last events, then the follower."""
+        await self._recent_at_start()
+        await self.follower.run()
 
-    def apply(self, e: StoredEvent) -> None:
-        self.last_seq = e.seq
-        if e.type == "unit.created" and not e.problem and e.aggregate_id not in self.by_cid:
-            d = e.data
-            row = UnitRow(
-                cid=d["cid"], title=d.get("title", ""), labels=tuple(d.get("labels", ())), size=d.get("size", 0),
-                media_type=d.get("media_type", ""), source=d.get("source", ""), created_at=str(d.get("created_at", ""))[:19],
-                seq=e.seq, search=f"{d.get('title', '')}\n{d.get('source', '')}\n{d['cid']}".lower(),
-            )
-            i = len(self.rows)
-            self.rows.append(row)
-            self.by_cid[row.cid] = i
-            for label in row.labels:
-                self.by_label.setdefault(label, []).append(i)
-        state = self.units.apply(e)
-        if e.type == "unit.labeled" and state is not None and state.cid in self.by_cid:
-            i = self.by_cid[state.cid]
-            row = self.rows[i]
-            for label in set(state.labels) - set(row.labels):
-                bisect.insort(self.by_label.setdefault(label, []), i)  # positions stay in stream order
-            row.labels = state.labels
+    @property
+    def caught_up(self) -> asyncio.Event:
+        return self.follower.caught_up
+
+    def freshness(self) -> dict[str, Any]:
+        """How far the rows reach: the last event they cover, whether they know they are behind,
+        and how many events this start applied (a resumed start applies only the new ones)."""
+        return self._query(lambda _: {**self.follower.state(), "replayed": self.follower.replayed})
+
+    async def _recent_at_start(self) -> None:
+        try:
+            end = await last_seq(self.events.nc, EVENTS_STREAM, None, self.events.timeout)  # the stream's end: no subject lookup
+            tail = [e async for e in self.events.read(SUBJECTS, start_seq=max(1, end - RECENT_AT_START + 1))] if end else []
+        except Exception as err:  # the page fills as events arrive; the unit list does not depend on it
+            log.warning("the last events of %s could not be read for the Events page (%s); it fills as new ones arrive",
+                        EVENTS_STREAM, err)
+            return
+        for e in tail:
+            self._note(e)
+
+    def _prepare(self, batch: list[StoredEvent]) -> Callable[[sqlite3.Connection], None]:
+        now = _now_minute()
+
+        def write(conn: sqlite3.Connection) -> None:
+            unit_list.write(conn, batch, now)
+            # Last, with nothing awaited before the commit that follows: a browser told of a
+            # unit finds it on the page it loads next.
+            live = self.follower.caught_up.is_set()
+            for e in batch:
+                item = self._note(e)
+                if live and item is not None:
+                    for q in list(self.listeners):
+                        if q.qsize() < LISTENER_BACKLOG:
+                            q.put_nowait(item)
+
+        return write
+
+    def _note(self, e: StoredEvent) -> dict[str, Any] | None:
+        """Keep the event for the Events page (and as an error if it is one); None if kept already."""
+        if e.seq <= self._noted:
+            return None
+        self._noted = e.seq
         when = e.time or datetime.now(UTC)
-        minute = int(when.timestamp() // 60)
-        self.per_minute[minute] = self.per_minute.get(minute, 0) + 1
-        if len(self.per_minute) > RATE_MINUTES * 2:
-            for old in sorted(self.per_minute)[: len(self.per_minute) - RATE_MINUTES]:
-                del self.per_minute[old]
-        item = {"seq": e.seq, "type": e.type, "subject": e.subject, "time": when.isoformat()[:19], "agent": e.agent or "",
-                "id": e.aggregate_id}
+        item: dict[str, Any] = {"seq": e.seq, "type": e.type, "subject": e.subject, "time": when.isoformat()[:19],
+                                "agent": e.agent or "", "id": e.aggregate_id}
         created = e.typed() if e.type == "unit.created" else None
         if isinstance(created, UnitCreated):
             item["unit"] = {"cid": created.cid, "title": created.title, "labels": list(created.labels),
@@ -120,47 +120,50 @@ class Projection:
         self.recent.append(item)
         if e.problem or e.type.endswith(ERROR_TYPES):
             self.errors.append({**item, "detail": e.problem or json.dumps(e.data)[:300]})
-        if self.caught_up.is_set():
-            for q in list(self.listeners):
-                if q.qsize() < 1000:  # a stuck browser tab must not grow memory without bound
-                    q.put_nowait(item)
+        return item
 
     # --- reading ------------------------------------------------------------------------
 
-    def page(self, *, q: str = "", label: str = "", offset: int = 0, limit: int = 50) -> tuple[list[UnitRow], int]:
-        """Newest first; returns the page and the total number of matches."""
-        positions: Any = self.by_label.get(label, []) if label else range(len(self.rows))
-        needle = q.strip().lower()
-        if not needle:
-            total = len(positions)
-            stop = max(total - offset, 0)
-            idx = positions[max(stop - limit, 0):stop]
-            return [self.rows[i] for i in reversed(idx)], total
-        rows = self.rows
-        matches = [i for i in positions if needle in rows[i].search]
-        total = len(matches)
-        stop = max(total - offset, 0)
-        return [rows[i] for i in reversed(matches[max(stop - limit, 0):stop])], total
+    def _query(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a query on the rows; a damaged file is rebuilt by replay, never served."""
+        try:
+            return run(self.db.conn)
+        except sqlite3.DatabaseError as err:
+            if not is_corrupt(err):  # a busy or unreadable disk: the rows are good, the moment is not
+                raise ProjectionUnavailable(f"the dashboard's unit list cannot be read now ({err}); reload this page "
+                                            "in a moment, and check the state directory's disk if it persists") from None
+            self.follower.rebuild(f"a query failed on it ({err})")
+            raise ProjectionUnavailable("the dashboard's unit list was found damaged and is being rebuilt from the event "
+                                        "stream; reload this page in a moment") from None
+
+    def page(self, *, label: str = "", before: int | None = None, after: int | None = None, offset: int = 0,
+             limit: int = 50) -> tuple[list[UnitRow], int]:
+        """Newest first; the page and the number of units it is a page of."""
+        return self._query(lambda c: (unit_list.page(c, label=label, before=before, after=after, offset=offset, limit=limit),
+                                      unit_list.total(c, label)))
+
+    def count(self) -> int:
+        return self._query(unit_list.total)
+
+    def by_cids(self, cids: list[str]) -> dict[str, UnitRow]:
+        return self._query(lambda c: unit_list.by_cids(c, cids)) if cids else {}
+
+    def title(self, cid: str) -> str | None:
+        return self._query(lambda c: unit_list.title(c, cid))
 
     def labels(self, top: int = 30) -> list[tuple[str, int]]:
-        return sorted(((k, len(v)) for k, v in self.by_label.items()), key=lambda kv: (-kv[1], kv[0]))[:top]
+        return self._query(lambda c: unit_list.top_labels(c, top))
 
     def rate(self, minutes: int = 30) -> list[tuple[int, int]]:
-        now = int(datetime.now(UTC).timestamp() // 60)
-        return [(m, self.per_minute.get(m, 0)) for m in range(now - minutes + 1, now + 1)]
+        return self._query(lambda c: unit_list.rate(c, minutes, _now_minute()))
 
     def tier_bytes(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for u in self.units.units.values():
-            if u.known:
-                for t in u.tiers:
-                    out[t] = out.get(t, 0) + u.size
-        return out
+        return self._query(unit_list.tier_bytes)
 
-    def listen(self) -> asyncio.Queue:
-        q: asyncio.Queue = asyncio.Queue()
+    def listen(self) -> asyncio.Queue[dict[str, Any]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.listeners.add(q)
         return q
 
-    def unlisten(self, q: asyncio.Queue) -> None:
+    def unlisten(self, q: asyncio.Queue[dict[str, Any]]) -> None:
         self.listeners.discard(q)
