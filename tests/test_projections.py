@@ -224,3 +224,18 @@ async def test_cim_search_never_prints_a_units_escape_sequences(env, agent_proce
     await settled(nc, 1)
     out = cli("search", "kestrel").stdout
     assert "kestrel" in out and not any(c in out for c in "\x1b\x07\x9b"), repr(out)
+
+
+async def test_a_clean_stop_lets_the_next_start_skip_the_full_check_and_a_crash_does_not(env, agent_process):
+    nc, config = env
+    agent = await agent_process("pipeline", config).ready(nc)
+    await put_texts(nc, ["one"])
+    await settled(nc, 1)
+    agent.stop()
+    agent = await agent_process("pipeline", config).ready(nc)
+    await settled(nc, 1)
+    assert "closed cleanly at its last stop; resuming without a full check" in agent.log()
+    agent.kill()  # SIGKILL: no stamp
+    agent = await agent_process("pipeline", config).ready(nc)
+    await settled(nc, 1)
+    assert "not closed cleanly at its last stop; checked in" in agent.log()

@@ -121,12 +121,23 @@ class ProjectionDb:
     def _problem(self) -> str | None:
         """Why the file on disk cannot be resumed from, or None."""
         assert self.path is not None
+        clean = self._closed_cleanly()
         try:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
             try:
-                ok = conn.execute("PRAGMA quick_check").fetchone()
-                if not ok or ok[0] != "ok":
-                    return f"it is corrupt ({ok[0] if ok else 'no answer'})"
+                # SQLite's own check reads the whole file: seconds at a million units. It runs
+                # unless the file is exactly as this agent left it at its last clean stop (a
+                # crash, or any write since, and it runs); damage found later by a query or a
+                # write still rebuilds it.
+                if not clean:
+                    started = time.monotonic()
+                    ok = conn.execute("PRAGMA quick_check").fetchone()
+                    if not ok or ok[0] != "ok":
+                        return f"it is corrupt ({ok[0] if ok else 'no answer'})"
+                    log.info("projection %s: not closed cleanly at its last stop; checked in %.1f s", self.path,
+                             time.monotonic() - started)
+                else:
+                    log.info("projection %s: closed cleanly at its last stop; resuming without a full check", self.path)
                 found = conn.execute("SELECT version FROM cim_checkpoint WHERE id = 1").fetchone()
             finally:
                 conn.close()
@@ -137,6 +148,24 @@ class ProjectionDb:
         if found[0] != self.version:
             return f"it was written by schema {found[0]}, this agent reads schema {self.version}"
         return None
+
+    def _stamp_path(self) -> Path:
+        assert self.path is not None
+        return self.path.with_name(self.path.name + ".closed")
+
+    def _closed_cleanly(self) -> bool:
+        """The file's size and modification time are those recorded when it was last closed."""
+        stamp = self._stamp_path()
+        try:
+            recorded = stamp.read_text().split()
+            st = os.stat(self.path)  # type: ignore[arg-type]
+            wal = os.path.exists(f"{self.path}-wal")
+        except (OSError, ValueError):
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                stamp.unlink()  # the file is about to change: the stamp no longer holds
+        return not wal and recorded == [str(st.st_size), str(st.st_mtime_ns)]
 
     def _set_aside(self, reason: str) -> None:
         """Move a file that cannot be resumed from out of the way (kept, the last one only, as
@@ -203,7 +232,19 @@ class ProjectionDb:
         self.conn = self._connect(":memory:")
 
     def close(self) -> None:
+        """Close, and stamp the file as closed cleanly: the next start skips the full check."""
+        clean = True
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file
+        except sqlite3.Error:
+            clean = False
         self.conn.close()
+        if clean and self.path is not None and self.path.exists() and not os.path.exists(f"{self.path}-wal"):
+            with contextlib.suppress(OSError):
+                st = self.path.stat()
+                tmp = self._stamp_path().with_suffix(".tmp")
+                tmp.write_text(f"{st.st_size} {st.st_mtime_ns}\n")
+                os.replace(tmp, self._stamp_path())
         if self._lock is not None:
             self._lock.close()
             self._lock = None
