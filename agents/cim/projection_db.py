@@ -48,6 +48,10 @@ class Checkpoint:
     stream_created: str
     seq: int
     event_id: str
+    # Every event the projection reads, up to this stream sequence, is applied (events it
+    # does not read may follow `seq`): a start on a stream that ends here has nothing to do,
+    # and need not ask where its subjects end (a second per subject at a million units).
+    covered: int = 0
 
 
 # SQLite's primary result codes that mean the file itself is damaged; anything else (a full
@@ -191,23 +195,27 @@ class ProjectionDb:
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.executescript(
             "CREATE TABLE IF NOT EXISTS cim_checkpoint (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL,"
-            " stream_created TEXT NOT NULL, seq INTEGER NOT NULL, event_id TEXT NOT NULL);" + self.schema)
+            " stream_created TEXT NOT NULL, seq INTEGER NOT NULL, event_id TEXT NOT NULL,"
+            " covered INTEGER NOT NULL DEFAULT 0);" + self.schema)
+        if "covered" not in [row[1] for row in conn.execute("PRAGMA table_info(cim_checkpoint)")]:
+            conn.execute("ALTER TABLE cim_checkpoint ADD COLUMN covered INTEGER NOT NULL DEFAULT 0")  # files from before it
         return conn
 
     def checkpoint(self) -> Checkpoint | None:
-        row = self.conn.execute("SELECT stream_created, seq, event_id FROM cim_checkpoint WHERE id = 1").fetchone()
+        row = self.conn.execute("SELECT stream_created, seq, event_id, covered FROM cim_checkpoint WHERE id = 1").fetchone()
         return Checkpoint(*row) if row else None
 
-    def commit(self, apply: Callable[[sqlite3.Connection], None], stream_created: str, last: StoredEvent) -> None:
+    def commit(self, apply: Callable[[sqlite3.Connection], None], stream_created: str, last: StoredEvent,
+               covered: int = 0) -> None:
         """Apply rows and move the checkpoint to `last` in one transaction."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             apply(self.conn)
             self.conn.execute(
-                "INSERT INTO cim_checkpoint (id, version, stream_created, seq, event_id) VALUES (1, ?, ?, ?, ?)"
+                "INSERT INTO cim_checkpoint (id, version, stream_created, seq, event_id, covered) VALUES (1, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET version = excluded.version, stream_created = excluded.stream_created,"
-                " seq = excluded.seq, event_id = excluded.event_id",
-                (self.version, stream_created, last.seq, last.id))
+                " seq = excluded.seq, event_id = excluded.event_id, covered = excluded.covered",
+                (self.version, stream_created, last.seq, last.id, max(covered, last.seq)))
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
@@ -274,6 +282,7 @@ class Follower:
         self.interrupted = False
         self.started_at = time.monotonic()
         self._created = ""
+        self._stream_end = 0
         self._rebuild: asyncio.Future[str] | None = None
         self._asked: str | None = None  # a rebuild asked for while no feed was running
 
@@ -335,7 +344,7 @@ class Follower:
         if "error" in info:
             raise ProjectionUnavailable(f"cannot read {EVENTS_STREAM}: {info['error'].get('description')}")
         self._created = str(info.get("created", ""))
-        end = int(info.get("state", {}).get("last_seq", 0))
+        end = self._stream_end = int(info.get("state", {}).get("last_seq", 0))
         cp = self.db.checkpoint()
         if cp is None:
             return
@@ -374,9 +383,16 @@ class Follower:
 
     async def _follow(self) -> None:
         start = self.as_of + 1
-        end = await last_seq(self.events.nc, EVENTS_STREAM, self.subjects, self.events.timeout)
+        cp = self.db.checkpoint()
+        stream_end = self._stream_end
+        if cp is not None and cp.covered >= stream_end:
+            end = 0  # nothing new since the last run: no need to ask where the subjects end
+        else:
+            end = await last_seq(self.events.nc, EVENTS_STREAM, self.subjects, self.events.timeout)
         if end < start:
             self._caught_up()
+            if cp is not None and cp.covered < stream_end:  # what came since is none of ours
+                self.db.conn.execute("UPDATE cim_checkpoint SET covered = ? WHERE id = 1", (stream_end,))
         queue: asyncio.Queue[StoredEvent] = asyncio.Queue(maxsize=BATCH * 4)
 
         async def read() -> None:
@@ -404,10 +420,13 @@ class Follower:
                     write = await write
                 if rebuild.done():  # asked for while the batch's content was read: not written
                     raise _Rebuild(rebuild.result())
-                self.db.commit(write, self._created, batch[-1])
+                # Reaching the last event of ours that existed at the start covers the stream
+                # as far as it went then.
+                reached = batch[-1].seq >= end
+                self.db.commit(write, self._created, batch[-1], covered=stream_end if reached else 0)
                 self.replayed += len(batch)
                 self.interrupted = False
-                if batch[-1].seq >= end:
+                if reached:
                     self._caught_up()
         finally:
             self._rebuild = None
