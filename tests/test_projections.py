@@ -176,8 +176,10 @@ async def test_a_full_disk_stops_the_projection_without_throwing_it_away(env, ag
     import resource
     import sys
 
+    from support.agentkit import AgentProcess
+
     nc, config = env
-    agent = agent_process("pipeline", config)
+    agent = AgentProcess("pipeline", config, tmp_path)  # started here, with the limit
     limit = 3 * 1024 * 1024
 
     def limited():
@@ -189,6 +191,15 @@ async def test_a_full_disk_stops_the_projection_without_throwing_it_away(env, ag
                                    str(agent.config_path)], stdout=log, stderr=subprocess.STDOUT, env=agent.env,
                                   preexec_fn=limited)
     log.close()
+    try:
+        await _full_disk(nc, agent, tmp_path)
+    finally:
+        agent.stop()
+
+
+async def _full_disk(nc, agent, tmp_path) -> None:
+    import resource
+
     await agent.ready(nc)
     await put_texts(nc, ["first"])
     await settled(nc, 1)

@@ -334,6 +334,7 @@ class Follower:
                 await asyncio.sleep(5)  # backoff before writing again, not a wait for a condition
             except Exception as err:  # the feed, or a read the batch needed, failed: resume after the checkpoint
                 self.interrupted = True
+                self.caught_up.clear()  # until the feed is back and has caught up again
                 log.warning("projection %s: event feed interrupted (%s); resuming after #%d", self.db.name, err,
                             self.as_of)
                 await asyncio.sleep(2)  # backoff before a new catch-up, not a wait for a condition
@@ -382,6 +383,7 @@ class Follower:
                     rebuild.set_result(f"{EVENTS_STREAM} was recreated while the agent ran (restored?)")
 
     async def _follow(self) -> None:
+        self.interrupted = False  # the stream answered (_verify): stale now only while catching up
         start = self.as_of + 1
         cp = self.db.checkpoint()
         stream_end = self._stream_end

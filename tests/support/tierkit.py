@@ -40,16 +40,21 @@ def mixed_sizes(n: int, big: int = 3, seed: int = 7) -> list[bytes]:
 
 
 class TierAgent:
-    """`cim agent run tier` as a subprocess, started, stopped and killed like a service."""
+    """`cim agent run tier` as a subprocess, started, stopped and killed like a service.
+
+    Its location index is kept on disk in `state_dir` (tmp_path/tier-state unless the
+    settings name one), so a restart resumes from the checkpoint as a service's does."""
 
     def __init__(self, tmp_path: Path, url: str, settings: dict, nkey: Path | None = None):
         self.dir = tmp_path
         self.url = url
         self.config = tmp_path / "tier.json"
+        self.state_dir = Path(settings.get("state_dir") or tmp_path / "tier-state")
         nats_cfg: dict = {"servers": [url]}
         if nkey:
             nats_cfg["nkey_seed_file"] = str(nkey)
-        self.config.write_text(json.dumps({"capability": "tier", "nats": nats_cfg, **settings}))
+        self.config.write_text(json.dumps({"capability": "tier", "nats": nats_cfg, **settings,
+                                           "state_dir": str(self.state_dir)}))
         self.log = tmp_path / "tier.log"
         self.proc: subprocess.Popen | None = None
 

@@ -1,13 +1,15 @@
 """Storage tiering: JetStream (hot) -> S3 or files (warm, cold), read-through, backup, restore.
 
-urls.py       tier settings and the URL schemes (jetstream://, s3://, file://)
-backends.py   one interface over the three kinds of store, every read verified by CID
-locations.py  the location index: a projection of the unit events
-policies.py   which units move where, by age, size, labels and last access
-migrate.py    the copy -> verify -> record -> delete protocol, resumable from the events
-fetch.py      read-through: the agent streams a unit's bytes to `cim units get`
-backup.py     event export to the archive tier, and rebuilding a leaf from it
-events.py     unit.moving, unit.located, unit.expired
+urls.py           tier settings and the URL schemes (jetstream://, s3://, file://)
+backends.py       one interface over the three kinds of store, every read verified by CID
+locations.py      the location index: a projection of the unit events (in memory, and what any index answers)
+location_rows.py  the index as SQLite rows, folded by the one unit fold
+location_db.py    the agent's index on disk: checkpointed, resumed at start, waited for before a plan
+policies.py       which units move where, by age, size, labels and last access
+migrate.py        the copy -> verify -> record -> delete protocol, resumable from the events
+fetch.py          read-through: the agent streams a unit's bytes to `cim units get`
+backup.py         event export to the archive tier, and rebuilding a leaf from it
+events.py         unit.moving, unit.located, unit.expired
 config.py api.py agent.py   the tier agent (cim.tier.*)
 """
 

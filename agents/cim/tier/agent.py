@@ -4,6 +4,10 @@ verifies, restores single units and exports the event stream to the archive.
 Endpoints (`cim.tier.*`): status, migrate, verify, restore, backup_status; plus the
 streaming `cim.tier.fetch` (read-through, see tiering/fetch.py) and `cim.tier.access`
 (last-access reports from readers, kept in the KV bucket CIM_TIER_ACCESS).
+
+The location index is a projection on disk under the agent's state directory
+(location_db.py): a start resumes from its checkpoint and folds only newer unit events.
+Whatever plans from it first waits until it covers the stream's end (`_require_fresh`).
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
-from ..errors import CimError, UnitNotFound
+from ..errors import CimError, ProjectionUnavailable, UnitNotFound
 from ..events import EventStore
 from ..names import CONTENT_BUCKET
+from ..projection_db import state_dir
 from ..runtime import AgentBase, AgentContext, endpoint
 from ..runtime import progress as runtime_progress
 from ..store.unit_fold import HOT
@@ -28,7 +33,8 @@ from .backup import Exporter
 from .config import ACCESS_BUCKET, Config
 from .errors import ObjectMissing, TierUnavailable, UnitExpiredError
 from .fetch import FetchServer
-from .locations import UNIT_EVENTS, LocationIndex, for_unit
+from .location_db import LocationProjection
+from .locations import for_unit
 from .migrate import BACKOFF, Migrator, MoveResult
 from .urls import TierSpec
 
@@ -38,6 +44,10 @@ ACCESS_SUBJECT = "cim.tier.access"
 # Reads from colder tiers served at once; more wait in the subscription's queue.
 FETCHES_AT_ONCE = 32
 HOT_SPEC = TierSpec(name=HOT, url=f"jetstream://{CONTENT_BUCKET}")
+# How long a plan (policy run, resumed move, verify) waits for the index to cover the
+# stream's end before it is skipped and says why; a status answers stale after STATUS_WAIT.
+CATCH_UP_WAIT = 30.0
+STATUS_WAIT = 2.0
 
 
 # --- requests and replies -------------------------------------------------------------------
@@ -58,7 +68,8 @@ class Agent(AgentBase[Config]):
                                  concurrency=self.config.concurrency, retry_for=self.config.read_retry_for)
         self.exporter = (Exporter(ctx.nc, self.tiers[self.config.backup.tier], chunk_events=self.config.backup.chunk_events)
                          if self.config.backup else None)
-        self.index = LocationIndex()
+        self.locations = LocationProjection(self.events, state_dir(self.config.state_dir))
+        self.index = self.locations.index
         self.access: dict[str, float] = {}
         self._access_dirty: set[str] = set()
         self.fetcher = FetchServer(ctx.nc, self._open_stream, ctx.tasks.bounded(FETCHES_AT_ONCE))
@@ -77,11 +88,11 @@ class Agent(AgentBase[Config]):
                 await backend.check()
             except TierUnavailable as err:  # a tier that is down now may come back; retried later
                 self.migrator.note_error(f"checking tier {backend.name}", err)
-        self.index = await LocationIndex.build(self.events)
+        self.locations.open()
+        self.ctx.tasks.spawn(self.locations.run(), name="index")
         await self._load_access()
         await self.fetcher.start()
         await self.nc.subscribe(ACCESS_SUBJECT, cb=self._on_access)
-        self.ctx.tasks.spawn(self._follow(), name="index")
         self.ctx.tasks.spawn(self._loop(), name="migrate")
         if self.exporter:
             self.ctx.tasks.spawn(self._backup_loop(), name="backup")
@@ -94,22 +105,21 @@ class Agent(AgentBase[Config]):
             await self._flush_access()
         for b in self.tiers.values():
             b.close()
+        self.locations.close()
 
-    async def _follow(self) -> None:
-        """Keep the location index current from the live event stream."""
-        while not self.ctx.stopping.is_set():
-            try:
-                async for e in self.events.read([UNIT_EVENTS], start_seq=self.index.last_seq + 1, follow=True):
-                    self.index.apply(e)
-            except CimError as err:
-                self.migrator.note_error("following the unit events", err)
-                await asyncio.sleep(1)  # backoff before following again
+    async def _require_fresh(self, what: str) -> None:
+        """A plan never works from a stale index: wait for it to catch up, or skip the plan."""
+        why = await self.locations.current(CATCH_UP_WAIT)
+        if why:
+            raise ProjectionUnavailable(f"{what} was skipped: {why} after waiting {CATCH_UP_WAIT:g} s. It runs once "
+                                        "the index has caught up (`cim tier status` says stale: false then)")
 
     async def _loop(self) -> None:
         """Finish interrupted moves first, then run the policies every migrate_interval."""
+        await self.locations.built(self.ctx.stopping)
         while not self.ctx.stopping.is_set():
             try:
-                await self._catch_up()
+                await self._require_fresh("this migration run")
                 await self.migrator.resume(self.index)
                 if self.config.policies:
                     await self._run(dry_run=False)
@@ -130,9 +140,10 @@ class Agent(AgentBase[Config]):
 
     async def _backup_loop(self) -> None:
         assert self.exporter and self.config.backup
+        await self.locations.built(self.ctx.stopping)
         while not self.ctx.stopping.is_set():
             try:
-                await self._catch_up()
+                await self._require_fresh("this backup run")
                 await self.migrator.copy_all_to(self.index, self.config.backup.tier)
                 await self.exporter.export()
                 self.exporter.last_error = None
@@ -141,13 +152,8 @@ class Agent(AgentBase[Config]):
                 self.migrator.note_error("backup", err)
             await self._sleep(self.config.backup.interval)
 
-    async def _catch_up(self) -> None:
-        """Apply every unit event up to now, so a run plans from the current state."""
-        async for e in self.events.read([UNIT_EVENTS], start_seq=self.index.last_seq + 1):
-            self.index.apply(e)
-
     async def _run(self, dry_run: bool, progress: Callable[[dict], Coroutine[Any, Any, None]] | None = None) -> dict:
-        await self._catch_up()
+        await self._require_fresh("the policy run")
         sent: list[asyncio.Task] = []
         planned_info: dict = {}
 
@@ -170,7 +176,7 @@ class Agent(AgentBase[Config]):
         }
         if not dry_run:
             self.last_migration = {k: v for k, v in summary.items() if k != "results"}
-            await self._catch_up()
+            await self.locations.current(STATUS_WAIT)  # so a status right after counts these moves
         return summary
 
     # --- last access ----------------------------------------------------------------------
@@ -279,29 +285,32 @@ class Agent(AgentBase[Config]):
 
     @endpoint(api.STATUS)
     async def status(self, req: Empty) -> dict:
-        """Units and bytes per tier, pending moves and the last errors."""
-        await self._catch_up()
+        """Units and bytes per tier, pending moves and the last errors, and how fresh the
+        location index is (`stale`: it may miss unit events; `replayed`: applied since start)."""
+        fresh = await self.locations.current(STATUS_WAIT) is None
+        counts = self.index.counts()  # before start() opens the index, this answers that the agent is starting
         tiers = []
-        live = self.index.live()
         for name, backend in self.tiers.items():
-            held = [u for u in live if u.holds(name)]
-            tiers.append({"name": name, "url": backend.spec.where(), "units": len(held), "bytes": sum(u.size for u in held)})
-        pending = self.index.pending()
+            units, size = counts.held(name)
+            tiers.append({"name": name, "url": backend.spec.where(), "units": units, "bytes": size})
         return {
             "tiers": tiers,
-            "units": len(live),
-            "expired": sum(1 for u in self.index.units.values() if u.expired),
-            "pending": len(pending),
-            "pending_moves": [{"cid": u.cid, **{k: v for k, v in (u.pending or {}).items() if k != "seq"}} for u in pending[:20]],
+            "units": counts.units,
+            "expired": counts.expired,
+            "pending": counts.pending,
+            "pending_moves": [{"cid": u.cid, **{k: v for k, v in (u.pending or {}).items() if k != "seq"}}
+                              for u in self.index.pending(limit=20)],
             "policies": [p.model_dump(by_alias=True) for p in self.config.policies],
             "last_migration": self.last_migration,
             "errors": list(self.migrator.errors),
+            **self.locations.state(fresh),
         }
 
     @endpoint(api.MIGRATE)
     async def migrate(self, req: MigrateRequest) -> dict:
         """Run the policies now (or only plan them with dry_run)."""
         if not req.dry_run:
+            await self._require_fresh("resuming interrupted moves")
             await self.migrator.resume(self.index)
         return await self._run(req.dry_run, runtime_progress if req.progress else None)
 
@@ -312,7 +321,7 @@ class Agent(AgentBase[Config]):
             from ..errors import InvalidInput
 
             raise InvalidInput("tier", f"no tier {req.tier!r}; configured: {', '.join(self.tiers)}")
-        await self._catch_up()
+        await self._require_fresh("the verify")
         return await self.migrator.verify(self.index, req.tier, req.sample)
 
     @endpoint(api.RESTORE)
@@ -328,6 +337,6 @@ class Agent(AgentBase[Config]):
         """How far the event export to the archive is."""
         if self.exporter is None:
             return {"configured": False}
-        await self._catch_up()
+        await self.locations.current(STATUS_WAIT)
         return {"configured": True, **await self.exporter.status(self.index)}
 

@@ -38,7 +38,7 @@ from ..store.content import ContentStore
 from ..store.unit_fold import HOT
 from .backends import SPOOL_IN_MEMORY, Backend
 from .errors import ObjectMissing, TierError
-from .locations import LocationIndex
+from .locations import LocationIndex, Locations
 
 log = logging.getLogger("cim.tier.backup")
 
@@ -142,7 +142,7 @@ class Exporter:
         self.last_run = time.time()
         return written
 
-    async def status(self, index: LocationIndex | None = None) -> dict:
+    async def status(self, index: Locations | None = None) -> dict:
         manifest = await read_manifest(self.archive)
         end = await last_seq(self.nc, EVENTS_STREAM, None, self.timeout)
         out = {
@@ -152,9 +152,9 @@ class Exporter:
             "last_run": self.last_run, "last_error": self.last_error,
         }
         if index is not None:
-            live = index.live()
-            out["units"] = len(live)
-            out["units_archived"] = sum(1 for u in live if u.holds(self.archive.name))
+            counts = index.counts()
+            out["units"] = counts.units
+            out["units_archived"] = counts.held(self.archive.name)[0]
         return out
 
 

@@ -18,8 +18,10 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import islice
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -31,12 +33,13 @@ from ..store.unit_fold import HOT
 from .backends import Backend
 from .errors import ObjectMissing, TierError, TierUnavailable
 from .events import UnitExpired, UnitLocated, UnitMoving, VerifiedBy
-from .locations import LocationIndex, UnitLocation, for_unit
+from .locations import Locations, UnitLocation, for_unit
 from .policies import Policy, plan
 
 log = logging.getLogger("cim.tier")
 
 BACKOFF = (0.2, 0.5, 1, 2, 5)
+PLAN_PAGE = 1000  # units planned between yields to the event loop: reads and status answer meanwhile
 
 
 @dataclass
@@ -226,7 +229,7 @@ class Migrator:
         await asyncio.gather(*(one(j) for j in jobs))
         return report
 
-    async def resume(self, index: LocationIndex) -> Report:
+    async def resume(self, index: Locations) -> Report:
         """Finish what a crash interrupted: pending intents, then copies left behind."""
         async def finish(u: UnitLocation) -> MoveResult:
             fresh = await for_unit(self.events, u.cid)
@@ -244,7 +247,7 @@ class Migrator:
             await self.sweep(index)
         return report
 
-    async def sweep(self, index: LocationIndex) -> list[str]:
+    async def sweep(self, index: Locations) -> list[str]:
         """Delete copies the index says were dropped (a crash between steps 3 and 4) and
         bytes of expired units. Content of units with no `unit.created` is left alone: it
         is a put in progress."""
@@ -261,16 +264,26 @@ class Migrator:
                 self.note_error(f"sweeping tier {name}", err)
         return done
 
-    async def run_policies(self, index: LocationIndex, policies: list[Policy], access: dict[str, float], *,
+    async def run_policies(self, index: Locations, policies: list[Policy], access: dict[str, float], *,
                            dry_run: bool = False, progress: Callable[[MoveResult], None] | None = None,
                            planned: Callable[[int, int], None] | None = None, promote_hold: float = 0) -> Report:
+        """Plan, then move a page of units at a time: the plan is made twice (a count for
+        `planned`, then page by page as the moves go), so a run over a million units never
+        holds them all."""
         async with self._lock:
-            jobs = plan(policies, index.live(), access, promote_hold=promote_hold)
+            now = datetime.now(UTC)
+            count = size = 0
+            preview: list[MoveResult] = []
+            async for jobs in _plan(index, policies, access, promote_hold, now):
+                count += len(jobs)
+                size += sum(u.size for u, _ in jobs)
+                if dry_run:
+                    preview += [MoveResult(u.cid, p.name, p.action, p.from_tier if p.action != "expire" else None,
+                                           p.to_tier, u.size, ok=True) for u, p in jobs]
             if planned:
-                planned(len(jobs), sum(u.size for u, _ in jobs))
+                planned(count, size)
             if dry_run:
-                return Report([MoveResult(u.cid, p.name, p.action, p.from_tier if p.action != "expire" else None,
-                                          p.to_tier, u.size, ok=True) for u, p in jobs])
+                return Report(preview)
 
             async def run(job):
                 u, p = job
@@ -278,25 +291,31 @@ class Migrator:
                     return await self.expire(u.cid, p.name, f"matched retention policy {p.name!r}")
                 return await self.move(u.cid, p.name, p.from_tier, p.to_tier, p.action, seen=u)
 
-            return await self._each(jobs, run, progress)
+            report = Report()
+            if count:
+                async for jobs in _plan(index, policies, access, promote_hold, now):
+                    report.moved += (await self._each(jobs, run, progress)).moved
+            return report
 
-    async def copy_all_to(self, index: LocationIndex, tier: str, policy: str = "backup") -> Report:
+    async def copy_all_to(self, index: Locations, tier: str, policy: str = "backup") -> Report:
         """Every live unit gets a copy in `tier` (the archive: disaster recovery needs them all)."""
         async with self._lock:
-            todo = [u for u in index.live() if not u.holds(tier) and not u.pending]
-            return await self._each(todo, lambda u: self.move(u.cid, policy, None, tier, "copy", seen=u), None)
+            report = Report()
+            todo = (u for u in index.live() if not u.holds(tier) and not u.pending)
+            while page := list(islice(todo, PLAN_PAGE)):  # a page at a time, as run_policies
+                moved = await self._each(page, lambda u: self.move(u.cid, policy, None, tier, "copy", seen=u), None)
+                report.moved += moved.moved
+            return report
 
     # --- verify -------------------------------------------------------------------------
 
-    async def verify(self, index: LocationIndex, tier: str | None = None, sample: int | None = None) -> dict:
+    async def verify(self, index: Locations, tier: str | None = None, sample: int | None = None) -> dict:
         """Re-hash what the index says each tier holds; list missing, corrupt and orphan objects."""
         out: dict = {"checked": 0, "missing": [], "corrupt": [], "orphans": [], "unreachable": []}
         for name, backend in self.tiers.items():
             if tier and name != tier:
                 continue
-            expected = [u for u in index.live() if u.holds(name)]
-            if sample is not None and sample < len(expected):
-                expected = random.sample(expected, sample)
+            expected = index.live(name) if sample is None else _sample(index.live(name), sample)
             try:
                 present = {cid: size async for cid, size in backend.list()}
             except TierUnavailable as err:
@@ -324,3 +343,27 @@ class Migrator:
                     out["orphans"].append({"tier": name, "cid": cid})
         out["clean"] = not (out["missing"] or out["corrupt"] or out["orphans"] or out["unreachable"])
         return out
+
+
+
+async def _plan(index: Locations, policies: list[Policy], access: dict[str, float], promote_hold: float,
+                now: datetime) -> AsyncIterator[list[tuple[UnitLocation, Policy]]]:
+    """`plan` over the index's candidates, a page at a time: an index of a million units is
+    never held whole, and the event loop is not held for the whole scan. A page is planned
+    when it is asked for, so units that earlier pages moved are planned as they are now."""
+    units = iter(index.candidates(policies, now))
+    while page := list(islice(units, PLAN_PAGE)):
+        if jobs := plan(policies, page, access, promote_hold=promote_hold, now=now):
+            yield jobs
+        await asyncio.sleep(0)  # a turn for the other tasks, not a wait for a condition
+
+
+def _sample(units: Iterable[UnitLocation], k: int) -> list[UnitLocation]:
+    """k of `units` at random (all, if there are no more), holding only k (reservoir sampling)."""
+    out: list[UnitLocation] = []
+    for i, u in enumerate(units):
+        if i < k:
+            out.append(u)
+        elif (j := random.randrange(i + 1)) < k:
+            out[j] = u
+    return out

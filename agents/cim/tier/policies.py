@@ -6,6 +6,7 @@ A policy moves (or copies) units from one tier to the next colder one; a retenti
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -67,11 +68,11 @@ class Policy(BaseModel):
         return True
 
 
-def plan(policies: list[Policy], units: list[UnitLocation], access: dict[str, float], *,
-         promote_hold: float = 0) -> list[tuple[UnitLocation, Policy]]:
+def plan(policies: list[Policy], units: Iterable[UnitLocation], access: dict[str, float], *,
+         promote_hold: float = 0, now: datetime | None = None) -> list[tuple[UnitLocation, Policy]]:
     """Each unit with the first policy that matches it (expiry first: no point moving what goes);
     a unit promoted back to hot is left there for `promote_hold` seconds after its last read."""
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     ordered = [p for p in policies if p.action == "expire"] + [p for p in policies if p.action != "expire"]
     out = []
     for u in units:
