@@ -100,6 +100,16 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+async def request_floor_p95(nc, times: int = 200) -> float:
+    """p95 of the cheapest JetStream request there is: the floor under any query's latency."""
+    rtt = []
+    for _ in range(times):
+        t = time.perf_counter()
+        await nc.request("$JS.API.STREAM.INFO.CIM_EVENTS", b"", timeout=5)
+        rtt.append((time.perf_counter() - t) * 1000)
+    return pct(rtt, 0.95)
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(int(len(xs) * p), len(xs) - 1)]
@@ -119,6 +129,25 @@ async def until_complete(proc: AgentProcess, nc, check: Callable[[], Awaitable[b
     proc.start()
     await async_wait_until(check, 3600, interval=0.02, what=f"{proc.name} to answer completely")
     return time.perf_counter() - started
+
+
+async def starts(capability: str, config: dict, tmp: Path, nc, complete: Callable[[], Awaitable[bool]], n: int,
+                 results: dict, procs: list[AgentProcess], note: Callable[[], str] = lambda: "") -> AgentProcess:
+    """First build, a restart, and a second restart (the steady state: the first stop after a
+    build may not have been clean); returns the last agent, still running, for the queries."""
+    agent: AgentProcess | None = None
+    for attempt in ("first build", "restart", "resume"):
+        if agent is not None:
+            agent.stop()
+        agent = AgentProcess(capability, config, tmp)
+        procs.append(agent)
+        took = await until_complete(agent, nc, complete)
+        assert agent.proc is not None
+        print(f"{capability}: {attempt} until complete answers {took:.2f} s, RSS {rss_mb(agent.proc.pid):.0f} MB{note()}")
+        results.setdefault((capability, attempt), {})[n] = took
+    assert agent is not None and agent.proc is not None
+    results.setdefault((capability, "rss"), {})[n] = rss_mb(agent.proc.pid)
+    return agent
 
 
 async def one_size(n: int, tmp: Path, results: dict, agents: set[str]) -> None:
@@ -144,21 +173,14 @@ async def one_size(n: int, tmp: Path, results: dict, agents: set[str]) -> None:
                 return False
             return not r.stale and r.as_of >= end
 
-        for attempt in ("first build", "restart", "resume") if "pipeline" in agents else ():
-            p = AgentProcess("pipeline", pconf, tmp)
-            procs.append(p)
-            took = await until_complete(p, nc, pipeline_complete)
-            assert p.proc is not None
-            print(f"pipeline: {attempt} until complete answers {took:.2f} s, RSS {rss_mb(p.proc.pid):.0f} MB")
-            results.setdefault(("pipeline", attempt), {})[n] = took
-            if attempt == "resume":
-                results.setdefault(("pipeline", "rss"), {})[n] = rss_mb(p.proc.pid)
-                for name, req in (("word", api.SearchRequest(query="w0042")),
-                                  ("phrase", api.SearchRequest(query='"quarterly revenue"')),
-                                  ("label filter", api.SearchRequest(query="w0042", labels=["group-3"]))):
-                    p50, p95 = await timed(lambda req=req: call(nc, api.SEARCH, req, timeout=30))
-                    print(f"  search ({name}): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
-                    results.setdefault(("search p95", name), {})[n] = p95
+        if "pipeline" in agents:
+            p = await starts("pipeline", pconf, tmp, nc, pipeline_complete, n, results, procs)
+            for name, req in (("word", api.SearchRequest(query="w0042")),
+                              ("phrase", api.SearchRequest(query='"quarterly revenue"')),
+                              ("label filter", api.SearchRequest(query="w0042", labels=["group-3"]))):
+                p50, p95 = await timed(lambda req=req: call(nc, api.SEARCH, req, timeout=30))
+                print(f"  search ({name}): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+                results.setdefault(("search p95", name), {})[n] = p95
             p.stop()
 
         # --- ui: the units page ----------------------------------------------------------------
@@ -175,29 +197,22 @@ async def one_size(n: int, tmp: Path, results: dict, agents: set[str]) -> None:
                 body = await r.json()
             return bool(body.get("caught_up")) and not body.get("stale", False)
 
-        for attempt in ("first build", "restart", "resume") if "ui" in agents else ():
-            u = AgentProcess("ui", uconf, tmp)
-            procs.append(u)
-            took = await until_complete(u, nc, ui_complete)
-            assert u.proc is not None
-            print(f"ui: {attempt} until complete answers {took:.2f} s, RSS {rss_mb(u.proc.pid):.0f} MB")
-            results.setdefault(("ui", attempt), {})[n] = took
-            if attempt == "resume":
-                results.setdefault(("ui", "rss"), {})[n] = rss_mb(u.proc.pid)
-                async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
-                    async with s.post(ui + "/login", data={"user": "admin", "password": PASSWORD},
-                                      headers={"Origin": ui}) as r:
-                        assert r.status == 200
-                    deep = max(1, min(1000, n // 100))
-                    for name, path in (("first page", "/units"), (f"page {deep}", f"/units?page={deep}"),
-                                       ("label filter", "/units?label=group-3&page=2")):
-                        async def get(path=path):
-                            async with s.get(ui + path) as r:
-                                assert r.status == 200 and b"report 0" in await r.read(), path
-                        p50, p95 = await timed(get)
-                        print(f"  units page ({name}): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
-                        results.setdefault(("units page p95", name.split()[0] if name.startswith("page") else name),
-                                           {})[n] = p95
+        if "ui" in agents:
+            u = await starts("ui", uconf, tmp, nc, ui_complete, n, results, procs)
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+                async with s.post(ui + "/login", data={"user": "admin", "password": PASSWORD},
+                                  headers={"Origin": ui}) as r:
+                    assert r.status == 200
+                deep = max(1, min(1000, n // 100))
+                for name, path in (("first page", "/units"), (f"page {deep}", f"/units?page={deep}"),
+                                   ("label filter", "/units?label=group-3&page=2")):
+                    async def get(path=path):
+                        async with s.get(ui + path) as r:
+                            assert r.status == 200 and b"report 0" in await r.read(), path
+                    p50, p95 = await timed(get)
+                    print(f"  units page ({name}): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+                    results.setdefault(("units page p95", name.split()[0] if name.startswith("page") else name),
+                                       {})[n] = p95
             u.stop()
 
         # --- tier: the location index ----------------------------------------------------------
@@ -214,24 +229,12 @@ async def one_size(n: int, tmp: Path, results: dict, agents: set[str]) -> None:
             # An agent that reports its index's freshness answers completely once it is not stale.
             return not r.get("stale", False) and r.get("units") == n
 
-        for attempt in ("first build", "restart", "resume") if "tier" in agents else ():
-            tp = AgentProcess("tier", tconf, tmp)
-            procs.append(tp)
-            took = await until_complete(tp, nc, tier_complete)
-            assert tp.proc is not None
-            replayed = f", {tier_reply['replayed']:,} unit events replayed" if "replayed" in tier_reply else ""
-            print(f"tier: {attempt} until complete answers {took:.2f} s, RSS {rss_mb(tp.proc.pid):.0f} MB{replayed}")
-            results.setdefault(("tier", attempt), {})[n] = took
-            if attempt == "resume":
-                results.setdefault(("tier", "rss"), {})[n] = rss_mb(tp.proc.pid)
+        if "tier" in agents:
+            tp = await starts("tier", tconf, tmp, nc, tier_complete, n, results, procs, note=lambda: (
+                f", {tier_reply['replayed']:,} unit events replayed" if "replayed" in tier_reply else ""))
             tp.stop()
 
-        rtt = []
-        for _ in range(200):
-            t = time.perf_counter()
-            await nc.request("$JS.API.STREAM.INFO.CIM_EVENTS", b"", timeout=5)
-            rtt.append((time.perf_counter() - t) * 1000)
-        print(f"raw NATS request round trip (STREAM.INFO): p95 {pct(rtt, 0.95):.2f} ms")
+        print(f"raw NATS request round trip (STREAM.INFO): p95 {await request_floor_p95(nc):.2f} ms")
         await nc.close()
     finally:
         for p in procs:
