@@ -95,6 +95,11 @@ def put(
                     row = {"file": str(f), "cid": r.unit.cid, "size": r.unit.size, "created": r.created}
                     results.append(row)
                     if not g.json:
+                        if show_bar and sys.stdout.isatty():
+                            # The bar shares the terminal: clear its line first, so the CID starts
+                            # a line of its own (the bar draws itself again below it).
+                            sys.stderr.write("\r\033[K")
+                            sys.stderr.flush()
                         # As each one is stored: if a later file fails, these CIDs are known.
                         typer.echo(f"{row['cid']}  {row['file']}" + ("" if row["created"] else "  (already stored)"))
 

@@ -1,0 +1,34 @@
+"""An idle leaf leaves no server resources behind (issue 17 item 4): the agents poll and
+follow by direct gets, so the server's consumer count stays flat while nothing happens."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
+from support.waiting import async_wait_until
+
+WINDOW = 7.0  # seconds watched: over three of the pipeline agent's 2 s polls of its definitions
+
+
+async def consumers(nc) -> int:
+    info = json.loads((await nc.request("$JS.API.INFO", b"", timeout=5)).data)
+    return int(info["consumers"])
+
+
+async def test_an_idle_pipeline_agent_leaves_no_consumers_behind(nc, nats_server, agent_process, tmp_path):
+    await provision(nc, ProvisionSpec())
+    servers = {"servers": [nats_server.url]}
+    await agent_process("pipeline", {"nats": servers, "state_dir": str(tmp_path / "p")}).ready(nc)
+    baseline = await consumers(nc)  # the pipelines' own durables
+    seen: list[int] = []
+    started = time.monotonic()
+
+    async def watched_long_enough() -> bool:
+        seen.append(await consumers(nc))
+        return time.monotonic() - started >= WINDOW
+
+    await async_wait_until(watched_long_enough, WINDOW + 30, interval=0.5, what="the watch window to pass")
+    assert max(seen) <= baseline, f"consumers grew while idle: {baseline} -> {seen}"
