@@ -310,3 +310,10 @@ async def test_a_policy_run_after_a_restart_moves_exactly_what_a_run_without_one
     finally:
         agent.stop()
         await nc.close()
+
+
+def test_a_policy_with_an_infinite_min_age_matches_nothing_and_breaks_nothing():
+    _, index = _on_disk()
+    now = datetime.now(UTC)
+    never = Policy(name="never", to="archive", min_age=float("inf"))
+    assert list(index.candidates([never], now)) == []

@@ -164,3 +164,29 @@ async def test_the_units_page_finds_a_unit_by_a_word_of_its_text_through_the_pip
         assert "0 best matches" in await page(http, stack.ui_url + "/units?q=zanzibar&label=elsewhere")
     finally:
         await http.close()
+
+
+async def test_hostile_cursors_and_sizes_never_break_the_unit_list(stack):
+    from cim.cid import compute
+    from cim.events import Event, EventStore
+    from cim.store.events import UnitCreated
+
+    cids = await put(stack.nc, ["plain"], ["x"])
+    # Two units whose sizes would sum past a 64-bit integer: hostile, but valid events.
+    for i in range(2):
+        cid = compute(f"huge {i}".encode())
+        created = UnitCreated(cid=cid, size=2**62, media_type="text/plain", title=f"huge {i}")
+        await EventStore(stack.nc).append(Event.of(created, cid, id=f"unit-created-{cid}", agent="test"))
+    await put(stack.nc, ["after"], ["x"])
+    end = await last_seq(stack.nc, EVENTS_STREAM, None)
+    health = await settled(stack.ui_url, end)  # the feed went past them: not stuck on a batch
+    assert health["units"] == 4
+    http = await logged_in(stack.ui_url)
+    try:
+        # A cursor no 64-bit integer holds, or not positive, is no cursor: the first page (200).
+        for query in ("before=99999999999999999999", "after=-99999999999999999999", "before=-1",
+                      "label=x&before=10000000000000000000"):
+            assert cids[0] in await page(http, f"{stack.ui_url}/units?{query}"), query
+        await page(http, f"{stack.ui_url}/units?after=0&page=2")  # past the end: an empty page, still 200
+    finally:
+        await http.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -120,7 +121,9 @@ class StoredLocations:
         for p in policies:
             # Bounds beyond what a row holds are clamped: SQLite compares 64-bit integers.
             clause = ["size >= ?", "(created_us IS NULL OR created_us <= ?)"]
-            args += [min(p.min_size, rows.MAX_SIZE), max(now_us - int(p.min_age * 1_000_000), -(2**62))]
+            # An infinite (or absurd) min_age matches nothing, as plan() finds: the floor is clamped.
+            age_us = p.min_age * 1_000_000 if math.isfinite(p.min_age) else float("inf")
+            args += [min(p.min_size, rows.MAX_SIZE), int(max(now_us - min(age_us, 2.0**62), -(2**62)))]
             if p.max_size is not None:
                 clause.append("size <= ?")
                 args.append(min(p.max_size, rows.MAX_SIZE))

@@ -195,7 +195,7 @@ class Dashboard:
         page = max(_int(request.query.get("page"), 1), 1)
         # The pager's links carry the sequence they continue from (keyset): a page far down is
         # as quick as the first. A page number alone (typed in) is counted down to.
-        before, after = _int(request.query.get("before"), 0) or None, _int(request.query.get("after"), 0) or None
+        before, after = _cursor(request.query.get("before")), _cursor(request.query.get("after"))
         rows, total = self.projection.page(label=label, before=before, after=after, offset=(page - 1) * size, limit=size)
         pages = max((total + size - 1) // size, 1)
 
@@ -383,6 +383,13 @@ class Dashboard:
             units, fresh = None, {"as_of": 0, "stale": True, "replayed": self.projection.follower.replayed}
         return web.json_response({"nats": self.nc.is_connected, "caught_up": self.projection.caught_up.is_set(),
                                   "units": units, **fresh}, status=200 if self.nc.is_connected else 503)
+
+
+def _cursor(v: str | None) -> int | None:
+    """A pager cursor (an event sequence); anything SQLite's 64-bit integers cannot hold, or
+    that is not a positive number, is no cursor at all."""
+    n = _int(v, 0)
+    return n if 0 < n < 2**63 else None
 
 
 def _int(v: str | None, default: int) -> int:

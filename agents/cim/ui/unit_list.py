@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS rate (minute INTEGER PRIMARY KEY, events INTEGER NOT 
 """
 
 FOLDED = {"unit.created", "unit.labeled", "unit.moving", "unit.located", "unit.expired"}  # what moves a row
+MAX_SIZE = 2**48  # bytes of one unit, at most, as counted here (a million of them still fit 64 bits)
 COLUMNS = "u.seq, u.cid, u.title, u.labels, u.size, u.media_type, u.source, u.created_at"
 
 
@@ -191,7 +192,9 @@ def _save(conn: sqlite3.Connection, u: _State, changes: _Changes, *, labels: Any
 def _create(conn: sqlite3.Connection, u: _State, e: StoredEvent, d: dict[str, Any], changes: _Changes) -> None:
     labels = tuple(sorted(set(u.labels) | set(d.get("labels") or ())))
     tiers = u.tiers | {HOT}
-    size = int(d.get("size", 0))
+    # Events are hostile input: a size past what SQLite's integers (and the counters summing
+    # them) can hold is kept at MAX_SIZE, as the tier agent's index does, not refused.
+    size = min(max(int(d.get("size", 0)), 0), MAX_SIZE)
     inserted = conn.execute(
         "INSERT INTO units (seq, cid, title, labels, size, media_type, source, created_at, tiers, pending)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (cid) DO NOTHING",
