@@ -144,6 +144,6 @@ def test_dates_are_compared_as_utc_instants_and_media_types_lower_case():
 
     r = SearchRequest(query="x", since="2026-01-05T11:00:00+02:00", until="2026-01-06", media_type="Text/*")
     assert (r.since, r.until, r.media_type) == ("2026-01-05T09:00:00", "2026-01-06T00:00:00", "text/*")
-    for bad in ("yesterday", "20261301", "2026-13-01"):
+    for bad in ("yesterday", "20261301", "2026-13-01", "0001-01-01T00:00:00+05:00"):  # the last: before year 1 in UTC
         with pytest.raises(ValidationError, match="ISO 8601"):
             SearchRequest(query="x", since=bad)

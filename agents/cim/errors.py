@@ -46,7 +46,7 @@ class CimError(Exception):
         if not isinstance(data, dict):
             return CimError(fallback)
         message = data.get("message")
-        message = _printable(message[:MAX_MESSAGE]) if isinstance(message, str) and message.strip() else fallback
+        message = printable(message[:MAX_MESSAGE]) if isinstance(message, str) and message.strip() else fallback
         codes = data.get("codes")
         kind: type[CimError] = CimError
         for code in codes if isinstance(codes, list) else []:
@@ -57,7 +57,7 @@ class CimError(Exception):
         fields = data.get("fields")
         for name in kind.wire_fields:  # each one set (None if missing): callers may read it
             value = fields.get(name) if isinstance(fields, dict) else None
-            setattr(err, name, _printable(value) if isinstance(value, str) else value)
+            setattr(err, name, printable(value) if isinstance(value, str) else value)
         return err
 
     @classmethod
@@ -81,8 +81,6 @@ def printable(text: str) -> str:
     (escape sequences that could retitle, recolour or write the clipboard of a terminal)."""
     return text.translate(_CONTROL)
 
-
-_printable = printable
 
 
 class InvalidInput(CimError, ValueError):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
-from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
 
@@ -312,17 +311,6 @@ def _param(field: str) -> str:
     return _PARAM_OF.get(head, head) + dot + rest
 
 
-def _utc(value: str) -> str:
-    """An ISO 8601 date or time as the pipeline compares it with created_at (as text): UTC
-    to the second, the form of SearchHit.created_at. Without a zone it is taken as UTC."""
-    if len(value) > 40:
-        raise ValueError(value)
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.isoformat(timespec="seconds")
-
-
 def _search_request(query: MultiMapping[str]) -> SearchRequest:
     """The pipeline's SearchRequest from the query string, or 400 naming each bad parameter."""
     errors = [(k, f"is not a search parameter (use {', '.join(_SEARCH_PARAMS)})") for k in sorted(set(query) - set(_SEARCH_PARAMS))]
@@ -333,15 +321,10 @@ def _search_request(query: MultiMapping[str]) -> SearchRequest:
     labels = [x.strip() for v in query.getall("label", []) for x in v.split(",") if x.strip()]
     if labels:
         fields["labels"] = labels
-    for param in ("q", "type", "source"):
+    # since/until are read as UTC instants by SearchRequest itself, as for every caller.
+    for param in ("q", "type", "source", "since", "until"):
         if param in query:
             fields[_SEARCH_PARAMS[param]] = query[param]
-    for param in ("since", "until"):
-        if param in query:
-            try:
-                fields[param] = _utc(query[param])
-            except (ValueError, OverflowError):
-                errors.append((param, "not an ISO 8601 date or time (2024-05-01, 2024-05-01T12:00:00Z); without a zone it is UTC"))
     if "limit" in query:
         try:
             fields["limit"] = int(query["limit"])

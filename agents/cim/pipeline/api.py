@@ -32,10 +32,10 @@ class SearchRequest(_Req):
             return v
         try:
             moment = datetime.fromisoformat(v)
-        except ValueError:
+            if moment.tzinfo is not None:
+                moment = moment.astimezone(UTC).replace(tzinfo=None)
+        except (ValueError, OverflowError):  # OverflowError: year 1 with a zone east of UTC
             raise ValueError("not an ISO 8601 date or time (2026-05-01, 2026-05-01T12:00:00Z); without a zone it is UTC") from None
-        if moment.tzinfo is not None:
-            moment = moment.astimezone(UTC).replace(tzinfo=None)
         return moment.isoformat(timespec="seconds")
 
     @field_validator("media_type")
