@@ -29,6 +29,7 @@ let
     lib.genAttrs [
       "aiohttp"
       "boto3"
+      "cloudevents"
       "hypothesis"
       "jinja2"
       "mypy"
@@ -44,6 +45,7 @@ let
       "pyyaml"
       "schemathesis"
       "setuptools"
+      "standardwebhooks"
       "typer"
       "wheel"
     ] (name: pythonPackage name { })
