@@ -48,3 +48,12 @@ def test_unit_metadata_nested_too_deep_is_refused_by_the_model():
         assert "metadata" in err.field and "deeper than" in err.rule
     else:
         raise AssertionError("a 200-deep metadata value was accepted")
+
+
+def test_tier_status_says_when_its_counts_may_miss_new_units():
+    from cim.cli.tier import _status_text
+
+    reply = {"tiers": [{"name": "hot", "url": "nats", "units": 3, "bytes": 12}], "units": 3, "expired": 0, "pending": 0,
+             "pending_moves": [], "errors": [], "as_of": 41, "stale": True, "replayed": 41}
+    assert "index: stale, it has applied events up to #41" in _status_text(reply)
+    assert "stale" not in _status_text({**reply, "stale": False})

@@ -27,6 +27,10 @@ def _status_text(s: dict) -> str:
     lines = [f"{'tier':<10} {'units':>7} {'bytes':>11}  where"]
     lines += [f"{t['name']:<10} {t['units']:>7} {_size(t['bytes']):>11}  {t['url']}" for t in s["tiers"]]
     lines.append(f"units: {s['units']}  expired: {s['expired']}  pending moves: {s['pending']}")
+    if s.get("stale"):
+        # The counts above come from the location index: say when they may miss recent units.
+        lines.append(f"index: stale, it has applied events up to #{s.get('as_of', 0)}; the counts may miss "
+                     "the newest units (it catches up by itself: ask again)")
     for p in s["pending_moves"]:
         lines.append(f"  pending {p['cid']} {p.get('from_tier')} -> {p.get('to_tier')} ({p.get('action')})")
     if s.get("last_migration"):
