@@ -79,7 +79,7 @@ async def same_messages_loop(nc, n: int, content: ContentStore, r: int) -> float
     js = nc.jetstream()
     sub = await js.pull_subscribe("cim.evt.unit.*.created", durable=f"same-messages-bench-{r}", stream="CIM_EVENTS",
                                   config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=1000))
-    headers = Event(type="steps.done", aggregate_id="x", source="bench", agent="bench", agent_version="0",
+    headers = Event(type="steps.done", aggregate_id="x", agent="bench", agent_version="0",
                     correlation_id="c", causation_id="d").headers()
     t0 = time.perf_counter()
     done = 0

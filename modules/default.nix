@@ -11,5 +11,6 @@ in
     ./keys.nix
     ./network.nix
     ./assertions.nix
+    ./monitoring.nix
   ] ++ map (name: ./. + "/${name}.nix") capabilities.names;
 }

@@ -28,7 +28,7 @@ let
         type = secrets.fileType;
         default = null;
         example = "/run/keys/cim-webhook-ci";
-        description = "File outside the Nix store with the HMAC secret shared with the receiver.";
+        description = "File outside the Nix store with the signing secret shared with the receiver (Standard Webhooks): `whsec_` and base64, as the receiver's library prints it, or any other bytes, used as the key itself.";
       };
     };
   };
@@ -92,7 +92,7 @@ in
       name = "hub";
       extraSecretFiles = {
         tokens = "the bearer tokens (set through `services.cim.hub.tokensFile`)";
-        "webhook-NAME" = "HMAC secret of the webhook NAME (`services.cim.hub.webhooks.NAME.secretFile`)";
+        "webhook-NAME" = "signing secret of the webhook NAME (`services.cim.hub.webhooks.NAME.secretFile`)";
         "connector-NAME-KEY" = "secret file KEY of the connector NAME (`services.cim.hub.connectors.NAME.secretFiles.KEY`)";
       };
     })

@@ -17,8 +17,10 @@ import pytest
 from nats.aio.client import Client
 
 from cim.embedded.nats_server import NatsCluster, NatsServer
+from cim.embedded.procs import wait_until
 from cim.embedded.s3_server import S3Server
 from support.agentkit import AgentProcess
+from support.upkit import Up
 
 # Markers follow from the fixtures a test uses, so `-m "not cluster"` works without decorating.
 _MARKERS = {
@@ -238,3 +240,20 @@ def small_disk(tmp_path) -> Iterator[Callable[[int], SmallDisk]]:
     yield make
     for path in mounted:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def up(tmp_path):
+    """Start `cim up` on free ports (`up(data_dir, ports)`); stopped with Ctrl-C at the end."""
+    started = []
+
+    def start(data_dir=None, ports=None):
+        u = Up(data_dir or tmp_path / "data", tmp_path, ports)
+        started.append(u)
+        wait_until(lambda: "CIM is up" in u.output() or u.proc.poll() is not None, 60, what="cim up to start")
+        assert u.proc.poll() is None, u.output()
+        return u
+
+    yield start
+    for u in started:
+        u.stop()

@@ -29,6 +29,13 @@ def test_a_valid_store_config_passes(cli, tmp_path):
         ({"capability": "teleport"}, ["capability", "store"]),
         ({}, ["capability"]),
         ({"capability": "store", "nats": {"user": "u"}}, ["nats", "password_file"]),
+        # A connector's settings are checked against its plugin's own model, and an unknown
+        # plugin is named with those installed.
+        ({"capability": "hub", "tokens_file": "/t", "connectors": [
+            {"plugin": "inbox", "name": "scans", "settings": {"pth": "/srv/scans", "interval": 0}},
+            {"plugin": "ftp", "name": "x"}]},
+         ["connectors.0.settings.path", "connectors.0.settings.pth", "connectors.0.settings.interval",
+          "connectors.1.plugin", "inbox, s3-import"]),
     ],
 )
 def test_every_error_names_its_field_path(cli, tmp_path, config, paths):

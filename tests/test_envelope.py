@@ -14,6 +14,13 @@ from cim.events.envelope import validated
 
 tokens = st.from_regex(r"[A-Za-z0-9_-]{1,40}", fullmatch=True)
 texts = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=40).filter(str.strip)
+# CloudEvents sources are absolute URIs: a scheme, then anything but blanks.
+sources = st.builds(lambda scheme, rest: f"{scheme}:{rest}", st.from_regex(r"[a-z][a-z0-9+.-]{0,8}", fullmatch=True),
+                    st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF, exclude_categories=("Cs", "Zs", "Zl", "Zp")),
+                            min_size=1, max_size=40).filter(lambda rest: not any(c.isspace() for c in rest)))
+# Ids travel in headers, percent-encoded where the NATS binding asks: blanks, quotes, '%', non-ASCII.
+any_ids = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF, exclude_categories=("Cs",)),
+                  min_size=1, max_size=40).filter(str.strip)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -24,18 +31,20 @@ json_values = st.recursive(
 @given(
     aggregate_id=tokens,
     child=st.binary(max_size=64).map(cid.compute),
-    source=texts,
+    source=sources,
     agent=texts,
     version=st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=10),
-    correlation=st.none() | texts,
-    causation=st.none() | texts,
+    event_id=any_ids,
+    correlation=st.none() | any_ids,
+    causation=st.none() | any_ids,
     when=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
 )
-def test_envelope_round_trip(aggregate_id, child, source, agent, version, correlation, causation, when):
+def test_envelope_round_trip(aggregate_id, child, source, agent, version, event_id, correlation, causation, when):
     e = validated(Event(
         type="unit.revised", aggregate_id=aggregate_id, data={"child": child}, source=source, agent=agent,
-        agent_version=version, correlation_id=correlation, causation_id=causation, time=when,
+        agent_version=version, id=event_id, correlation_id=correlation, causation_id=causation, time=when,
     ))
+    assert all(v.isascii() and " " not in v for k, v in e.headers().items() if k.startswith("ce-"))
     back = StoredEvent.from_message(e.subject, 7, e.headers(), e.payload())
     assert back.problem is None and back.known
     assert (back.type, back.aggregate, back.aggregate_id, back.id) == ("unit.revised", "unit", aggregate_id, e.id)
@@ -105,13 +114,22 @@ def test_a_body_nested_five_thousand_deep_is_surfaced_not_raised():
     assert e.typed() is None
 
 
-def test_the_type_comes_from_the_subject_and_a_header_that_disagrees_is_a_problem():
+@pytest.mark.parametrize("claimed", ["unit.expired", "dev.cim.unit.expired", "com.other.unit.created"])
+def test_the_type_comes_from_the_subject_and_a_header_that_disagrees_is_a_problem(claimed):
     """Publish permissions are per subject: a writer allowed `unit.created` who claims
-    `unit.expired` in the header gets an event of type `unit.created` with a problem."""
-    e = StoredEvent.from_message("cim.evt.unit.abc.created", 4, {"ce-type": "unit.expired"}, b'{"policy": "p", "reason": "r"}')
+    `unit.expired` in the header (in the old short form or the wire form), or the right type
+    under someone else's prefix, gets an event of type `unit.created` with a problem."""
+    e = StoredEvent.from_message("cim.evt.unit.abc.created", 4, {"ce-type": claimed}, b'{"policy": "p", "reason": "r"}')
     assert e.type == "unit.created"
-    assert e.problem and "type header says 'unit.expired'" in e.problem
+    assert e.problem and f"type header says {claimed!r}" in e.problem
     assert e.typed() is None
+
+
+@pytest.mark.parametrize("claimed", ["unit.revised", "dev.cim.unit.revised"])
+def test_a_type_header_in_either_form_that_matches_the_subject_is_believed(claimed, child=cid.compute(b"c")):
+    e = StoredEvent.from_message("cim.evt.unit.abc.revised", 4, {"ce-type": claimed}, json.dumps({"child": child}).encode())
+    assert (e.type, e.problem) == ("unit.revised", None)
+    assert e.typed() is not None
 
 
 def test_a_writer_builds_an_event_from_its_registered_model_and_a_reader_gets_the_model_back():

@@ -199,11 +199,19 @@ async def test_bad_input_stores_nothing_of_the_call(events):
     assert isinstance(results[0], Appended) and isinstance(results[1], InvalidInput)
 
 
-async def test_a_header_with_a_line_break_still_goes_through_the_client_as_usual(events):
-    odd = revised("odd", 1, source="line one\nline two")
+async def test_a_header_value_with_a_line_break_is_percent_encoded_and_read_back_whole(events):
+    """CloudEvents' NATS binding percent-encodes what a header cannot carry, so a correlation
+    id with a line break arrives intact (nats-py alone would have turned it into a blank)."""
+    odd = revised("odd", 1, correlation_id="line one\nline two")
     (result,) = await events.append_many([odd])
     (stored,) = [e async for e in events.read()]
-    assert stored.seq == result.seq and stored.source == "line one line two"  # nats-py's own handling
+    assert stored.seq == result.seq and stored.correlation_id == "line one\nline two"
+
+
+async def test_a_source_that_is_not_an_absolute_uri_is_refused():
+    with pytest.raises(InvalidInput) as err:
+        revised("odd", 1, source="cim-cli")
+    assert err.value.field == "source" and "absolute URI" in str(err.value)
 
 
 async def test_without_a_stream_appends_fail_saying_so(nc):

@@ -1,6 +1,8 @@
 """Fuzz the hub's API against the OpenAPI document it serves (schemathesis): whatever
 the input, the hub answers with a status and body its own spec documents, and never 500.
-A pipeline agent runs, so searches are answered (200), not only refused."""
+A pipeline agent runs, so searches and listings are answered (200), not only refused; half
+the requests about a unit name one that is stored, so its content, ranges and conditional
+requests are fuzzed on real bytes too."""
 
 import asyncio
 
@@ -9,11 +11,13 @@ import pytest
 pytest.importorskip("aiohttp", reason="the hub needs aiohttp")
 schemathesis = pytest.importorskip("schemathesis", reason="the fuzz test needs schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance  # noqa: E402
 
 from cim.provision.apply import provision  # noqa: E402
 from cim.provision.spec import ProvisionSpec  # noqa: E402
+from cim.store.unit_store import UnitStore  # noqa: E402
 from support.hub_support import TOKEN, Hub  # noqa: E402
 
 
@@ -21,16 +25,21 @@ async def test_fuzzed_requests_get_documented_answers_and_never_a_500(nats_serve
     await provision(nc, ProvisionSpec())
     await agent_process("pipeline", {"nats": {"servers": [nats_server.url]}, "state_dir": str(tmp_path / "state")}).ready(nc)
     hub = Hub(nats_server.url, tmp_path, max_body_size=50_000).start()
+    # Three chunks: ranges within and across them.
+    known = (await UnitStore(nc).put_bytes(bytes(range(256)) * 1200, media_type="text/plain")).unit.cid
     try:
-        statuses = await asyncio.to_thread(_fuzz, hub.url)
+        statuses = await asyncio.to_thread(_fuzz, hub.url, known)
     finally:
         hub.stop()
     assert "Traceback" not in hub.log()
-    assert {"GET /v1/search", "POST /v1/units", "GET /v1/units/{cid}"} <= set(statuses)
+    assert {"GET /v1/search", "POST /v1/units", "GET /v1/units/{cid}", "GET /v1/units",
+            "GET /v1/units/{cid}/content"} <= set(statuses)
     assert 200 in statuses["GET /v1/search"], statuses  # the 200 schema was checked too
+    assert 200 in statuses["GET /v1/units"], statuses
+    assert 200 in statuses["GET /v1/units/{cid}/content"], statuses
 
 
-def _fuzz(url: str) -> dict[str, set[int]]:
+def _fuzz(url: str, known: str) -> dict[str, set[int]]:
     """Every operation of the document, fuzzed: the statuses each one answered."""
     schema = schemathesis.openapi.from_url(url + "/openapi.yaml")
     checks = [not_a_server_error, status_code_conformance, response_schema_conformance]
@@ -47,5 +56,14 @@ def _fuzz(url: str) -> dict[str, set[int]]:
     for op in schema.get_all_operations():
         operation = op.ok()
         seen = statuses.setdefault(f"{operation.method.upper()} {operation.path}", set())
-        given(case=operation.as_strategy())(runner(seen))()
+        cases = operation.as_strategy()
+        if "{cid}" in operation.path:
+            cases = st.one_of(cases, cases.map(lambda case: _naming(case, known)))
+        given(case=cases)(runner(seen))()
     return statuses
+
+
+def _naming(case, cid: str):
+    """The same request about a unit that is stored."""
+    case.path_parameters = {**(case.path_parameters or {}), "cid": cid}
+    return case

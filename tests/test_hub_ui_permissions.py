@@ -1,7 +1,8 @@
 """The hub and the dashboard do all their work under their own restricted NATS users,
 with exactly the permissions capabilities.json declares (as modules/nats.nix renders
 them): any subject they touch beyond those shows as a permissions violation. The hub asks
-the pipeline agent for searches (GET /v1/search), and may ask it for nothing else."""
+the pipeline agent for searches (GET /v1/search) and pages of units (GET /v1/units), and
+may ask it for nothing else."""
 
 import asyncio
 import subprocess
@@ -25,10 +26,11 @@ def secured(secured_nats):
     return secured_nats("store", "hub", "ui")
 
 
-def test_the_hub_may_ask_the_pipeline_for_searches_and_nothing_else():
+def test_the_hub_may_ask_the_pipeline_for_searches_and_unit_listings_and_nothing_else():
     publish = permissions("hub")["publish"]
-    assert "cim.pipeline.search" in publish
-    for other in ("cim.pipeline.index", "cim.pipeline.retry", "cim.pipeline.check", "cim.pipeline.search.x"):
+    assert "cim.pipeline.search" in publish and "cim.pipeline.units" in publish
+    for other in ("cim.pipeline.index", "cim.pipeline.retry", "cim.pipeline.check", "cim.pipeline.search.x",
+                  "cim.pipeline.units.x"):
         assert not any(subject_matches(p, other) for p in publish), other
 
 

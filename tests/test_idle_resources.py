@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+from cim.embedded.procs import wait_until
 from cim.provision.apply import provision
 from cim.provision.spec import ProvisionSpec
 from support.waiting import async_wait_until
@@ -32,3 +33,24 @@ async def test_an_idle_pipeline_agent_leaves_no_consumers_behind(nc, nats_server
 
     await async_wait_until(watched_long_enough, WINDOW + 30, interval=0.5, what="the watch window to pass")
     assert max(seen) <= baseline, f"consumers grew while idle: {baseline} -> {seen}"
+
+
+def test_an_idle_leaf_keeps_its_consumer_count_flat(up, cli, tmp_path):
+    """What the operator saw in `cim status` (156 consumers on an idle leaf, one more each
+    poll), watched the same way: every agent of `cim up` running, nothing happening."""
+    u = up()
+
+    def status() -> dict:
+        return json.loads(cli("--json", "status", server=u.url, env=u.env).stdout)
+
+    wait_until(lambda: len(status()["agents"]) == 6, 60, what="all six agents to answer cim status")
+    baseline = status()["jetstream"]["consumers"]
+    seen: list[int] = []
+    started = time.monotonic()
+
+    def watched_long_enough() -> bool:
+        seen.append(status()["jetstream"]["consumers"])
+        return time.monotonic() - started >= WINDOW
+
+    wait_until(watched_long_enough, WINDOW + 60, interval=0.5, what="the watch window to pass")
+    assert max(seen) <= baseline, f"consumers grew on an idle leaf: {baseline} -> {seen}"

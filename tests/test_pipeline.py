@@ -78,7 +78,7 @@ async def test_a_poison_unit_goes_to_the_dead_letters_and_is_retried_once_fixed(
     letter = letters[0]
     assert letter["pipeline"] == "guarded" and letter["attempts"] == 3 and "matches 'POISON'" in letter["reason"]
     shown = json.loads(cli("--json", "dlq", "show", str(letter["seq"])).stdout)
-    assert shown["headers"]["ce-type"] == "unit.created" and shown["headers"]["ce-subject"] == bad
+    assert shown["headers"]["ce-type"] == "dev.cim.unit.created" and shown["headers"]["ce-subject"] == bad  # as on the wire
     assert await count(nc, f"cim.evt.steps.guarded--{good}.done") == 1
     # The third-party plugin ran; the broken one was reported and skipped.
     status = await call(nc, "cim.pipeline.status")

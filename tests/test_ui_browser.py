@@ -18,12 +18,10 @@ from aiohttp import web  # noqa: E402
 from cim.hub.webhooks import verify  # noqa: E402
 from cim.ports import free_port  # noqa: E402
 from support.hub_support import TOKEN  # noqa: E402
-from support.ui_support import PASSWORD, Stack  # noqa: E402
+from support.ui_support import CHROMIUM_ARGS, PASSWORD, Stack  # noqa: E402
 from support.waiting import async_wait_until  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 pytestmark = pytest.mark.nats
 
 
@@ -42,7 +40,7 @@ async def stack(tmp_path):
 @pytest.fixture
 async def page(stack):
     async with playwright_api.async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = await browser.new_context(viewport={"width": 1200, "height": 900})
         pg = await context.new_page()
         pg.set_default_timeout(20_000)
@@ -161,7 +159,7 @@ async def test_a_dead_letter_is_retried_from_the_pipelines_page(page, stack):
 
     async def hook(request):
         body = await request.read()
-        received.append((request.headers["X-CIM-Event-Type"], verify(b"webhook-secret", body, request.headers["X-CIM-Signature"])))
+        received.append((request.headers["X-CIM-Event-Type"], verify(b"webhook-secret", body, request.headers)))
         return web.Response(status=204)
 
     app = web.Application()

@@ -9,53 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cim.embedded.paths import admin_key
 from cim.embedded.procs import wait_until
-from cim.ports import free_port, port_is_free
-
-
-class Up:
-    def __init__(self, data_dir, tmp_path):
-        self.port, self.http_port = free_port(), free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.data_dir = data_dir
-        # `cim up` is secured: the CLI logs in with the admin key it made in the data dir.
-        self.env = {"CIM_NKEY": str(admin_key(data_dir))}
-        self.out = tmp_path / f"up-{self.port}.out"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CIM_")}
-        with self.out.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cim", "up", "--data-dir", str(data_dir), "--port", str(self.port),
-                 "--http-port", str(self.http_port)], stdout=out, stderr=subprocess.STDOUT, env=env,
-            )
-
-    def output(self) -> str:
-        return self.out.read_text()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-
-
-@pytest.fixture
-def up(tmp_path):
-    started = []
-
-    def start(data_dir=None):
-        u = Up(data_dir or tmp_path / "data", tmp_path)
-        started.append(u)
-        wait_until(lambda: "CIM is up" in u.output() or u.proc.poll() is not None, 60, what="cim up to start")
-        assert u.proc.poll() is None, u.output()
-        return u
-
-    yield start
-    for u in started:
-        u.stop()
+from cim.ports import port_is_free
+from support.upkit import Ports, Up
 
 
 def agents(cli, u: Up) -> dict[str, int]:
@@ -94,11 +50,17 @@ def test_up_serves_units_and_events_restarts_a_killed_agent_and_keeps_data(up, c
 def test_up_refuses_a_taken_port_with_advice(up, tmp_path):
     first = up(tmp_path / "one")
     r = subprocess.run(
-        [sys.executable, "-m", "cim", "up", "--data-dir", str(tmp_path / "two"), "--port", str(first.port),
-         "--http-port", str(free_port())], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "cim", "up", "--data-dir", str(tmp_path / "two"), *_with_nats_port(first.port)],
+        capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 1
     assert f"port {first.port} is taken" in r.stderr and "--port" in r.stderr
+
+
+def _with_nats_port(port: int) -> list[str]:
+    ports = Ports()
+    ports.nats = port
+    return ports.args()
 
 
 def _alive(pid: int) -> bool:

@@ -11,10 +11,9 @@ import pytest
 pytest.importorskip("aiohttp", reason="the hub and UI need aiohttp")
 
 from cim.embedded.procs import wait_until
-from test_up import up  # noqa: F401 - the fixture
 
 
-def test_up_prints_the_ui_and_hub_addresses_and_both_work(up, cli, tmp_path):  # noqa: F811
+def test_up_prints_the_ui_and_hub_addresses_and_both_work(up, cli, tmp_path):
     u = up()
     out = u.output()
     ui = re.search(r"UI (http://127\.0\.0\.1:\d+) \(user admin, password (\S+),", out)
@@ -50,7 +49,7 @@ def test_up_prints_the_ui_and_hub_addresses_and_both_work(up, cli, tmp_path):  #
     assert "dropped.txt" in cli("units", "ls", server=u.url, env=u.env).stdout
 
 
-def test_a_label_the_pipeline_added_finds_the_unit_in_the_cli_and_the_dashboard(up, cli, tmp_path):  # noqa: F811
+def test_a_label_the_pipeline_added_finds_the_unit_in_the_cli_and_the_dashboard(up, cli, tmp_path):
     """One fold of a unit's events: the `text` label that the default pipeline's classify
     step adds (`unit.labeled`) is found by `cim units ls --label` and the dashboard's label
     filter, as `cim units show` lists it."""

@@ -56,6 +56,11 @@ class AgentConfig(BaseModel):
     def agent_name(self) -> str:
         return self.name or f"cim-{self.capability}"
 
+    def deeper_errors(self) -> list[tuple[str, str]]:
+        """Errors the model's own fields cannot see (settings checked against a plugin's
+        model): (field path, what is wrong). `cim config check` and the agent's start run it."""
+        return []
+
     def for_instance(self, i: int) -> Self:
         """Instance `i` (from 1) of several under one service (`cim agent run --instances`):
         its own name, its own state directory below this one, its own metrics port above
@@ -71,9 +76,11 @@ class AgentConfig(BaseModel):
         return self.model_copy(update=changes)
 
 
-# For `cim up`: the settings a capability adds to its agent's config on one machine (a port,
-# a folder, a tier under the data dir), and a line for the summary `cim up` prints.
-EmbeddedSettings = Callable[[Path], tuple[dict[str, Any], str | None]]
+# For `cim up`: the settings a capability adds to its agent's config on one machine (a
+# folder, a tier under the data dir), and a line for the summary `cim up` prints. It is
+# called with the data dir and, for a capability that serves HTTP (hub, ui), the port `cim up`
+# gives it (--hub-port, --ui-port; None for the others): a fixed one, never picked here.
+EmbeddedSettings = Callable[[Path, int | None], tuple[dict[str, Any], str | None]]
 
 
 @dataclass(frozen=True)

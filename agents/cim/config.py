@@ -28,12 +28,18 @@ def validate_config(data: Any, source: str = "config") -> AgentConfig:
     except ConfigError as err:
         raise ConfigError(source, err.errors) from None
     try:
-        return model.model_validate(data)
+        config = model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(source, field_errors(err)) from None
+    deeper = config.deeper_errors()
+    if deeper:
+        raise ConfigError(source, deeper)
+    return config
 
 
-def load_config(path: Path) -> AgentConfig:
+def read_json(path: Path) -> Any:
+    """The JSON in a config file (or a `cim up` settings file), or a ConfigError naming the
+    file and where it went wrong."""
     try:
         text = Path(path).read_text()
     except OSError as err:
@@ -41,7 +47,10 @@ def load_config(path: Path) -> AgentConfig:
     except UnicodeDecodeError as err:
         raise ConfigError(str(path), [("(file)", f"not UTF-8 text (byte {err.start})")]) from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(str(path), [(f"line {err.lineno} column {err.colno}", f"not JSON: {err.msg}")]) from None
-    return validate_config(data, str(path))
+
+
+def load_config(path: Path) -> AgentConfig:
+    return validate_config(read_json(path), str(path))

@@ -1,9 +1,11 @@
-"""Free loopback ports: for the servers `cim up` and the tests start, and the ports an agent
-asks for when its default one is taken."""
+"""Ports: free ones for the servers the tests start, and whether a fixed one `cim up` was
+given is free, or who holds it."""
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 from .errors import EmbeddedError
 
@@ -50,17 +52,72 @@ def free_port_pairs(count: int, offset: int, host: str = "127.0.0.1", attempts: 
             sock.close()
 
 
+def free_port_block(count: int, host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """The first of `count` consecutive free ports (a `cim up --metrics-port-base` for tests)."""
+    for _ in range(attempts):
+        held = [_bound(host, 0)]
+        try:
+            base = held[0].getsockname()[1]
+            if base + count - 1 > 65535:
+                continue
+            try:
+                held += [_bound(host, base + i) for i in range(1, count)]
+            except OSError:
+                continue
+            return base
+        finally:
+            for sock in held:
+                sock.close()
+    raise EmbeddedError(f"found no {count} consecutive free ports on {host}")
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on `port` now. The check binds as the servers do, with
+    SO_REUSEADDR (aiohttp's, prometheus_client's and nats-server's listeners all set it), so
+    a port that only has connections closing on it (TIME_WAIT after a restart) is free, and
+    one with a listening socket is not."""
     try:
-        _bound(host, port).close()
+        _bound(host, port, reuse=True).close()
     except OSError:
         return False
     return True
 
 
-def _bound(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def holder_of(port: int) -> str | None:
+    """Who listens on TCP `port` on this machine, as `pid 123 (nats-server -c ...)`, when
+    /proc says so: only processes of the same user show their sockets, so None is no proof
+    that the port is free."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local address is ADDR:PORT in hex; state 0A is LISTEN; field 9 the socket's inode
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                command = " ".join(" ".join(a.decode(errors="replace").split()) for a in argv if a)
+                return f"pid {proc.name} ({command[:120]})"
+        except OSError:
+            continue  # gone meanwhile, or another user's
+    return "another user's process"
+
+
+def _bound(host: str, port: int, *, reuse: bool = False) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()

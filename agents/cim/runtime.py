@@ -26,10 +26,10 @@ from typing import Any, Generic, TypeVar, cast, get_type_hints
 from nats.aio.client import Client
 from nats.micro import add_service
 from nats.micro.request import Request, ServiceError
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import BaseModel, ValidationError
 
-from . import __version__, gc_tuning, logs
+from . import __version__, gc_tuning, logs, metrics
 from .capability import AgentConfig
 from .errors import CimError, InvalidInput, invalid_input
 from .nats.connect import connect
@@ -41,10 +41,12 @@ from .tasks import Supervisor
 log = logging.getLogger("cim.agent")
 C = TypeVar("C", bound=AgentConfig)
 
-REQUESTS = Counter("cim_requests_total", "Requests served by endpoint and outcome", ["endpoint", "outcome"])
-LATENCY = Histogram("cim_request_seconds", "Request handling time", ["endpoint"])
-CONNECTED = Gauge("cim_nats_connected", "1 while the agent is connected to NATS")
-UP_SINCE = Gauge("cim_agent_start_time_seconds", "When the agent started (unix time)")
+# Every agent serves these beside its capability's own (cim.metrics).
+REQUESTS = Counter("cim_requests_total", "Requests served by endpoint and outcome", ["endpoint", "outcome"],
+                   registry=metrics.RUNTIME)
+LATENCY = Histogram("cim_request_seconds", "Request handling time", ["endpoint"], registry=metrics.RUNTIME)
+CONNECTED = Gauge("cim_nats_connected", "1 while the agent is connected to NATS", registry=metrics.RUNTIME)
+UP_SINCE = Gauge("cim_agent_start_time_seconds", "When the agent started (unix time)", registry=metrics.RUNTIME)
 
 Raw = bytes  # a handler may take or return raw bytes instead of a model
 
@@ -174,13 +176,16 @@ async def progress(item: dict) -> None:
 class AgentContext:
     """What an agent gets from the runtime: its config, its live connection, and the one
     supervisor of its background tasks (`ctx.tasks.spawn(coro, name)`), which the runtime
-    stops, ahead of the agent's own `stop`."""
+    stops, ahead of the agent's own `stop`; and `metrics`, what its /metrics serves (the
+    runtime's and its capability's metrics, cim.metrics), where an agent registers
+    collectors of its own."""
 
     def __init__(self, config: AgentConfig, nc: Client):
         self.config = config
         self.nc = nc
         self.stopping = asyncio.Event()
         self.tasks = Supervisor()
+        self.metrics: CollectorRegistry = metrics.served(config.capability)
 
 
 class AgentBase(Generic[C]):
@@ -248,7 +253,7 @@ async def run_agent(config: AgentConfig, agent_class: Callable[[AgentContext], A
     gc_tuning.tune()
     metrics_port = None
     if config.metrics.port is not None:
-        server, _thread = start_http_server(config.metrics.port, addr=config.metrics.host)
+        server, _thread = start_http_server(config.metrics.port, addr=config.metrics.host, registry=ctx.metrics)
         metrics_port = server.server_port
         log.info("metrics on http://%s:%d/metrics", config.metrics.host, metrics_port)
     UP_SINCE.set(time.time())

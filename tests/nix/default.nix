@@ -135,6 +135,16 @@ let
     }
   ];
   withHubUi = cfgOf hubUiModules;
+  # The same leaf watched by this host's Prometheus and Grafana (two hub instances, the
+  # store's metrics on another port, Prometheus on another port).
+  withMonitoring = cfgOf (hubUiModules ++ [
+    {
+      services.cim.monitoring = { prometheus.enable = true; grafana.enable = true; };
+      services.cim.hub.instances = 2;
+      services.cim.store.settings.metrics.port = 9500;
+      services.prometheus.port = 9091;
+    }
+  ]);
   hubSettings = withHubUi.services.cim.hub.settings;
   uiSettings = withHubUi.services.cim.ui.settings;
   vhosts = c: c.services.nginx.virtualHosts;
@@ -1228,6 +1238,96 @@ let
     "assertion: hub tokens inline in the settings" = fires (
       hubUiModules ++ [ { services.cim.hub.settings.tokens = [ { name = "ci"; token = "0123456789abcdef"; } ]; } ]
     ) "services.cim.hub.settings.tokens.0.token would put a secret";
+
+    # --- monitoring (issue 17): nixpkgs' prometheus and grafana, nothing unless asked ----
+    "monitoring: off by default, Prometheus and Grafana are left alone" = {
+      expr = {
+        prometheus = { inherit (withHubUi.services.prometheus) enable scrapeConfigs; };
+        grafana = {
+          inherit (withHubUi.services.grafana) enable;
+          provision = withHubUi.services.grafana.provision.enable;
+          dashboards = withHubUi.services.grafana.provision.dashboards.settings;
+          datasources = withHubUi.services.grafana.provision.datasources.settings;
+        };
+      };
+      expected = {
+        prometheus = { enable = false; scrapeConfigs = [ ]; };
+        grafana = { enable = false; provision = false; dashboards = null; datasources = null; };
+      };
+    };
+    "monitoring: Prometheus scrapes each enabled capability at its container's metrics port, one target per instance" = {
+      expr = { inherit (withMonitoring.services.prometheus) enable scrapeConfigs; };
+      expected = {
+        enable = true;
+        scrapeConfigs = [
+          {
+            job_name = "cim";
+            static_configs = [
+              { targets = [ "10.233.1.2:9464" ]; labels = { capability = "hub"; agent = "cim-hub-1"; }; }
+              { targets = [ "10.233.1.2:9465" ]; labels = { capability = "hub"; agent = "cim-hub-2"; }; }
+              { targets = [ "10.233.4.2:9500" ]; labels = { capability = "store"; agent = "cim-store"; }; }
+              { targets = [ "10.233.6.2:9464" ]; labels = { capability = "ui"; agent = "cim-ui"; }; }
+            ];
+          }
+        ];
+      };
+    };
+    "monitoring: Grafana provisions the dashboard file from the repository and a Prometheus datasource" =
+      let
+        g = withMonitoring.services.grafana;
+        provider = builtins.head g.provision.dashboards.settings.providers;
+      in
+      {
+        expr = {
+          inherit (g) enable;
+          provision = g.provision.enable;
+          provider = {
+            inherit (provider) name type folder;
+            path = toString provider.options.path;
+            dashboard = builtins.pathExists (provider.options.path + "/cim.json");
+          };
+          datasources = map (d: { inherit (d) name type uid url access; }) g.provision.datasources.settings.datasources;
+        };
+        expected = {
+          enable = true;
+          provision = true;
+          provider = {
+            name = "cim";
+            type = "file";
+            folder = "CIM";
+            path = toString ../../monitoring/grafana;
+            dashboard = true;
+          };
+          datasources = [ { name = "CIM Prometheus"; type = "prometheus"; uid = "cim-prometheus"; url = "http://127.0.0.1:9091"; access = "proxy"; } ];
+        };
+      };
+    "monitoring: Grafana alone adds no datasource, keeps the user's providers, and Prometheus stays off" =
+      let
+        c = cfgOf (hubUiModules ++ [
+          {
+            services.cim.monitoring.grafana.enable = true;
+            services.grafana.provision.dashboards.settings.providers = [ { name = "mine"; options.path = "/var/lib/dashboards"; } ];
+          }
+        ]);
+      in
+      {
+        expr = {
+          providers = lib.sort lib.lessThan (map (p: p.name) c.services.grafana.provision.dashboards.settings.providers);
+          datasources = c.services.grafana.provision.datasources.settings;
+          prometheus = { inherit (c.services.prometheus) enable scrapeConfigs; };
+          failed = h.failedAssertions c;
+        };
+        expected = {
+          providers = [ "cim" "mine" ];
+          datasources = null;
+          prometheus = { enable = false; scrapeConfigs = [ ]; };
+          failed = [ ];
+        };
+      };
+    "monitoring: a leaf with monitoring passes every assertion and evaluates completely" = {
+      expr = { failed = h.failedAssertions withMonitoring; broken = h.fails (everything withMonitoring); };
+      expected = { failed = [ ]; broken = false; };
+    };
 
     # --- one rule for inline secrets, through attrsets and lists, in every capability ---
     "inline secret: an S3 secret key in a tier, inside the rendered tiers list" = fires (

@@ -486,6 +486,7 @@ in
     ./nixos/networking.nix
     ./nixos/nixpkgs.nix
     ./nixos/garage.nix
+    ./nixos/monitoring.nix
   ];
 
   options = {

@@ -3,17 +3,19 @@ pipeline agent, for search, when a test asks for one)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlencode
 
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.procs import wait_until
 from cim.ports import free_port
 from cim.ui.auth import hash_password
 from support.agentkit import AgentProcess
-from support.hub_support import Hub
+from support.hub_support import TOKEN, Hub
 
 PASSWORD = "correct horse battery"
 
@@ -82,3 +84,27 @@ class Stack:
         for a in self.agents:
             a.stop()
         self.server.stop()
+
+
+# --- the browser: Debian's chromium, driven by Playwright --------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+async def log_in(page, stack: Stack, then: str = "/units") -> None:
+    """Through the login form, as a person would; lands on `then`."""
+    await page.goto(stack.ui_url + "/login?next=" + then)
+    await page.get_by_label("User").fill("admin")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    await page.wait_for_url(stack.ui_url + then)
+
+
+def hub_put(stack: Stack, content: bytes, **params: str) -> str:
+    """A unit stored through the hub's HTTP API (title, label, parent, metadata...); its CID."""
+    request = urllib.request.Request(f"{stack.hub.url}/v1/units?{urlencode(params)}", data=content,  # type: ignore[union-attr]
+                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.loads(r.read())["cid"]

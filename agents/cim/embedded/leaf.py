@@ -3,7 +3,9 @@
 A nats-server with JetStream in a data directory, the default spec provisioned, and every
 agent this version has, each as a supervised subprocess with its own config, restarted
 with backoff when it dies. Everything stays in the data directory, so running it again
-keeps the data.
+keeps the data; every port is fixed by an option (embedded.addresses), so it keeps the
+addresses too. Each agent's config is what `cim up` generates merged with
+`<data-dir>/settings/<capability>.json` (embedded.settings).
 """
 
 from __future__ import annotations
@@ -17,20 +19,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import capabilities
+from ..capability import AgentConfig
 from ..disk_full import DiskWatch
 from ..errors import EmbeddedError
 from ..identity import ensure_identities
 from ..nats.connect import ConnectionSettings, connect
 from ..permissions import nats_permissions
-from ..ports import free_port, port_is_free
 from ..provision.apply import provision
 from ..provision.spec import ProvisionSpec
+from . import addresses
+from .addresses import Listener
 from .nats_server import NatsServer
 from .procs import ManagedProcess
+from .readiness import wait_ready
+from .settings import configure
 
 log = logging.getLogger("cim.up")
 
 RESTART_BACKOFF = (0.5, 1, 2, 5, 10, 30)
+HTTP_NAMES = {"ui": "the dashboard", "hub": "the hub's HTTP API"}
 HEALTHY_AFTER = 60.0  # an agent up this long has its backoff reset
 
 
@@ -54,23 +61,27 @@ class AgentProcess(ManagedProcess):
 @dataclass
 class Supervised:
     proc: AgentProcess
-    metrics_port: int
+    config: AgentConfig
     restarts: int = 0
     started_at: float = field(default_factory=time.monotonic)
     next_start: float | None = None
 
 
 class Leaf:
-    def __init__(self, data_dir: Path, *, host: str = "127.0.0.1", port: int = 4222, http_port: int = 8222,
+    def __init__(self, data_dir: Path, *, host: str = "127.0.0.1", port: int = addresses.NATS_PORT,
+                 http_port: int = addresses.MONITORING_PORT, ui_port: int = addresses.UI_PORT,
+                 hub_port: int = addresses.HUB_PORT, metrics_port_base: int = addresses.METRICS_PORT_BASE,
                  agents: list[str] | None = None, log_level: str = "info"):
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
         self.http_port = http_port
+        self.http_ports = {"ui": ui_port, "hub": hub_port}  # the capabilities that serve HTTP
+        self.metrics_port_base = metrics_port_base
         self.log_level = log_level
         self.agent_names = list(capabilities.NAMES) if agents is None else agents
         self.server: NatsServer | None = None
-        self.keys: dict[str, tuple[Path, str]] = {}  # name -> (seed file, public key), made at start
+        self.keys: dict[str, tuple[Path, str]] = {}  # name -> (seed file, public key), made by prepare()
         # nats-server is supervised like an agent: restarted with backoff, and said so.
         self.server_restarts = 0
         self.server_started_at = time.monotonic()
@@ -79,22 +90,57 @@ class Leaf:
         self._log_offset = 0
         self.agents: dict[str, Supervised] = {}
         self.notes: dict[str, str] = {}
+        self.configs: dict[str, tuple[Path, AgentConfig]] = {}  # made by prepare()
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
-    def start_server(self) -> None:
-        for what, port in (("client", self.port), ("monitoring", self.http_port)):
-            if not port_is_free(port, self.host if what == "client" else "127.0.0.1"):
-                raise EmbeddedError(
-                    f"the {what} port {port} is taken: is `cim up` or another nats-server already running? "
-                    f"Stop it, or pick other ports with --port / --http-port"
-                )
+    def prepare(self) -> None:
+        """Everything that can fail before a process starts: each agent's config made, merged
+        with its settings file and validated (a ConfigError naming the file), and every port
+        checked (an EmbeddedError naming each taken one). Then the configs and the scrape
+        targets are written."""
+        addresses.metrics_ports_fit(self.metrics_port_base)
         # Secured like NixOS: an nkey per agent with exactly its capability's permissions, and
         # an admin key for `cim`; seeds stay in the data directory (0600), the server config
         # holds public keys only.
         self.keys = ensure_identities(self.data_dir / "keys", ["admin", *self.agent_names])
+        made = {cap: self._config(cap) for cap in self.agent_names}
+        addresses.check_free(self._listeners({cap: config for cap, (_, config) in made.items()}))
+        for cap, (data, config) in made.items():
+            path = self.data_dir / "agents" / f"{cap}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=2) + "\n")
+            self.configs[cap] = (path, config)
+        addresses.write_targets(self.targets_path, [
+            addresses.target(config.metrics.host, config.metrics.port, cap, config.agent_name)
+            for cap, (_, config) in self.configs.items() if config.metrics.port is not None
+        ])
+
+    @property
+    def targets_path(self) -> Path:
+        return self.data_dir / addresses.TARGETS_FILE
+
+    def _listeners(self, configs: dict[str, AgentConfig]) -> list[Listener]:
+        out = [
+            Listener("the NATS client port", self.host, self.port, "--port (CIM_PORT)"),
+            Listener("NATS monitoring", "127.0.0.1", self.http_port, "--http-port (CIM_HTTP_PORT)"),
+        ]
+        for cap, config in configs.items():
+            http = getattr(config, "http", None)
+            if http is not None:
+                out.append(Listener(HTTP_NAMES.get(cap, f"the {cap} agent's HTTP"), http.host, http.port,
+                                    f"--{cap}-port (CIM_{cap.upper()}_PORT)"))
+        for cap, config in configs.items():
+            if config.metrics.port is not None:
+                out.append(Listener(f"the {cap} agent's metrics", config.metrics.host, config.metrics.port,
+                                    "--metrics-port-base (CIM_METRICS_PORT_BASE)"))
+        return out
+
+    def start_server(self) -> None:
+        if not self.keys:
+            self.prepare()
         users = [{"nkey": self.keys["admin"][1]}] + [
             {"nkey": self.keys[cap][1], "permissions": nats_permissions(cap)} for cap in self.agent_names
         ]
@@ -164,13 +210,12 @@ class Leaf:
         finally:
             await nc.close()
 
-    def _write_config(self, capability: str, metrics_port: int) -> Path:
-        path = self.data_dir / "agents" / f"{capability}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _config(self, capability: str) -> tuple[dict, AgentConfig]:
+        """The agent's config: generated, merged with its settings file, validated."""
         config = {
             "capability": capability,
             "nats": {"servers": [self.url], "nkey_seed_file": str(self.keys[capability][0])},
-            "metrics": {"host": "127.0.0.1", "port": metrics_port},
+            "metrics": {"host": "127.0.0.1", "port": addresses.metrics_port(self.metrics_port_base, capability)},
             "log_level": self.log_level,
             # Projections (search index, the dashboard's unit list) survive restarts here.
             "state_dir": str(self.data_dir / "state" / capability),
@@ -179,19 +224,27 @@ class Leaf:
         # under the data dir) and a line for the summary: its `Capability.embedded`.
         hook = capabilities.get(capability).embedded
         if hook is not None:
-            extra, note = hook(self.data_dir)
+            extra, note = hook(self.data_dir, self.http_ports.get(capability))
             config.update(extra)
             if note:
                 self.notes[capability] = note
-        path.write_text(json.dumps(config, indent=2) + "\n")
-        return path
+        return configure(config, self.data_dir)
 
     def start_agents(self) -> None:
         for cap in self.agent_names:
-            port = free_port()
-            proc = AgentProcess(cap, self._write_config(cap, port), self.data_dir / "logs" / f"{cap}.log")
+            path, config = self.configs[cap]
+            proc = AgentProcess(cap, path, self.data_dir / "logs" / f"{cap}.log")
             proc.start()
-            self.agents[cap] = Supervised(proc, port)
+            self.agents[cap] = Supervised(proc, config)
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Until every agent answers $SRV.PING and the hub and the dashboard accept connections;
+        an EmbeddedError naming the agent that did not, and its log, otherwise."""
+        nc = await connect(ConnectionSettings(servers=[self.url], name="cim-up", nkey_seed_file=self.keys["admin"][0]))
+        try:
+            await wait_ready(nc, {cap: (s.proc, s.config) for cap, s in self.agents.items()}, timeout)
+        finally:
+            await nc.close()
 
     def check_agents(self) -> list[str]:
         """Restart dead agents (with backoff); return what happened, for the console."""
@@ -238,10 +291,14 @@ class Leaf:
             f"  admin key   {self.keys['admin'][0]} (the cim command uses it by default; elsewhere set CIM_NKEY)",
         ]
         for cap, s in self.agents.items():
-            lines.append(f"  {cap:<11} pid {s.proc.pid}, metrics http://127.0.0.1:{s.metrics_port}/metrics, log {s.proc.log_path}")
+            metrics = s.config.metrics
+            where = (f"metrics http://{addresses.dial_host(metrics.host)}:{metrics.port}/metrics"
+                     if metrics.port is not None else "no metrics")
+            lines.append(f"  {cap:<11} pid {s.proc.pid}, {where}, log {s.proc.log_path}")
             if cap in self.notes:
                 lines.append(f"  {'':<11} {self.notes[cap]}")
         lines += [
+            f"  scrape      {self.targets_path} (Prometheus file_sd targets)",
             "Try:  cim units put FILE   then   cim events tail",
             "Ctrl-C stops everything; the data stays for the next `cim up`.",
         ]

@@ -1,19 +1,38 @@
-"""The event envelope: CloudEvents attributes in NATS headers, JSON data in the body.
+"""The event envelope: a CloudEvents 1.0 event in the NATS binary content mode.
 
-Header names follow the CloudEvents NATS binding (`ce-` prefix). Correlation, causation
-and provenance (producing agent and version) travel as `cim-` headers, so a consumer can
-route on them without parsing the body.
+The attributes travel in `ce-` headers (the CloudEvents NATS binding), the JSON data in the
+body, so a CloudEvents SDK reads an event straight off the stream. On the wire:
+
+- `ce-type` is reverse-DNS, `dev.cim.unit.created`; the code, the type registry, the CLI and
+  the subjects keep the short `unit.created`. `wire_type` and `short_type` are the one place
+  that converts.
+- `ce-source` is an absolute URI naming the producing instance (`source_for`).
+- Correlation and causation are the extension attributes `ce-correlationid` and
+  `ce-causationid`, so a CloudEvents bridge keeps them.
+- The producing agent and its version stay NATS headers (`cim-agent`, `cim-agent-version`):
+  transport metadata for CIM's own tools, like `Nats-Msg-Id`; the source names the agent
+  for everyone else.
+
+Events stored before this envelope (short `ce-type`, relative `ce-source`, correlation and
+causation in `cim-correlation-id` / `cim-causation-id`) read as before: `read_headers`
+takes both forms.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import re
+import socket
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import quote, unquote
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, ValidationError, field_validator
 
 from ..errors import InvalidInput, invalid_input
 from ..json_depth import MAX_DEPTH, deeper_than
@@ -21,6 +40,10 @@ from ..json_depth import MAX_DEPTH, deeper_than
 SUBJECT_PREFIX = "cim.evt"
 TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")  # a NATS subject token we allow: no dots, no wildcards
 SPECVERSION = "1.0"
+CONTENT_TYPE = "application/json"
+# The reverse-DNS prefix of every type on the wire (CloudEvents: a type SHOULD be prefixed
+# with a reverse-DNS name of the organisation that defines it).
+TYPE_PREFIX = "dev.cim."
 
 H_ID = "ce-id"
 H_SOURCE = "ce-source"
@@ -29,11 +52,99 @@ H_SUBJECT = "ce-subject"
 H_TIME = "ce-time"
 H_SPEC = "ce-specversion"
 H_CONTENT = "ce-datacontenttype"
-H_CORRELATION = "cim-correlation-id"
-H_CAUSATION = "cim-causation-id"
+H_CORRELATION = "ce-correlationid"  # extension attributes: lower-case letters and digits, at most 20
+H_CAUSATION = "ce-causationid"
 H_AGENT = "cim-agent"
 H_AGENT_VERSION = "cim-agent-version"
 H_MSG_ID = "Nats-Msg-Id"
+# Where events written before the extension attributes keep them; read, never written.
+H_LEGACY_CORRELATION = "cim-correlation-id"
+H_LEGACY_CAUSATION = "cim-causation-id"
+
+CLI_AGENT = "cim-cli"  # the `agent` of events the `cim` command writes
+SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")  # an absolute URI: a scheme, then no blanks
+# Printable ASCII but space, '"' and '%' (the NATS binding's rule): a value with anything
+# else is percent-encoded in its header.
+_NEEDS_ENCODING = re.compile(r'[^\x21\x23\x24\x26-\x7e]')
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+
+
+def wire_type(short: str) -> str:
+    """`unit.created` -> `dev.cim.unit.created`, as `ce-type` carries it."""
+    return TYPE_PREFIX + short
+
+
+def short_type(wire: str) -> str:
+    """`dev.cim.unit.created` -> `unit.created`; an old event's short `ce-type` stays as it is."""
+    return wire[len(TYPE_PREFIX):] if wire.startswith(TYPE_PREFIX) else wire
+
+
+@cache
+def source_for(agent: str) -> str:
+    """The `ce-source` of events an agent writes: `urn:cim:agent:<name>`, unique per instance
+    (`AgentConfig.for_instance` names each one); for the `cim` command, who ran it where,
+    `urn:cim:cli:<user>@<host>`."""
+    if agent == CLI_AGENT:
+        return f"urn:cim:cli:{quote(_user(), safe='')}@{quote(socket.gethostname() or 'localhost', safe='')}"
+    return f"urn:cim:agent:{quote(agent, safe='')}"
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name and no passwd entry (a container's bare uid)
+        return f"uid-{os.getuid()}"
+
+
+def _encoded(value: str) -> str:
+    return quote(value, safe=_HEADER_SAFE) if _NEEDS_ENCODING.search(value) else value
+
+
+class WireHeaders(NamedTuple):  # a tuple: read for every event, and cheaper to make than a frozen dataclass
+    """An event's envelope as its NATS headers carry it, in the current or the old form."""
+
+    id: str | None
+    type: str | None  # the short form
+    source: str
+    time: str | None
+    correlation_id: str | None
+    causation_id: str | None
+    agent: str | None
+    agent_version: str | None
+
+
+def read_headers(headers: Mapping[str, str]) -> WireHeaders:
+    """The envelope of any event's headers. The current form percent-encodes its values (the
+    NATS binding's rule) and prefixes its type; an old event's values are taken as they are,
+    so an old id that happens to hold `%41` is not changed."""
+    claimed = headers.get(H_TYPE)
+    get = headers.get
+    if claimed is not None and claimed.startswith(TYPE_PREFIX):
+        return WireHeaders(
+            id=_decoded(get(H_ID)) or get(H_MSG_ID),
+            type=short_type(claimed),
+            source=_decoded(get(H_SOURCE)) or "",
+            time=get(H_TIME),
+            correlation_id=_decoded(get(H_CORRELATION)),
+            causation_id=_decoded(get(H_CAUSATION)),
+            agent=get(H_AGENT),
+            agent_version=get(H_AGENT_VERSION),
+        )
+    correlation, causation = get(H_CORRELATION), get(H_CAUSATION)
+    return WireHeaders(
+        id=get(H_ID) or get(H_MSG_ID),
+        type=claimed,
+        source=get(H_SOURCE) or "",
+        time=get(H_TIME),
+        correlation_id=get(H_LEGACY_CORRELATION) if correlation is None else correlation,
+        causation_id=get(H_LEGACY_CAUSATION) if causation is None else causation,
+        agent=get(H_AGENT),
+        agent_version=get(H_AGENT_VERSION),
+    )
+
+
+def _decoded(value: str | None) -> str | None:
+    return unquote(value) if value is not None and "%" in value else value
 
 
 def subject_for(type_name: str, aggregate_id: str) -> str:
@@ -46,7 +157,10 @@ def aggregate_filter(aggregate: str, aggregate_id: str | None = None) -> str:
 
 
 class Event(BaseModel):
-    """An event to append. `data` is checked against the model registered for `type`."""
+    """An event to append. `data` is checked against the model registered for `type`.
+
+    `source` is the CloudEvents source, an absolute URI; left out, it is the agent's
+    (`source_for`). A field that breaks a rule is an InvalidInput naming it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -54,12 +168,21 @@ class Event(BaseModel):
     aggregate_id: str
     data: dict[str, JsonValue] = Field(default_factory=dict)
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
-    source: str = "cim"
+    agent: str = CLI_AGENT
+    agent_version: str = ""
+    # After `agent`: its default is derived from the agent (validated fields come in order).
+    source: str = Field(default_factory=lambda fields: source_for(fields.get("agent") or CLI_AGENT))
     time: datetime = Field(default_factory=lambda: datetime.now(UTC))
     correlation_id: str | None = None
     causation_id: str | None = None
-    agent: str = "cim-cli"
-    agent_version: str = ""
+
+    if not TYPE_CHECKING:  # hidden from mypy, which then still checks the fields of each call
+
+        def __init__(self, **fields: Any) -> None:
+            try:
+                super().__init__(**fields)
+            except ValidationError as err:
+                raise invalid_input(err) from None
 
     @field_validator("aggregate_id")
     @classmethod
@@ -68,11 +191,19 @@ class Event(BaseModel):
             raise ValueError("must be letters, digits, '-' or '_' (it becomes a NATS subject token)")
         return v
 
-    @field_validator("id", "source", "agent")
+    @field_validator("id", "agent")
     @classmethod
     def _nonempty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not SCHEME.match(v):
+            raise ValueError(f"{v!r} is not an absolute URI (CloudEvents source): give one with a scheme, "
+                             "like 'urn:cim:agent:<name>', or leave it out to use the agent's")
         return v
 
     @classmethod
@@ -87,22 +218,24 @@ class Event(BaseModel):
         return subject_for(self.type, self.aggregate_id)
 
     def headers(self) -> dict[str, str]:
+        """The event's NATS headers: CloudEvents binary content mode, values percent-encoded
+        where the binding asks for it (an id or correlation id with a blank, say)."""
         h = {
             H_SPEC: SPECVERSION,
-            H_ID: self.id,
-            H_SOURCE: self.source,
-            H_TYPE: self.type,
+            H_ID: _encoded(self.id),
+            H_SOURCE: _encoded(self.source),
+            H_TYPE: wire_type(self.type),
             H_SUBJECT: self.aggregate_id,
             H_TIME: self.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-            H_CONTENT: "application/json",
+            H_CONTENT: CONTENT_TYPE,
             H_AGENT: self.agent,
             H_AGENT_VERSION: self.agent_version,
             H_MSG_ID: self.id,
         }
         if self.correlation_id:
-            h[H_CORRELATION] = self.correlation_id
+            h[H_CORRELATION] = _encoded(self.correlation_id)
         if self.causation_id:
-            h[H_CAUSATION] = self.causation_id
+            h[H_CAUSATION] = _encoded(self.causation_id)
         return h
 
     def payload(self) -> bytes:
@@ -173,13 +306,14 @@ class StoredEvent(BaseModel):
         aggregate = parts[2] if len(parts) > 2 else ""
         aggregate_id = parts[3] if len(parts) > 3 else ""
         # The type is the subject's: publish permissions are per subject, so only a writer
-        # allowed this type could have stored it. A header that says otherwise is a forgery
-        # (or a bug) and is surfaced, never believed.
-        type_name = f"{aggregate}.{parts[4]}" if len(parts) == 5 else headers.get(H_TYPE, "")
+        # allowed this type could have stored it. A header that says otherwise (in either
+        # form, `dev.cim.unit.created` or the old `unit.created`) is a forgery (or a bug) and
+        # is surfaced, never believed.
+        wire = read_headers(headers)
+        type_name = f"{aggregate}.{parts[4]}" if len(parts) == 5 else (wire.type or "")
         body, problem = decode_body(data)
-        claimed = headers.get(H_TYPE)
-        if claimed and claimed != type_name:
-            problem = f"its type header says {claimed!r} but its subject is that of {type_name!r}: not believed"
+        if wire.type and wire.type != type_name:
+            problem = f"its type header says {headers[H_TYPE]!r} but its subject is that of {type_name!r}: not believed"
         model = model_for(type_name)
         typed = None
         if model is not None and problem is None:
@@ -188,28 +322,51 @@ class StoredEvent(BaseModel):
             except Exception as err:
                 problem = f"body does not match {type_name}: {err}"
         try:
-            when = datetime.fromisoformat(headers[H_TIME].replace("Z", "+00:00")) if H_TIME in headers else None
+            when = datetime.fromisoformat(wire.time.replace("Z", "+00:00")) if wire.time is not None else None
         except ValueError:
-            when, problem = None, problem or f"bad {H_TIME} header {headers[H_TIME]!r}"
+            when, problem = None, problem or f"bad {H_TIME} header {wire.time!r}"
         stored = cls(
             seq=seq,
             subject=subject,
             type=type_name,
             aggregate=aggregate,
             aggregate_id=aggregate_id,
-            id=headers.get(H_ID) or headers.get(H_MSG_ID) or f"seq-{seq}",
-            source=headers.get(H_SOURCE, ""),
+            id=wire.id or f"seq-{seq}",
+            source=wire.source,
             time=when,
-            correlation_id=headers.get(H_CORRELATION),
-            causation_id=headers.get(H_CAUSATION),
-            agent=headers.get(H_AGENT),
-            agent_version=headers.get(H_AGENT_VERSION),
+            correlation_id=wire.correlation_id,
+            causation_id=wire.causation_id,
+            agent=wire.agent,
+            agent_version=wire.agent_version,
             data=body,
             known=model is not None,
             problem=problem,
         )
         stored._typed = None if problem else typed
         return stored
+
+    def structured(self) -> dict[str, Any]:
+        """The event in the CloudEvents JSON format (structured content mode), as an
+        outgoing webhook carries it: any CloudEvents SDK reads it. An old event's source
+        is kept as it was stored (relative, which the format allows); one stored without
+        any is named after its agent."""
+        out: dict[str, Any] = {
+            "specversion": SPECVERSION,
+            "id": self.id,
+            "source": self.source or source_for(self.agent or CLI_AGENT),
+            "type": wire_type(self.type),
+            "datacontenttype": CONTENT_TYPE,
+            "data": self.data,
+        }
+        if self.aggregate_id:
+            out["subject"] = self.aggregate_id
+        if self.time is not None:
+            out["time"] = self.time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        if self.correlation_id:
+            out["correlationid"] = self.correlation_id
+        if self.causation_id:
+            out["causationid"] = self.causation_id
+        return out
 
 
 def validated(event: Event, *, as_built: bool = False) -> Event:
@@ -222,6 +379,8 @@ def validated(event: Event, *, as_built: bool = False) -> Event:
 
     if not TYPE_PATTERN.match(event.type):
         raise InvalidInput("type", f"{event.type!r} must look like 'aggregate.event'")
+    if not SCHEME.match(event.source):  # a `model_copy` skips the field's own check
+        raise InvalidInput("source", f"{event.source!r} is not an absolute URI (CloudEvents source)")
     model = model_for(event.type)
     if model is None:
         from ..errors import UnknownEventType
@@ -234,8 +393,6 @@ def validated(event: Event, *, as_built: bool = False) -> Event:
             return event
         data = checked.model_dump(mode="json")
     except Exception as err:
-        from pydantic import ValidationError
-
         if isinstance(err, ValidationError):
             raise invalid_input(err, prefix="data.") from None
         raise

@@ -16,14 +16,16 @@ from aiohttp import web
 from ..errors import CimError
 from ..events import EventStore
 from ..http_deadline import GuardedSite, HeadDeadline
+from ..metrics import Sampled
 from ..runtime import AgentBase, AgentContext, endpoint
 from ..store.unit_store import UnitStore
 from ..tier.fetch import fetch
 from . import api
 from .api import InfoReply, RetryReply, RetryRequest
-from .config import Config
+from .config import CONSUMER, Config
 from .connectors import ConnectorConfig, ConnectorContext, build, load
 from .http_api import HubApi
+from .metrics import webhook_lag
 from .tokens import Tokens
 from .webhooks import Dispatcher, Webhook
 
@@ -42,9 +44,11 @@ class _Site(GuardedSite):
 class Agent(AgentBase[Config]):
     def __init__(self, ctx: AgentContext):
         super().__init__(ctx)
-        self.units = UnitStore(ctx.nc, max_unit_size=self.config.max_body_size, agent=self.config.agent_name, cold=fetch)
+        # A download is a read for the tier's `idle` policies, as `cim units get` is.
+        self.units = UnitStore(ctx.nc, max_unit_size=self.config.max_body_size, agent=self.config.agent_name, cold=fetch,
+                               report_access=True)
         self.api = HubApi(self.units, Tokens(self.config.tokens_file), max_body_size=self.config.max_body_size,
-                          idle_timeout=self.config.idle_timeout)
+                          idle_timeout=self.config.idle_timeout, metrics=ctx.metrics)
         self.webhooks = Dispatcher(ctx.nc, [Webhook(w) for w in self.config.webhooks], agent=self.config.agent_name)
         events = EventStore(ctx.nc)
         plugins, self.broken_plugins = load()  # a third party's broken plugin is reported and skipped
@@ -76,6 +80,9 @@ class Agent(AgentBase[Config]):
         self.url = f"http://{self.config.http.host}:{port}"
         log.info("ingest API on %s (OpenAPI at %s/openapi.yaml)", self.url, self.url)
         await self.webhooks.start()
+        if self.webhooks.webhooks:
+            self.ctx.metrics.register(Sampled("the webhook consumer", lambda: webhook_lag(self.nc, CONSUMER),
+                                              asyncio.get_running_loop()))
         for c, connector in self.connectors:
             self.ctx.tasks.spawn(self._supervise(c, connector), name=f"connector-{c.name}")
 

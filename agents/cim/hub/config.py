@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from ..capability import AgentConfig
 from ..names import EVENTS_STREAM
-from ..ports import free_port, port_is_free
 from ..provision.spec import ConsumerSpec, KvSpec, ProvisionSpec
 from .connectors import STATE_BUCKET, ConnectorConfig
 
@@ -43,6 +42,13 @@ class Config(AgentConfig):
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     connectors: list[ConnectorConfig] = Field(default_factory=list)
 
+    def deeper_errors(self) -> list[tuple[str, str]]:
+        """Each connector's settings against its plugin's own model, so a typo in an inbox's
+        `path` fails `cim config check` (and `cim up` before it starts), not the hub's start."""
+        from .connectors import checked
+
+        return checked(self.connectors)[1] if self.connectors else []
+
     def for_instance(self, i: int) -> Self:
         """Hubs under one service share its port (SO_REUSEPORT), and only the first runs the
         connectors: two would work the same folder or bucket. Webhooks share one consumer."""
@@ -62,8 +68,8 @@ def provision_spec() -> ProvisionSpec:
     )
 
 
-def embedded_settings(data_dir: Path) -> tuple[dict, str | None]:
-    """For `cim up`: a port, a token made once under the data dir, and an inbox folder."""
+def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dict, str | None]:
+    """For `cim up`: its port (`--hub-port`), a token made once under the data dir, and an inbox folder."""
     hub_dir = data_dir / "hub"
     hub_dir.mkdir(parents=True, exist_ok=True)
     tokens = hub_dir / "tokens.json"
@@ -72,7 +78,7 @@ def embedded_settings(data_dir: Path) -> tuple[dict, str | None]:
         with os.fdopen(fd, "w") as f:
             json.dump({"tokens": [{"name": "local", "token": secrets.token_urlsafe(24)}]}, f, indent=2)
     token = json.loads(tokens.read_text())["tokens"][0].get("token", "(see the file)")
-    port = DEFAULT_PORT if port_is_free(DEFAULT_PORT) else free_port()
+    port = DEFAULT_PORT if http_port is None else http_port
     inbox = data_dir / "inbox"
     settings = {
         "http": {"host": "127.0.0.1", "port": port},
@@ -90,7 +96,8 @@ class WebhookSettings(BaseModel):
     url: HttpUrl
     subjects: list[str] = Field(default_factory=lambda: ["cim.evt.unit.*.created"], min_length=1,
                                 description="NATS subject patterns of the events to send")
-    secret_file: Path = Field(description="file holding the HMAC secret (shared with the receiver)")
+    secret_file: Path = Field(description="file holding the signing secret shared with the receiver: whsec_<base64> "
+                                          "(the Standard Webhooks form) or, anything else, the raw key bytes")
     max_attempts: int = Field(default=5, ge=1, le=50)
     backoff: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0],
                                  description="seconds between attempts; the last repeats")

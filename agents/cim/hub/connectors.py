@@ -60,7 +60,7 @@ class ConnectorContext:
 
     async def record_failure(self, item: str, reason: str) -> None:
         await self.events.append(Event.of(ImportFailed(item=item[:2000], reason=reason[:2000]), self.name,
-                                          source=self.agent, agent=self.agent))
+                                          agent=self.agent))
 
 
 @runtime_checkable
@@ -90,8 +90,10 @@ def available() -> dict[str, Plugin]:
     return load()[0]
 
 
-def build(configs: list[ConnectorConfig], make_ctx,
-          loaded: tuple[dict[str, Plugin], dict[str, str]] | None = None) -> list[tuple[ConnectorConfig, Connector]]:
+def checked(configs: list[ConnectorConfig], loaded: tuple[dict[str, Plugin], dict[str, str]] | None = None
+            ) -> tuple[list[tuple[ConnectorConfig, Plugin, BaseModel]], list[tuple[str, str]]]:
+    """Each connector with its plugin and its settings as the plugin's model, and the errors
+    (field path, what is wrong): what `cim config check` reports and what the hub refuses."""
     plugins, broken = loaded or load()
     out, errors = [], []
     for i, c in enumerate(configs):
@@ -106,7 +108,13 @@ def build(configs: list[ConnectorConfig], make_ctx,
         except ValidationError as err:
             errors += field_errors(err, prefix=f"connectors.{i}.settings.")
             continue
-        out.append((c, plugin.connector(settings, make_ctx(c.name))))
+        out.append((c, plugin, settings))
+    return out, errors
+
+
+def build(configs: list[ConnectorConfig], make_ctx,
+          loaded: tuple[dict[str, Plugin], dict[str, str]] | None = None) -> list[tuple[ConnectorConfig, Connector]]:
+    good, errors = checked(configs, loaded)
     if errors:
         raise ConfigError("hub connectors", errors)
-    return out
+    return [(c, plugin.connector(settings, make_ctx(c.name))) for c, plugin, settings in good]

@@ -1,6 +1,8 @@
-"""The ingest API over HTTP: `POST /v1/units` (multipart or a raw body), unit metadata,
-full-text search (`GET /v1/search`, answered by a pipeline agent over NATS), the OpenAPI
-document it is tested against, health and Prometheus metrics.
+"""The ingest API over HTTP: `POST /v1/units` (multipart or a raw body), unit metadata, a
+unit's bytes (`GET /v1/units/{cid}/content`: streamed, CID-verified, with ranges; see
+cim.hub.downloads), the units page by page (`GET /v1/units`) and full-text search
+(`GET /v1/search`), both answered by a pipeline agent over NATS, the OpenAPI document it is
+tested against, health and Prometheus metrics.
 
 Checks run cheapest first: the token (401), what the token allows (403), the metadata
 (400), and only then the body, counted as it arrives (413 past the limit), so a refused
@@ -12,33 +14,35 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+from collections.abc import AsyncIterator
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiMapping
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
 from .. import cid as cidlib
-from ..errors import CimError, InvalidInput, NotFound, UnitNotFound, UnitTooLarge, field_errors
+from ..errors import CidMismatch, CimError, InvalidInput, NotFound, UnitExpiredError, UnitNotFound, UnitTooLarge, field_errors
 from ..events.envelope import decode_body
-from ..nats.rpc import AgentUnavailable, call
-from ..pipeline.api import SEARCH, SearchRequest
+from ..nats.rpc import AgentUnavailable, Endpoint, call
+from ..pipeline.api import SEARCH, UNITS, SearchRequest, UnitsRequest
 from ..spool import Spool
 from ..store.content import CHUNK_SIZE
 from ..store.put_batcher import PutBatcher
 from ..store.unit_store import UnitStore, guess_media_type
 from ..store.units import Unit
+from . import byte_ranges, downloads, unit_pages
+from .metrics import INGEST_BYTES, INGESTS, count_requests
+from .metrics import REGISTRY as HUB_METRICS
 from .tokens import Token, Tokens
 
 log = logging.getLogger("cim.hub.http")
 
-INGESTS = Counter("cim_hub_ingest_total", "HTTP ingest requests by HTTP status", ["status"])
-INGEST_BYTES = Counter("cim_hub_ingest_bytes_total", "Bytes of content accepted over HTTP")
-
+R = TypeVar("R")
 _PLACEHOLDER_CID = cidlib.compute(b"")
 _META_FIELDS = ("title", "source", "author", "media_type")
 
@@ -113,7 +117,9 @@ def _check_meta(token: Token, meta: dict[str, Any]) -> None:
 
 
 class HubApi:
-    def __init__(self, units: UnitStore, tokens: Tokens, *, max_body_size: int, idle_timeout: float = 30.0):
+    def __init__(self, units: UnitStore, tokens: Tokens, *, max_body_size: int, idle_timeout: float = 30.0,
+                 metrics: CollectorRegistry = HUB_METRICS):
+        self.exported = metrics  # what /metrics serves: the agent's (the runtime's and the hub's)
         self.units = units
         self.batcher = PutBatcher(units)
         self.tokens = tokens
@@ -123,9 +129,11 @@ class HubApi:
 
     def app(self) -> web.Application:
         # aiohttp's own cap must not cut in before ours: we answer 413 with a reason.
-        app = web.Application(client_max_size=self.max_body_size + 1024 * 1024)
+        app = web.Application(client_max_size=self.max_body_size + 1024 * 1024, middlewares=[count_requests])
         app.router.add_post("/v1/units", self.ingest)
+        app.router.add_get("/v1/units", self.list_units)
         app.router.add_get("/v1/units/{cid}", self.show)
+        app.router.add_get("/v1/units/{cid}/content", self.content)
         app.router.add_get("/v1/search", self.search)
         app.router.add_get("/openapi.yaml", self.openapi)
         app.router.add_get("/healthz", self.healthz)
@@ -281,6 +289,133 @@ class HubApi:
             return _answer(problem)
         return web.json_response(reply.model_dump(mode="json"))
 
+    async def content(self, request: web.Request) -> web.StreamResponse:
+        """A unit's bytes, streamed and verified by CID (cim.hub.downloads), with ETag,
+        If-None-Match and one byte range (cim.hub.byte_ranges)."""
+        cid = request.match_info["cid"]
+        try:
+            token = _token_of(request, self.tokens)
+            if refused := token.refused("read"):
+                raise Problem(403, refused)
+            unit = await self._visible(token, cid)
+            etag = f'"{cid}"'
+            headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=31536000, immutable"}
+            if byte_ranges.none_match(request.headers.get("If-None-Match"), etag):
+                return web.Response(status=304, headers=headers)
+            try:
+                span = byte_ranges.requested(request.headers.get("Range"), request.headers.get("If-Range"), etag, unit.size)
+            except byte_ranges.Unsatisfiable:
+                raise Problem(416, [("Range", f"the unit has {unit.size} bytes; ask for a range inside them")],
+                              {"Accept-Ranges": "bytes", "Content-Range": f"bytes */{unit.size}"}) from None
+            headers.update({
+                "Content-Type": downloads.media_type_header(unit.media_type),
+                # A unit is anyone's upload: a browser must not sniff it into a page of ours.
+                "X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox",
+            })
+            if span is not None:
+                headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{unit.size}"
+            chunks = aiter(self.units.get(cid))
+            # The first chunk before the headers: a unit whose bytes cannot be read (or, up to
+            # 4 MiB, do not match: the store checks those whole first) gets an answer that says why.
+            first = None if request.method == "HEAD" else await self._first(chunks, cid)
+        except Problem as problem:
+            return _answer(problem)
+        return await downloads.send(request, chunks, first, status=200 if span is None else 206, headers=headers,
+                                    size=unit.size, span=span or (0, unit.size))
+
+    async def _visible(self, token: Token, cid: str) -> Unit:
+        """The unit's record, or the Problem a client gets: 400 for a malformed CID, 404 for an
+        unknown one and for one outside the token's sources and labels alike."""
+        try:
+            unit = await self.units.unit(cid)
+        except InvalidInput as err:
+            raise Problem(400, [("cid", err.rule)]) from None
+        except NotFound as err:
+            raise Problem(404, [("cid", str(err))]) from None
+        except ValidationError:  # a record that is not a unit's: hostile input, no unit to show
+            raise Problem(404, [("cid", str(UnitNotFound(cid)))]) from None
+        except (CimError, nats.errors.Error) as err:
+            raise Problem(503, [("(server)", str(err) or type(err).__name__)], {"Retry-After": "5"}) from None
+        if not token.may_see(unit.source, unit.labels):
+            # Answered as an unknown CID is: that the unit exists is not this token's to learn.
+            raise Problem(404, [("cid", str(UnitNotFound(cid)))])
+        return unit
+
+    async def _first(self, chunks: AsyncIterator[bytes], cid: str) -> bytes | None:
+        try:
+            return await anext(chunks, None)
+        except UnitExpiredError as err:
+            raise Problem(410, [("cid", str(err))]) from None
+        except NotFound as err:
+            raise Problem(404, [("cid", str(err))]) from None
+        except CidMismatch as err:
+            log.error("unit %s: %s", cid, err)
+            raise Problem(503, [("(server)", str(err))]) from None
+        except (CimError, nats.errors.Error) as err:  # a colder tier or its agent is down, NATS is away
+            raise Problem(503, [("(server)", str(err) or type(err).__name__)], {"Retry-After": "5"}) from None
+
+    async def list_units(self, request: web.Request) -> web.Response:
+        """Units newest first, a page at a time, from a pipeline agent's search index
+        (cim.pipeline.units), kept to those the token may see."""
+        try:
+            token = _token_of(request, self.tokens)
+            if refused := token.refused("read"):
+                raise Problem(403, refused)
+            ask, before, limit = _units_request(token, request.query)
+            page, after, fresh = await self._page(token, ask, before, limit)
+        except Problem as problem:
+            return _answer(problem)
+        return web.json_response({"units": page, "next": after, **fresh})
+
+    async def _page(self, token: Token, ask: UnitsRequest, before: tuple[int, str] | None,
+                    limit: int) -> tuple[list[dict[str, Any]], str | None, dict[str, Any]]:
+        """Up to `limit` units the token may see, the cursor after the last one looked at
+        (None at the end), and the index's freshness. Each unit's record is read (its size, and
+        the source and labels it was stored with, which decide what a token sees, as for
+        GET /v1/units/{cid}); a restricted token's page may take a few requests to fill, and
+        comes back short (with a cursor) after LIST_ROUNDS."""
+        page: list[dict[str, Any]] = []
+        fresh: dict[str, Any] = {}
+        for _ in range(LIST_ROUNDS):
+            reply = await self._ask_pipeline(UNITS, ask.model_copy(update={"before": before}))
+            fresh = {"as_of": reply.as_of, "stale": reply.stale}
+            records = await asyncio.gather(*(self._record(row.cid) for row in reply.units))
+            for row, unit in zip(reply.units, records, strict=True):
+                before = (row.seq, row.cid)
+                if unit is not None and token.may_see(unit.source, unit.labels):
+                    page.append({"cid": unit.cid, "size": unit.size, "media_type": unit.media_type, "title": unit.title,
+                                 "labels": row.labels, "source": unit.source,
+                                 "created_at": unit.created_at.isoformat()})
+                if len(page) == limit:
+                    more = reply.more or row is not reply.units[-1]
+                    return page, unit_pages.encode(*before) if more else None, fresh
+            if not reply.more or not reply.units:
+                return page, None, fresh
+        return page, unit_pages.encode(*before) if before else None, fresh
+
+    async def _record(self, cid: str) -> Unit | None:
+        """A listed unit's record; None for one that has none (the index knows its text only)."""
+        try:
+            return await self.units.unit(cid)
+        except (NotFound, InvalidInput, ValidationError):
+            return None
+        except (CimError, nats.errors.Error) as err:
+            raise Problem(503, [("(server)", str(err) or type(err).__name__)], {"Retry-After": "5"}) from None
+
+    async def _ask_pipeline(self, endpoint: Endpoint[R], request: Any) -> R:
+        try:
+            return await call(self.units.nc, endpoint, request, timeout=SEARCH_TIMEOUT)
+        except InvalidInput as err:
+            raise Problem(400, [(err.field or "(query)", err.rule or str(err))]) from None
+        except AgentUnavailable as err:
+            raise Problem(503, [("(server)", f"listing units needs a running pipeline agent: {err}")],
+                          {"Retry-After": "5"}) from None
+        except CimError as err:  # e.g. the index is being rebuilt
+            raise Problem(503, [("(server)", str(err))], {"Retry-After": "5"}) from None
+        except nats.errors.Error as err:
+            raise Problem(503, [("(server)", f"NATS is not reachable from the hub ({type(err).__name__}); "
+                                             "retry, and check the hub's log")], {"Retry-After": "5"}) from None
+
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=self.spec_yaml, content_type="application/yaml")
 
@@ -291,7 +426,49 @@ class HubApi:
                                  status=200 if ok else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # In a thread: collectors that read the server wait for this event loop (cim.metrics.Sampled).
+        body = await asyncio.to_thread(generate_latest, self.exported)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# --- listing ---------------------------------------------------------------------------
+
+_LIST_PARAMS = ("label", "source", "cursor", "limit")
+LIST_ROUNDS = 5  # requests to the index for one page, at most, when the token sees few of the units
+
+
+def _units_request(token: Token, query: MultiMapping[str]) -> tuple[UnitsRequest, tuple[int, str] | None, int]:
+    """GET /v1/units's query as the pipeline's UnitsRequest, the cursor's position and the
+    page size, or 400 naming each bad parameter."""
+    errors = [(k, f"is not a listing parameter (use {', '.join(_LIST_PARAMS)})") for k in sorted(set(query) - set(_LIST_PARAMS))]
+    errors += [(k, "give it once") for k in _LIST_PARAMS if k != "label" and len(query.getall(k, [])) > 1]
+    labels = [x.strip() for v in query.getall("label", []) for x in v.split(",") if x.strip()]
+    source = query.get("source", "")
+    if not source and len(token.sources) == 1 and not token.every_source and "[" not in token.sources[0]:
+        # Narrows what the index walks; what the token sees is still decided unit by unit.
+        source = token.sources[0]
+    limit = 50
+    if "limit" in query:
+        try:
+            limit = int(query["limit"]) if len(query["limit"]) <= 4 else 0
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            errors.append(("limit", "must be a whole number from 1 to 100"))
+    before = None
+    if "cursor" in query:
+        try:
+            before = unit_pages.decode(query["cursor"])
+        except InvalidInput as err:
+            errors.append(("cursor", err.rule))
+    if errors:
+        raise Problem(400, errors)
+    try:
+        ask = UnitsRequest(labels=labels, source=source, limit=limit)
+    except ValidationError as err:
+        fields = field_errors(err, top="(query)")
+        raise Problem(400, [(f.replace("labels", "label", 1), m) for f, m in fields]) from None
+    return ask, before, limit
 
 
 # --- search ----------------------------------------------------------------------------

@@ -21,14 +21,12 @@ import os
 import time
 from pathlib import Path
 
-from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import CimError, InvalidInput
 from ..plugins import Plugin
 from .connectors import ConnectorContext
-
-FILES = Counter("cim_hub_inbox_files_total", "Inbox files by outcome", ["connector", "outcome"])
+from .metrics import INBOX_FILES as FILES
 
 
 class InboxSettings(BaseModel):

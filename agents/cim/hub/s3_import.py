@@ -15,14 +15,12 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import CimError, InvalidInput
 from ..plugins import Plugin
 from .connectors import ConnectorContext
-
-OBJECTS = Counter("cim_hub_s3_objects_total", "S3 objects by outcome", ["connector", "outcome"])
+from .metrics import S3_OBJECTS as OBJECTS
 
 
 class S3ImportSettings(BaseModel):

@@ -3,54 +3,102 @@ dead-lettered when the receiver keeps refusing.
 
 Delivery is at least once. The hub reads a durable consumer and acknowledges an event only
 after every matching webhook accepted it or gave up on it (dead letter), so a hub killed
-mid-delivery delivers again after a restart. Receivers de-duplicate on `X-CIM-Event-Id`.
+mid-delivery delivers again after a restart. Receivers de-duplicate on `webhook-id`.
 
-Signature (`X-CIM-Signature: t=<unix time>,v1=<hex>`): HMAC-SHA256 with the webhook's
-secret over `<t>.<body>`, so a receiver can check both origin and freshness; see `verify`.
+Signatures follow Standard Webhooks (https://www.standardwebhooks.com), made by its
+reference library `standardwebhooks`: `webhook-id` (the event's id, the same on every
+attempt), `webhook-timestamp` (unix seconds of this attempt) and `webhook-signature`
+(`v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`), so any Standard Webhooks verifier
+checks origin and freshness; see `verify`. The secret file holds either a `whsec_<base64>`
+secret, decoded as the spec defines it, or anything else: the raw key bytes themselves
+(what it held before), which a receiver's library takes as `whsec_` + their base64
+(`signing_key`).
+
+`X-CIM-Signature: t=<unix time>,v1=<hex>` (HMAC-SHA256 with the same key over `<t>.<body>`)
+is still sent beside them for receivers written before; it goes in CIM 0.3 (`verify_legacy`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from prometheus_client import Counter
+from standardwebhooks.webhooks import EmptyWebhookSecretError, WebhookVerificationError
+from standardwebhooks.webhooks import Webhook as StandardWebhook
 
+from ..errors import ConfigError
 from ..events import Event, EventStore, StoredEvent
+from ..events.envelope import read_headers
 from ..names import DLQ_STREAM, EVENTS_STREAM
 from .config import CONSUMER, WebhookSettings
 from .events import WebhookDeadLettered, WebhookRedelivered
+from .metrics import DEAD_LETTERS, DELIVERIES
 
 log = logging.getLogger("cim.hub.webhooks")
 
-SIGNATURE = "X-CIM-Signature"
-DELIVERIES = Counter("cim_hub_webhook_deliveries_total", "Webhook attempts by webhook and outcome", ["webhook", "outcome"])
+LEGACY_SIGNATURE = "X-CIM-Signature"  # before Standard Webhooks; sent until CIM 0.3
+SECRET_PREFIX = "whsec_"
 
 
-def sign(secret: bytes, body: bytes, timestamp: int | None = None) -> str:
+def signing_key(secret: bytes) -> bytes:
+    """The HMAC key of a secret file's contents: `whsec_<base64>` is decoded as the spec
+    says; anything else is the key itself (raw bytes, as secret files held before)."""
+    if not secret.startswith(SECRET_PREFIX.encode()):
+        return secret
+    encoded = secret[len(SECRET_PREFIX):]
+    try:
+        key = base64.b64decode(encoded + b"=" * (-len(encoded) % 4), validate=True)  # padding is optional
+    except (binascii.Error, ValueError):
+        raise ValueError(f"a secret starting with {SECRET_PREFIX} must go on in base64 (the Standard Webhooks "
+                         "form); write the raw key without the prefix, or encode it") from None
+    if not key:
+        raise ValueError(f"the secret after {SECRET_PREFIX} is empty")
+    return key
+
+
+def sign(secret: bytes, msg_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """The signature headers of one attempt: Standard Webhooks' three (signed by its
+    library) and the legacy X-CIM-Signature. `secret` is the secret file's contents."""
+    key = signing_key(secret)
     t = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={mac}"
+    signature = StandardWebhook(key).sign(msg_id, datetime.fromtimestamp(t, tz=UTC), body.decode())
+    legacy = hmac.new(key, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return {"webhook-id": msg_id, "webhook-timestamp": str(t), "webhook-signature": signature,
+            LEGACY_SIGNATURE: f"t={t},v1={legacy}"}
 
 
-def verify(secret: bytes, body: bytes, header: str, *, tolerance: float = 300) -> bool:
-    """What a receiver runs: the signature matches and is at most `tolerance` seconds old."""
+def verify(secret: bytes, body: bytes, headers: Mapping[str, str]) -> bool:
+    """What a receiver runs (any Standard Webhooks verifier does the same): the signature
+    matches and its timestamp is within five minutes of now."""
+    try:
+        StandardWebhook(signing_key(secret)).verify(body, dict(headers), json_parse=False)
+    except (WebhookVerificationError, EmptyWebhookSecretError, ValueError):
+        return False
+    return True
+
+
+def verify_legacy(secret: bytes, body: bytes, header: str, *, tolerance: float = 300) -> bool:
+    """The X-CIM-Signature check receivers ran before Standard Webhooks (gone in CIM 0.3)."""
     parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
     try:
         t = int(parts["t"])
     except (KeyError, ValueError):
         return False
-    expected = hmac.new(secret, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    expected = hmac.new(signing_key(secret), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, parts.get("v1", "")) and abs(time.time() - t) <= tolerance
 
 
@@ -64,11 +112,13 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(p) == len(s)
 
 
+# The body is one CloudEvent in the JSON event format (HTTP structured content mode), so a
+# receiver can read it with any CloudEvents SDK; this media type tells it the mode.
+BODY_TYPE = "application/cloudevents+json; charset=utf-8"
+
+
 def body_of(event: StoredEvent) -> bytes:
-    return json.dumps({
-        "id": event.id, "type": event.type, "subject": event.subject, "source": event.source,
-        "time": event.time.isoformat() if event.time else None, "agent": event.agent, "data": event.data,
-    }, separators=(",", ":")).encode()
+    return json.dumps(event.structured(), separators=(",", ":")).encode()
 
 
 class Webhook:
@@ -76,6 +126,12 @@ class Webhook:
         self.settings = settings
         self.name = settings.name
         self.secret = Path(settings.secret_file).read_bytes().strip()
+        try:
+            signing_key(self.secret)  # a malformed whsec_ secret stops the hub at start, not each delivery
+        except ValueError as err:
+            raise ConfigError(str(settings.secret_file), [(f"webhooks.{self.name}.secret_file", str(err))]) from None
+        if not self.secret:
+            raise ConfigError(str(settings.secret_file), [(f"webhooks.{self.name}.secret_file", "the secret file is empty")])
 
     def wants(self, subject: str) -> bool:
         # The hub's own events never go out: a dead letter about a dead receiver would loop.
@@ -90,8 +146,10 @@ class Webhook:
     async def attempt(self, http: aiohttp.ClientSession, event_id: str, event_type: str, body: bytes, n: int) -> str | None:
         """One POST; None when the receiver accepted it, else why not."""
         headers = {
-            "Content-Type": "application/json", "X-CIM-Event-Id": event_id, "X-CIM-Event-Type": event_type,
-            "X-CIM-Webhook": self.name, "X-CIM-Delivery-Attempt": str(n), SIGNATURE: sign(self.secret, body),
+            "Content-Type": BODY_TYPE, "X-CIM-Event-Id": event_id, "X-CIM-Event-Type": event_type,
+            "X-CIM-Webhook": self.name, "X-CIM-Delivery-Attempt": str(n),
+            # Signed anew for each attempt (a fresh timestamp), under the same webhook-id.
+            **sign(self.secret, event_id, body),
         }
         try:
             async with http.post(str(self.settings.url), data=body, headers=headers,
@@ -204,11 +262,11 @@ class Dispatcher:
         })
         await self.js.publish(subject, body, headers=headers, stream=DLQ_STREAM)
         log.warning("webhook %s: event %s dead-lettered after %d attempts: %s", hook.name, event.id, hook.settings.max_attempts, reason)
-        DELIVERIES.labels(hook.name, "dead_letter").inc()
+        DEAD_LETTERS.labels(hook.name).inc()
         await self.events.append(Event.of(
             WebhookDeadLettered(event_id=event.id, subject=msg.subject, url=str(hook.settings.url),
                                 attempts=hook.settings.max_attempts, reason=reason[:500], dlq_subject=subject),
-            hook.name, id=f"hub-dead-lettered-{hook.name}-{event.id}", source=self.agent, agent=self.agent,
+            hook.name, id=f"hub-dead-lettered-{hook.name}-{event.id}", agent=self.agent,
             causation_id=event.id,
         ))
 
@@ -223,12 +281,13 @@ class Dispatcher:
             return {"ok": False, "reason": f"no webhook named {name!r} is configured on this hub"}
         if self._http is None:
             self._http = aiohttp.ClientSession()
-        event_id = headers.get("ce-id", f"dlq-{dlq_seq}")
-        reason = await hook.attempt(self._http, event_id, headers.get("ce-type", ""), raw.data or b"", 0)
+        original = read_headers(headers)  # the dead event's envelope, in either form
+        event_id = original.id or f"dlq-{dlq_seq}"
+        reason = await hook.attempt(self._http, event_id, original.type or "", raw.data or b"", 0)
         if reason is not None:
             return {"ok": False, "reason": reason}
         await self.events.append(Event.of(
             WebhookRedelivered(event_id=event_id, dlq_seq=dlq_seq), hook.name, id=f"hub-redelivered-{dlq_seq}",
-            source=self.agent, agent=self.agent, causation_id=event_id,
+            agent=self.agent, causation_id=event_id,
         ))
         return {"ok": True, "reason": ""}

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from ..errors import CidMismatch, CimError, ConfigError, InvalidInput, NotFound, ProjectionUnavailable, UnitNotFound
 from ..events import Event, EventStore, StoredEvent
+from ..metrics import Sampled
 from ..names import EVENTS_STREAM
 from ..plugins import discover
 from ..projection_db import Follower, ProjectionDb, is_corrupt, state_dir
@@ -32,11 +33,12 @@ from ..store.content import ContentStore
 from ..store.unit_store import UnitStore
 from ..tier.fetch import fetch
 from . import api, definitions, graph, projection, search
-from .api import CheckRequest, CidRequest, Empty, RetryRequest, SearchRequest
+from .api import CheckRequest, CidRequest, Empty, RetryRequest, SearchRequest, UnitsRequest
 from .config import Config
 from .dlq import delete_letter, get_letter
 from .engine import Runner
 from .events import DlqRetried
+from .metrics import lag
 from .model import PipelineDef, check_plugins
 
 log = logging.getLogger("cim.pipeline")
@@ -70,10 +72,16 @@ class Agent(AgentBase[Config]):
         for name, why in self.plugins.broken.items():
             log.error("plugin %s is not available: %s", name, why)
         self.db.open()
+        self.ctx.metrics.register(Sampled("the pipelines' consumers", self._lag, asyncio.get_running_loop()))
         for p in self.config.pipelines:
             await self._install(p)
         self.ctx.tasks.spawn(self._watch(), name="pipelines-watch")
         self.ctx.tasks.spawn(self.projection.run(), name="projection")
+
+    async def _lag(self) -> list:
+        runners = list(self.runners.items())  # a copy: a reload may change the dict meanwhile
+        states = await asyncio.gather(*(r.lag() for _, r in runners))
+        return lag(zip([name for name, _ in runners], states, strict=True))
 
     async def _install(self, p: PipelineDef) -> None:
         """Install a pipeline of this agent's config, unless one of its name was applied with
@@ -199,6 +207,17 @@ class Agent(AgentBase[Config]):
 
         return self._query(run)
 
+    @endpoint(api.UNITS)
+    async def list_units(self, req: UnitsRequest) -> api.UnitsReply:
+        """The units the index knows, newest first, a page at a time (the hub's GET /v1/units)."""
+        filters = search.Filters(labels=req.labels, source=req.source)
+
+        def run(conn: sqlite3.Connection) -> api.UnitsReply:
+            rows, more = search.units(conn, filters=filters, before=req.before, limit=req.limit)
+            return api.UnitsReply(units=[api.ListedUnit(**r.__dict__) for r in rows], more=more, **self._fresh())
+
+        return self._query(run)
+
     @endpoint(api.RELATED)
     async def related(self, req: CidRequest) -> api.RelatedReply:
         """Units related to a unit (references, derived-from, same source) and similar ones."""
@@ -263,6 +282,5 @@ class Agent(AgentBase[Config]):
         await self.events.append(Event.of(
             DlqRetried(pipeline=letter.pipeline, dlq_seq=req.seq, original_seq=letter.original_seq),
             f"{letter.pipeline}-{req.seq}", id=f"dlq-retried-{req.seq}", agent=self.config.agent_name,
-            source=self.config.agent_name,
         ))
         return {"retried": req.seq, "pipeline": letter.pipeline, "original_seq": letter.original_seq}

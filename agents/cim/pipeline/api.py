@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -42,6 +43,17 @@ class SearchRequest(_Req):
     @classmethod
     def _lower(cls, v: str) -> str:
         return v.lower()  # media types are stored lower-case
+
+
+class UnitsRequest(_Req):
+    """A page of the units the index knows, newest first (the hub's GET /v1/units)."""
+
+    labels: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=16, description="units with every one of these labels")
+    source: str = Field(default="", max_length=1000, description="exact, or a glob")
+    before: tuple[Annotated[int, Field(ge=0, lt=2**63)], Annotated[str, Field(max_length=200)]] | None = Field(
+        default=None, description="(seq, cid) of the last unit of the page before: only older units")
+    limit: int = Field(default=50, gt=0, le=1000)
 
 
 class CidRequest(_Req):
@@ -92,6 +104,21 @@ class SearchReply(Freshness):
         "a filter, more words or a phrase reach older ones"))
 
 
+class ListedUnit(BaseModel):
+    cid: str
+    seq: int = Field(description="the stream sequence of its unit.created: the listing's order")
+    title: str
+    media_type: str
+    source: str
+    created_at: str
+    labels: list[str] = Field(description="its labels now: those it was stored with and those pipeline steps added")
+
+
+class UnitsReply(Freshness):
+    units: list[ListedUnit]
+    more: bool = Field(description="older units follow the last one")
+
+
 class Relation(BaseModel):
     type: str
     direction: str
@@ -114,6 +141,7 @@ class IndexReply(Freshness):
 
 # The endpoints (cim.pipeline.*): what each takes and answers, for the agent and its callers alike.
 SEARCH: Endpoint[SearchReply] = Endpoint("cim.pipeline.search", SearchRequest, SearchReply)
+UNITS: Endpoint[UnitsReply] = Endpoint("cim.pipeline.units", UnitsRequest, UnitsReply)
 RELATED: Endpoint[RelatedReply] = Endpoint("cim.pipeline.related", CidRequest, RelatedReply)
 INDEX: Endpoint[IndexReply] = Endpoint("cim.pipeline.index", Empty, IndexReply)
 STATUS: Endpoint[dict] = Endpoint("cim.pipeline.status", Empty, dict)

@@ -29,7 +29,7 @@ from .. import __version__
 from .. import cid as cidlib
 from ..errors import CimError, ConcurrencyConflict, ConsumerGone, NotFound, UnitNotFound
 from ..events import Event, EventStore, StoredEvent
-from ..events.envelope import H_MSG_ID, subject_for, validated
+from ..events.envelope import H_MSG_ID, source_for, subject_for, validated
 from ..names import DLQ_STREAM, EVENTS_STREAM
 from ..nats.api import JsError, api, error_code
 from ..nats.pull import PullFetcher
@@ -39,6 +39,7 @@ from ..store.units import Unit
 from ..tier.fetch import fetch
 from .coalesce import CoalescedReads
 from .events import StepRecord, StepsDone
+from .metrics import DEAD_LETTERS, FAILED, PROCESSED, SKIPPED
 from .model import PipelineDef, run_key, step_key
 
 log = logging.getLogger("cim.pipeline")
@@ -232,19 +233,23 @@ class Runner:
         if w.error is None:
             if w.applied:
                 self.stats.processed += 1
+                PROCESSED.labels(self.p.name).inc()
             else:
                 self.stats.skipped += 1
+                SKIPPED.labels(self.p.name).inc()
             await msg.ack()
             return
         err = w.error
         attempt = msg.metadata.num_delivered
         reason = f"{type(err).__name__}: {err}" if not isinstance(err, CimError) else str(err)
         self.stats.failed_attempts += 1
+        FAILED.labels(self.p.name).inc()
         self.stats.last_error = reason
         if attempt >= self.p.max_attempts:
             await self._dead_letter(msg, event, reason, attempt)
             await msg.term()
             self.stats.dead_letters += 1
+            DEAD_LETTERS.labels(self.p.name).inc()
             log.error("pipeline %s: event #%d dead-lettered after %d tries: %s", self.p.name, event.seq, attempt, reason)
         else:
             delay = self.p.backoff[min(attempt - 1, len(self.p.backoff) - 1)] if self.p.backoff else 0
@@ -302,9 +307,9 @@ class Runner:
                 assert plugin.run is not None  # a step plugin (checked when the pipeline was built)
                 result = await plugin.run(ctx)
                 skey = step_key(self.p.name, step.name, unit.cid)
-                effects = [e.model_copy(update={"id": f"{skey}-effect-{i}", "agent": self.agent, "source": self.agent,
-                                                "agent_version": __version__, "correlation_id": correlation,
-                                                "causation_id": record_id})
+                effects = [e.model_copy(update={"id": f"{skey}-effect-{i}", "agent": self.agent,
+                                                "source": source_for(self.agent), "agent_version": __version__,
+                                                "correlation_id": correlation, "causation_id": record_id})
                            for i, e in enumerate(result.events)]
                 # Checked here, not when the batch is sent: a step's bad event fails its own unit only.
                 w.effects += [validated(e) for e in effects]
@@ -315,7 +320,7 @@ class Runner:
                 w.effects = [e for e in w.effects if not await self._already(e)]
             record = Event.of(
                 StepsDone(pipeline=self.p.name, cid=unit.cid, trigger_seq=trigger.seq, steps=steps), key, id=record_id,
-                source=self.agent, agent=self.agent, agent_version=__version__, correlation_id=correlation,
+                agent=self.agent, agent_version=__version__, correlation_id=correlation,
                 causation_id=trigger.id)
             w.record = validated(record, as_built=True)
         except Exception as err:

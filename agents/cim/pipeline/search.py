@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS docs (
 CREATE INDEX IF NOT EXISTS docs_source ON docs (source, id);
 CREATE INDEX IF NOT EXISTS docs_media ON docs (media_type, id);
 CREATE INDEX IF NOT EXISTS docs_created ON docs (created_at, id);
+-- The unit listing's order (newest first) and keyset: made on open, so older files gain it.
+CREATE INDEX IF NOT EXISTS docs_seq ON docs (seq, cid);
 CREATE TABLE IF NOT EXISTS doc_labels (label TEXT NOT NULL, doc INTEGER NOT NULL, PRIMARY KEY (label, doc)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS doc_labels_doc ON doc_labels (doc);
 -- Kept as rows change: count(*) over a million documents would cost every answer ~200 ms.
@@ -329,6 +331,70 @@ def similar(conn: sqlite3.Connection, cid: str, *, limit: int = 10) -> list[Hit]
     # OR of its most frequent words: BM25 weighs the rare ones up, so the result is what
     # shares its distinctive words, not its common ones.
     return search(conn, " OR ".join(common), limit=limit, exclude=cid)[0]
+
+
+@dataclass
+class Listed:
+    cid: str
+    seq: int  # of the unit's `unit.created`: the listing's order and its keyset
+    title: str
+    media_type: str
+    source: str
+    created_at: str
+    labels: list[str]
+
+
+FEW = 10_000  # a label or source with fewer units than this is listed from its own index
+
+
+def units(conn: sqlite3.Connection, *, filters: Filters | None = None, before: tuple[int, str] | None = None,
+          limit: int = 50) -> tuple[list[Listed], bool]:
+    """Units newest first (by the sequence of their `unit.created`, which is the same in every
+    pipeline agent's index and survives a rebuild), those older than `before` only, and
+    whether more follow. Keyset, not OFFSET: a page far down costs what the first one does.
+    Documents without a `unit.created` (a text whose unit event was lost) are no units.
+
+    Two plans, and SQLite cannot tell which is cheap: a label or exact source of few units is
+    best read from its own index and sorted; one of many is best met walking the newest-first
+    index until the page is full, testing each unit (reading every unit of a common label to
+    sort it took ~100 ms at 150k; walking past 300k units for a rare one ~250 ms). So each is
+    counted up to FEW, and the index walked unless one has fewer. A source glob cannot be
+    counted cheaply: a rare one is walked."""
+    filters = filters or Filters()
+    sizes = {label: _count("SELECT 1 FROM doc_labels WHERE label = ?", conn, label) for label in filters.labels}
+    rarest = min(sizes, key=lambda label: sizes[label], default=None)
+    exact = filters.source and not any(c in filters.source for c in "*?[")
+    few_source = bool(exact) and _count("SELECT 1 FROM docs WHERE source = ?", conn, filters.source) < FEW
+    driver = rarest if rarest is not None and sizes[rarest] < FEW and not few_source else None
+    where: list[str] = []
+    args: list[str | int] = []
+    for label in filters.labels:
+        where.append("d.id IN (SELECT doc FROM doc_labels WHERE label = ?)" if label == driver
+                     else "EXISTS (SELECT 1 FROM doc_labels l WHERE l.label = ? AND l.doc = d.id)")
+        args.append(label)
+    if filters.source:
+        where.append("d.source = ?" if exact else "d.source GLOB ?")
+        args.append(filters.source)
+    if before:
+        where.append("(d.seq, d.cid) < (?, ?)")
+        args += list(before)
+    table = "docs d" if driver or few_source else "docs d INDEXED BY docs_seq"
+    rows = conn.execute(
+        f"SELECT d.id, d.cid, d.seq, d.title, d.media_type, d.source, d.created_at FROM {table}"
+        f" WHERE d.created_at != ''{''.join(f' AND {w}' for w in where)} ORDER BY d.seq DESC, d.cid DESC LIMIT ?",
+        [*args, limit + 1]).fetchall()
+    more = len(rows) > limit
+    out = []
+    for doc, cid, seq, title, media_type, source, created_at in rows[:limit]:
+        labels = [r[0] for r in conn.execute("SELECT label FROM doc_labels WHERE doc = ? ORDER BY label", (doc,))]
+        out.append(Listed(cid=cid, seq=seq, title=title, media_type=media_type, source=source, created_at=created_at,
+                          labels=labels))
+    return out, more
+
+
+def _count(sql: str, conn: sqlite3.Connection, value: str) -> int:
+    """Rows of `sql` (one parameter), counted up to FEW only."""
+    return int(conn.execute(f"SELECT count(*) FROM ({sql} LIMIT ?)", (value, FEW)).fetchone()[0])
 
 
 def counts(conn: sqlite3.Connection) -> tuple[int, int]:

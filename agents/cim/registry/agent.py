@@ -24,6 +24,7 @@ from .. import __version__
 from ..errors import ConcurrencyConflict, JetStreamUnavailable, NotFound
 from ..events import Event, EventStore
 from ..events.envelope import aggregate_filter
+from ..metrics import Sampled
 from ..nats.read import read_stream
 from ..runtime import AgentBase, AgentContext, endpoint
 from . import api
@@ -31,6 +32,7 @@ from .api import Agents, LsRequest, Negotiated, NegotiateRequest, Provider, Prov
 from .client import PREFIX, STREAM, is_removal, parse_record, select
 from .config import Config
 from .events import AgentAppeared, AgentGone, AgentRecovered, AgentStale
+from .metrics import agents
 from .model import (
     STALE_AFTER_BEATS,
     AgentRecord,
@@ -74,9 +76,13 @@ class Agent(AgentBase[Config]):
 
     async def start(self) -> None:
         self.ttl = await self._bucket_ttl()
+        self.ctx.metrics.register(Sampled("the registry's view", self._agents, asyncio.get_running_loop()))
         self.ctx.tasks.spawn(self._follow(), name="registry-follow")
         self.ctx.tasks.spawn(self._sweeper(), name="registry-sweep")
         self.ctx.tasks.spawn(self._close_missed(), name="registry-missed")
+
+    async def _agents(self) -> list:
+        return agents((t.record.capability, t.state) for t in list(self.instances.values()))
 
     async def quiesce(self) -> None:
         self._closing = True  # the follower records nothing more; the runtime then cancels it
@@ -181,8 +187,7 @@ class Agent(AgentBase[Config]):
                 data = AgentGone(name=identity.get("name", "?"), capability=identity.get("capability", "?"),
                                  host=identity.get("host", "?"), container=identity.get("container"),
                                  last_seen=identity.get("last_seen"), reason=reason)  # type: ignore[arg-type]
-                event = Event.of(data, instance_id, source=f"cim/{self.config.agent_name}", agent=self.config.agent_name,
-                                 agent_version=__version__)
+                event = Event.of(data, instance_id, agent=self.config.agent_name, agent_version=__version__)
                 try:
                     await self.events.append(event, expected_revision=seq)
                     missed += 1
@@ -235,8 +240,7 @@ class Agent(AgentBase[Config]):
                 await self._read_history(t)
             if t.recorded == type_name:
                 return
-            event = Event.of(data, t.record.id, source=f"cim/{self.config.agent_name}", agent=self.config.agent_name,
-                             agent_version=__version__)
+            event = Event.of(data, t.record.id, agent=self.config.agent_name, agent_version=__version__)
             try:
                 appended = await self.events.append(event, expected_revision=t.revision)
             except ConcurrencyConflict:

@@ -204,7 +204,7 @@ class UnitStore:
                 continue
             events.append((i, unit, Event.of(UnitCreated.model_validate(unit.model_dump()), unit.cid,
                                              id=f"unit-created-{unit.cid}", agent=self.agent,
-                                             agent_version=self.agent_version, source=self.agent)))
+                                             agent_version=self.agent_version)))
         appended = await self.events.append_each([e for _, _, e in events], expected_revision=0)
         for (i, unit, _), result in zip(events, appended, strict=True):
             if isinstance(result, ConcurrencyConflict):  # stored before (a retry, or the same bytes twice)
@@ -225,7 +225,7 @@ class UnitStore:
         await self.content.put_stream(cid, content, progress=progress)
         created = Event.of(
             UnitCreated.model_validate(unit.model_dump()), cid, id=f"unit-created-{cid}",
-            agent=self.agent, agent_version=self.agent_version, source=self.agent,
+            agent=self.agent, agent_version=self.agent_version,
         )
         try:
             await self.events.append(created, expected_revision=0)
@@ -235,7 +235,7 @@ class UnitStore:
             await self.events.append(
                 Event.of(
                     UnitRevised(child=cid), p, id=f"unit-revised-{p}-{cid}",
-                    causation_id=created.id, agent=self.agent, agent_version=self.agent_version, source=self.agent,
+                    causation_id=created.id, agent=self.agent, agent_version=self.agent_version,
                 )
             )
         return PutResult(unit, created=True)

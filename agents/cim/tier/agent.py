@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import CimError, ProjectionUnavailable, UnitNotFound
 from ..events import EventStore
+from ..metrics import Sampled
 from ..names import CONTENT_BUCKET
 from ..projection_db import state_dir
 from ..runtime import AgentBase, AgentContext, endpoint
@@ -35,6 +36,7 @@ from .errors import ObjectMissing, TierUnavailable, UnitExpiredError
 from .fetch import FetchServer
 from .location_db import LocationProjection
 from .locations import for_unit
+from .metrics import holdings
 from .migrate import BACKOFF, Migrator, MoveResult
 from .urls import TierSpec
 
@@ -72,6 +74,7 @@ class Agent(AgentBase[Config]):
         self.index = self.locations.index
         self.access: dict[str, float] = {}
         self._access_dirty: set[str] = set()
+        self._access_flush: asyncio.Task | None = None
         self.fetcher = FetchServer(ctx.nc, self._open_stream, ctx.tasks.bounded(FETCHES_AT_ONCE))
         self.last_migration: dict | None = None
         self._wake = asyncio.Event()
@@ -90,6 +93,7 @@ class Agent(AgentBase[Config]):
                 self.migrator.note_error(f"checking tier {backend.name}", err)
         self.locations.open()
         self.ctx.tasks.spawn(self.locations.run(), name="index")
+        self.ctx.metrics.register(Sampled("the location index", self._holdings, asyncio.get_running_loop()))
         await self._load_access()
         await self.fetcher.start()
         await self.nc.subscribe(ACCESS_SUBJECT, cb=self._on_access)
@@ -106,6 +110,9 @@ class Agent(AgentBase[Config]):
         for b in self.tiers.values():
             b.close()
         self.locations.close()
+
+    async def _holdings(self) -> list:
+        return holdings(list(self.tiers), self.index.counts())
 
     async def _require_fresh(self, what: str) -> None:
         """A plan never works from a stale index: wait for it to catch up, or skip the plan."""
@@ -193,14 +200,21 @@ class Agent(AgentBase[Config]):
     async def _on_access(self, msg) -> None:
         cid = msg.data.decode(errors="replace").strip()
         if cid.startswith("b") and len(cid) < 100 and "." not in cid:
-            self.access[cid] = time.time()
-            self._access_dirty.add(cid)
-            if len(self._access_dirty) == 1:  # flush a batch a little later, not one put per read
-                self.ctx.tasks.spawn(self._flush_access(after=2.0), name="access-flush")
+            self._accessed(cid)
+
+    def _accessed(self, cid: str) -> None:
+        """Record a read, and write it to the KV a little later with the reads that arrive
+        meanwhile (not one put per read). Whoever records a read also makes sure a flush is
+        on its way: before, a read recorded without one left every later report unwritten."""
+        self.access[cid] = time.time()
+        self._access_dirty.add(cid)
+        if self._access_flush is None or self._access_flush.done():
+            self._access_flush = self.ctx.tasks.spawn(self._flush_access(after=2.0), name="access-flush")
 
     async def _flush_access(self, after: float = 0.0) -> None:
         if after:
             await asyncio.sleep(after)  # batching reports that arrive meanwhile, not waiting for a condition
+        self._access_flush = None  # reads from here on need a flush of their own
         dirty, self._access_dirty = self._access_dirty, set()
         if not dirty:
             return
@@ -249,8 +263,7 @@ class Agent(AgentBase[Config]):
                     await asyncio.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])  # backoff at a tier that is down
                     attempt += 1
                     continue
-                self.access[cid] = time.time()
-                self._access_dirty.add(cid)
+                self._accessed(cid)
                 return self._rest(cid, name, first, gen)
         if not unavailable:
             # Every tier that should hold it answered, and none has it: a loss, not an outage.

@@ -61,7 +61,7 @@ def provision_spec() -> ProvisionSpec:
     ])
 
 
-def embedded_settings(data_dir: Path) -> tuple[dict, str | None]:
+def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dict, str | None]:
     """`cim up`: a warm and an archive tier as directories; the archive under the data dir
     unless `cim up --archive-dir` (CIM_ARCHIVE_DIR) puts it elsewhere, e.g. on another disk."""
     warm = data_dir / "tiers" / "warm"

@@ -2,7 +2,8 @@
 
 Only the agent holds the S3 keys, so `cim units get` asks it on `cim.tier.fetch`. The
 reply is a stream of chunk messages to the reader's inbox with credit-based flow control
-(the reader acks every few chunks on the subject the agent names), then an end or error
+(the reader acks every few chunks on the subject the agent names, each chunk's reply subject,
+which a reader under its own NATS user may answer), then an end or error
 message. While a tier is down the agent retries with backoff and says so (`retrying`
 messages keep the reader waiting); when it gives up the reader gets the reason. Both sides
 verify the CID; the reader holds the last chunk back until it checks out.
@@ -122,7 +123,9 @@ class FetchServer:
                 await asyncio.wait_for(credit.wait(), self.ack_timeout)
             except TimeoutError:
                 raise TimeoutError("the reader stopped acknowledging chunks") from None
-        await self.nc.publish(reply, data, headers={H_SEQ: str(seq), H_ACK: ack_subject})
+        # The ack subject as the chunk's reply subject too: a reader under its own NATS user may
+        # answer it (allow_responses), where publishing to this agent's inbox is refused.
+        await self.nc.publish(reply, data, reply=ack_subject, headers={H_SEQ: str(seq), H_ACK: ack_subject})
         return seq
 
 
@@ -180,7 +183,7 @@ async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncI
                     yield held
                 held = m.data
                 if seq % (WINDOW // 2) == 0:
-                    await nc.publish(h[H_ACK], str(seq).encode())
+                    await nc.publish(m.reply or h[H_ACK], str(seq).encode())
                 continue
             if status == "retrying":
                 log.info("%s", h.get(H_ERROR))

@@ -34,6 +34,7 @@ from .backends import Backend
 from .errors import ObjectMissing, TierError, TierUnavailable
 from .events import UnitExpired, UnitLocated, UnitMoving, VerifiedBy
 from .locations import Locations, UnitLocation, for_unit
+from .metrics import ERRORS, EXPIRED, MOVED_BYTES, MOVES, direction
 from .policies import Policy, plan
 
 log = logging.getLogger("cim.tier")
@@ -82,9 +83,10 @@ class Migrator:
     def note_error(self, what: str, err: BaseException) -> None:
         log.warning("%s: %s", what, err)
         self.errors.append({"time": time.time(), "what": what, "error": str(err)})
+        ERRORS.inc()
 
     def _event(self, data: BaseModel, cid: str, **kw: Any) -> Event:
-        return Event.of(data, cid, agent=self.agent, agent_version=__version__, source=self.agent, **kw)
+        return Event.of(data, cid, agent=self.agent, agent_version=__version__, **kw)
 
     def order(self, tiers) -> list[str]:
         return [t for t in self.tiers if t in tiers]
@@ -148,6 +150,9 @@ class Migrator:
             u.revision = appended.seq
             u.tiers.add(dst)
             u.tiers.difference_update(dropped)
+            way = direction(list(self.tiers), src, dst)
+            MOVES.labels(dst, way).inc()
+            MOVED_BYTES.labels(dst, way).inc(u.size)
         u.pending = None
         if action == "move":
             await self._retrying(f"deleting {u.cid} from {src}", lambda: source.delete(u.cid))
@@ -196,6 +201,8 @@ class Migrator:
                 await self.events.append(self._event(UnitExpired(policy=policy, reason=reason), cid),
                                          expected_revision=u.revision)
             await self._drop_everywhere(cid)
+            if not u.expired:  # counted once, by the run that recorded it
+                EXPIRED.inc()
             result.ok = True
         except CimError as err:
             result.error = str(err)

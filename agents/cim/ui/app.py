@@ -18,6 +18,7 @@ from urllib.parse import quote, urlencode
 
 import jinja2
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from nats.aio.client import Client
 
 from ..errors import CimError, InvalidInput, NotFound, ProjectionUnavailable
@@ -39,6 +40,14 @@ INLINE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}  # never 
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 PAGE_SIZES = (25, 50, 100)
+FIELDS_BUDGET = 64 * 1024  # a store put's title, labels and JSON around the file's base64
+
+
+def inline_capacity(max_payload: int) -> int:
+    """The largest file one store put carries: the request is a single NATS message (at most
+    the server's max_payload), the file in it base64 (4 bytes for 3) beside the other fields.
+    With the default 1 MiB that is 720 KiB."""
+    return (max_payload - FIELDS_BUDGET) * 3 // 4
 
 
 class Dashboard:
@@ -48,7 +57,8 @@ class Dashboard:
         self.projection = projection
         self.units = UnitStore(nc, agent=agent, cold=fetch)
         self.content = ContentStore(nc)
-        self.max_upload = max_upload
+        # Never more than a put can carry: past it the request would not leave (MaxPayloadError).
+        self.max_upload = min(max_upload, inline_capacity(nc.max_payload))
         self.stopping = stopping
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("cim.ui", "templates"), autoescape=True,
@@ -125,6 +135,8 @@ class Dashboard:
 
     def _refuse(self, request: web.Request, why: str) -> web.Response:
         log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, why)
+        if "application/json" in request.headers.get("Accept", ""):  # the page's script: its error shape
+            return web.json_response({"error": why}, status=403)
         return web.Response(status=403, text=f"403 Forbidden: {why}\n", content_type="text/plain")
 
     def render(self, request: web.Request, template: str, status: int = 200, **ctx: Any) -> web.Response:
@@ -189,7 +201,8 @@ class Dashboard:
         size = _int(request.query.get("size"), 50)
         size = size if size in PAGE_SIZES else 50
         common: dict[str, Any] = {"q": q, "label": label, "size": size, "labels": self.projection.labels(),
-                                  "max_upload": self.max_upload, "caught_up": self.projection.caught_up.is_set()}
+                                  "max_upload": self.max_upload, "too_large": too_large("{size}", self.max_upload),
+                                  "caught_up": self.projection.caught_up.is_set()}
         if q:
             return await self._search_page(request, common)
         page = max(_int(request.query.get("page"), 1), 1)
@@ -306,26 +319,35 @@ class Dashboard:
 
     async def upload(self, request: web.Request) -> web.Response:
         wants_json = "application/json" in request.headers.get("Accept", "")
-        reader = await request.multipart()
         fields: dict[str, str] = {}
-        content, filename, ctype = b"", "", None
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                continue  # a nested multipart: not a form field
-            if part.name == "file":
-                filename, ctype = part.filename or "", part.headers.get("Content-Type")
-                content = await part.read()
-                if len(content) > self.max_upload:
-                    return self._upload_error(
-                        wants_json, f"the file is over {plots.human_bytes(self.max_upload)}; use the hub API or `cim units put`", 413)
-            elif part.name:
-                fields[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")
-        if not filename:
+        content: bytes | None = None
+        filename, ctype = "", None
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    continue  # a nested multipart: not a form field
+                if part.name == "file":
+                    filename, ctype = part.filename or "", part.headers.get("Content-Type")
+                    content, size = await self._read_file(part)
+                    if content is None:
+                        return self._upload_error(wants_json, too_large(size, self.max_upload), 413)
+                elif part.name:
+                    fields[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")
+        except web.HTTPRequestEntityTooLarge:
+            # A form field past aiohttp's client_max_size: our own words, not its plain text.
+            return self._upload_error(wants_json, "a form field is too long; shorten the title or the labels", 413)
+        except (HttpProcessingError, ValueError, AssertionError) as err:
+            # aiohttp's parser refuses a malformed body with these: the client's fault
+            return self._upload_error(wants_json, f"not a valid multipart/form-data upload: {str(err)[:200]}", 400)
+        if not filename or content is None:
             return self._upload_error(wants_json, "choose a file to upload", 400)
         labels = [x.strip() for x in fields.get("labels", "").split(",") if x.strip()]
         body = {"content_b64": base64.b64encode(content).decode(), "title": fields.get("title") or filename,
                 "labels": labels, "source": f"ui:{request['session'].user}",
                 "media_type": ctype if ctype and ctype != "application/octet-stream" else None}
+        if len(json.dumps(body)) > self.nc.max_payload:  # ASCII-escaped: never shorter than what is sent
+            return self._upload_error(wants_json, "the title and labels are too long to go with this file; shorten them", 413)
         answer = await data.ask(self.nc, store_api.PUT, body, timeout=30)
         if isinstance(answer, data.Missing):
             return self._upload_error(wants_json, answer.why, 400 if isinstance(answer.error, InvalidInput) else 503)
@@ -333,6 +355,21 @@ class Dashboard:
         if wants_json:
             return web.json_response({"cid": cid, "created": answer.created}, status=201)
         raise web.HTTPSeeOther(f"/units/{cid}")
+
+    async def _read_file(self, part: BodyPartReader) -> tuple[bytes | None, int]:
+        """The file's bytes and size; None once it is over the limit. Past the limit it is
+        read on and dropped, only counted: the answer can say how big the file is, and the
+        browser, still sending, gets the answer rather than a connection cut mid-upload.
+        (Read in chunks: `part.read()` stops at aiohttp's client_max_size with a plain-text
+        413 that the page cannot show.)"""
+        held, size = bytearray(), 0
+        while chunk := await part.read_chunk():
+            size += len(chunk)
+            if size <= self.max_upload:
+                held += chunk
+            elif held:
+                held = bytearray()  # over: keep nothing
+        return (bytes(held) if size <= self.max_upload else None), size
 
     def _upload_error(self, wants_json: bool, why: str, status: int) -> web.Response:
         if wants_json:
@@ -383,6 +420,16 @@ class Dashboard:
             units, fresh = None, {"as_of": 0, "stale": True, "replayed": self.projection.follower.replayed}
         return web.json_response({"nats": self.nc.is_connected, "caught_up": self.projection.caught_up.is_set(),
                                   "units": units, **fresh}, status=200 if self.nc.is_connected else 503)
+
+
+def too_large(size: int | str, limit: int) -> str:
+    """What an upload over the limit is told, in one place: the page's script fills in
+    `{size}` (see units.html) to say it before sending anything."""
+    said = size if isinstance(size, str) else plots.human_bytes(size)
+    if said == plots.human_bytes(limit):
+        said = "just over " + said  # 720.3 KiB shows as 720 KiB: never "720 KiB, up to 720 KiB"
+    return (f"this file is {said}; the dashboard accepts up to {plots.human_bytes(limit)}; "
+            "use `cim units put FILE` or the hub's API (POST /v1/units) for larger files")
 
 
 def _cursor(v: str | None) -> int | None:

@@ -10,7 +10,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..capability import AgentConfig
-from ..ports import free_port, port_is_free
 from .auth import hash_password
 
 DEFAULT_PORT = 8470
@@ -43,9 +42,9 @@ class Config(AgentConfig):
         return self
 
 
-def embedded_settings(data_dir: Path) -> tuple[dict, str | None]:
-    """For `cim up`: a port, and a user `admin` whose password is made once and kept in a
-    0600 file under the data dir (the UI itself only ever sees its hash)."""
+def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dict, str | None]:
+    """For `cim up`: its port (`--ui-port`), and a user `admin` whose password is made once
+    and kept in a 0600 file under the data dir (the UI itself only ever sees its hash)."""
     ui_dir = data_dir / "ui"
     ui_dir.mkdir(parents=True, exist_ok=True)
     password_path = ui_dir / "admin-password"
@@ -61,7 +60,7 @@ def embedded_settings(data_dir: Path) -> tuple[dict, str | None]:
         fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
-    port = DEFAULT_PORT if port_is_free(DEFAULT_PORT) else free_port()
+    port = DEFAULT_PORT if http_port is None else http_port
     settings = {"http": {"host": "127.0.0.1", "port": port}, "password_file": str(users), "session_secret_file": str(secret)}
     note = (f"UI http://127.0.0.1:{port} (user admin, password {password_path.read_text().strip()}, "
             f"kept in {password_path}); `cim ui open` opens it")

@@ -22,7 +22,8 @@ def human_bytes(n: int) -> str:
     f = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if f < 1024 or unit == "TiB":
-            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
+            # "768 KiB", not "768.0 KiB" (static/app.js formats sizes the same way)
+            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f}".removesuffix(".0") + f" {unit}"
         f /= 1024
     return f"{n} B"
 

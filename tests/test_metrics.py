@@ -1,0 +1,464 @@
+"""Metrics worth scraping (issue 17, item 3): a leaf of real agents, each with its own NATS
+user and a known metrics port, does real work (units put with `cim units put` and over the
+hub, two pipelines, a tier move and a restore, a webhook delivered and one dead-lettered);
+then every agent's /metrics is read with prometheus_client's own parser and checked for
+what an operator would look at. The Grafana dashboard is checked against the same scrapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from aiohttp import ClientSession, web
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from cim.embedded.nats_server import NatsServer
+from cim.ports import free_ports
+from support.agentkit import AgentProcess
+from support.hub_support import TOKEN, Hub
+from support.pipeline_support import count, install_plugins
+from support.waiting import async_wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "monitoring" / "grafana" / "cim.json"
+CAPABILITIES = ("store", "registry", "tier", "pipeline", "hub")
+# Every agent serves these (cim.runtime); everything else named cim_* is its capability's own.
+SHARED = ("cim_requests", "cim_request_seconds", "cim_nats_connected", "cim_agent_start_time_seconds")
+OWN = {
+    "store": ("cim_units_", "cim_events_", "cim_event_stream_"),
+    "registry": ("cim_registry_",),
+    "tier": ("cim_tier_",),
+    "pipeline": ("cim_pipeline_",),
+    "hub": ("cim_hub_",),
+}
+CLI_UNITS = ["first note", "second note", "an old report", "POISON for the guard"]  # the report is archived
+HUB_UNITS = ["posted over HTTP", "posted once more"]
+PUT = len(CLI_UNITS) + len(HUB_UNITS)
+SECRET = b"metrics-webhook-secret"
+
+Families = dict[str, Metric]
+
+
+@dataclass
+class Leaf:
+    ports: dict[str, int]
+    scrapes: dict[str, Families] = field(default_factory=dict)
+    hub_http_scrape: Families = field(default_factory=dict)
+    appended: tuple[int, int] = (0, 0)  # CIM_EVENTS' last sequence just before and after the scrapes
+    moved: tuple[str, int] = ("", 0)  # the archived unit's CID and size
+
+
+def scrape(port: int) -> Families:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def value(families: Families, sample: str, **labels: str) -> float | None:
+    """The sample of that name and those labels (None: not exported)."""
+    for f in families.values():
+        for s in f.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None
+
+
+def total(families: Families, sample: str, **labels: str) -> float:
+    """The sum over every series of `sample` with those labels (0 when there is none)."""
+    return sum(s.value for f in families.values() for s in f.samples
+               if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def exported(families: Families) -> set[str]:
+    """Every name a PromQL query can use: the samples, and a family declared with no sample yet
+    (a labeled counter before its first increment) under its sample names."""
+    names = {s.name for f in families.values() for s in f.samples}
+    for f in families.values():
+        names.add(f.name)
+        if f.type == "counter":
+            names.add(f.name + "_total")
+        if f.type == "histogram":
+            names |= {f.name + suffix for suffix in ("_bucket", "_sum", "_count")}
+    return names
+
+
+class Receiver:
+    """Webhook receivers on 127.0.0.1: /ok accepts, /down answers 503."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.ok: list[str] = []
+        self.down = 0
+
+    async def accept(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.ok.append(request.headers["webhook-id"])
+        return web.Response(status=204)
+
+    async def refuse(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.down += 1
+        return web.Response(status=503)
+
+    async def __aenter__(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/ok", self.accept)
+        app.router.add_post("/down", self.refuse)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+def secured_server(base: Path) -> tuple[NatsServer, dict[str, Path]]:
+    """A nats-server with an admin user and one nkey user per capability, each allowed only what
+    capabilities.json declares (as modules/nats.nix renders it): the metrics must be read with
+    each agent's own rights."""
+    from cim.cli.keys import new_user_seed, public_key_of
+    from cim.permissions import nats_permissions
+
+    seeds, users = {}, []
+    for name in ("admin", *CAPABILITIES):
+        seed = new_user_seed()
+        seeds[name] = base / f"{name}.nk"
+        seeds[name].write_bytes(seed + b"\n")
+        seeds[name].chmod(0o600)
+        user: dict = {"nkey": public_key_of(seed)}
+        if name != "admin":
+            user["permissions"] = nats_permissions(name)
+        users.append(user)
+    server = NatsServer(store_dir=base / "nats",
+                        extra_config={"accounts": {"CIM": {"jetstream": "enabled", "users": users}}})
+    server.start()
+    return server, seeds
+
+
+def cim(server: NatsServer, seeds: dict[str, Path], *args: str, input: str | None = None) -> str:
+    """The real `cim` command, as the operator (admin key)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIM_")}
+    env.update({"CIM_SERVER": server.url, "CIM_NKEY": str(seeds["admin"]), "NO_COLOR": "1", "TERM": "dumb"})
+    r = subprocess.run([sys.executable, "-m", "cim", *args], input=input, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, f"cim {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+async def started(agent: AgentProcess, nc) -> None:
+    """Answering $SRV.INFO, and past its own start (the log line after `start()`)."""
+    await agent.ready(nc)
+    await async_wait_until(lambda: "ready (pid" in agent.log(), 30, what=f"{agent.name} to finish starting")
+
+
+async def until_scraped(port: int, check, what: str, timeout: float = 30) -> Families:
+    """Scrape until `check(families)` holds, and return that scrape; after `timeout`, the last one
+    (the test's assertion then says what it holds)."""
+    last: Families = {}
+
+    async def holds() -> bool:
+        nonlocal last
+        last = await asyncio.to_thread(scrape, port)
+        return bool(check(last))
+
+    try:
+        await async_wait_until(holds, timeout, interval=0.2, what=what)
+    except Exception:
+        pass  # the test names what is wrong with `last`
+    return last
+
+
+async def run_leaf(base: Path, server: NatsServer, seeds: dict[str, Path], leaf: Leaf, agents: list[AgentProcess]) -> None:
+    nc = await nats.connect(server.url, nkeys_seed=str(seeds["admin"]), connect_timeout=5)
+    try:
+        await asyncio.to_thread(cim, server, seeds, "provision")
+        site = await asyncio.to_thread(install_plugins, base / "site", "cim-example-plugin")
+        ports = leaf.ports
+        nats_of = {c: {"servers": [server.url], "nkey_seed_file": str(seeds[c])} for c in CAPABILITIES}
+        (base / "warm").mkdir()
+        (base / "secret").write_bytes(SECRET + b"\n")
+        hook = {"url": f"http://127.0.0.1:{ports['receiver']}/ok", "secret_file": str(base / "secret"),
+                "subjects": ["cim.evt.unit.*.created"]}
+        settings: dict[str, dict] = {
+            "store": {},
+            "registry": {},
+            "tier": {"tiers": [{"name": "warm", "url": f"file://{base / 'warm'}"}],
+                     "policies": [{"name": "archive", "from": "hot", "to": "warm", "labels": ["archive"]}],
+                     "migrate_interval": 3600, "state_dir": str(base / "tier-state")},
+            "pipeline": {"state_dir": str(base / "pipeline-state"), "pipelines": [
+                {"name": "docs", "steps": [{"name": "classify", "plugin": "classify"}]},
+                {"name": "guarded", "steps": [{"name": "guard", "plugin": "guard", "settings": {"reject": "POISON"}}],
+                 "max_attempts": 2, "backoff": [0.1]},
+            ]},
+        }
+        for capability in ("store", "registry", "tier", "pipeline"):
+            agent = AgentProcess(capability, {"nats": nats_of[capability], "metrics": {"port": ports[capability]},
+                                              **settings[capability]}, base,
+                                 env={"PYTHONPATH": site} if capability == "pipeline" else None)
+            agents.append(agent.start())
+        hub = Hub(server.url, base, nkey=seeds["hub"], port=ports["hub_http"], metrics={"port": ports["hub"]},
+                  webhooks=[{"name": "ok", **hook},
+                            {**hook, "name": "down", "url": f"http://127.0.0.1:{ports['receiver']}/down",
+                             "max_attempts": 2, "backoff": [0.1]}])
+        agents.append(hub)
+        await asyncio.to_thread(hub.start)
+        for agent in agents:
+            await started(agent, nc)
+
+        async with Receiver(ports["receiver"]) as rx:
+            # Units from the CLI (no agent is asked: it writes to JetStream itself) and the hub.
+            files = []
+            for i, text in enumerate(CLI_UNITS):
+                files.append(base / f"unit-{i}.txt")
+                files[-1].write_text(text)
+            await asyncio.to_thread(cim, server, seeds, "units", "put", *map(str, files[:2]), str(files[3]))
+            archived = (await asyncio.to_thread(cim, server, seeds, "units", "put", str(files[2]), "--label",
+                                                "archive")).split()[0]
+            leaf.moved = (archived, len(CLI_UNITS[2]))
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            async with ClientSession() as http:
+                for text in HUB_UNITS:
+                    async with http.post(f"{hub.url}/v1/units", data=text.encode(), headers=auth) as r:
+                        assert r.status == 201, await r.text()
+                async with http.post(f"{hub.url}/v1/units", data=b"no token") as r:
+                    assert r.status == 401
+
+            # What the work did, as the server says it (not as the metrics do).
+            async def settled() -> bool:
+                return (await count(nc, "cim.evt.steps.*.done") == 2 * PUT - 1  # the poison unit fails `guarded`
+                        and await count(nc, "cim.dlq.pipeline.>", stream="CIM_DLQ") == 1
+                        and await count(nc, "cim.dlq.hub.>", stream="CIM_DLQ") == PUT
+                        and len(set(rx.ok)) == PUT)
+
+            await async_wait_until(settled, 90, what="both pipelines, the webhooks and their dead letters to settle")
+            await asyncio.to_thread(cim, server, seeds, "tier", "migrate")
+            await asyncio.to_thread(cim, server, seeds, "tier", "restore", archived)
+
+        # Then what an operator scrapes: each check waits for counts that arrive a little
+        # later (the store follows the stream) and gives up with the last scrape.
+        checks = {
+            "store": lambda f: value(f, "cim_units_stored_total") == PUT,
+            "pipeline": lambda f: value(f, "cim_pipeline_processed_total", pipeline="docs") == PUT
+            and total(f, "cim_pipeline_lag_events") == 0 and value(f, "cim_pipeline_lag_events", pipeline="docs") == 0,
+            "tier": lambda f: value(f, "cim_tier_moves_total", tier="hot", direction="hotter") == 1
+            and value(f, "cim_tier_units", tier="hot") == PUT,  # the index has applied the restore
+            "hub": lambda f: value(f, "cim_hub_webhook_dead_letters_total", webhook="down") == PUT
+            and value(f, "cim_hub_webhook_lag_events") == 0,
+            "registry": lambda f: total(f, "cim_registry_agents", state="up") >= len(CAPABILITIES),
+        }
+        before = (await nc.jetstream().stream_info("CIM_EVENTS")).state.last_seq
+        for capability, check in checks.items():
+            leaf.scrapes[capability] = await until_scraped(ports[capability], check, f"the {capability} agent's metrics")
+        leaf.hub_http_scrape = await asyncio.to_thread(scrape_url, f"{hub.url}/metrics")
+        leaf.appended = (before, (await nc.jetstream().stream_info("CIM_EVENTS")).state.last_seq)
+    finally:
+        await nc.close()
+
+
+def scrape_url(url: str) -> Families:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+
+
+@pytest.fixture(scope="module")
+def leaf(tmp_path_factory) -> Iterator[Leaf]:
+    """The leaf, its work done and its agents scraped, once for the module (the tests that use
+    it carry the `nats` marker: it starts its own secured nats-server)."""
+    base = tmp_path_factory.mktemp("metrics-leaf")
+    names = [*CAPABILITIES, "hub_http", "receiver"]
+    leaf = Leaf(ports=dict(zip(names, free_ports(len(names)), strict=True)))
+    server, seeds = secured_server(base)
+    agents: list[AgentProcess] = []
+    try:
+        asyncio.run(run_leaf(base, server, seeds, leaf, agents))
+        yield leaf
+    finally:
+        for agent in agents:
+            agent.stop()
+        server.stop()
+
+
+# --- the counts an operator checks ----------------------------------------------------------
+
+
+@pytest.mark.nats
+def test_units_stored_counts_every_put_including_the_cli_ones(leaf):
+    store = leaf.scrapes["store"]
+    assert value(store, "cim_units_stored_total") == PUT
+    assert value(store, "cim_units_stored_bytes_total") == sum(len(t) for t in CLI_UNITS + HUB_UNITS)
+    # The store agent served none of those puts: the CLI and the hub write to JetStream themselves.
+    assert total(store, "cim_requests_total", endpoint="put") == 0
+
+
+@pytest.mark.nats
+def test_events_appended_is_what_jetstream_counts(leaf):
+    appended = value(leaf.scrapes["store"], "cim_events_appended_total")
+    before, after = leaf.appended
+    assert appended is not None and before <= appended <= after
+    assert value(leaf.scrapes["store"], "cim_event_stream_messages") == appended  # nothing is ever deleted
+    assert (value(leaf.scrapes["store"], "cim_event_stream_bytes") or 0) > 0
+
+
+@pytest.mark.nats
+def test_each_pipeline_counts_its_units_failures_and_dead_letters_and_its_lag_drops_to_zero(leaf):
+    p = leaf.scrapes["pipeline"]
+    assert value(p, "cim_pipeline_processed_total", pipeline="docs") == PUT
+    assert value(p, "cim_pipeline_processed_total", pipeline="guarded") == PUT - 1
+    assert value(p, "cim_pipeline_failed_total", pipeline="guarded") == 2  # max_attempts
+    assert value(p, "cim_pipeline_dead_letters_total", pipeline="guarded") == 1
+    assert value(p, "cim_pipeline_failed_total", pipeline="docs") is None
+    assert value(p, "cim_pipeline_lag_events", pipeline="docs") == 0
+    assert value(p, "cim_pipeline_lag_events", pipeline="guarded") == 0
+
+
+@pytest.mark.nats
+def test_a_tier_move_and_a_restore_are_counted_with_their_bytes_and_each_tier_says_what_it_holds(leaf):
+    t = leaf.scrapes["tier"]
+    _, size = leaf.moved
+    assert value(t, "cim_tier_moves_total", tier="warm", direction="colder") == 1
+    assert value(t, "cim_tier_moved_bytes_total", tier="warm", direction="colder") == size
+    assert value(t, "cim_tier_moves_total", tier="hot", direction="hotter") == 1  # `cim tier restore`
+    assert value(t, "cim_tier_moved_bytes_total", tier="hot", direction="hotter") == size
+    assert value(t, "cim_tier_units", tier="hot") == PUT
+    assert value(t, "cim_tier_units", tier="warm") == 1  # a restore copies: the warm copy stays
+    assert value(t, "cim_tier_stored_bytes", tier="warm") == size
+    assert value(t, "cim_tier_stored_bytes", tier="hot") == sum(len(x) for x in CLI_UNITS + HUB_UNITS)
+    assert value(t, "cim_tier_pending_moves") == 0
+
+
+@pytest.mark.nats
+def test_webhook_deliveries_and_dead_letters_are_counted(leaf):
+    h = leaf.scrapes["hub"]
+    assert value(h, "cim_hub_webhook_deliveries_total", webhook="ok", outcome="ok") == PUT
+    assert value(h, "cim_hub_webhook_deliveries_total", webhook="down", outcome="failed") == 2 * PUT
+    assert value(h, "cim_hub_webhook_dead_letters_total", webhook="down") == PUT
+    assert value(h, "cim_hub_webhook_dead_letters_total", webhook="ok") is None
+    assert value(h, "cim_hub_webhook_lag_events") == 0
+
+
+@pytest.mark.nats
+def test_hub_requests_are_counted_by_status_and_route(leaf):
+    h = leaf.scrapes["hub"]
+    assert value(h, "cim_hub_http_requests_total", method="POST", route="/v1/units", status="201") == len(HUB_UNITS)
+    assert value(h, "cim_hub_http_requests_total", method="POST", route="/v1/units", status="401") == 1
+    assert value(h, "cim_hub_ingest_total", status="201") == len(HUB_UNITS)
+
+
+@pytest.mark.nats
+def test_the_registry_sees_every_agent_up(leaf):
+    r = leaf.scrapes["registry"]
+    for capability in CAPABILITIES:
+        assert value(r, "cim_registry_agents", capability=capability, state="up") == 1, capability
+
+
+# --- each agent exports only its own ------------------------------------------------------
+
+
+@pytest.mark.nats
+def test_each_agent_exports_only_its_own_metrics(leaf):
+    for capability, families in leaf.scrapes.items():
+        foreign = sorted(name for name in families
+                         if name.startswith("cim_") and not name.startswith(SHARED + OWN[capability]))
+        assert foreign == [], f"the {capability} agent exports {foreign}"
+        assert any(name.startswith(OWN[capability]) for name in families), capability
+    # The pipeline agent imports the hub's connector plugins, and still serves none of the hub's series.
+    assert not [n for n in leaf.scrapes["pipeline"] if n.startswith("cim_hub_")]
+    assert not [n for n in leaf.scrapes["hub"] if n.startswith("cim_pipeline_")]
+
+
+@pytest.mark.nats
+def test_the_hub_serves_the_same_metrics_on_its_http_port(leaf):
+    assert set(leaf.hub_http_scrape) == set(leaf.scrapes["hub"])
+
+
+# --- the dashboard --------------------------------------------------------------------------
+
+
+def _exprs(dashboard: dict) -> list[str]:
+    def panels(items: list[dict]) -> Iterator[dict]:
+        for p in items:
+            yield p
+            yield from panels(p.get("panels", []))
+
+    return [t["expr"] for p in panels(dashboard["panels"]) for t in p.get("targets", [])]
+
+
+def test_the_dashboard_is_grafana_json_with_a_prometheus_datasource_variable():
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["schemaVersion"] >= 39 and dashboard["uid"] and dashboard["title"]
+    [variable] = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == "prometheus"
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len(panels) >= 10
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in panels:
+        assert p["datasource"]["uid"] == "${" + variable["name"] + "}", p["title"]
+        assert p["targets"] and all(t["expr"].strip() for t in p["targets"]), p["title"]
+    titles = " ".join(p["title"].lower() for p in panels)
+    for wanted in ("ingest", "events appended", "pipeline lag", "bytes per tier", "tier moves", "webhook",
+                   "hub requests by status", "errors"):
+        assert wanted in titles, wanted
+
+
+@pytest.mark.nats
+def test_every_metric_the_dashboard_queries_exists_on_a_running_leaf(leaf):
+    names = set()
+    for expr in _exprs(json.loads(DASHBOARD.read_text())):
+        names |= set(re.findall(r"\b(?:cim|process)_[a-z0-9_]+\b", expr))
+    assert len(names) > 15
+    served = set().union(*(exported(f) for f in leaf.scrapes.values()))
+    assert sorted(names - served) == []
+
+
+@pytest.mark.nats
+def test_metric_names_follow_prometheus_conventions(leaf):
+    for capability, families in leaf.scrapes.items():
+        for f in families.values():
+            if not f.name.startswith("cim_"):
+                continue
+            assert re.fullmatch(r"cim_[a-z0-9_]+", f.name), f.name
+            assert f.documentation, f.name
+            if f.type == "counter":
+                assert all(s.name.endswith(("_total", "_created")) for s in f.samples), f.name
+            else:
+                assert not f.name.endswith("_total"), f"{capability}: {f.name} is a {f.type} named like a counter"
+
+
+# --- metrics read at scrape time ----------------------------------------------------------
+
+
+async def test_a_sample_is_read_on_the_agent_loop_and_left_out_when_it_fails_or_is_asked_from_the_loop():
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
+    from cim.metrics import Sampled
+
+    async def sample() -> list[Metric]:
+        g = GaugeMetricFamily("cim_test_sampled", "a sampled value")
+        g.add_metric([], 7)
+        return [g]
+
+    async def failing() -> list[Metric]:
+        raise RuntimeError("the server is away")
+
+    loop = asyncio.get_running_loop()
+    # From the exporter's thread: run on the loop, answered.
+    [family] = await asyncio.to_thread(lambda: list(Sampled("test", sample, loop).collect()))
+    assert family.name == "cim_test_sampled" and family.samples[0].value == 7
+    # A failing read is left out of the scrape; the scrape itself still answers.
+    assert await asyncio.to_thread(lambda: list(Sampled("test", failing, loop).collect())) == []
+    # Asked from the loop's own thread it cannot wait for the loop: left out, not a deadlock.
+    assert list(Sampled("test", sample, loop).collect()) == []
