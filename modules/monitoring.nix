@@ -68,6 +68,11 @@ in
 
   config = lib.mkMerge [
     (lib.mkIf cfg.prometheus.enable {
+      # Port 0 is a port the kernel picks at each start: no scrape target can name it.
+      assertions = map (name: {
+        assertion = top.${name}.settings.metrics.port != 0;
+        message = "services.cim.${name}.settings.metrics.port is 0 (a random port at each start), which Prometheus cannot scrape (services.cim.monitoring.prometheus.enable); give it a fixed port, or null to serve no metrics";
+      }) scraped;
       services.prometheus = {
         enable = lib.mkDefault true;
         scrapeConfigs = lib.optional (scraped != [ ]) {

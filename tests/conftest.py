@@ -257,3 +257,17 @@ def up(tmp_path):
     yield start
     for u in started:
         u.stop()
+
+
+@pytest.fixture
+async def browser():
+    """Debian's Chromium, driven by Playwright (never a browser Playwright downloads)."""
+    from support.ui_support import CHROMIUM, CHROMIUM_ARGS
+
+    playwright_api = pytest.importorskip("playwright.async_api", reason="browser tests need playwright")
+    async with playwright_api.async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()

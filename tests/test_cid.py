@@ -65,3 +65,20 @@ def test_the_fast_check_agrees_with_the_full_decoder(candidate):
         full = False
     fast = bool(cid._CANONICAL.match(candidate))
     assert fast == full
+
+
+def test_a_trailing_line_break_is_no_part_of_any_name_that_becomes_a_subject_or_a_key():
+    """`re.match` with `$` accepts a final "\\n": each of these checks must refuse it (a CID
+    or a type becomes a NATS subject token or a KV key)."""
+    from cim.events.envelope import Event
+    from cim.store.units import Unit
+
+    good = cid.compute(b"x")
+    with pytest.raises(InvalidCid):
+        cid.validate(good + "\n")
+    with pytest.raises(ValueError):
+        Event(type="unit.created", aggregate_id="abc\n")
+    with pytest.raises(ValueError):
+        Unit(cid=good, size=1, media_type="text/plain\n", created_at="2026-01-01T00:00:00Z")
+    with pytest.raises(ValueError):
+        Unit(cid=good, size=1, media_type="text/plain", labels=["ok\n"], created_at="2026-01-01T00:00:00Z")

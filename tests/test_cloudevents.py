@@ -234,3 +234,54 @@ async def test_the_webhook_body_is_a_structured_cloudevent_also_when_redelivered
             "batch 9", f"unit-created-{unit_cid}")
         # The delivery headers name the event by its own id and short type, the redelivery too.
         assert (headers["X-CIM-Event-Id"], headers["X-CIM-Event-Type"]) == (event.id, "unit.labeled")
+
+
+async def test_a_dead_letter_stored_before_the_upgrade_is_redelivered_as_the_plain_json_it_holds(
+        nc, servers, nats_server, tmp_path):
+    """A letter dead-lettered by the hub before CloudEvents holds CIM's old JSON body (no
+    `specversion`): sent again, it must not claim to be a structured CloudEvent."""
+    from aiohttp import web
+
+    from cim.hub import api as hub_api
+    from cim.nats.rpc import call
+    from cim.ports import free_port
+    from support.hub_support import Hub
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    async def handle(request):
+        received.append((dict(request.headers), await request.read()))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    (tmp_path / "secret").write_bytes(b"webhook-secret\n")
+    hub = Hub(nats_server.url, tmp_path, webhooks=[{
+        "name": "old", "url": f"http://127.0.0.1:{port}/hook", "secret_file": str(tmp_path / "secret"),
+        "subjects": ["cim.evt.unit.*.labeled"]}]).start()
+    try:
+        unit_cid = cidlib.compute(b"dead before the upgrade")
+        # The body and headers the hub wrote before (its old `body_of`, the event's old headers).
+        old_body = json.dumps({"id": "old-label-9", "type": "unit.labeled", "subject": f"cim.evt.unit.{unit_cid}.labeled",
+                               "source": "cim/cim-registry", "time": "2025-11-03T09:30:00.123456+00:00",
+                               "agent": "cim-registry", "data": {"labels": ["old"], "by": "p/s"}},
+                              separators=(",", ":")).encode()
+        headers = {**legacy_headers("old-label-9", "unit.labeled", unit_cid, "cim/cim-registry", "cim-registry"),
+                   "Nats-Msg-Id": "hub-dlq-old-old-label-9", "cim-dlq-reason": "the receiver answered HTTP 503",
+                   "cim-dlq-origin": f"cim.evt.unit.{unit_cid}.labeled", "cim-dlq-webhook": "old",
+                   "cim-dlq-target": f"http://127.0.0.1:{port}/hook", "cim-dlq-attempts": "5"}
+        ack = await nc.jetstream().publish("cim.dlq.hub.webhook.old", old_body, headers=headers, stream="CIM_DLQ")
+        reply = await call(nc, hub_api.RETRY, hub_api.RetryRequest(seq=ack.seq), timeout=30)
+        assert reply.ok, reply.reason
+    finally:
+        hub.stop()
+        await runner.cleanup()
+
+    [(headers, body)] = received
+    assert body == old_body
+    assert headers["Content-Type"] == "application/json"
+    assert (headers["webhook-id"], headers["X-CIM-Event-Type"]) == ("old-label-9", "unit.labeled")

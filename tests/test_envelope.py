@@ -13,14 +13,20 @@ from cim.events import Event, StoredEvent
 from cim.events.envelope import validated
 
 tokens = st.from_regex(r"[A-Za-z0-9_-]{1,40}", fullmatch=True)
-texts = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=40).filter(str.strip)
-# CloudEvents sources are absolute URIs: a scheme, then anything but blanks.
+def _trimmed(s: str) -> bool:  # ids and agent names have no blank at either end (Event refuses one)
+    return bool(s) and s == s.strip()
+
+
+texts = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=40).filter(_trimmed)
+# CloudEvents sources are absolute URIs: a scheme, then anything but blanks and control characters.
 sources = st.builds(lambda scheme, rest: f"{scheme}:{rest}", st.from_regex(r"[a-z][a-z0-9+.-]{0,8}", fullmatch=True),
-                    st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF, exclude_categories=("Cs", "Zs", "Zl", "Zp")),
+                    st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF, exclude_categories=("Cs", "Zs", "Zl", "Zp"),
+                                          exclude_characters="\x7f"),
                             min_size=1, max_size=40).filter(lambda rest: not any(c.isspace() for c in rest)))
-# Ids travel in headers, percent-encoded where the NATS binding asks: blanks, quotes, '%', non-ASCII.
-any_ids = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF, exclude_categories=("Cs",)),
-                  min_size=1, max_size=40).filter(str.strip)
+# Ids travel in headers, percent-encoded where the NATS binding asks: blanks, quotes, '%', non-ASCII
+# (no control characters and no blank at either end: Event refuses those).
+any_ids = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF, exclude_categories=("Cs",),
+                                exclude_characters="\x7f"), min_size=1, max_size=40).filter(_trimmed)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -150,3 +156,73 @@ def test_a_writer_builds_an_event_from_its_registered_model_and_a_reader_gets_th
     with pytest.raises(InvalidInput, match="Stray is not a registered event model"):
         Event.of(Stray(), "a1")
     assert json.loads(event.payload())["labels"] == ["invoice"]
+
+
+# --- ids and times that would break a header, a log line or a webhook -----------------------
+
+
+@pytest.mark.parametrize("field", ["id", "correlation_id", "causation_id"])
+@pytest.mark.parametrize("bad", ["a\nb", "tab\there", "del\x7f", " leading", "trailing ", "\udcff lone surrogate"])
+def test_ids_with_control_characters_blanks_at_an_end_or_lone_surrogates_are_refused_by_name(field, bad):
+    with pytest.raises(InvalidInput) as err:
+        Event(type="unit.labeled", aggregate_id="x", data={"labels": [], "by": "t"}, **{field: bad})
+    assert err.value.field == field
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad", ["urn:x\n", "urn:x\x00y", "urn:\udcff"])
+def test_a_source_with_a_trailing_newline_or_a_control_character_is_not_an_absolute_uri(bad):
+    with pytest.raises(InvalidInput, match="not an absolute URI") as err:
+        Event(type="unit.labeled", aggregate_id="x", source=bad)
+    assert err.value.field == "source"
+
+
+def test_a_header_that_decodes_to_control_characters_is_kept_as_sent_and_flagged():
+    headers = {**Event(type="unit.labeled", aggregate_id="x", data={"labels": [], "by": "t"}).headers(),
+               "ce-id": "evil%0AX", "ce-correlationid": "c%00", "Nats-Msg-Id": "evil"}
+    e = StoredEvent.from_message("cim.evt.unit.x.labeled", 5, headers, b'{"labels": [], "by": "t"}')
+    assert (e.id, e.correlation_id) == ("evil%0AX", "c%00")
+    assert e.problem and "ce-id header holds control characters" in e.problem
+    assert e.structured()["id"] == "evil%0AX"
+    # An old-form event's raw header (from a client that is not nats-py) is encoded the same way.
+    old = StoredEvent.from_message("cim.evt.unit.x.labeled", 6, {"ce-type": "unit.labeled", "ce-id": "a\x01b"},
+                                   b'{"labels": [], "by": "t"}')
+    assert old.id == "a%01b" and old.problem
+
+
+@pytest.mark.parametrize("stored", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "2025-01-01T00:00:00"])
+def test_a_time_out_of_utc_range_or_without_offset_is_flagged_and_the_structured_form_still_answers(stored):
+    e = StoredEvent.from_message("cim.evt.unit.x.labeled", 5, {"ce-type": "dev.cim.unit.labeled", "ce-time": stored},
+                                 b'{"labels": [], "by": "t"}')
+    assert e.problem and "ce-time" in e.problem
+    assert e.structured()["time"] == stored  # as stored: never an OverflowError
+
+
+def test_an_event_time_that_cannot_be_given_in_utc_is_refused():
+    with pytest.raises(InvalidInput) as err:
+        Event(type="unit.labeled", aggregate_id="x", time=datetime.fromisoformat("0001-01-01T00:00:00+01:00"))
+    assert err.value.field == "time"
+
+
+def test_an_event_stored_with_no_source_and_no_agent_names_no_machine():
+    from cim.events.envelope import source_for
+
+    bare = StoredEvent.from_message("cim.evt.unit.x.labeled", 1, {"ce-type": "unit.labeled"}, b"{}")
+    assert bare.structured()["source"] == "urn:cim:unknown"
+    by_cli = StoredEvent.from_message("cim.evt.unit.x.labeled", 1, {"ce-type": "unit.labeled", "cim-agent": "cim-cli"}, b"{}")
+    assert by_cli.structured()["source"] == "urn:cim:cli"  # not the reading hub's own user@host
+    # Any text a writer put in `cim-agent` names a source; remembering them all would grow for ever.
+    for i in range(500):
+        StoredEvent.from_message("cim.evt.unit.x.labeled", i, {"ce-type": "unit.labeled", "cim-agent": f"a{i}"},
+                                 b"{}").structured()
+    assert source_for.cache_info().currsize <= 64
+
+
+def test_the_cli_refuses_an_id_with_a_newline_or_bad_bytes_in_one_line(cli):
+    for bad in ("a\nb", "\udcff"):  # the second reaches the command as the byte 0xff
+        r = cli("events", "append", "unit.labeled", "x", "--data", '{"labels": [], "by": "t"}', "--id", bad,
+                check=False, server="nats://127.0.0.1:1")
+        assert r.returncode != 0
+        assert "Traceback" not in r.stderr, r.stderr
+        [line] = r.stderr.strip().splitlines()
+        assert "id" in line and ("control character" in line or "not valid Unicode" in line), line

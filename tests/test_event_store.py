@@ -199,13 +199,17 @@ async def test_bad_input_stores_nothing_of_the_call(events):
     assert isinstance(results[0], Appended) and isinstance(results[1], InvalidInput)
 
 
-async def test_a_header_value_with_a_line_break_is_percent_encoded_and_read_back_whole(events):
-    """CloudEvents' NATS binding percent-encodes what a header cannot carry, so a correlation
-    id with a line break arrives intact (nats-py alone would have turned it into a blank)."""
-    odd = revised("odd", 1, correlation_id="line one\nline two")
+async def test_a_header_value_the_binding_encodes_is_read_back_whole_and_a_line_break_is_refused(events):
+    """CloudEvents' NATS binding percent-encodes what a header cannot carry (blanks, quotes,
+    '%', non-ASCII), so such a correlation id arrives intact. A line break is refused up front:
+    ids go on into HTTP headers (a webhook's), which cannot carry one."""
+    odd = revised("odd", 1, correlation_id='line "one" at 50% – line two')
     (result,) = await events.append_many([odd])
     (stored,) = [e async for e in events.read()]
-    assert stored.seq == result.seq and stored.correlation_id == "line one\nline two"
+    assert stored.seq == result.seq and stored.correlation_id == 'line "one" at 50% – line two'
+    with pytest.raises(InvalidInput) as err:
+        revised("odd", 2, correlation_id="line one\nline two")
+    assert err.value.field == "correlation_id"
 
 
 async def test_a_source_that_is_not_an_absolute_uri_is_refused():

@@ -10,18 +10,21 @@ aiohttp = pytest.importorskip("aiohttp", reason="the hub needs aiohttp")
 from aiohttp import web  # noqa: E402
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError  # noqa: E402
 
+from cim.events import Event  # noqa: E402
+from cim.hub.config import CONSUMER, MAX_DELIVER  # noqa: E402
 from cim.nats.read import read_stream  # noqa: E402
 from cim.ports import free_port  # noqa: E402
 from cim.provision.apply import provision  # noqa: E402
 from cim.provision.spec import ProvisionSpec  # noqa: E402
+from cim.store.events import UnitLabeled  # noqa: E402
 from cim.store.unit_store import UnitStore  # noqa: E402
-from support.hub_support import Hub  # noqa: E402
+from support.hub_support import HookReceiver, Hub  # noqa: E402
 from support.waiting import async_wait_until  # noqa: E402
 
 SECRET = b"shared-webhook-secret"
 
 
-class Receiver:
+class Receiver(HookReceiver):
     """A webhook receiver on 127.0.0.1 that counts deliveries per event id."""
 
     def __init__(self, port: int, *, status: int = 204, delay: float = 0):
@@ -43,17 +46,6 @@ class Receiver:
             self.deliveries[request.headers["webhook-id"]] += 1
             assert json.loads(body)["id"] == request.headers["webhook-id"]
         return web.Response(status=self.status)
-
-    async def __aenter__(self):
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.runner.cleanup()
 
 
 def hub_with_webhook(nats_server, tmp_path, port, **extra) -> Hub:
@@ -106,6 +98,52 @@ async def test_a_receiver_that_is_down_gets_retries_then_a_dead_letter(nats_serv
 
 async def _nonempty(fn) -> bool:
     return bool(await fn())
+
+
+async def test_hostile_events_are_delivered_with_a_safe_id_or_dead_lettered_and_never_stall_the_others(
+        nats_server, nc, tmp_path):
+    """Events anyone allowed to write `cim.evt.unit.>` could store, raw: an id that decodes to a
+    newline (HTTP refuses it in `webhook-id`), a time in year 1 (no UTC form), a type with a
+    control character (in `X-CIM-Event-Type`). None may hold a consumer slot for ever: a few
+    hundred such events would stop every webhook."""
+    await provision(nc, ProvisionSpec())
+    port = free_port()
+    hub = hub_with_webhook(nats_server, tmp_path, port, subjects=["cim.evt.unit.>"], max_attempts=2,
+                           backoff=[0.1]).start()
+    try:
+        async with Receiver(port) as rx:
+            js = nc.jetstream()
+            honest = Event.of(UnitLabeled(labels=["x"], by="t"), "hostile")
+            await js.publish(honest.subject, honest.payload(), headers={
+                **honest.headers(), "ce-id": "evil%0AX-Injected:%20yes", "Nats-Msg-Id": "evil"})
+            await js.publish(honest.subject, honest.payload(), headers={
+                **honest.headers(), "ce-id": "year-one", "ce-time": "0001-01-01T00:00:00+01:00", "Nats-Msg-Id": "y1"})
+            await js.publish("cim.evt.unit.hostile.bad\x01type", honest.payload(), headers={
+                **honest.headers(), "ce-id": "control-type", "Nats-Msg-Id": "ctl"})
+            [cid] = await put_many(nc, 1, "normal")
+
+            async def letters():
+                return [m async for m in read_stream(nc, "CIM_DLQ", ["cim.dlq.hub.webhook.rx"])]
+
+            async def settled() -> bool:
+                info = await js.consumer_info("CIM_EVENTS", CONSUMER)
+                return info.num_pending == 0 and info.num_ack_pending == 0 and len(await letters()) == 1
+
+            await async_wait_until(settled, 30, what="every event acknowledged, one of them dead-lettered")
+            assert f"unit-created-{cid}" in rx.deliveries  # the normal event went out
+            # Delivered with the id as it was stored (still encoded), and the time as stored.
+            assert rx.deliveries["evil%0AX-Injected:%20yes"] == 1 and rx.deliveries["year-one"] == 1
+            assert rx.bad_signatures == 0
+            [letter] = await letters()
+            assert letter.headers["ce-id"] == "control-type"
+            assert "could not be made" in letter.headers["cim-dlq-reason"]
+            info = await js.consumer_info("CIM_EVENTS", CONSUMER)
+            assert info.num_redelivered == 0  # no nak loop, not even one round
+            assert info.config.max_deliver == MAX_DELIVER  # and a bound, should anything else fail
+            recorded = [e async for e in UnitStore(nc).events.read(["cim.evt.hub.rx.dead_lettered"])]
+            assert [e.data["event_id"] for e in recorded] == ["control-type"]
+    finally:
+        hub.stop()
 
 
 async def test_nothing_is_lost_when_the_hub_is_killed_mid_delivery(nats_server, nc, tmp_path):

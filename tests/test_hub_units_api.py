@@ -6,8 +6,11 @@ token must not see."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
+import socket
+import sqlite3
 
 import nats
 import pytest
@@ -16,11 +19,20 @@ from multidict import CIMultiDict
 aiohttp = pytest.importorskip("aiohttp", reason="the hub needs aiohttp")
 
 from cim import cid as cidlib  # noqa: E402
+from cim.errors import ProjectionUnavailable  # noqa: E402
+from cim.events import Event, EventStore  # noqa: E402
+from cim.hub import unit_pages  # noqa: E402
+from cim.hub.tokens import Token, Tokens  # noqa: E402
 from cim.names import TIER_ACCESS_BUCKET  # noqa: E402
+from cim.nats.rpc import call  # noqa: E402
+from cim.pipeline import search  # noqa: E402
+from cim.pipeline.api import UNITS, UnitsRequest  # noqa: E402
 from cim.provision.apply import provision  # noqa: E402
 from cim.provision.spec import ProvisionSpec  # noqa: E402
 from cim.store.content import CHUNK_SIZE, ContentStore  # noqa: E402
+from cim.store.events import UnitLabeled  # noqa: E402
 from cim.store.unit_store import UnitStore  # noqa: E402
+from cim.tier.events import UnitExpired, UnitLocated  # noqa: E402
 from cim.tier.fetch import CHUNK as FETCH_CHUNK  # noqa: E402
 from cim.tier.fetch import WINDOW as FETCH_WINDOW  # noqa: E402
 from cim.tier.fetch import fetch  # noqa: E402
@@ -149,17 +161,24 @@ async def test_byte_ranges_answer_206_and_a_range_outside_answers_416(hub, nc):
             assert body == content[start:end], header
             assert headers["Content-Range"] == f"bytes {start}-{end - 1}/{size}", header
             assert headers["Content-Length"] == str(end - start)
-        for unsatisfiable in (f"bytes={size}-", "bytes=-0", "bytes=9-3", "bytes=99999999999999999999999-"):
+        for unsatisfiable in (f"bytes={size}-", "bytes=-0", "bytes=99999999999999999999999-"):
             status, body, headers = await download(hub.url, unit, Range=unsatisfiable)
             assert status == 416, unsatisfiable
             assert headers["Content-Range"] == f"bytes */{size}"
             assert body.startswith(b'{"errors"')
-    # Several ranges, another unit, or an If-Range that is not this unit: the whole content.
-    for headers in ({"Range": "bytes=0-1,5-6"}, {"Range": "lines=1-2"}, {"Range": "bytes=0-1", "If-Range": '"other"'}):
+    # Several ranges, another unit, an invalid range (the last byte before the first: RFC 9110
+    # 14.1.1 makes it invalid, not unsatisfiable), or an If-Range that is not this unit: the
+    # whole content, as RFC 9110 14.2 lets a server ignore what it does not take.
+    for headers in ({"Range": "bytes=0-1,5-6"}, {"Range": "lines=1-2"}, {"Range": "bytes=9-3"},
+                    {"Range": "bytes=0-1", "If-Range": '"other"'}):
         status, body, _ = await download(hub.url, cid, **headers)
         assert (status, body) == (200, data), headers
     status, body, _ = await download(hub.url, cid, Range="bytes=0-1", **{"If-Range": f'"{cid}"'})
     assert (status, body) == (206, data[:2])
+    # The range unit is case-insensitive (RFC 9110 14.1).
+    for unit_name in ("Bytes", "BYTES"):
+        status, body, headers = await download(hub.url, cid, Range=f"{unit_name}=0-1")
+        assert (status, body, headers["Content-Range"]) == (206, data[:2], f"bytes 0-1/{len(data)}"), unit_name
     # An empty unit has no byte to range over.
     empty = (await UnitStore(nc).put_bytes(b"")).unit.cid
     assert (await download(hub.url, empty, Range="bytes=0-"))[0] == 416
@@ -220,10 +239,15 @@ async def test_a_unit_in_a_colder_tier_downloads_through_the_tier_agent(nats_ser
         "tiers": [s3_tier(s3_server, "warm", tmp_path)], "policies": [{"name": "cold", "to": "warm", "labels": ["cold"]}],
         "migrate_interval": 3600,
     })
-    hub = Hub(nats_server.url, tmp_path)
+    # One cold read at a time (each holds one of the tier agent's fetch slots).
+    hub = Hub(nats_server.url, tmp_path, max_cold_downloads=1, idle_timeout=2)
     try:
+        store = UnitStore(nc, cold=fetch)
         data = os.urandom(BIG)
-        cid = (await UnitStore(nc, cold=fetch).put_bytes(data, labels=["cold"])).unit.cid
+        cid = (await store.put_bytes(data, labels=["cold"])).unit.cid
+        huge = (await store.put_bytes(os.urandom(16 * 1024 * 1024), labels=["cold"])).unit.cid
+        other = (await store.put_bytes(b"another cold one", labels=["cold"])).unit.cid
+        hot = (await store.put_bytes(b"a hot one")).unit.cid
         agent.start()
         await agent.ready(nc)
         cli("tier", "migrate")
@@ -233,6 +257,22 @@ async def test_a_unit_in_a_colder_tier_downloads_through_the_tier_agent(nats_ser
         assert status == 200 and body == data
         status, body, headers = await download(hub.url, cid, Range=f"bytes={BIG - 100}-")
         assert status == 206 and body == data[-100:] and headers["Content-Range"] == f"bytes {BIG - 100}-{BIG - 1}/{BIG}"
+
+        # A client that reads nothing holds the one cold place: another cold read (a range
+        # too: it reads the whole unit) is 503 with Retry-After, a hot one is served.
+        stalled, head = stalled_download(hub.url, huge)
+        assert head.startswith(b"HTTP/1.1 200")
+        for ranged in ({}, {"Range": "bytes=-1"}):
+            status, body, headers = await download(hub.url, other, **ranged)
+            assert status == 503 and int(headers["Retry-After"]) > 0, ranged
+            assert "max_cold_downloads" in json.loads(body)["errors"][0]["message"]
+        assert (await download(hub.url, hot))[:2] == (200, b"a hot one")
+
+        async def served() -> bool:
+            return (await download(hub.url, other))[:2] == (200, b"another cold one")
+
+        await async_wait_until(served, 60, what="the stalled cold download to be cut off")
+        assert drained(stalled) < 16 * 1024 * 1024
     finally:
         hub.stop()
         agent.stop()
@@ -399,3 +439,275 @@ async def test_listing_parameters_are_checked_and_named(hub):
     # Valid, but nothing answers the listing here: 503 that says what is missing.
     status, body = await listing(hub.url, [])
     assert status == 503 and "pipeline agent" in body["errors"][0]["message"]
+
+
+# --- review fixes: what a token learns from the listing, downloads under load, HEAD --------
+
+def stalled_download(url: str, cid: str, token: str = TOKEN) -> tuple[socket.socket, bytes]:
+    """A GET of a unit's content by a client that reads the answer's head and then nothing
+    (a small receive window, so the hub's writes soon wait for it)."""
+    port = int(url.rsplit(":", 1)[1])
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET /v1/units/{cid}/content HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        piece = sock.recv(1)  # byte by byte: nothing of the body is taken
+        assert piece, head
+        head += piece
+    return sock, head
+
+
+def drained(sock: socket.socket) -> int:
+    """Read what is left until the hub ends the connection; the bytes read."""
+    total = 0
+    try:
+        while piece := sock.recv(1 << 16):
+            total += len(piece)
+    except ConnectionResetError:  # cut off with bytes unsent: a reset
+        pass
+    finally:
+        sock.close()
+    return total
+
+
+async def test_a_token_limited_by_labels_learns_no_hidden_unit_from_the_listing_or_its_cursors(indexed_hub, nc):
+    units = UnitStore(nc)
+    theirs = (await units.put_bytes(b"a report it may read", source="reports", labels=["report"])).unit.cid
+    # Newer than its unit, so a listing from the front meets them first.
+    hidden = [(await units.put_bytes(f"secret {i}".encode(), source="reports", labels=["report", "secret"])).unit.cid
+              for i in range(8)]
+    await _all_listed(indexed_hub.url, 9)
+
+    # Asking for a label it may not see: nothing, and no cursor (a cursor would say there is more).
+    async with aiohttp.ClientSession() as s, s.get(f"{indexed_hub.url}/v1/units", params=[("label", "secret"), ("limit", "1")],
+                                                    headers=auth(LIMITED)) as r:
+        assert r.status == 200
+        text = await r.text()
+    assert json.loads(text)["units"] == [] and json.loads(text)["next"] is None
+    assert not any(cid in text for cid in hidden)
+
+    # Page by page from the front: its one unit, and neither the pages nor the cursors name or
+    # carry a hidden unit (a cursor is sealed: base64 of nothing readable).
+    pages, cursor = [], None
+    while True:
+        status, body = await listing(indexed_hub.url, [("limit", "1")] + ([("cursor", cursor)] if cursor else []), LIMITED)
+        assert status == 200, body
+        pages.append(body)
+        cursor = body["next"]
+        if cursor is None:
+            break
+        opened = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        assert not any(cid.encode() in opened or cid in cursor for cid in hidden)
+    assert [u["cid"] for page in pages for u in page["units"]] == [theirs]
+    assert not any(cid in json.dumps(pages) for cid in hidden)
+
+    # A cursor it makes itself (the old shape: base64 of seq:cid) is refused, also one naming
+    # a unit it may see.
+    for cid in (theirs, hidden[0]):
+        crafted = base64.urlsafe_b64encode(f"5:{cid}".encode()).decode()
+        status, body = await listing(indexed_hub.url, [("cursor", crafted)], LIMITED)
+        assert status == 400 and body["errors"][0]["field"] == "cursor", body
+    # Another token's cursor, or this token's with other filters: 400, not a page.
+    _, first = await listing(indexed_hub.url, [("limit", "1")], TOKEN)
+    assert first["next"]
+    status, body = await listing(indexed_hub.url, [("limit", "1"), ("cursor", first["next"])], LIMITED)
+    assert status == 400 and body["errors"][0]["field"] == "cursor"
+    status, body = await listing(indexed_hub.url, [("label", "report"), ("cursor", first["next"])], TOKEN)
+    assert status == 400 and body["errors"][0]["field"] == "cursor"
+    # The token it was given to goes on with it.
+    status, body = await listing(indexed_hub.url, [("limit", "1"), ("cursor", first["next"])], TOKEN)
+    assert status == 200 and body["units"][0]["cid"] == hidden[-2]
+
+
+async def test_a_label_a_pipeline_adds_outside_a_tokens_labels_hides_the_unit_everywhere(indexed_hub, nc):
+    """A token sees a unit by the labels it has now, those pipeline steps added too: the
+    listing, the metadata and the content agree, and a listed unit never shows a label the
+    token could not have written."""
+    units = UnitStore(nc)
+    kept = (await units.put_bytes(b"stays readable", source="reports", labels=["report"])).unit.cid
+    flagged = (await units.put_bytes(b"a classifier will flag this", source="reports", labels=["report"])).unit.cid
+    await _all_listed(indexed_hub.url, 2)
+    assert await every_unit(indexed_hub.url, [], LIMITED) == [flagged, kept]
+    await EventStore(nc).append(Event.of(UnitLabeled(labels=["pii"], by="p/classify@1"), flagged, agent="cim-pipeline"))
+
+    async def labelled() -> bool:
+        return await every_unit(indexed_hub.url, [("label", "pii")]) == [flagged]
+
+    await async_wait_until(labelled, 30, what="the index to see the added label")
+    assert await every_unit(indexed_hub.url, [], LIMITED) == [kept]
+    async with aiohttp.ClientSession() as s, s.get(f"{indexed_hub.url}/v1/units/{flagged}", headers=auth(LIMITED)) as r:
+        assert r.status == 404
+    assert (await download(indexed_hub.url, flagged, LIMITED))[0] == 404
+    assert (await download(indexed_hub.url, kept, LIMITED))[:2] == (200, b"stays readable")
+    # A token that may see every label still reads it.
+    assert (await download(indexed_hub.url, flagged))[:2] == (200, b"a classifier will flag this")
+
+
+async def test_a_cursor_from_one_hub_goes_on_at_another_that_reads_the_same_tokens_file(indexed_hub, nats_server, nc,
+                                                                                        tmp_path):
+    """Hubs behind one address share nothing in memory: the cursor's key comes from the
+    tokens file they all read, so any of them continues a listing."""
+    units = UnitStore(nc)
+    put = [(await units.put_bytes(f"unit {i}".encode())).unit.cid for i in range(5)]
+    await _all_listed(indexed_hub.url, 5)
+    other = Hub(nats_server.url, tmp_path, name="cim-hub-2").start()
+    try:
+        status, body = await listing(indexed_hub.url, [("limit", "2")])
+        assert status == 200
+        rest = await every_unit(other.url, [("limit", "2")], cursor=body["next"])
+        assert [u["cid"] for u in body["units"]] + rest == put[::-1]
+    finally:
+        other.stop()
+
+
+async def test_a_cursor_from_an_index_further_on_is_answered_503_not_a_page_with_holes(indexed_hub, nc, tmp_path):
+    """With several pipeline agents, one behind the cursor's index would skip the units it has
+    not seen yet: it refuses (503, retry), and the hub says so."""
+    cid = (await UnitStore(nc).put_bytes(b"one unit")).unit.cid
+    await _all_listed(indexed_hub.url, 1)
+    ahead = 10**12
+    with pytest.raises(ProjectionUnavailable, match="try again"):
+        await call(nc, UNITS, UnitsRequest(min_as_of=ahead))
+    # The same through the hub, with a cursor as another hub (whose index was further on) made it.
+    tokens = Tokens(tmp_path / "tokens.json")
+    token = tokens.lookup(TOKEN)
+    assert token is not None
+    cursor = unit_pages.encode(tokens.cursor_key, unit_pages.binding(token.digest, [], ""), 2**40, ahead)
+    status, body = await listing(indexed_hub.url, [("cursor", cursor)])
+    assert status == 503 and "try again" in body["errors"][0]["message"]
+    async with aiohttp.ClientSession() as s, s.get(f"{indexed_hub.url}/v1/units", params=[("cursor", cursor)],
+                                                    headers=auth()) as r:
+        assert r.status == 503 and r.headers["Retry-After"]
+    # A cursor an index at or past its position made is answered.
+    cursor = unit_pages.encode(tokens.cursor_key, unit_pages.binding(token.digest, [], ""), 2**40, 1)
+    status, body = await listing(indexed_hub.url, [("cursor", cursor)])
+    assert status == 200 and [u["cid"] for u in body["units"]] == [cid]
+
+
+async def test_a_listing_walks_a_bounded_window_per_request_and_is_complete_to_the_end(nats_server, nc, agent_process,
+                                                                                      tmp_path):
+    """A filter that matches nothing answers after a bounded walk with where to go on; followed
+    to the end it is complete (a pipeline agent, asked as the hub asks it)."""
+    await provision(nc, ProvisionSpec())
+    await agent_process("pipeline", {"nats": {"servers": [nats_server.url]}, "state_dir": str(tmp_path / "state")}).ready(nc)
+    units = UnitStore(nc)
+    n, scan = 3000, 500
+    first = last = ""
+    for start in range(0, n, 500):
+        results = await units.put_small_many([(f"unit {i}".encode(), {"source": "edge" if i in (0, n - 1) else "bulk"})
+                                              for i in range(start, start + 500)])
+        cids = [r.unit.cid for r in results]  # type: ignore[union-attr]
+        first, last = first or cids[0], cids[-1]
+
+    async def indexed() -> bool:
+        return (await call(nc, UNITS, UnitsRequest(limit=1))).units[0].cid == last
+
+    await async_wait_until(indexed, 60, what="the pipeline to index the units")
+
+    async def follow(**ask) -> tuple[list[str], int]:
+        found, before, requests = [], None, 0
+        while True:
+            reply = await call(nc, UNITS, UnitsRequest(scan=scan, before=before, **ask))
+            requests += 1
+            found += [u.cid for u in reply.units]
+            if reply.resume is None:
+                return found, requests
+            assert reply.more
+            before = (reply.resume, "")
+            assert requests <= n // scan + 1, "the walk does not move on"
+
+    # Nothing matches: each request walks at most `scan` rows, so it takes n / scan of them.
+    found, requests = await follow(source="*zzz*")
+    assert found == [] and n // scan <= requests <= n // scan + 1
+    # What matches at both ends is found, newest first, across the windows.
+    found, requests = await follow(source="edg*")
+    assert found == [last, first] and requests > 1
+    # Within a token's reach: the same bound, the same completeness.
+    found, _ = await follow(within_sources=["edge"], limit=1)
+    assert found == [last, first]
+
+
+def test_a_tokens_reach_in_the_index_is_what_the_token_may_see():
+    """The pipeline keeps a listing to a token's patterns in SQL (GLOB, or fnmatch for a
+    [...] class); it must agree with cim.hub.tokens, unit by unit."""
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(search.SCHEMA)
+    sources = ["reports", "reports/q3", "team/a", "team/b", "x[y", "ab", "b", ""]
+    label_sets = [[], ["report"], ["report", "q3"], ["secret"], ["qz", "report"], ["[", "a"], ["ab"]]
+    for i, (source, labels) in enumerate(itertools.product(sources, label_sets)):
+        search.add_unit(conn, cid=f"bafy{i:04d}", title="", media_type="", source=source,
+                        created_at="2026-01-01T00:00:00", labels=labels, seq=i + 1)
+    patterns = [["*"], ["reports", "reports/*"], ["team/[ab]"], ["[!t]*"], ["x[y"], ["?b", "b"], []]
+    label_patterns = [["*"], ["report", "q*"], ["[!s]*"], ["[", "a"], ["a?"], []]
+    for srcs, lbls in itertools.product(patterns, label_patterns):
+        token = Token(name="t", token="0123456789abcdef", sources=srcs, labels=lbls)
+        listed, before = [], None
+        while True:
+            rows, resume = search.units(conn, reach=search.Reach(sources=srcs, labels=lbls), before=before, limit=7,
+                                        scan=9)
+            listed += [(r.source, tuple(r.labels)) for r in rows]
+            if resume is None:
+                break
+            before = (resume, "")
+        expected = [(s, tuple(sorted(ls))) for s, ls in itertools.product(sources, label_sets) if token.may_see(s, ls)]
+        assert sorted(listed) == sorted(expected), (srcs, lbls)
+
+
+async def test_downloads_past_max_downloads_get_503_and_a_client_that_reads_nothing_is_cut_off(nats_server, nc, tmp_path):
+    await provision(nc, ProvisionSpec())
+    hub = Hub(nats_server.url, tmp_path, max_downloads=2, idle_timeout=2).start()
+    try:
+        data = os.urandom(16 * 1024 * 1024)  # past what the kernel buffers for a client that reads nothing
+        cid = (await UnitStore(nc).put_bytes(data)).unit.cid
+        small = (await UnitStore(nc).put_bytes(b"small")).unit.cid
+        stalled = [stalled_download(hub.url, cid) for _ in range(2)]
+        assert all(head.startswith(b"HTTP/1.1 200") for _, head in stalled)
+
+        status, body, headers = await download(hub.url, small)
+        assert status == 503 and int(headers["Retry-After"]) > 0
+        assert "max_downloads" in json.loads(body)["errors"][0]["message"]
+        # A HEAD reads no bytes and takes no place.
+        async with aiohttp.ClientSession() as s, s.head(f"{hub.url}/v1/units/{small}/content", headers=auth()) as r:
+            assert r.status == 200
+
+        # Past idle_timeout the stalled ones are cut off, short of their Content-Length, and
+        # their places serve others.
+        async def served() -> bool:
+            status, body, _ = await download(hub.url, small)
+            return status == 200 and body == b"small"
+
+        await async_wait_until(served, 60, what="the stalled downloads to be cut off")
+        assert all(drained(sock) < len(data) for sock, _ in stalled)
+        assert (await download(hub.url, cid))[:2] == (200, data)
+        assert "the client took nothing for 2 s" in hub.log()
+    finally:
+        hub.stop()
+    assert "Traceback" not in hub.log()
+
+
+async def test_head_answers_what_get_would_without_reading_the_bytes(hub, nc):
+    units = UnitStore(nc)
+    events = EventStore(nc)
+
+    async def head(cid: str) -> int:
+        async with aiohttp.ClientSession() as s, s.head(f"{hub.url}/v1/units/{cid}/content", headers=auth()) as r:
+            return r.status
+
+    expired = (await units.put_bytes(b"kept 30 days")).unit.cid
+    await events.append(Event.of(UnitExpired(policy="30-days", reason="older than 30 days"), expired, agent="cim-tier"))
+    await ContentStore(nc).delete(expired)  # as the tier agent does after the event
+    lost = (await units.put_bytes(b"its bytes are gone")).unit.cid
+    await ContentStore(nc).delete(lost)
+    cold = (await units.put_bytes(b"in a colder tier, and no tier agent runs")).unit.cid
+    await events.append(Event.of(UnitLocated(tier="warm", url="s3://warm", size=40, verified_by="read-back",
+                                             dropped=[]), cold, agent="cim-tier"))
+    await ContentStore(nc).delete(cold)
+    fine = (await units.put_bytes(b"all there")).unit.cid
+    for cid, expected in ((expired, 410), (lost, 503), (cold, 503), (fine, 200),
+                          (cidlib.compute(b"never stored"), 404)):
+        status, _, _ = await download(hub.url, cid)
+        assert status == expected, (cid, status)
+        assert await head(cid) == expected, cid

@@ -11,14 +11,17 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import pytest
 from aiohttp import ClientSession, web
 from prometheus_client.metrics_core import Metric
@@ -247,6 +250,16 @@ async def run_leaf(base: Path, server: NatsServer, seeds: dict[str, Path], leaf:
             await asyncio.to_thread(cim, server, seeds, "tier", "migrate")
             await asyncio.to_thread(cim, server, seeds, "tier", "restore", archived)
 
+        # What must not count twice, nor grow the series: every event delivered again to the
+        # `docs` pipeline (its consumer deleted and made again: each unit recorded already), a
+        # method no client of the hub sends, a client leaving mid-upload, and a registry
+        # record whose body names a capability nobody has.
+        await redeliver_all(nc, "pipeline-docs")
+        await asyncio.to_thread(raw_request, ports["hub_http"], b"PROPFIND /v1/units HTTP/1.1\r\nHost: hub\r\n"
+                                b"Content-Length: 0\r\n\r\n")
+        await asyncio.to_thread(abandoned_upload, ports["hub_http"])
+        await forged_record(nc)
+
         # Then what an operator scrapes: each check waits for counts that arrive a little
         # later (the store follows the stream) and gives up with the last scrape.
         checks = {
@@ -256,8 +269,8 @@ async def run_leaf(base: Path, server: NatsServer, seeds: dict[str, Path], leaf:
             "tier": lambda f: value(f, "cim_tier_moves_total", tier="hot", direction="hotter") == 1
             and value(f, "cim_tier_units", tier="hot") == PUT,  # the index has applied the restore
             "hub": lambda f: value(f, "cim_hub_webhook_dead_letters_total", webhook="down") == PUT
-            and value(f, "cim_hub_webhook_lag_events") == 0,
-            "registry": lambda f: total(f, "cim_registry_agents", state="up") >= len(CAPABILITIES),
+            and value(f, "cim_hub_webhook_lag_events") == 0 and total(f, "cim_hub_http_requests_total", status="499") == 1,
+            "registry": lambda f: total(f, "cim_registry_agents", state="up") >= len(CAPABILITIES) + 1,
         }
         before = (await nc.jetstream().stream_info("CIM_EVENTS")).state.last_seq
         for capability, check in checks.items():
@@ -266,6 +279,48 @@ async def run_leaf(base: Path, server: NatsServer, seeds: dict[str, Path], leaf:
         leaf.appended = (before, (await nc.jetstream().stream_info("CIM_EVENTS")).state.last_seq)
     finally:
         await nc.close()
+
+
+async def redeliver_all(nc, consumer: str) -> None:
+    """Delete a pipeline's durable consumer and wait until the pipeline agent has made it again
+    and it has delivered every event once more (all acknowledged)."""
+    js = nc.jetstream()
+    before = await js.consumer_info("CIM_EVENTS", consumer)
+    await js.delete_consumer("CIM_EVENTS", consumer)
+
+    async def delivered_again() -> bool:
+        try:
+            info = await js.consumer_info("CIM_EVENTS", consumer)
+        except nats.js.errors.NotFoundError:
+            return False
+        return (info.created != before.created and info.delivered.consumer_seq >= before.delivered.consumer_seq
+                and not info.num_ack_pending and not info.num_pending)
+
+    await async_wait_until(delivered_again, 60, what=f"{consumer} to be made again and deliver everything")
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    """What a server answers to these bytes (its status line and headers)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        return sock.recv(65536)
+
+
+def abandoned_upload(port: int) -> None:
+    """A client that starts an upload (the hub has taken it: 100 Continue) and goes away."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"POST /v1/units HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     "Content-Type: text/plain\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100"), "the hub should take the upload"
+        sock.sendall(b"the first bytes of a longer text")
+
+
+async def forged_record(nc) -> None:
+    """A registry record under the store's key whose body claims a capability nobody has."""
+    now = datetime.now(UTC).isoformat()
+    record = {"name": "forged", "id": "forged-1", "capability": f"made-up-{os.getpid()}", "version": "1.0.0",
+              "capabilities": {}, "host": "nowhere", "pid": 1, "started_at": now, "last_seen": now, "heartbeat": 3600}
+    await nc.jetstream().publish("$KV.CIM_REGISTRY.store.forged-1", json.dumps(record).encode())
 
 
 def scrape_url(url: str) -> Families:
@@ -334,6 +389,8 @@ def test_a_tier_move_and_a_restore_are_counted_with_their_bytes_and_each_tier_sa
     assert value(t, "cim_tier_moved_bytes_total", tier="hot", direction="hotter") == size
     assert value(t, "cim_tier_units", tier="hot") == PUT
     assert value(t, "cim_tier_units", tier="warm") == 1  # a restore copies: the warm copy stays
+    # The units themselves, each once: the restored one is in two tiers.
+    assert value(t, "cim_tier_live_units") == PUT
     assert value(t, "cim_tier_stored_bytes", tier="warm") == size
     assert value(t, "cim_tier_stored_bytes", tier="hot") == sum(len(x) for x in CLI_UNITS + HUB_UNITS)
     assert value(t, "cim_tier_pending_moves") == 0
@@ -355,6 +412,13 @@ def test_hub_requests_are_counted_by_status_and_route(leaf):
     assert value(h, "cim_hub_http_requests_total", method="POST", route="/v1/units", status="201") == len(HUB_UNITS)
     assert value(h, "cim_hub_http_requests_total", method="POST", route="/v1/units", status="401") == 1
     assert value(h, "cim_hub_ingest_total", status="201") == len(HUB_UNITS)
+    # A method the hub does not serve is "other" (a label per made-up method would grow
+    # without bound); a client that left mid-upload is 499, not the hub's 500.
+    methods = {s.labels["method"] for f in h.values() for s in f.samples if s.name == "cim_hub_http_requests_total"}
+    assert "PROPFIND" not in methods and methods <= {"GET", "HEAD", "POST", "other"}, methods
+    assert total(h, "cim_hub_http_requests_total", method="other") == 1
+    assert value(h, "cim_hub_http_requests_total", method="POST", route="/v1/units", status="499") == 1
+    assert total(h, "cim_hub_http_requests_total", status="500") == 0
 
 
 @pytest.mark.nats
@@ -362,6 +426,10 @@ def test_the_registry_sees_every_agent_up(leaf):
     r = leaf.scrapes["registry"]
     for capability in CAPABILITIES:
         assert value(r, "cim_registry_agents", capability=capability, state="up") == 1, capability
+    # A record's body names any capability it likes; the label is one this version knows.
+    assert value(r, "cim_registry_agents", capability="other", state="up") == 1
+    labels = {s.labels["capability"] for s in r["cim_registry_agents"].samples}
+    assert labels <= {*CAPABILITIES, "ui", "other"}, labels
 
 
 # --- each agent exports only its own ------------------------------------------------------
@@ -424,6 +492,49 @@ def test_every_metric_the_dashboard_queries_exists_on_a_running_leaf(leaf):
     assert sorted(names - served) == []
 
 
+# What several agents read from one place and report alike (the event stream, the location
+# index, a consumer, the registry's view): summed, a second agent would double it.
+READ_ALIKE = ("cim_units_stored_total", "cim_units_stored_bytes_total", "cim_events_appended_total",
+              "cim_event_stream_messages", "cim_event_stream_bytes", "cim_tier_units", "cim_tier_live_units",
+              "cim_tier_stored_bytes", "cim_tier_pending_moves", "cim_pipeline_lag_events", "cim_hub_webhook_lag_events",
+              "cim_registry_agents")
+
+
+def test_the_dashboard_takes_max_of_what_agents_report_alike_and_counts_each_unit_once():
+    dashboard = json.loads(DASHBOARD.read_text())
+    for expr in _exprs(dashboard):
+        for name in READ_ALIKE:
+            summed = rf"\bsum(?:\s+by\s*\([^)]*\))?\s*\(\s*(?:(?:rate|increase)\s*\(\s*)?{name}\b"
+            assert not re.search(summed, expr), f"{expr} sums {name}, which every agent of its kind reports alike"
+    [held] = [p for p in dashboard["panels"] if p.get("title") == "Units held"]
+    # A unit in two tiers (the restored one here, any unit with a backup) is one unit.
+    assert [t["expr"] for t in held["targets"]] == ["max(cim_tier_live_units)"]
+    assert "summed" in dashboard["description"] and "max" in dashboard["description"]
+
+
+async def test_units_stored_goes_on_counting_after_the_event_stream_is_made_again(nats_server, nc, agent_process, tmp_path):
+    """`cim restore` on a wiped leaf makes CIM_EVENTS again, its sequences starting over: the
+    store agent's count must follow the new stream, not wait past its old position."""
+    from cim.provision.apply import provision
+    from cim.provision.spec import ProvisionSpec
+    from cim.store.unit_store import UnitStore
+
+    await provision(nc, ProvisionSpec())
+    port = free_ports(1)[0]
+    store = await agent_process("store", {"nats": {"servers": [nats_server.url]}, "metrics": {"port": port}}).ready(nc)
+    units = UnitStore(nc)
+    for i in range(5):
+        await units.put_bytes(f"a unit before the restore, #{i}".encode())
+    stored = await until_scraped(port, lambda f: value(f, "cim_units_stored_total") == 5, "five units counted")
+    assert value(stored, "cim_units_stored_total") == 5, store.log()
+
+    await nc.jetstream().delete_stream("CIM_EVENTS")
+    await provision(nc, ProvisionSpec())  # made again, empty: its next unit is sequence 1
+    await units.put_bytes(b"the first unit after the restore")
+    stored = await until_scraped(port, lambda f: value(f, "cim_units_stored_total") == 6, "the new unit counted")
+    assert value(stored, "cim_units_stored_total") == 6, store.log()
+
+
 @pytest.mark.nats
 def test_metric_names_follow_prometheus_conventions(leaf):
     for capability, families in leaf.scrapes.items():
@@ -462,3 +573,75 @@ async def test_a_sample_is_read_on_the_agent_loop_and_left_out_when_it_fails_or_
     assert await asyncio.to_thread(lambda: list(Sampled("test", failing, loop).collect())) == []
     # Asked from the loop's own thread it cannot wait for the loop: left out, not a deadlock.
     assert list(Sampled("test", sample, loop).collect()) == []
+
+
+async def test_concurrent_scrapes_share_one_reading_of_the_server(nc):
+    """Fifty scrapes at once from fifty threads: NATS is asked once, and every scrape gets
+    that one reading (a `$JS.API.STREAM.INFO` request counted on the server's subject)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
+    from cim.metrics import Sampled
+    from cim.provision.apply import provision
+    from cim.provision.spec import ProvisionSpec
+
+    await provision(nc, ProvisionSpec())
+    asked: list[str] = []
+
+    async def count_request(m) -> None:
+        asked.append(m.subject)
+
+    monitor = await nc.subscribe("$JS.API.STREAM.INFO.CIM_EVENTS", cb=count_request)
+
+    async def sample() -> list[Metric]:
+        info = await nc.jetstream().stream_info("CIM_EVENTS")
+        g = GaugeMetricFamily("cim_test_events", "events in the stream")
+        g.add_metric([], info.state.messages)
+        return [g]
+
+    loop = asyncio.get_running_loop()
+    sampled = Sampled("the event stream", sample, loop, cache_for=3600)  # one reading for the whole test
+    with ThreadPoolExecutor(50) as threads:
+        scrapes = await asyncio.gather(*(loop.run_in_executor(threads, lambda: list(sampled.collect()))
+                                         for _ in range(50)))
+    await nc.flush()
+    await monitor.unsubscribe()
+    assert len(asked) == 1
+    assert all(len(s) == 1 and s[0].name == "cim_test_events" for s in scrapes)
+
+
+async def test_a_flood_of_scrapes_on_the_hub_port_asks_nats_a_few_times_not_once_each(nats_server, nc, tmp_path):
+    from cim.hub.config import CONSUMER
+    from cim.ports import free_port
+    from cim.provision.apply import provision
+    from cim.provision.spec import ProvisionSpec
+
+    await provision(nc, ProvisionSpec())
+    (tmp_path / "secret").write_bytes(SECRET)
+    hub = Hub(nats_server.url, tmp_path, webhooks=[{
+        "name": "rx", "url": f"http://127.0.0.1:{free_port()}/hook", "secret_file": str(tmp_path / "secret")}])
+    asked: list[str] = []
+
+    async def count_request(m) -> None:
+        asked.append(m.subject)
+
+    monitor = await nc.subscribe(f"$JS.API.CONSUMER.INFO.CIM_EVENTS.{CONSUMER}", cb=count_request)
+    try:
+        await asyncio.to_thread(hub.start)
+
+        async def scrape(http: ClientSession) -> str:
+            async with http.get(f"{hub.url}/metrics") as r:
+                assert r.status == 200
+                return await r.text()
+
+        async with ClientSession() as http:
+            pages = await asyncio.gather(*(scrape(http) for _ in range(200)))
+        await nc.flush()
+        assert all("cim_hub_webhook_lag_events" in page for page in pages)
+        # One reading serves the scrapes of the next few seconds; 200 of them take far less
+        # than the dozens of such periods it would need to come near one request each.
+        assert 1 <= len(asked) <= 5, len(asked)
+    finally:
+        await monitor.unsubscribe()
+        hub.stop()

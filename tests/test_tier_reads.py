@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from cim.store.content import ContentStore
 from cim.store.unit_store import UnitStore
 from cim.tier.fetch import fetch
@@ -101,3 +103,78 @@ async def test_promote_on_read_brings_a_unit_read_from_s3_back_to_the_hot_tier(n
     finally:
         agent.stop()
         await nc.close()
+
+
+async def test_junk_access_reports_are_ignored_and_the_valid_reads_beside_them_are_recorded(nats_server, tmp_path):
+    """Anyone who reads may report a read on `cim.tier.access`. A report that is not a CID
+    (`b*`, `b>`, `b x` would each be a broken KV subject) is dropped, and the reads reported
+    in the same batch are all written to CIM_TIER_ACCESS."""
+    from cim import cid as cidlib
+    from cim.nats.read import read_stream
+
+    nc = await provisioned(nats_server.url)
+    (tmp_path / "warm").mkdir()
+    agent = TierAgent(tmp_path, nats_server.url, {"tiers": [{"name": "warm", "url": f"file://{tmp_path / 'warm'}"}],
+                                                   "migrate_interval": 3600})
+    try:
+        agent.start()
+        await agent.ready(nc)
+        read = [cidlib.compute(f"read {i}".encode()) for i in range(5)]
+        junk = [b"b*", b"b>", b"b x", b"b.y", b"bafkrei-not-a-cid", b"\xff\xfe", b"b" * 90]
+        for report in [*junk[:4], *(c.encode() for c in read[:3]), *junk[4:], *(c.encode() for c in read[3:])]:
+            await nc.publish("cim.tier.access", report)
+        await nc.flush()
+
+        async def recorded() -> set[str]:
+            return {m.subject.rsplit(".", 1)[-1]
+                    async for m in read_stream(nc, "KV_CIM_TIER_ACCESS", ["$KV.CIM_TIER_ACCESS.>"])}
+
+        async def all_read_recorded() -> bool:
+            return set(read) <= await recorded()
+
+        await async_wait_until(all_read_recorded, 30, what="the five valid reads in CIM_TIER_ACCESS")
+        assert await recorded() == set(read)  # and nothing else
+    finally:
+        agent.stop()
+        await nc.close()
+
+
+@pytest.mark.parametrize(("reply", "header"), [
+    ("$KV.CIM_PIPELINES.x", "$KV.CIM_PIPELINES.x"),  # a subject the pipeline's credential may write
+    ("_INBOX.tier.ack", "$KV.CIM_PIPELINES.x"),  # reply and header disagree
+    ("_INBOX.*", None),  # a wildcard
+    (None, "$JS.API.CONSUMER.DELETE.CIM_EVENTS.cim-hub-webhooks"),  # an old agent's header-only form
+])
+async def test_a_reader_acks_only_to_an_inbox_that_the_reply_and_the_header_agree_on(nc, reply, header):
+    """A hostile answer on `cim.tier.fetch` (anyone with the tier agent's credential) names the
+    subject the reader acks to: the reader refuses anything but one plain inbox, stops the
+    read, and publishes nothing there."""
+    from cim import cid as cidlib
+    from cim.store.unit_fold import UnitState
+    from cim.tier.errors import TierError
+    from cim.tier.fetch import CHUNK, H_ACK, H_SEQ
+
+    published: list[str] = []
+
+    async def watch(m) -> None:
+        published.append(m.subject)
+
+    monitors = [await nc.subscribe(s, cb=watch) for s in ("$KV.>", "$JS.API.>", "_INBOX.tier.ack")]
+
+    async def hostile_tier(m) -> None:
+        for seq in range(1, 17):  # the reader acks every 16 chunks
+            headers = {H_SEQ: str(seq), **({H_ACK: header} if header else {})}
+            await nc.publish(m.reply, b"x" * CHUNK, reply=reply or "", headers=headers)
+
+    tier = await nc.subscribe("cim.tier.fetch", cb=hostile_tier)
+    try:
+        unit = UnitState(cid=cidlib.compute(b"x" * CHUNK * 17), size=CHUNK * 17, tiers={"warm"})
+        with pytest.raises(TierError, match="not one inbox: refused"):
+            async for _ in fetch(nc, unit, timeout=10):
+                pass
+        await nc.flush()
+        assert published == []
+    finally:
+        await tier.unsubscribe()
+        for s in monitors:
+            await s.unsubscribe()

@@ -14,7 +14,7 @@ pytest.importorskip("aiohttp", reason="the hub and UI need aiohttp")
 playwright_api = pytest.importorskip("playwright.async_api", reason="browser tests need playwright (pip install playwright)")
 
 from cim.ports import free_port  # noqa: E402
-from support.ui_support import CHROMIUM, CHROMIUM_ARGS, Stack, hub_put, log_in  # noqa: E402
+from support.ui_support import CHROMIUM, Stack, hub_put, log_in  # noqa: E402
 from support.waiting import async_wait_until  # noqa: E402
 
 if not os.path.exists(CHROMIUM):
@@ -113,16 +113,6 @@ async def stack(tmp_path):
         yield s
     finally:
         await asyncio.to_thread(s.stop)
-
-
-@pytest.fixture
-async def browser():
-    async with playwright_api.async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 async def new_page(browser, viewport: dict):

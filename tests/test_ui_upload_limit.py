@@ -5,14 +5,17 @@ driven by Playwright, against real agents."""
 import asyncio
 import json
 import os
+import re
+import socket
 
 import pytest
 
-pytest.importorskip("aiohttp", reason="the hub and UI need aiohttp")
+aiohttp = pytest.importorskip("aiohttp", reason="the hub and UI need aiohttp")
 playwright_api = pytest.importorskip("playwright.async_api", reason="browser tests need playwright (pip install playwright)")
 
 from cim.cid import compute  # noqa: E402
-from support.ui_support import CHROMIUM, CHROMIUM_ARGS, Stack, log_in  # noqa: E402
+from support.ui_support import CHROMIUM, PASSWORD, Stack, log_in  # noqa: E402
+from support.waiting import async_wait_until  # noqa: E402
 
 if not os.path.exists(CHROMIUM):
     pytest.skip("browser tests need Debian's chromium (apt-get install chromium)", allow_module_level=True)
@@ -33,16 +36,6 @@ async def stack(tmp_path):
         yield s
     finally:
         await asyncio.to_thread(s.stop)
-
-
-@pytest.fixture
-async def browser():
-    async with playwright_api.async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 async def new_page(browser, **options):
@@ -172,3 +165,100 @@ async def test_a_refusal_is_shown_as_a_sentence_whatever_its_form(stack, browser
     await page.get_by_role("button", name="Upload").click()
     await playwright_api.expect(status).to_have_text("Not stored: the server answered 502 Bad Gateway: upstream went away")
     assert "SyntaxError" not in await page.content()
+
+
+# --- what an upload may make the dashboard hold, and for how long (issue 17 review, L4) -------
+
+IDLE = 1.0  # the test dashboard's idle_timeout: an upload that sends nothing this long is cut off
+
+
+@pytest.fixture
+async def strict(stack, tmp_path):
+    """A second dashboard on the stack, with a short idle_timeout."""
+    from cim.ports import free_port
+    from support.ui_support import Agent, http_ok
+
+    port = free_port()
+    agent = Agent("ui", {"name": "cim-ui-strict", "nats": {"servers": [stack.server.url]}, "http": {"port": port},
+                         "password_file": str(stack.tmp / "users"), "idle_timeout": IDLE}, tmp_path)
+    stack.agents.append(agent)
+    url = f"http://127.0.0.1:{port}"
+    await async_wait_until(lambda: asyncio.to_thread(http_ok, url + "/healthz"), 30, what="the strict dashboard")
+    return url
+
+
+async def logged_in(url: str):
+    """An HTTP client logged in to the dashboard at `url`, and its CSRF token."""
+    session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))  # unsafe: cookies from an IP address
+    async with session.post(url + "/login", data={"user": "admin", "password": PASSWORD, "next": "/units"},
+                            headers={"Origin": url}) as r:
+        assert r.status == 200 and str(r.url).endswith("/units"), await r.text()
+        csrf = re.search(r'data-csrf="([^"]+)"', await r.text()).group(1)
+    return session, csrf
+
+
+async def post_form(session, url: str, csrf: str, form) -> tuple[int, dict]:
+    async with session.post(url + "/units", data=form, headers={
+            "Origin": url, "X-CSRF-Token": csrf, "Accept": "application/json"}) as r:
+        return r.status, await r.json(content_type=None)
+
+
+def note_form(text: bytes = b"a small note"):
+    form = aiohttp.FormData()
+    form.add_field("file", text, filename="note.txt", content_type="text/plain")
+    return form
+
+
+async def test_an_upload_with_many_junk_fields_is_refused_and_the_next_one_is_stored(strict):
+    session, csrf = await logged_in(strict)
+    try:
+        # Thousands of distinct names: once kept whole, each up to the request's size limit.
+        form = note_form()
+        for i in range(2000):
+            form.add_field(f"junk-{i}", "x" * 1024)
+        status, answer = await post_form(session, strict, csrf, form)
+        assert status == 400, answer
+        assert answer["error"].startswith("this form has more than 16 parts"), answer
+
+        # Few of them, but long: every field counts toward one small budget.
+        form = note_form()
+        for i in range(8):
+            form.add_field(f"junk-{i}", "x" * 16 * 1024)
+        status, answer = await post_form(session, strict, csrf, form)
+        assert (status, answer) == (413, {"error": "a form field is too long; shorten the title or the labels"})
+
+        # A field the form does not have is read and dropped; the upload itself is stored.
+        form = note_form(b"stored after the junk")
+        form.add_field("title", "after the junk")
+        form.add_field("colour", "blue")
+        status, answer = await post_form(session, strict, csrf, form)
+        assert status == 201 and answer["cid"] == compute(b"stored after the junk"), answer
+    finally:
+        await session.close()
+
+
+async def test_an_upload_that_stalls_is_answered_408_and_cut_off(strict):
+    session, csrf = await logged_in(strict)
+    cookie = "; ".join(f"{c.key}={c.value}" for c in session.cookie_jar)
+    await session.close()
+    port = int(strict.rsplit(":", 1)[1])
+    head = (f"POST /units HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {strict}\r\nX-CSRF-Token: {csrf}\r\n"
+            f"Cookie: {cookie}\r\nAccept: application/json\r\nContent-Length: 100000\r\n"
+            "Content-Type: multipart/form-data; boundary=b0undary\r\n\r\n").encode()
+    first = (b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="slow.txt"\r\n'
+             b"Content-Type: text/plain\r\n\r\nthe first bytes of a file that never comes whole")
+
+    def stalled() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(head + first)  # and then nothing more
+            answer = b""
+            while chunk := sock.recv(65536):  # until the dashboard closes the connection
+                answer += chunk
+            return answer
+
+    answer = await asyncio.to_thread(stalled)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 408 Request Timeout", answer
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"connection: close" in headers.lower()
+    assert json.loads(body) == {"error": f"nothing arrived for {IDLE:g} s; send the upload again"}

@@ -182,12 +182,16 @@ def test_up_says_the_disk_is_full_and_recovers_once_space_is_back(up, cli, tmp_p
 
 
 def test_the_embedded_archive_says_when_it_shares_the_datas_disk_and_can_move(tmp_path, monkeypatch):
-    from cim.tier.config import embedded_settings
+    from cim.tier.config import Config, embedded_settings
+
+    def note_of(settings, note) -> str:  # the summary line is written from the validated config
+        return note(Config.model_validate({"nats": {"servers": ["nats://127.0.0.1:4222"]}, **settings}))
 
     monkeypatch.delenv("CIM_ARCHIVE_DIR", raising=False)
     settings, note = embedded_settings(tmp_path / "data")
     assert settings["tiers"][1]["url"] == f"file://{tmp_path / 'data' / 'tiers' / 'archive'}"
-    assert "the same disk as the data" in note and "--archive-dir" in note
+    line = note_of(settings, note)
+    assert "the same disk as the data" in line and "--archive-dir" in line
 
     monkeypatch.setenv("CIM_ARCHIVE_DIR", str(tmp_path / "elsewhere"))
     settings, note = embedded_settings(tmp_path / "data")

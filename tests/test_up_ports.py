@@ -117,3 +117,98 @@ def test_a_port_someone_listens_on_stops_cim_up_before_anything_starts(tmp_path,
     assert f"by pid {os.getpid()} " in r.stderr, "it says who holds the port"
     assert "CIM is up" not in r.stdout
     assert port_is_free(ports.nats) and not (data / "nats").exists() and not (data / "logs").exists(), "something started"
+
+
+# --- what a failed bind means (issue 17 review, D5) and IPv6 addresses (D6) ------------------
+
+# Run with every capability dropped (as root, CAP_NET_BIND_SERVICE would let it bind port 80):
+# what a bind below 1024 says to an ordinary user.
+_UNPRIVILEGED = """
+import ctypes, os
+if os.geteuid() == 0:
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+    assert ctypes.CDLL(None, use_errno=True).capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)()) == 0
+from cim.embedded.addresses import Listener, check_free
+check_free([Listener("the dashboard", "127.0.0.1", 80, "--ui-port (CIM_UI_PORT)", "http.host in ui.json")])
+"""
+
+
+def _refusal(listener) -> str:
+    from cim.embedded.addresses import check_free
+    from cim.errors import EmbeddedError
+
+    with pytest.raises(EmbeddedError) as raised:
+        check_free([listener])
+    return str(raised.value)
+
+
+def test_only_a_port_someone_listens_on_is_called_taken_and_other_failures_say_what_is_wrong():
+    from cim.embedded.addresses import Listener
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        said = _refusal(Listener("the dashboard", "127.0.0.1", port, "--ui-port (CIM_UI_PORT)"))
+    assert f"port {port} is taken (the dashboard, on 127.0.0.1) by pid {os.getpid()} " in said
+
+    # An address this machine does not have (TEST-NET-1, never assigned): not a taken port.
+    port = Ports().ui
+    said = _refusal(Listener("the dashboard", "192.0.2.1", port, "--ui-port (CIM_UI_PORT)", "http.host in ui.json"))
+    assert "is taken" not in said, said
+    assert f"the dashboard cannot listen on 192.0.2.1:{port}: 192.0.2.1 is not an address of this machine" in said
+    assert "http.host in ui.json" in said and "127.0.0.1" in said
+
+    # A name that does not resolve.
+    said = _refusal(Listener("the hub's HTTP API", "no-such-host.invalid", port, "--hub-port (CIM_HUB_PORT)"))
+    assert "is taken" not in said and "'no-such-host.invalid' is not an address this machine can listen on" in said
+
+    # A port below 1024, as an ordinary user.
+    r = subprocess.run([sys.executable, "-c", _UNPRIVILEGED], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "is taken" not in r.stderr
+    assert "no permission to listen on port 80 (ports below 1024 need root); pick a port from 1024 up" in r.stderr
+
+
+def test_ipv6_addresses_are_bracketed_wherever_a_host_and_port_are_written(tmp_path):
+    from cim.embedded.addresses import target
+    from cim.embedded.leaf import Leaf
+    from cim.embedded.nats_server import NatsServer
+    from cim.ports import authority, dial_host
+
+    assert dial_host("::") == "::1" and dial_host("0.0.0.0") == "127.0.0.1" and dial_host("::1") == "::1"
+    assert authority("::1", 9470) == "[::1]:9470" and authority("127.0.0.1", 9470) == "127.0.0.1:9470"
+    assert target("::", 9470, "store", "cim-store")["targets"] == ["[::1]:9470"]
+    assert Leaf(tmp_path, host="::").url == "nats://[::1]:4222"
+    assert Leaf(tmp_path, host="::1", port=4333).url == "nats://[::1]:4333"
+    assert NatsServer(tmp_path / "nats", port=4444, http_port=8444, host="::").url == "nats://[::1]:4444"
+
+    # And what a client does with them: an IPv6 listener reached through the bracketed form.
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as server:
+        port = server.getsockname()[1]
+        assert not port_is_free(port, "::1")
+        host, _, reached = authority(dial_host("::"), port).rpartition(":")
+        socket.create_connection((host.strip("[]"), int(reached)), timeout=5).close()
+
+
+def test_a_second_cim_up_on_the_same_data_dir_stops_before_anything_starts_naming_the_first(up, cli):
+    first = up()
+    ports = Ports()  # other ports: only the data directory is shared
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIM_")}
+    r = subprocess.run([sys.executable, "-m", "cim", "up", "--data-dir", str(first.data_dir), *ports.args()],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{first.data_dir} is in use by another `cim up` (pid {first.proc.pid}" in r.stderr, r.stderr
+    assert "--data-dir" in r.stderr and "nothing was started" in r.stderr
+    assert "CIM is up" not in r.stdout
+    assert all(port_is_free(p) for p in (ports.nats, ports.http, ports.ui, ports.hub)), "the second one started something"
+    # The first one is untouched and still answers.
+    assert first.proc.poll() is None
+    answering = json.loads(cli("--json", "status", server=first.url, env=first.env).stdout)["agents"]
+    assert sorted(a["capability"] for a in answering) == sorted(NAMES)
+
+    # Once it stops, the data directory is free again.
+    assert first.stop() == 0
+    again = up(first.data_dir, ports)
+    assert "CIM is up" in again.output()

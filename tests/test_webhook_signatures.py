@@ -3,6 +3,8 @@
 to a receiver on 127.0.0.1."""
 
 import base64
+import hashlib
+import hmac
 import time
 
 import pytest
@@ -19,7 +21,7 @@ from cim.ports import free_port  # noqa: E402
 from cim.provision.apply import provision  # noqa: E402
 from cim.provision.spec import ProvisionSpec  # noqa: E402
 from cim.store.unit_store import UnitStore  # noqa: E402
-from support.hub_support import Hub  # noqa: E402
+from support.hub_support import HookReceiver, Hub  # noqa: E402
 from support.waiting import async_wait_until  # noqa: E402
 
 RAW_SECRET = b"a raw shared secret, as secret files held before"
@@ -27,7 +29,7 @@ KEY = bytes(range(32))
 WHSEC = "whsec_" + base64.b64encode(KEY).decode()
 
 
-class Receiver:
+class Receiver(HookReceiver):
     """Answers 500 to the first attempt of each event, then 204; keeps every request."""
 
     def __init__(self, port: int):
@@ -42,17 +44,6 @@ class Receiver:
 
     def accepted(self) -> list[tuple[bytes, dict[str, str]]]:
         return [r for r in self.requests if r[1]["X-CIM-Delivery-Attempt"] != "1"]
-
-    async def __aenter__(self):
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.runner.cleanup()
 
 
 async def deliveries(nats_server, nc, tmp_path, secret_file: bytes, n: int) -> tuple[list[str], Receiver]:
@@ -106,6 +97,19 @@ async def test_the_library_rejects_a_tampered_body_a_wrong_secret_and_a_stale_ti
         receiver.verify(body, stale)
     assert not verify(WHSEC.encode(), body, stale)
     assert verify(WHSEC.encode(), body, sign(WHSEC.encode(), headers["webhook-id"], body))
+
+
+async def test_the_legacy_header_is_keyed_with_the_secret_file_as_it_is_also_a_whsec_one(nats_server, nc, tmp_path):
+    """A receiver of X-CIM-Signature, written before Standard Webhooks, keyed its HMAC with
+    the secret file's contents: it must keep accepting deliveries whatever the file holds."""
+    _, rx = await deliveries(nats_server, nc, tmp_path, WHSEC.encode() + b"\n", 1)
+    body, headers = rx.accepted()[0]
+    parts = dict(p.split("=", 1) for p in headers["X-CIM-Signature"].split(","))
+    # What that receiver runs, written out: the file's bytes (stripped) are the key.
+    expected = hmac.new(WHSEC.encode(), f"{parts['t']}.".encode() + body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(parts["v1"], expected)
+    assert verify_legacy(WHSEC.encode(), body, headers["X-CIM-Signature"])
+    Webhook(WHSEC).verify(body, headers)  # and the Standard Webhooks signature uses the decoded key
 
 
 def test_a_raw_secret_file_is_the_key_that_whsec_and_its_base64_name():

@@ -77,10 +77,12 @@ class AgentConfig(BaseModel):
 
 
 # For `cim up`: the settings a capability adds to its agent's config on one machine (a
-# folder, a tier under the data dir), and a line for the summary `cim up` prints. It is
+# folder, a tier under the data dir), and how to write its line of the summary `cim up`
+# prints: from the agent's config once merged with its settings file and validated (the
+# settings may replace what was generated: a host, a tokens file, the connectors). It is
 # called with the data dir and, for a capability that serves HTTP (hub, ui), the port `cim up`
 # gives it (--hub-port, --ui-port; None for the others): a fixed one, never picked here.
-EmbeddedSettings = Callable[[Path, int | None], tuple[dict[str, Any], str | None]]
+EmbeddedSettings = Callable[[Path, int | None], tuple[dict[str, Any], Callable[[Any], str | None]]]
 
 
 @dataclass(frozen=True)

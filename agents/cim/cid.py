@@ -87,7 +87,7 @@ def digest_of(cid: str) -> bytes:
 
 def validate(cid: str) -> str:
     # The fast path matters: every event about a unit carries CIDs to check.
-    if isinstance(cid, str) and _CANONICAL.match(cid):
+    if isinstance(cid, str) and _CANONICAL.fullmatch(cid):
         return cid
     digest_of(cid)  # raises InvalidCid with the precise rule broken
     return cid

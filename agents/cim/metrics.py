@@ -8,13 +8,19 @@ process that imports it: the pipeline agent loads the hub's connector plugins, a
 exported the hub's series.
 
 Numbers the server keeps (a stream's size, a consumer's lag) are read when Prometheus
-scrapes (`Sampled`), not polled: nothing is asked of NATS while no one is looking.
+scrapes (`Sampled`), not polled: nothing is asked of NATS while no one is looking. A reading
+serves every scrape for SAMPLE_CACHE seconds, and scrapes that arrive together share one
+reading: a flood of scrapes (the hub serves /metrics on its public port) costs NATS one call
+every few seconds, not one each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -31,6 +37,9 @@ _CAPABILITIES: dict[str, CollectorRegistry] = {}
 # A scrape waits this long for the numbers read from the server; past it those are left out
 # of that scrape (Prometheus's own scrape timeout is 10 s by default).
 SAMPLE_TIMEOUT = 5.0
+# How long one reading serves later scrapes, in seconds: well under Prometheus's usual 15 s
+# interval, so a scrape is never more than this behind.
+SAMPLE_CACHE = 3.0
 
 
 def registry(capability: str) -> CollectorRegistry:
@@ -71,14 +80,23 @@ class Sampled(Collector):
     series says "unknown", a stale one would lie). Asked from the loop's own thread (an
     aiohttp handler calling generate_latest directly), it cannot wait for the loop, and
     leaves the samples out too.
+
+    One reading at a time: a scrape that arrives while one is in flight waits for that one,
+    and a reading (or a failure) serves the scrapes of the next `cache_for` seconds.
     """
 
     def __init__(self, name: str, sample: Callable[[], Awaitable[Iterable[Metric]]],
-                 loop: asyncio.AbstractEventLoop, timeout: float = SAMPLE_TIMEOUT):
+                 loop: asyncio.AbstractEventLoop, timeout: float = SAMPLE_TIMEOUT, cache_for: float = SAMPLE_CACHE):
         self.name = name
         self.sample = sample
         self.loop = loop
         self.timeout = timeout
+        self.cache_for = cache_for
+        # Scrapes come from several threads at once. Reentrant: a reading that ends before its
+        # callback is added runs `_done` at once, in the thread that holds the lock.
+        self._lock = threading.RLock()
+        self._inflight: concurrent.futures.Future[list[Metric]] | None = None
+        self._last: tuple[float, list[Metric]] | None = None  # (monotonic time read, families)
 
     def describe(self) -> list[Metric]:
         return []  # registered without sampling: the loop may not run yet
@@ -90,16 +108,33 @@ class Sampled(Collector):
             on_loop = False
         if on_loop or self.loop.is_closed():
             return []
-        future = asyncio.run_coroutine_threadsafe(self._sample(), self.loop)
+        with self._lock:
+            if self._last is not None and time.monotonic() - self._last[0] < self.cache_for:
+                return self._last[1]
+            future = self._inflight
+            if future is None:
+                future = self._inflight = asyncio.run_coroutine_threadsafe(self._sample(), self.loop)
+                future.add_done_callback(self._done)
         try:
             return future.result(self.timeout)
         except FutureTimeout:
-            future.cancel()
+            future.cancel()  # every scrape waiting on it leaves it out; the next one reads anew
             log.warning("metrics: reading %s took over %gs; left out of this scrape", self.name, self.timeout)
+        except concurrent.futures.CancelledError:
+            log.warning("metrics: reading %s was given up; left out of this scrape", self.name)
         except Exception as err:
             log.warning("metrics: reading %s failed (%s: %s); left out of this scrape", self.name,
                         type(err).__name__, err)
         return []
+
+    def _done(self, future: concurrent.futures.Future[list[Metric]]) -> None:
+        """A reading ended: keep what it read (a failure as nothing: the server is not asked
+        again by every scrape while it is away), and let the next scrape past `cache_for` read."""
+        ok = not future.cancelled() and future.exception() is None
+        with self._lock:
+            self._last = (time.monotonic(), future.result() if ok else [])
+            if self._inflight is future:
+                self._inflight = None
 
     async def _sample(self) -> list[Metric]:
         return list(await self.sample())

@@ -3,6 +3,7 @@ given is free, or who holds it."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from pathlib import Path
@@ -72,15 +73,58 @@ def free_port_block(count: int, host: str = "127.0.0.1", attempts: int = 200) ->
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a server could listen on `port` now. The check binds as the servers do, with
-    SO_REUSEADDR (aiohttp's, prometheus_client's and nats-server's listeners all set it), so
-    a port that only has connections closing on it (TIME_WAIT after a restart) is free, and
-    one with a listening socket is not."""
+    """Whether a server could listen on `port` now (see `bind_error`)."""
+    return bind_error(port, host) is None
+
+
+def bind_error(port: int, host: str = "127.0.0.1") -> OSError | None:
+    """What a server listening on `host`:`port` now would run into; None when it could. The
+    check binds as the servers do, with SO_REUSEADDR (aiohttp's, prometheus_client's and
+    nats-server's listeners all set it), so a port that only has connections closing on it
+    (TIME_WAIT after a restart) is free, and one with a listening socket is not: EADDRINUSE.
+    Anything else (an address not on this machine, a port below 1024 without root, a name
+    that does not resolve) is no "taken" port: `bind_problem` says what each one means."""
     try:
         _bound(host, port, reuse=True).close()
-    except OSError:
-        return False
-    return True
+    except OSError as err:
+        return err
+    return None
+
+
+def in_use(err: OSError) -> bool:
+    """Whether a bind failed because something already listens there."""
+    return err.errno == errno.EADDRINUSE
+
+
+def bind_problem(err: OSError, host: str, port: int) -> str:
+    """What a failed bind (not EADDRINUSE) means, and what to do about it."""
+    if isinstance(err, socket.gaierror):
+        return (f"{host!r} is not an address this machine can listen on ({err.strerror}); "
+                "give an IP address such as 127.0.0.1, ::1, 0.0.0.0 (every IPv4 address) or :: (every address)")
+    if err.errno == errno.EADDRNOTAVAIL:
+        return (f"{host} is not an address of this machine; give one of its own (`ip -brief address` lists them), "
+                "127.0.0.1 to stay local, or 0.0.0.0 for every address")
+    if err.errno == errno.EACCES:
+        return (f"no permission to listen on port {port}" + (" (ports below 1024 need root)" if port < 1024 else "")
+                + "; pick a port from 1024 up")
+    if err.errno == errno.EAFNOSUPPORT:
+        return f"{host} is an IPv6 address and this machine has no IPv6; give an IPv4 address such as 127.0.0.1"
+    return f"cannot listen on {authority(host, port)}: {err.strerror or err}"
+
+
+def dial_host(host: str) -> str:
+    """Where a local client reaches a listener on `host`: a wildcard address through loopback
+    of its own family."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def authority(host: str, port: int) -> str:
+    """`host:port` as a URL or a Prometheus target writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def holder_of(port: int) -> str | None:

@@ -1,7 +1,8 @@
 """The agent runtime: what `cim agent run <capability> --config FILE` does for every agent.
 
-It validates the config, connects, registers the agent as a NATS micro service (so
-`$SRV.PING/INFO/STATS` answer), serves Prometheus `/metrics`, and drains on SIGTERM.
+It validates the config, connects, serves Prometheus `/metrics`, starts the agent, and
+only then registers it as a NATS micro service (so `$SRV.PING/INFO/STATS` answer once it is
+ready), and drains on SIGTERM.
 Agents declare typed async handlers over pydantic models with `@endpoint`; the runtime
 parses requests, maps errors into micro error replies and counts everything.
 """
@@ -190,7 +191,7 @@ class AgentContext:
 
 class AgentBase(Generic[C]):
     """What every capability's agent is, over its config model (`AgentBase[Config]`). The
-    runtime builds it with its context, calls `start` once the endpoints serve, announces
+    runtime builds it with its context, calls `start` and then serves its endpoints, announces
     `capabilities()` in the registry at every beat, and on SIGTERM calls `quiesce` and then
     `stop`; each does nothing unless an agent overrides it."""
 
@@ -265,6 +266,16 @@ async def run_agent(config: AgentConfig, agent_class: Callable[[AgentContext], A
         "started": datetime.now(UTC).isoformat(),
         "metrics_port": str(metrics_port or ""),
     }
+    specs = endpoints_of(agent)  # a handler that does not match its declaration fails before anything starts
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, ctx.stopping.set)
+    await agent.start()
+    # Registered only once the agent has started: `$SRV.PING` answering is what `cim up`,
+    # `cim status` and the registry take for "ready", and an agent whose start fails (a tier
+    # that refuses its keys) must never have looked ready. A request sent meanwhile finds no
+    # responder, and its caller says so.
     service = await add_service(
         nc,
         name=config.agent_name,
@@ -274,13 +285,8 @@ async def run_agent(config: AgentConfig, agent_class: Callable[[AgentContext], A
         queue_group=f"cim-{config.capability}",
     )
     group = service.add_group(name=f"cim.{config.capability}")
-    for spec in endpoints_of(agent):
+    for spec in specs:
         await group.add_endpoint(name=spec.name, handler=_wrap(spec), metadata={"description": spec.description})
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, ctx.stopping.set)
-    await agent.start()
     heartbeat = None
     if config.registry.announce:
         heartbeat = Heartbeat(

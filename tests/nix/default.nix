@@ -1324,6 +1324,14 @@ let
           failed = [ ];
         };
       };
+    "assertion: monitoring an agent whose metrics port is 0 (random at each start)" = fires (
+      hubUiModules ++ [
+        {
+          services.cim.monitoring.prometheus.enable = true;
+          services.cim.store.settings.metrics.port = 0;
+        }
+      ]
+    ) "services.cim.store.settings.metrics.port is 0";
     "monitoring: a leaf with monitoring passes every assertion and evaluates completely" = {
       expr = { failed = h.failedAssertions withMonitoring; broken = h.fails (everything withMonitoring); };
       expected = { failed = [ ]; broken = false; };

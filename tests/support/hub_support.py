@@ -6,6 +6,8 @@ import json
 import urllib.request
 from pathlib import Path
 
+from aiohttp import web
+
 from cim.embedded.procs import wait_until
 from cim.ports import free_port
 from support.agentkit import AgentProcess
@@ -54,3 +56,24 @@ class Hub(AgentProcess):
                 return r.status == 200
         except OSError:
             return False
+
+
+class HookReceiver:
+    """A webhook receiver on 127.0.0.1:`port`, POST /hook, served while in `async with`;
+    a subclass says what `handle` answers."""
+
+    port: int
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def __aenter__(self):
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.runner.cleanup()

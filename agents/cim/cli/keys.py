@@ -31,7 +31,7 @@ def new(
 ) -> None:
     """Create a user nkey: write the seed to DIR/NAME.nk (0600) and print the public key."""
     g = globals_of(ctx)
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         fail(f"NAME {name!r} may contain only letters, digits, '-' and '_'")
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)

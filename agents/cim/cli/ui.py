@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from ..embedded.paths import default_data_dir
+from ..ports import authority, dial_host
 from ..ui.auth import hash_password
 from .common import fail
 
@@ -23,7 +24,7 @@ def dashboard_url(data_dir: Path) -> str:
         http = json.loads(config.read_text()).get("http", {})
     except (OSError, json.JSONDecodeError):
         fail(f"no dashboard configured under {data_dir}: start one with `cim up` (or pass --data-dir)")
-    return f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8470)}/"
+    return f"http://{authority(dial_host(str(http.get('host', '127.0.0.1'))), http.get('port', 8470))}/"
 
 
 @app.command("open")

@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import capabilities
 from ..errors import EmbeddedError
 from ..hub import config as hub_config
-from ..ports import holder_of, port_is_free
+from ..ports import authority, bind_error, bind_problem, dial_host, holder_of, in_use
 from ..ui import config as ui_config
 
 NATS_PORT = 4222
@@ -46,6 +46,7 @@ class Listener:
     host: str
     port: int
     option: str  # how to move it: "--ui-port (CIM_UI_PORT)"
+    host_option: str = "--host"  # where its address is set
 
 
 def check_free(listeners: list[Listener]) -> None:
@@ -58,17 +59,19 @@ def check_free(listeners: list[Listener]) -> None:
                             f"pick another with {x.option}")
             continue
         seen[x.port] = x
-        if not port_is_free(x.port, x.host):
+        err = bind_error(x.port, x.host)
+        if err is None:
+            continue
+        if in_use(err):
             holder = holder_of(x.port)
             problems.append(f"port {x.port} is taken ({x.what}, on {x.host})" + (f" by {holder}" if holder else "")
                             + f"; stop what holds it (another `cim up`?), or pick another with {x.option}")
+        else:
+            # Not a taken port: the address or the port itself is wrong, and says how.
+            problems.append(f"{x.what} cannot listen on {authority(x.host, x.port)}: {bind_problem(err, x.host, x.port)} "
+                            f"(the address is set with {x.host_option}, the port with {x.option})")
     if problems:
         raise EmbeddedError("cannot listen where asked; nothing was started:\n  " + "\n  ".join(problems))
-
-
-def dial_host(host: str) -> str:
-    """Where a local client reaches a listener: a wildcard address through loopback."""
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 def write_targets(path: Path, targets: list[dict[str, object]]) -> None:
@@ -80,4 +83,4 @@ def write_targets(path: Path, targets: list[dict[str, object]]) -> None:
 
 
 def target(host: str, port: int, capability: str, agent: str) -> dict[str, object]:
-    return {"targets": [f"{dial_host(host)}:{port}"], "labels": {"job": "cim", "capability": capability, "agent": agent}}
+    return {"targets": [authority(dial_host(host), port)], "labels": {"job": "cim", "capability": capability, "agent": agent}}

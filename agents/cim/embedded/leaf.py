@@ -11,8 +11,10 @@ addresses too. Each agent's config is what `cim up` generates merged with
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from ..errors import EmbeddedError
 from ..identity import ensure_identities
 from ..nats.connect import ConnectionSettings, connect
 from ..permissions import nats_permissions
+from ..ports import authority, dial_host
 from ..provision.apply import provision
 from ..provision.spec import ProvisionSpec
 from . import addresses
@@ -32,13 +35,14 @@ from .addresses import Listener
 from .nats_server import NatsServer
 from .procs import ManagedProcess
 from .readiness import wait_ready
-from .settings import configure
+from .settings import check_names, configure, settings_file
 
 log = logging.getLogger("cim.up")
 
 RESTART_BACKOFF = (0.5, 1, 2, 5, 10, 30)
 HTTP_NAMES = {"ui": "the dashboard", "hub": "the hub's HTTP API"}
 HEALTHY_AFTER = 60.0  # an agent up this long has its backoff reset
+LOCK_FILE = ".cim-up.lock"
 
 
 class AgentProcess(ManagedProcess):
@@ -91,17 +95,21 @@ class Leaf:
         self.agents: dict[str, Supervised] = {}
         self.notes: dict[str, str] = {}
         self.configs: dict[str, tuple[Path, AgentConfig]] = {}  # made by prepare()
+        self._lock: int | None = None  # the open lock file, held while this leaf runs
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"nats://{authority(dial_host(self.host), self.port)}"
 
     def prepare(self) -> None:
-        """Everything that can fail before a process starts: each agent's config made, merged
+        """Everything that can fail before a process starts: the data directory locked (an
+        EmbeddedError naming the `cim up` that holds it), each agent's config made, merged
         with its settings file and validated (a ConfigError naming the file), and every port
         checked (an EmbeddedError naming each taken one). Then the configs and the scrape
         targets are written."""
         addresses.metrics_ports_fit(self.metrics_port_base)
+        self.lock()
+        check_names(self.data_dir)
         # Secured like NixOS: an nkey per agent with exactly its capability's permissions, and
         # an admin key for `cim`; seeds stay in the data directory (0600), the server config
         # holds public keys only.
@@ -118,6 +126,35 @@ class Leaf:
             for cap, (_, config) in self.configs.items() if config.metrics.port is not None
         ])
 
+    def lock(self) -> None:
+        """Hold `<data-dir>/.cim-up.lock` while this leaf runs: nats-server does not lock its
+        JetStream store, so a second `cim up` on the same data (on other ports) would run a
+        second server over the same files. The kernel drops the lock when this process ends,
+        however it ends; the agents and nats-server do not inherit it."""
+        if self._lock is not None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            who = f"pid {holder}" if holder.isdigit() else "another process"
+            raise EmbeddedError(
+                f"{self.data_dir} is in use by another `cim up` ({who}, lock {path}); nothing was started. "
+                f"Stop that one first (Ctrl-C where it runs{f', or kill {holder}' if holder.isdigit() else ''}), "
+                "or give this one its own --data-dir (CIM_DATA_DIR)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock = fd
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the last descriptor releases the flock
+            self._lock = None
+
     @property
     def targets_path(self) -> Path:
         return self.data_dir / addresses.TARGETS_FILE
@@ -125,17 +162,19 @@ class Leaf:
     def _listeners(self, configs: dict[str, AgentConfig]) -> list[Listener]:
         out = [
             Listener("the NATS client port", self.host, self.port, "--port (CIM_PORT)"),
-            Listener("NATS monitoring", "127.0.0.1", self.http_port, "--http-port (CIM_HTTP_PORT)"),
+            Listener("NATS monitoring", "127.0.0.1", self.http_port, "--http-port (CIM_HTTP_PORT)",
+                     "nothing: it stays on loopback"),
         ]
         for cap, config in configs.items():
             http = getattr(config, "http", None)
             if http is not None:
                 out.append(Listener(HTTP_NAMES.get(cap, f"the {cap} agent's HTTP"), http.host, http.port,
-                                    f"--{cap}-port (CIM_{cap.upper()}_PORT)"))
+                                    f"--{cap}-port (CIM_{cap.upper()}_PORT)", f"http.host in {settings_file(self.data_dir, cap)}"))
         for cap, config in configs.items():
             if config.metrics.port is not None:
                 out.append(Listener(f"the {cap} agent's metrics", config.metrics.host, config.metrics.port,
-                                    "--metrics-port-base (CIM_METRICS_PORT_BASE)"))
+                                    "--metrics-port-base (CIM_METRICS_PORT_BASE)",
+                                    f"metrics.host in {settings_file(self.data_dir, cap)}"))
         return out
 
     def start_server(self) -> None:
@@ -221,14 +260,19 @@ class Leaf:
             "state_dir": str(self.data_dir / "state" / capability),
         }
         # A capability may add what it needs on one machine (a port, a folder, a tier URL
-        # under the data dir) and a line for the summary: its `Capability.embedded`.
+        # under the data dir) and a line for the summary: its `Capability.embedded`. The
+        # line is written from the config as merged with the settings file and validated,
+        # so it shows what the agent will really use (a user's tokens file, a host).
         hook = capabilities.get(capability).embedded
+        note_of = None
         if hook is not None:
-            extra, note = hook(self.data_dir, self.http_ports.get(capability))
+            extra, note_of = hook(self.data_dir, self.http_ports.get(capability))
             config.update(extra)
-            if note:
-                self.notes[capability] = note
-        return configure(config, self.data_dir)
+        data, validated = configure(config, self.data_dir)
+        note = note_of(validated) if note_of is not None else None
+        if note:
+            self.notes[capability] = note
+        return data, validated
 
     def start_agents(self) -> None:
         for cap in self.agent_names:
@@ -280,6 +324,7 @@ class Leaf:
             s.proc.stop()
         if self.server is not None:
             self.server.stop()
+        self.unlock()
 
     def summary(self) -> str:
         assert self.server is not None
@@ -292,7 +337,7 @@ class Leaf:
         ]
         for cap, s in self.agents.items():
             metrics = s.config.metrics
-            where = (f"metrics http://{addresses.dial_host(metrics.host)}:{metrics.port}/metrics"
+            where = (f"metrics http://{authority(dial_host(metrics.host), metrics.port)}/metrics"
                      if metrics.port is not None else "no metrics")
             lines.append(f"  {cap:<11} pid {s.proc.pid}, {where}, log {s.proc.log_path}")
             if cap in self.notes:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EmbeddedError
-from ..ports import free_port, free_ports
+from ..ports import authority, dial_host, free_port, free_ports
 from .procs import ManagedProcess, find_binary, wait_until
 
 LOOPBACK = "127.0.0.1"
@@ -93,11 +93,11 @@ class NatsServer(ManagedProcess):
     @property
     def client_host(self) -> str:
         """Where a local client dials: a wildcard listen address is reached via loopback."""
-        return LOOPBACK if self.host in ("0.0.0.0", "::", "") else self.host
+        return dial_host(self.host)
 
     @property
     def url(self) -> str:
-        return f"nats://{self.client_host}:{self.port}"
+        return f"nats://{authority(self.client_host, self.port)}"
 
     @property
     def monitor_url(self) -> str:

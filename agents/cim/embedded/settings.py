@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import capabilities
 from ..capability import AgentConfig
 from ..config import read_json, validate_config
 from ..errors import ConfigError
@@ -21,6 +22,8 @@ SETTINGS_DIR = "settings"
 # identity and state. A settings file that sets one is refused, naming the way to change it.
 OWNED: dict[tuple[str, ...], str] = {
     ("capability",): "it is the file's name",
+    ("name",): "`cim up` names each agent cim-<capability>, and finds it by that name when it waits for it "
+               "(two agents of one name would be one micro service)",
     ("nats",): "`cim up` connects each agent with its own key (--port, --host move the server)",
     ("state_dir",): "`cim up` keeps each agent's state under <data-dir>/state",
     ("metrics", "port"): "set --metrics-port-base (CIM_METRICS_PORT_BASE) instead",
@@ -30,6 +33,22 @@ OWNED: dict[tuple[str, ...], str] = {
 
 def settings_file(data_dir: Path, capability: str) -> Path:
     return Path(data_dir) / SETTINGS_DIR / f"{capability}.json"
+
+
+def check_names(data_dir: Path) -> None:
+    """Every file in the settings folder is `<capability>.json` of a capability this version
+    has, or a ConfigError naming it: a file `cim up` would not read (`dashboard.json`,
+    `Hub.json`) is a setting the operator believes in and that never takes effect. Hidden
+    files (an editor's swap file) are left alone."""
+    folder = Path(data_dir) / SETTINGS_DIR
+    if not folder.is_dir():
+        return
+    valid = [f"{name}.json" for name in capabilities.NAMES]
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or (path.name in valid and path.is_file()):
+            continue
+        raise ConfigError(str(path), [("(file name)", f"not a settings file `cim up` reads; the names are {', '.join(valid)} "
+                                                      "(one per capability, lower case): rename it to one of them")])
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

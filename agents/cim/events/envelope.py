@@ -16,6 +16,11 @@ body, so a CloudEvents SDK reads an event straight off the stream. On the wire:
 Events stored before this envelope (short `ce-type`, relative `ce-source`, correlation and
 causation in `cim-correlation-id` / `cim-causation-id`) read as before: `read_headers`
 takes both forms.
+
+Ids travel on as HTTP headers (a webhook's `webhook-id`), in log lines and in the ids of
+the events that answer them, so an id, a correlation id or a causation id holds no control
+character and no blank at either end (`Event` refuses them). A stored event whose header
+decodes to one anyway is read with the header as it was sent, and flagged (`problem`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import socket
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from functools import cache
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, unquote
 
@@ -62,7 +67,14 @@ H_LEGACY_CORRELATION = "cim-correlation-id"
 H_LEGACY_CAUSATION = "cim-causation-id"
 
 CLI_AGENT = "cim-cli"  # the `agent` of events the `cim` command writes
-SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")  # an absolute URI: a scheme, then no blanks
+# An absolute URI: a scheme, then no blanks and no control characters. Always `fullmatch`:
+# `$` would let a trailing newline through.
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s\x00-\x1f\x7f]+")
+# What `structured()` names an event stored with no source and no agent: nothing says who
+# wrote it, and the reading hub's own user and host would be a lie.
+UNKNOWN_SOURCE = "urn:cim:unknown"
+# C0 controls and DEL: HTTP refuses them in a header (aiohttp raises), and a log line would split.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Printable ASCII but space, '"' and '%' (the NATS binding's rule): a value with anything
 # else is percent-encoded in its header.
 _NEEDS_ENCODING = re.compile(r'[^\x21\x23\x24\x26-\x7e]')
@@ -79,7 +91,7 @@ def short_type(wire: str) -> str:
     return wire[len(TYPE_PREFIX):] if wire.startswith(TYPE_PREFIX) else wire
 
 
-@cache
+@lru_cache(maxsize=64)  # bounded: `structured()` asks it with the agent header of any stored event
 def source_for(agent: str) -> str:
     """The `ce-source` of events an agent writes: `urn:cim:agent:<name>`, unique per instance
     (`AgentConfig.for_instance` names each one); for the `cim` command, who ran it where,
@@ -100,6 +112,31 @@ def _encoded(value: str) -> str:
     return quote(value, safe=_HEADER_SAFE) if _NEEDS_ENCODING.search(value) else value
 
 
+def id_problem(value: str) -> str | None:
+    """Why `value` cannot be an event id, correlation id or causation id, or None if it can."""
+    if bad := _CONTROL.search(value):
+        return (f"holds the control character U+{ord(bad.group()):04X} at position {bad.start()}: "
+                "ids travel in headers, where control characters are refused")
+    if value != value.strip():
+        return "starts or ends with a blank: give it without"
+    try:
+        value.encode()
+    except UnicodeEncodeError as err:
+        return (f"is not valid Unicode text (U+{ord(value[err.start]):04X} at position {err.start}, "
+                "a lone surrogate: bytes that are not UTF-8?)")
+    return None
+
+
+def safe_id(value: str) -> str:
+    """`value` as an id `Event` takes: as it is when it is one, else percent-encoded (a stored
+    event's id with a blank at its end, say, in the id of the event that answers it)."""
+    return value if id_problem(value) is None else quote(value, safe=_HEADER_SAFE, errors="backslashreplace")
+
+
+def _without_controls(value: str) -> str:
+    return _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", value)
+
+
 class WireHeaders(NamedTuple):  # a tuple: read for every event, and cheaper to make than a frozen dataclass
     """An event's envelope as its NATS headers carry it, in the current or the old form."""
 
@@ -111,16 +148,20 @@ class WireHeaders(NamedTuple):  # a tuple: read for every event, and cheaper to 
     causation_id: str | None
     agent: str | None
     agent_version: str | None
+    problem: str | None = None  # a header that held control characters once decoded: kept as sent
 
 
 def read_headers(headers: Mapping[str, str]) -> WireHeaders:
     """The envelope of any event's headers. The current form percent-encodes its values (the
     NATS binding's rule) and prefixes its type; an old event's values are taken as they are,
-    so an old id that happens to hold `%41` is not changed."""
+    so an old id that happens to hold `%41` is not changed.
+
+    A value that holds control characters once decoded (`ce-id: evil%0AX`) is kept as sent,
+    encoded, and named in `problem`: a webhook would put it in an HTTP header, which refuses it."""
     claimed = headers.get(H_TYPE)
     get = headers.get
     if claimed is not None and claimed.startswith(TYPE_PREFIX):
-        return WireHeaders(
+        wire = WireHeaders(
             id=_decoded(get(H_ID)) or get(H_MSG_ID),
             type=short_type(claimed),
             source=_decoded(get(H_SOURCE)) or "",
@@ -130,21 +171,48 @@ def read_headers(headers: Mapping[str, str]) -> WireHeaders:
             agent=get(H_AGENT),
             agent_version=get(H_AGENT_VERSION),
         )
-    correlation, causation = get(H_CORRELATION), get(H_CAUSATION)
-    return WireHeaders(
-        id=get(H_ID) or get(H_MSG_ID),
-        type=claimed,
-        source=get(H_SOURCE) or "",
-        time=get(H_TIME),
-        correlation_id=get(H_LEGACY_CORRELATION) if correlation is None else correlation,
-        causation_id=get(H_LEGACY_CAUSATION) if causation is None else causation,
-        agent=get(H_AGENT),
-        agent_version=get(H_AGENT_VERSION),
-    )
+    else:
+        correlation, causation = get(H_CORRELATION), get(H_CAUSATION)
+        wire = WireHeaders(
+            id=get(H_ID) or get(H_MSG_ID),
+            type=claimed,
+            source=get(H_SOURCE) or "",
+            time=get(H_TIME),
+            correlation_id=get(H_LEGACY_CORRELATION) if correlation is None else correlation,
+            causation_id=get(H_LEGACY_CAUSATION) if causation is None else causation,
+            agent=get(H_AGENT),
+            agent_version=get(H_AGENT_VERSION),
+        )
+    # One search for the four values (the rule), the slow path only for the exception.
+    if _CONTROL.search(f"{wire.id}{wire.source}{wire.correlation_id}{wire.causation_id}") is None:
+        return wire
+    return _kept_as_sent(wire, headers, decoded=claimed is not None and claimed.startswith(TYPE_PREFIX))
 
 
 def _decoded(value: str | None) -> str | None:
     return unquote(value) if value is not None and "%" in value else value
+
+
+def _kept_as_sent(wire: WireHeaders, headers: Mapping[str, str], *, decoded: bool) -> WireHeaders:
+    """`wire` with each value that holds control characters replaced by its header as it was
+    sent (with any control character the header itself holds percent-encoded: a client other
+    than nats-py may send one), and the problem named."""
+    get = headers.get
+    sources = {  # the header each value was read from
+        "id": H_ID if get(H_ID) else H_MSG_ID,
+        "source": H_SOURCE,
+        "correlation_id": H_CORRELATION if get(H_CORRELATION) is not None or decoded else H_LEGACY_CORRELATION,
+        "causation_id": H_CAUSATION if get(H_CAUSATION) is not None or decoded else H_LEGACY_CAUSATION,
+    }
+    changes: dict[str, str] = {}
+    problems = []
+    for field, name in sources.items():
+        value = getattr(wire, field)
+        if value and _CONTROL.search(value):
+            changes[field] = kept = _without_controls(headers[name])
+            problems.append(f"its {name} header holds control characters{' once decoded' if decoded else ''}: "
+                            f"kept as {kept[:80]!r}")
+    return wire._replace(**changes, problem="; ".join(problems))
 
 
 def subject_for(type_name: str, aggregate_id: str) -> str:
@@ -187,7 +255,7 @@ class Event(BaseModel):
     @field_validator("aggregate_id")
     @classmethod
     def _token(cls, v: str) -> str:
-        if not TOKEN.match(v):
+        if not TOKEN.fullmatch(v):
             raise ValueError("must be letters, digits, '-' or '_' (it becomes a NATS subject token)")
         return v
 
@@ -198,12 +266,29 @@ class Event(BaseModel):
             raise ValueError("must not be empty")
         return v
 
+    @field_validator("id", "correlation_id", "causation_id", "agent", "agent_version")
+    @classmethod
+    def _header_safe(cls, v: str | None) -> str | None:
+        if v and (why := id_problem(v)):
+            raise ValueError(why)
+        return v
+
     @field_validator("source")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        if not SCHEME.match(v):
-            raise ValueError(f"{v!r} is not an absolute URI (CloudEvents source): give one with a scheme, "
-                             "like 'urn:cim:agent:<name>', or leave it out to use the agent's")
+        if not SCHEME.fullmatch(v) or id_problem(v):
+            raise ValueError(f"{v[:200]!r} is not an absolute URI (CloudEvents source): give one with a scheme "
+                             "and no blanks or control characters, like 'urn:cim:agent:<name>', or leave it out "
+                             "to use the agent's")
+        return v
+
+    @field_validator("time")
+    @classmethod
+    def _in_utc_range(cls, v: datetime) -> datetime:
+        try:
+            v.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ValueError(f"{v.isoformat()} cannot be given in UTC (out of range)") from None
         return v
 
     @classmethod
@@ -321,10 +406,13 @@ class StoredEvent(BaseModel):
                 typed = model.model_validate(body)
             except Exception as err:
                 problem = f"body does not match {type_name}: {err}"
+        problem = problem or wire.problem
         try:
             when = datetime.fromisoformat(wire.time.replace("Z", "+00:00")) if wire.time is not None else None
         except ValueError:
             when, problem = None, problem or f"bad {H_TIME} header {wire.time!r}"
+        if when is not None and (why := _time_problem(when)):
+            problem = problem or f"its {H_TIME} header {wire.time!r} {why}"
         stored = cls(
             seq=seq,
             subject=subject,
@@ -349,11 +437,13 @@ class StoredEvent(BaseModel):
         """The event in the CloudEvents JSON format (structured content mode), as an
         outgoing webhook carries it: any CloudEvents SDK reads it. An old event's source
         is kept as it was stored (relative, which the format allows); one stored without
-        any is named after its agent."""
+        any is named after its agent, or `urn:cim:unknown` with no agent either. Never
+        raises: a time that cannot be given in UTC goes out as stored."""
+        source = self.source or (_agent_source(self.agent) if self.agent else UNKNOWN_SOURCE)
         out: dict[str, Any] = {
             "specversion": SPECVERSION,
             "id": self.id,
-            "source": self.source or source_for(self.agent or CLI_AGENT),
+            "source": source,
             "type": wire_type(self.type),
             "datacontenttype": CONTENT_TYPE,
             "data": self.data,
@@ -361,12 +451,32 @@ class StoredEvent(BaseModel):
         if self.aggregate_id:
             out["subject"] = self.aggregate_id
         if self.time is not None:
-            out["time"] = self.time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            out["time"] = (self.time.isoformat() if _time_problem(self.time)
+                           else self.time.astimezone(UTC).isoformat().replace("+00:00", "Z"))
         if self.correlation_id:
             out["correlationid"] = self.correlation_id
         if self.causation_id:
             out["causationid"] = self.causation_id
         return out
+
+
+def _time_problem(when: datetime) -> str | None:
+    offset = when.utcoffset()
+    if offset is None:
+        return "has no UTC offset (RFC 3339 asks for one)"
+    if not offset:  # UTC itself (every time CIM writes): nothing to convert
+        return None
+    try:
+        when.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return "cannot be given in UTC (out of range)"
+    return None
+
+
+def _agent_source(agent: str) -> str:
+    """An old event's source, from its `cim-agent` header (any text a writer put there); the
+    `cim` command's without who ran it where, which nothing stored says."""
+    return source_for(agent) if agent != CLI_AGENT else "urn:cim:cli"
 
 
 def validated(event: Event, *, as_built: bool = False) -> Event:
@@ -377,9 +487,9 @@ def validated(event: Event, *, as_built: bool = False) -> Event:
     """
     from .types import TYPE_PATTERN, model_for
 
-    if not TYPE_PATTERN.match(event.type):
+    if not TYPE_PATTERN.fullmatch(event.type):
         raise InvalidInput("type", f"{event.type!r} must look like 'aggregate.event'")
-    if not SCHEME.match(event.source):  # a `model_copy` skips the field's own check
+    if not SCHEME.fullmatch(event.source):  # a `model_copy` skips the field's own check
         raise InvalidInput("source", f"{event.source!r} is not an absolute URI (CloudEvents source)")
     model = model_for(event.type)
     if model is None:

@@ -23,7 +23,7 @@ M = TypeVar("M", bound=type[BaseModel])
 
 def event_type(name: str) -> Callable[[M], M]:
     """Class decorator: `@event_type("unit.created")` registers the model for that type."""
-    if not TYPE_PATTERN.match(name):
+    if not TYPE_PATTERN.fullmatch(name):
         raise InvalidInput("type", f"{name!r} must look like 'aggregate.event' (lower case, one dot)")
 
     def register(model: M) -> M:

@@ -17,6 +17,7 @@ from ..errors import CimError
 from ..events import EventStore
 from ..http_deadline import GuardedSite, HeadDeadline
 from ..metrics import Sampled
+from ..ports import authority
 from ..runtime import AgentBase, AgentContext, endpoint
 from ..store.unit_store import UnitStore
 from ..tier.fetch import fetch
@@ -48,7 +49,8 @@ class Agent(AgentBase[Config]):
         self.units = UnitStore(ctx.nc, max_unit_size=self.config.max_body_size, agent=self.config.agent_name, cold=fetch,
                                report_access=True)
         self.api = HubApi(self.units, Tokens(self.config.tokens_file), max_body_size=self.config.max_body_size,
-                          idle_timeout=self.config.idle_timeout, metrics=ctx.metrics)
+                          idle_timeout=self.config.idle_timeout, max_downloads=self.config.max_downloads,
+                          max_cold_downloads=self.config.max_cold_downloads, metrics=ctx.metrics)
         self.webhooks = Dispatcher(ctx.nc, [Webhook(w) for w in self.config.webhooks], agent=self.config.agent_name)
         events = EventStore(ctx.nc)
         plugins, self.broken_plugins = load()  # a third party's broken plugin is reported and skipped
@@ -77,7 +79,7 @@ class Agent(AgentBase[Config]):
             raise CimError(f"the hub cannot listen on {http.host}:{http.port}: {err.strerror or err}{shared}; "
                            "or choose another http.port") from None
         port = self._runner.addresses[0][1]
-        self.url = f"http://{self.config.http.host}:{port}"
+        self.url = f"http://{authority(self.config.http.host, port)}"
         log.info("ingest API on %s (OpenAPI at %s/openapi.yaml)", self.url, self.url)
         await self.webhooks.start()
         if self.webhooks.webhooks:

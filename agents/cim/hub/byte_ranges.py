@@ -1,16 +1,18 @@
 """HTTP conditional and range requests for unit content (RFC 9110 13 and 14), on the one
 representation a unit has: its bytes, whose strong validator is the CID.
 
-One range per request: `bytes=a-b`, `bytes=a-` and `bytes=-n`. A header the grammar does not
-cover (several ranges, another unit, garbage) is ignored and the whole content is sent, as
-RFC 9110 14.2 allows; a range that is well-formed but selects nothing is 416.
+One range per request: `bytes=a-b`, `bytes=a-` and `bytes=-n` (the unit in any case, as
+RFC 9110 14.1 says). A header the grammar does not cover (several ranges, another unit,
+garbage) or an invalid one (`bytes=5-3`: last before first, 14.1.1) is ignored and the
+whole content is sent, as RFC 9110 14.2 allows; a valid range that selects nothing (starts
+past the end, or `bytes=-0`) is 416.
 """
 
 from __future__ import annotations
 
 import re
 
-_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
 _HUGE = 2**63  # a position with more digits than any unit has bytes (and int() would refuse past 4300)
 
 
@@ -37,8 +39,10 @@ def requested(range_header: str | None, if_range: str | None, etag: str, size: i
             raise Unsatisfiable
         return max(0, size - n), size
     first = _position(m[1])
+    if m[2] and _position(m[2]) < first:
+        return None  # invalid, not unsatisfiable: ignored
     last = _position(m[2]) if m[2] else size - 1
-    if last < first or first >= size:
+    if first >= size:
         raise Unsatisfiable
     return first, min(last, size - 1) + 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Self
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from ..capability import AgentConfig
 from ..names import EVENTS_STREAM
+from ..ports import authority, dial_host
 from ..provision.spec import ConsumerSpec, KvSpec, ProvisionSpec
 from .connectors import STATE_BUCKET, ConnectorConfig
 
@@ -38,7 +40,14 @@ class Config(AgentConfig):
     max_body_size: int = Field(default=64 * 1024 * 1024, gt=0, description="largest upload accepted, in bytes (413 above)")
     idle_timeout: float = Field(default=30.0, gt=0, le=3600,
                                 description="seconds a client may send nothing while its upload is read (408 past "
-                                            "it), and may take to send a whole request head (closed past it)")
+                                            "it), and may take to send a whole request head (closed past it); a "
+                                            "download whose client takes nothing for this long is cut off")
+    max_downloads: int = Field(default=32, ge=1, le=10_000, description=(
+        "downloads (GET /v1/units/{cid}/content) this hub sends at once; past it 503 with Retry-After. Each holds "
+        "up to 16 MiB of buffers while its client reads"))
+    max_cold_downloads: int = Field(default=8, ge=1, le=10_000, description=(
+        "of those, downloads of units in a colder tier (a range too: it reads the whole unit); each holds one of "
+        "the tier agent's 32 fetch slots, which `cim units get` and the pipelines share: keep it well below 32"))
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     connectors: list[ConnectorConfig] = Field(default_factory=list)
 
@@ -63,13 +72,15 @@ def provision_spec() -> ProvisionSpec:
         consumers=[ConsumerSpec(
             stream=EVENTS_STREAM, name=CONSUMER, description="events for the hub's outbound webhooks",
             filter_subjects=["cim.evt.>"], deliver_policy="new", ack_wait=60, max_ack_pending=256,
+            max_deliver=MAX_DELIVER,
         )],
         kv=[KvSpec(bucket=STATE_BUCKET, description="hub connector progress (S3 import ETags)")],
     )
 
 
-def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dict, str | None]:
-    """For `cim up`: its port (`--hub-port`), a token made once under the data dir, and an inbox folder."""
+def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dict, Callable[[Config], str | None]]:
+    """For `cim up`: its port (`--hub-port`), a token made once under the data dir, and an
+    inbox folder; and its summary line, from the config as the settings file left it."""
     hub_dir = data_dir / "hub"
     hub_dir.mkdir(parents=True, exist_ok=True)
     tokens = hub_dir / "tokens.json"
@@ -77,7 +88,6 @@ def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dic
         fd = os.open(tokens, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"tokens": [{"name": "local", "token": secrets.token_urlsafe(24)}]}, f, indent=2)
-    token = json.loads(tokens.read_text())["tokens"][0].get("token", "(see the file)")
     port = DEFAULT_PORT if http_port is None else http_port
     inbox = data_dir / "inbox"
     settings = {
@@ -85,7 +95,22 @@ def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dic
         "tokens_file": str(tokens),
         "connectors": [{"plugin": "inbox", "name": "inbox", "settings": {"path": str(inbox), "interval": 1.0}}],
     }
-    note = f"hub http://127.0.0.1:{port}/v1/units (token {token}, from {tokens}); inbox {inbox}"
+
+    def note(config: Config) -> str:
+        line = f"hub http://{authority(dial_host(config.http.host), config.http.port)}/v1/units"
+        if config.tokens_file == tokens:
+            token = json.loads(tokens.read_text())["tokens"][0].get("token", "(see the file)")
+            line += f" (token {token}, from {tokens})"
+        else:  # the operator's own file: its secrets are not echoed
+            line += f" (tokens from {config.tokens_file})"
+        inboxes = [str(c.settings.get("path")) for c in config.connectors if c.plugin == "inbox"]
+        others = [f"{c.name} ({c.plugin})" for c in config.connectors if c.plugin != "inbox"]
+        if inboxes:
+            line += "; inbox " + ", ".join(inboxes)
+        if others:
+            line += "; connectors " + ", ".join(others)
+        return line
+
     return settings, note
 
 
@@ -105,3 +130,9 @@ class WebhookSettings(BaseModel):
 
 
 CONSUMER = "cim-hub-webhooks"
+# Deliveries of one event to the webhook dispatcher, at most. A receiver's refusals never count
+# (they are attempts within one delivery, then a dead letter); hub restarts mid-delivery and
+# failures to write the dead letter do. Past it the event is dropped with an error in the log
+# (`term()`): without a bound, a few events that always fail would take every one of the
+# consumer's max_ack_pending slots and stop all webhooks.
+MAX_DELIVER = 20

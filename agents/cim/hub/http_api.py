@@ -26,14 +26,25 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import ValidationError
 
 from .. import cid as cidlib
-from ..errors import CidMismatch, CimError, InvalidInput, NotFound, UnitExpiredError, UnitNotFound, UnitTooLarge, field_errors
+from ..errors import (
+    CidMismatch,
+    CimError,
+    InvalidInput,
+    NotFound,
+    ProjectionUnavailable,
+    UnitExpiredError,
+    UnitNotFound,
+    UnitTooLarge,
+    field_errors,
+)
 from ..events.envelope import decode_body
 from ..nats.rpc import AgentUnavailable, Endpoint, call
 from ..pipeline.api import SEARCH, UNITS, SearchRequest, UnitsRequest
 from ..spool import Spool
 from ..store.content import CHUNK_SIZE
 from ..store.put_batcher import PutBatcher
-from ..store.unit_store import UnitStore, guess_media_type
+from ..store.unit_fold import HOT, UnitFold, UnitState
+from ..store.unit_store import ColdReader, UnitStore, guess_media_type
 from ..store.units import Unit
 from . import byte_ranges, downloads, unit_pages
 from .metrics import INGEST_BYTES, INGESTS, count_requests
@@ -118,9 +129,15 @@ def _check_meta(token: Token, meta: dict[str, Any]) -> None:
 
 class HubApi:
     def __init__(self, units: UnitStore, tokens: Tokens, *, max_body_size: int, idle_timeout: float = 30.0,
-                 metrics: CollectorRegistry = HUB_METRICS):
+                 max_downloads: int = 32, max_cold_downloads: int = 8, metrics: CollectorRegistry = HUB_METRICS):
         self.exported = metrics  # what /metrics serves: the agent's (the runtime's and the hub's)
         self.units = units
+        self.downloads = downloads.Slots(max_downloads)
+        self.cold_downloads = downloads.Slots(max_cold_downloads)
+        if units.cold is not None:
+            # The store reads a unit through its cold reader only once the hot copy is found
+            # missing: the one place that knows a download is a cold one.
+            units.cold = self._limit_cold(units.cold)
         self.batcher = PutBatcher(units)
         self.tokens = tokens
         self.max_body_size = max_body_size
@@ -257,7 +274,7 @@ class HubApi:
                 raise Problem(404, [("cid", str(err))]) from None
             except CimError as err:
                 raise Problem(503, [("(server)", str(err))]) from None
-            if not token.may_see(view.unit.source, view.unit.labels):
+            if not token.may_see(view.unit.source, view.labels):  # its labels now, as the listing decides
                 # Answered as an unknown CID is: that the unit exists is not this token's to learn.
                 raise Problem(404, [("cid", str(UnitNotFound(cid)))])
         except Problem as problem:
@@ -291,13 +308,16 @@ class HubApi:
 
     async def content(self, request: web.Request) -> web.StreamResponse:
         """A unit's bytes, streamed and verified by CID (cim.hub.downloads), with ETag,
-        If-None-Match and one byte range (cim.hub.byte_ranges)."""
+        If-None-Match and one byte range (cim.hub.byte_ranges). HEAD answers what GET would,
+        without reading the bytes (`_available`)."""
         cid = request.match_info["cid"]
+        head = request.method == "HEAD"
+        slot = False
         try:
             token = _token_of(request, self.tokens)
             if refused := token.refused("read"):
                 raise Problem(403, refused)
-            unit = await self._visible(token, cid)
+            unit, state = await self._visible(token, cid, fold=head)
             etag = f'"{cid}"'
             headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=31536000, immutable"}
             if byte_ranges.none_match(request.headers.get("If-None-Match"), etag):
@@ -314,20 +334,40 @@ class HubApi:
             })
             if span is not None:
                 headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{unit.size}"
-            chunks = aiter(self.units.get(cid))
-            # The first chunk before the headers: a unit whose bytes cannot be read (or, up to
-            # 4 MiB, do not match: the store checks those whole first) gets an answer that says why.
-            first = None if request.method == "HEAD" else await self._first(chunks, cid)
+            chunks: AsyncIterator[bytes] | None = None
+            first = None
+            if head:
+                await self._available(cid, state)
+            else:
+                if not (slot := self.downloads.take()):
+                    raise Problem(503, [("(server)", f"this hub is sending {self.downloads.size} downloads, its "
+                                                     "max_downloads; try again shortly")], {"Retry-After": "1"})
+                chunks = aiter(self.units.get(cid))
+                # The first chunk before the headers: a unit whose bytes cannot be read (or, up to
+                # 4 MiB, do not match: the store checks those whole first) gets an answer that says why.
+                first = await self._first(chunks, cid)
         except Problem as problem:
+            if slot:
+                self.downloads.give_back()
             return _answer(problem)
-        return await downloads.send(request, chunks, first, status=200 if span is None else 206, headers=headers,
-                                    size=unit.size, span=span or (0, unit.size))
+        try:
+            return await downloads.send(request, chunks, first, status=200 if span is None else 206, headers=headers,
+                                        size=unit.size, span=span or (0, unit.size), idle_timeout=self.idle_timeout)
+        finally:
+            if slot:
+                self.downloads.give_back()
 
-    async def _visible(self, token: Token, cid: str) -> Unit:
-        """The unit's record, or the Problem a client gets: 400 for a malformed CID, 404 for an
+    async def _visible(self, token: Token, cid: str, *, fold: bool = False) -> tuple[Unit, UnitState | None]:
+        """The unit's record, with its folded state when `fold` or when the token is limited by
+        labels (a token sees a unit by the labels it has now, those pipeline steps added too,
+        as the listing does), or the Problem a client gets: 400 for a malformed CID, 404 for an
         unknown one and for one outside the token's sources and labels alike."""
         try:
-            unit = await self.units.unit(cid)
+            if fold or not token.every_label:
+                view = await self.units.show(cid)
+                unit, state = view.unit, UnitFold().apply_all(view.events).units.get(cid)
+            else:
+                unit, state = await self.units.unit(cid), None
         except InvalidInput as err:
             raise Problem(400, [("cid", err.rule)]) from None
         except NotFound as err:
@@ -336,10 +376,51 @@ class HubApi:
             raise Problem(404, [("cid", str(UnitNotFound(cid)))]) from None
         except (CimError, nats.errors.Error) as err:
             raise Problem(503, [("(server)", str(err) or type(err).__name__)], {"Retry-After": "5"}) from None
-        if not token.may_see(unit.source, unit.labels):
+        if not token.may_see(unit.source, state.labels if state is not None else unit.labels):
             # Answered as an unknown CID is: that the unit exists is not this token's to learn.
             raise Problem(404, [("cid", str(UnitNotFound(cid)))])
-        return unit
+        return unit, state
+
+    async def _available(self, cid: str, state: UnitState | None) -> None:
+        """For HEAD: the Problem a GET would answer, found as a GET finds it but without reading
+        the bytes (cim.store.unit_store.get): a hot copy's index entry is enough; else 410 for
+        an expired unit, 503 when no tier holds it, or only colder tiers and no tier agent
+        answers (a tier's own server is not asked: a GET may still find it down)."""
+        if state is None or not state.known:
+            raise Problem(404, [("cid", str(UnitNotFound(cid)))])
+        try:
+            if await self.units.content.locate(cid) is not None:
+                return
+            if state.expired:
+                err = UnitExpiredError(cid, state.expired.get("policy", "?"), state.expired.get("time", "?"))
+                raise Problem(410, [("cid", str(err))])
+            colder = sorted(state.tiers - {HOT})
+            if colder and await _tier_agent_answers(self.units.nc):
+                return
+        except (CimError, nats.errors.Error) as err:
+            raise Problem(503, [("(server)", str(err) or type(err).__name__)], {"Retry-After": "5"}) from None
+        why = (f"unit {cid} is in tier {', '.join(colder)}, which only the tier agent reads, and no tier agent answers"
+               if colder else f"unit {cid} has no copy in any tier: its content is lost unless a backup holds it "
+                              "(`cim tier verify` lists such units, `cim backup restore` brings back what the archive has)")
+        raise Problem(503, [("(server)", why)], {"Retry-After": "5"})
+
+    def _limit_cold(self, read: ColdReader) -> ColdReader:
+        """`read` (a unit from a colder tier, through the tier agent) at most max_cold_downloads
+        at once: each holds one of the tier agent's fetch slots, which `cim units get` and the
+        pipelines share. A range counts as much as the whole unit: it reads the whole unit."""
+        slots = self.cold_downloads
+
+        async def limited(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+            if not slots.take():
+                raise Problem(503, [("(server)", f"this hub is reading {slots.size} units from colder tiers, its "
+                                                 "max_cold_downloads; try again shortly")], {"Retry-After": "5"})
+            try:
+                async for chunk in read(*args, **kwargs):
+                    yield chunk
+            finally:
+                slots.give_back()
+
+        return limited
 
     async def _first(self, chunks: AsyncIterator[bytes], cid: str) -> bytes | None:
         try:
@@ -356,42 +437,63 @@ class HubApi:
 
     async def list_units(self, request: web.Request) -> web.Response:
         """Units newest first, a page at a time, from a pipeline agent's search index
-        (cim.pipeline.units), kept to those the token may see."""
+        (cim.pipeline.units), kept there to those the token may see; the cursor is sealed
+        (cim.hub.unit_pages) and good for this token and these filters only."""
         try:
             token = _token_of(request, self.tokens)
             if refused := token.refused("read"):
                 raise Problem(403, refused)
-            ask, before, limit = _units_request(token, request.query)
-            page, after, fresh = await self._page(token, ask, before, limit)
+            ask, cursor = _units_request(token, request.query)
+            bound = unit_pages.binding(token.digest, ask.labels, ask.source)
+            position = None
+            if cursor is not None:
+                try:
+                    position = unit_pages.decode(self.tokens.cursor_key, bound, cursor)
+                except InvalidInput as err:
+                    raise Problem(400, [("cursor", err.rule)]) from None
+            page, after, fresh = await self._page(token, ask, position)
         except Problem as problem:
             return _answer(problem)
-        return web.json_response({"units": page, "next": after, **fresh})
+        following = unit_pages.encode(self.tokens.cursor_key, bound, *after) if after else None
+        return web.json_response({"units": page, "next": following, **fresh})
 
-    async def _page(self, token: Token, ask: UnitsRequest, before: tuple[int, str] | None,
-                    limit: int) -> tuple[list[dict[str, Any]], str | None, dict[str, Any]]:
-        """Up to `limit` units the token may see, the cursor after the last one looked at
-        (None at the end), and the index's freshness. Each unit's record is read (its size, and
-        the source and labels it was stored with, which decide what a token sees, as for
-        GET /v1/units/{cid}); a restricted token's page may take a few requests to fill, and
-        comes back short (with a cursor) after LIST_ROUNDS."""
+    async def _page(self, token: Token, ask: UnitsRequest, position: tuple[int, int] | None,
+                    ) -> tuple[list[dict[str, Any]], tuple[int, int] | None, dict[str, Any]]:
+        """Up to `ask.limit` units the token may see, where the next page starts (the position
+        and the as_of it needs; None at the end), and the index's freshness.
+
+        The pipeline keeps the rows to the token's patterns (`within_*`), so no row of a unit
+        it may not see reaches the hub. Each unit's record is read (its size) and checked
+        against the token again. A walk of the index is bounded per request (a filter that
+        matches little answers a short page and where it stopped), so a page may take a few
+        requests to fill, and comes back short, with a cursor, after LIST_ROUNDS."""
         page: list[dict[str, Any]] = []
         fresh: dict[str, Any] = {}
-        for _ in range(LIST_ROUNDS):
-            reply = await self._ask_pipeline(UNITS, ask.model_copy(update={"before": before}))
+        before = (position[0], "") if position else None
+        floor = position[1] if position else 0  # an index behind the cursor's would skip units
+        for round_ in range(LIST_ROUNDS):
+            try:
+                reply = await self._ask_pipeline(UNITS, ask.model_copy(update={
+                    "before": before, "min_as_of": floor, "limit": ask.limit - len(page)}))
+            except Problem:
+                if round_ == 0:
+                    raise
+                break  # what was found is good: the client goes on from here with the cursor
+            floor = max(floor, reply.as_of)
             fresh = {"as_of": reply.as_of, "stale": reply.stale}
             records = await asyncio.gather(*(self._record(row.cid) for row in reply.units))
             for row, unit in zip(reply.units, records, strict=True):
-                before = (row.seq, row.cid)
-                if unit is not None and token.may_see(unit.source, unit.labels):
+                if unit is not None and token.may_see(unit.source, {*unit.labels, *row.labels}):
                     page.append({"cid": unit.cid, "size": unit.size, "media_type": unit.media_type, "title": unit.title,
                                  "labels": row.labels, "source": unit.source,
                                  "created_at": unit.created_at.isoformat()})
-                if len(page) == limit:
-                    more = reply.more or row is not reply.units[-1]
-                    return page, unit_pages.encode(*before) if more else None, fresh
-            if not reply.more or not reply.units:
+            if reply.resume is None:
                 return page, None, fresh
-        return page, unit_pages.encode(*before) if before else None, fresh
+            before = (reply.resume, "")
+            if len(page) >= ask.limit:
+                break
+        assert before is not None  # set by every round that did not end the listing
+        return page, (before[0], floor), fresh
 
     async def _record(self, cid: str) -> Unit | None:
         """A listed unit's record; None for one that has none (the index knows its text only)."""
@@ -410,7 +512,9 @@ class HubApi:
         except AgentUnavailable as err:
             raise Problem(503, [("(server)", f"listing units needs a running pipeline agent: {err}")],
                           {"Retry-After": "5"}) from None
-        except CimError as err:  # e.g. the index is being rebuilt
+        except ProjectionUnavailable as err:  # behind the cursor (another agent is ahead), or being rebuilt
+            raise Problem(503, [("(server)", str(err))], {"Retry-After": "1"}) from None
+        except CimError as err:
             raise Problem(503, [("(server)", str(err))], {"Retry-After": "5"}) from None
         except nats.errors.Error as err:
             raise Problem(503, [("(server)", f"NATS is not reachable from the hub ({type(err).__name__}); "
@@ -427,25 +531,43 @@ class HubApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         # In a thread: collectors that read the server wait for this event loop (cim.metrics.Sampled).
-        body = await asyncio.to_thread(generate_latest, self.exported)
+        # One thread of its own: anyone may ask this public port, and a flood of scrapes queues
+        # there, never in the default executor the uploads' spool writes use.
+        pool = getattr(self, "_metrics_thread", None)
+        if pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = self._metrics_thread = ThreadPoolExecutor(1, thread_name_prefix="hub-metrics")
+        body = await asyncio.get_running_loop().run_in_executor(pool, generate_latest, self.exported)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _tier_agent_answers(nc: Any) -> bool:
+    """Whether a tier agent answers its service ping (the one that reads colder tiers)."""
+    try:
+        await nc.request("$SRV.PING.cim-tier", b"", timeout=1.0)
+    except nats.errors.Error:
+        return False
+    return True
 
 
 # --- listing ---------------------------------------------------------------------------
 
 _LIST_PARAMS = ("label", "source", "cursor", "limit")
-LIST_ROUNDS = 5  # requests to the index for one page, at most, when the token sees few of the units
+# Requests to the index for one page, at most, when the filters match few of the units the
+# index walks (each request walks at most cim.pipeline.search.SCAN_ROWS rows).
+LIST_ROUNDS = 5
 
 
-def _units_request(token: Token, query: MultiMapping[str]) -> tuple[UnitsRequest, tuple[int, str] | None, int]:
-    """GET /v1/units's query as the pipeline's UnitsRequest, the cursor's position and the
-    page size, or 400 naming each bad parameter."""
+def _units_request(token: Token, query: MultiMapping[str]) -> tuple[UnitsRequest, str | None]:
+    """GET /v1/units's query as the pipeline's UnitsRequest, kept to what the token may see,
+    and the cursor as sent, or 400 naming each bad parameter."""
     errors = [(k, f"is not a listing parameter (use {', '.join(_LIST_PARAMS)})") for k in sorted(set(query) - set(_LIST_PARAMS))]
     errors += [(k, "give it once") for k in _LIST_PARAMS if k != "label" and len(query.getall(k, [])) > 1]
     labels = [x.strip() for v in query.getall("label", []) for x in v.split(",") if x.strip()]
     source = query.get("source", "")
     if not source and len(token.sources) == 1 and not token.every_source and "[" not in token.sources[0]:
-        # Narrows what the index walks; what the token sees is still decided unit by unit.
+        # Lets the index read a rare source from its own index; what the token sees is kept by within_sources.
         source = token.sources[0]
     limit = 50
     if "limit" in query:
@@ -455,20 +577,15 @@ def _units_request(token: Token, query: MultiMapping[str]) -> tuple[UnitsRequest
             limit = 0
         if not 1 <= limit <= 100:
             errors.append(("limit", "must be a whole number from 1 to 100"))
-    before = None
-    if "cursor" in query:
-        try:
-            before = unit_pages.decode(query["cursor"])
-        except InvalidInput as err:
-            errors.append(("cursor", err.rule))
     if errors:
         raise Problem(400, errors)
     try:
-        ask = UnitsRequest(labels=labels, source=source, limit=limit)
+        ask = UnitsRequest(labels=labels, source=source, limit=limit, within_sources=token.sources,
+                           within_labels=token.labels)
     except ValidationError as err:
         fields = field_errors(err, top="(query)")
         raise Problem(400, [(f.replace("labels", "label", 1), m) for f, m in fields]) from None
-    return ask, before, limit
+    return ask, query.get("cursor")
 
 
 # --- search ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ plugins too, and must not export these."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -31,6 +32,8 @@ INBOX_FILES = Counter("cim_hub_inbox_files_total", "Inbox files by outcome", ["c
 S3_OBJECTS = Counter("cim_hub_s3_objects_total", "S3 objects by outcome", ["connector", "outcome"], registry=REGISTRY)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"))
+CLIENT_GONE = 499  # the status counted for a request whose client left before the answer
 
 
 @web.middleware
@@ -48,8 +51,26 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as err:
         status = err.status
         raise
+    except asyncio.CancelledError:
+        # The handler was cut off with its connection (the client left, or the hub stops):
+        # no answer went out, and no fault of the request's; nginx counts these as 499.
+        status = CLIENT_GONE
+        raise
+    except ConnectionResetError:
+        # aiohttp fails the body being read this way when the client goes away mid-upload;
+        # a reset of anything else (the client still there) is the hub's own error.
+        if request.transport is None or request.transport.is_closing():
+            status = CLIENT_GONE
+        raise
     finally:
-        HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+        HTTP_REQUESTS.labels(method_label(request.method), route, str(status)).inc()
+
+
+def method_label(method: str) -> str:
+    """The method as a label: one of the standard ones, else "other". The pure-Python HTTP
+    parser takes any token as a method, and a label per made-up method would let any client
+    grow the series without bound."""
+    return method if method in METHODS else "other"
 
 
 async def webhook_lag(nc: Client, consumer: str) -> list[Metric]:

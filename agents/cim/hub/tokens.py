@@ -8,7 +8,9 @@ trimmed. `scopes` says what the token may do: `write` (store units) and `read` (
 search); both unless the file says otherwise, as every token could before scopes existed.
 
 A token reads what it could have written: units whose source and every label lie inside its
-patterns. A unit outside them answers 404, as an unknown one does; a search is narrowed to
+patterns, the labels a unit has now (those pipeline steps added too, as the listing's label
+filter reads them). A unit outside them answers 404, as an unknown one does; the listing
+leaves it out in the pipeline's index (which gets these patterns); a search is narrowed to
 them, or refused with 403 where it cannot be (cim.hub.http_api).
 """
 
@@ -110,12 +112,17 @@ class Tokens:
         self.path = Path(path)
         self._mtime: float | None = None
         self._by_digest: dict[bytes, Token] = {}
+        # The key that seals GET /v1/units's cursors (cim.hub.unit_pages): derived from the
+        # file's content, a secret every hub of a service reads, so any of them opens a cursor
+        # another gave out; a new file (a rotation) ends the cursors given out before.
+        self.cursor_key = b""
         self._load()
 
     def _load(self) -> None:
         try:
             stat = self.path.stat()
-            data = json.loads(self.path.read_text())
+            raw = self.path.read_bytes()
+            data = json.loads(raw)
             parsed = TokenFile.model_validate(data)
         except OSError as err:
             raise ConfigError(str(self.path), [("(file)", f"cannot read the token file: {err.strerror}")]) from None
@@ -126,6 +133,7 @@ class Tokens:
         except ValidationError as err:
             raise ConfigError(str(self.path), field_errors(err)) from None
         self._by_digest = {t.digest: t for t in parsed.tokens}
+        self.cursor_key = hmac.new(raw, b"cim hub: GET /v1/units cursors", hashlib.sha256).digest()
         self._mtime = stat.st_mtime
 
     def _refresh(self) -> None:

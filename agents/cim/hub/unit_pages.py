@@ -1,43 +1,87 @@
-"""The opaque cursor of GET /v1/units: where the last page ended, as a keyset.
+"""The opaque cursor of GET /v1/units: where the last page ended, sealed by the hub.
 
-A cursor is base64url of `<seq>:<cid>`, the sequence of the last listed unit's
-`unit.created` and its CID. Keyset, not offset: units stored meanwhile go to the front, and a
-page starts right after the last unit seen, however deep. The sequence is the same in every
-pipeline agent's index (and in one rebuilt by replay), so any of them continues a listing.
-Anything else sent as a cursor is refused, never passed on.
+A cursor holds two numbers: a position (the sequence of a unit's `unit.created`: the listing
+goes on below it) and the `as_of` of the index that answered (an index behind that would
+leave holes: cim.pipeline.agent refuses it). Keyset, not offset: units stored meanwhile go
+to the front, and a page costs the same however deep. The position may be that of a unit
+the token may not see (the pipeline scans a bounded window, and the cursor marks where the
+scan stopped), so the cursor is sealed:
+
+- encrypted (XOR with an HMAC-SHA256 keystream over a random nonce): a client reads
+  nothing from it, no sequence and no CID;
+- authenticated (HMAC-SHA256 over the nonce, the ciphertext and the binding: the token and
+  the filters): a crafted or altered cursor, or one given to another token or for other
+  filters, is refused with 400, never passed on.
+
+The key derives from the tokens file's content (cim.hub.tokens), which every hub of a
+service reads, so a cursor from one hub is good on another behind the same address
+(`--instances`); rewriting the tokens file (a rotation) ends every cursor given out before,
+and the client lists again from the start.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import re
+import hashlib
+import hmac
+import json
+import os
+import struct
 
-from .. import cid as cidlib
-from ..errors import InvalidCid, InvalidInput
+from ..errors import InvalidInput
 
-_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,200}")
-_INSIDE = re.compile(r"([0-9]{1,19}):([a-z2-7]{1,150})")
-_BAD = "is not a cursor this API gave out; list again from the start, without cursor"
+_VERSION = b"\x01"
+_NONCE, _TAG = 12, 16
+_BODY = struct.Struct(">QQ")  # position, as_of
+_LENGTH = len(_VERSION) + _NONCE + _BODY.size + _TAG
+_TEXT = (_LENGTH * 4 + 2) // 3  # base64url without padding
+# One answer for every refusal: a client learns nothing about why its cursor failed.
+_BAD = ("is not a cursor this API gave out for this token and these filters (or the hub's tokens file changed "
+        "since); list again from the start, without cursor")
 
 
-def encode(seq: int, cid: str) -> str:
-    return base64.urlsafe_b64encode(f"{seq}:{cid}".encode()).decode().rstrip("=")
+def binding(token_digest: bytes, labels: list[str], source: str) -> bytes:
+    """What a cursor is good for: one token (by its digest) and one set of filters."""
+    return json.dumps([token_digest.hex(), sorted(set(labels)), source]).encode()
 
 
-def decode(cursor: str) -> tuple[int, str]:
-    """(seq, cid) of a cursor, or InvalidInput("cursor") for anything encode did not make."""
-    if not _SHAPE.fullmatch(cursor):
+def _keys(key: bytes) -> tuple[bytes, bytes]:
+    return (hmac.new(key, b"cursor encryption", hashlib.sha256).digest(),
+            hmac.new(key, b"cursor authentication", hashlib.sha256).digest())
+
+
+def _tag(mac_key: bytes, sealed: bytes, bound: bytes) -> bytes:
+    return hmac.new(mac_key, sealed + b"\0" + bound, hashlib.sha256).digest()[:_TAG]
+
+
+def _pad(enc_key: bytes, nonce: bytes) -> bytes:
+    return hmac.new(enc_key, nonce, hashlib.sha256).digest()[:_BODY.size]
+
+
+def encode(key: bytes, bound: bytes, position: int, as_of: int) -> str:
+    enc_key, mac_key = _keys(key)
+    nonce = os.urandom(_NONCE)
+    body = bytes(a ^ b for a, b in zip(_BODY.pack(position, as_of), _pad(enc_key, nonce), strict=True))
+    sealed = _VERSION + nonce + body
+    return base64.urlsafe_b64encode(sealed + _tag(mac_key, sealed, bound)).decode().rstrip("=")
+
+
+def decode(key: bytes, bound: bytes, cursor: str) -> tuple[int, int]:
+    """(position, as_of) of a cursor `encode` made with this key and binding, or
+    InvalidInput("cursor") for anything else."""
+    if len(cursor) != _TEXT or not cursor.isascii():
         raise InvalidInput("cursor", _BAD)
     try:
-        inside = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     except (binascii.Error, ValueError):
         raise InvalidInput("cursor", _BAD) from None
-    m = _INSIDE.fullmatch(inside)
-    if m is None or int(m[1]) >= 2**63:
+    if len(raw) != _LENGTH or raw[:1] != _VERSION:
         raise InvalidInput("cursor", _BAD)
-    try:
-        cidlib.validate(m[2])
-    except InvalidCid:
-        raise InvalidInput("cursor", _BAD) from None
-    return int(m[1]), m[2]
+    enc_key, mac_key = _keys(key)
+    sealed, tag = raw[:-_TAG], raw[-_TAG:]
+    if not hmac.compare_digest(tag, _tag(mac_key, sealed, bound)):
+        raise InvalidInput("cursor", _BAD)
+    nonce, body = sealed[1:1 + _NONCE], sealed[1 + _NONCE:]
+    position, as_of = _BODY.unpack(bytes(a ^ b for a, b in zip(body, _pad(enc_key, nonce), strict=True)))
+    return position, as_of

@@ -14,8 +14,15 @@ secret, decoded as the spec defines it, or anything else: the raw key bytes them
 (what it held before), which a receiver's library takes as `whsec_` + their base64
 (`signing_key`).
 
-`X-CIM-Signature: t=<unix time>,v1=<hex>` (HMAC-SHA256 with the same key over `<t>.<body>`)
-is still sent beside them for receivers written before; it goes in CIM 0.3 (`verify_legacy`).
+`X-CIM-Signature: t=<unix time>,v1=<hex>` (HMAC-SHA256 over `<t>.<body>`) is still sent beside
+them for receivers written before; it goes in CIM 0.3 (`verify_legacy`). Its key is the secret
+file's contents as they are, `whsec_` prefix and all, as before Standard Webhooks: a receiver
+of the old header keeps working whatever the file holds.
+
+One event can never stall the others: whatever fails while building or sending a request
+(a header value HTTP refuses, say) is a failed attempt, so the event ends in the dead letters
+after `max_attempts`; and the consumer redelivers an event at most `MAX_DELIVER` times
+(hub/config.py), the last time ending it with `term()` and an error in the log.
 """
 
 from __future__ import annotations
@@ -42,9 +49,9 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from ..errors import ConfigError
 from ..events import Event, EventStore, StoredEvent
-from ..events.envelope import read_headers
+from ..events.envelope import read_headers, safe_id
 from ..names import DLQ_STREAM, EVENTS_STREAM
-from .config import CONSUMER, WebhookSettings
+from .config import CONSUMER, MAX_DELIVER, WebhookSettings
 from .events import WebhookDeadLettered, WebhookRedelivered
 from .metrics import DEAD_LETTERS, DELIVERIES
 
@@ -72,11 +79,12 @@ def signing_key(secret: bytes) -> bytes:
 
 def sign(secret: bytes, msg_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
     """The signature headers of one attempt: Standard Webhooks' three (signed by its
-    library) and the legacy X-CIM-Signature. `secret` is the secret file's contents."""
-    key = signing_key(secret)
+    library) and the legacy X-CIM-Signature. `secret` is the secret file's contents: the
+    legacy header is keyed with them as they are (as it always was), the others with
+    `signing_key(secret)`."""
     t = int(time.time()) if timestamp is None else timestamp
-    signature = StandardWebhook(key).sign(msg_id, datetime.fromtimestamp(t, tz=UTC), body.decode())
-    legacy = hmac.new(key, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    signature = StandardWebhook(signing_key(secret)).sign(msg_id, datetime.fromtimestamp(t, tz=UTC), body.decode())
+    legacy = hmac.new(secret, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
     return {"webhook-id": msg_id, "webhook-timestamp": str(t), "webhook-signature": signature,
             LEGACY_SIGNATURE: f"t={t},v1={legacy}"}
 
@@ -92,13 +100,14 @@ def verify(secret: bytes, body: bytes, headers: Mapping[str, str]) -> bool:
 
 
 def verify_legacy(secret: bytes, body: bytes, header: str, *, tolerance: float = 300) -> bool:
-    """The X-CIM-Signature check receivers ran before Standard Webhooks (gone in CIM 0.3)."""
+    """The X-CIM-Signature check receivers ran before Standard Webhooks (gone in CIM 0.3):
+    `secret` is the secret file's contents as they are, a `whsec_` one too."""
     parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
     try:
         t = int(parts["t"])
     except (KeyError, ValueError):
         return False
-    expected = hmac.new(signing_key(secret), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    expected = hmac.new(secret, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, parts.get("v1", "")) and abs(time.time() - t) <= tolerance
 
 
@@ -115,10 +124,21 @@ def subject_matches(pattern: str, subject: str) -> bool:
 # The body is one CloudEvent in the JSON event format (HTTP structured content mode), so a
 # receiver can read it with any CloudEvents SDK; this media type tells it the mode.
 BODY_TYPE = "application/cloudevents+json; charset=utf-8"
+# A dead letter stored before CloudEvents holds CIM's old JSON body: redelivered, it says so.
+LEGACY_BODY_TYPE = "application/json"
 
 
 def body_of(event: StoredEvent) -> bytes:
     return json.dumps(event.structured(), separators=(",", ":")).encode()
+
+
+def body_type(body: bytes) -> str:
+    """The media type of a stored body: a CloudEvent's, or plain JSON for one from before."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return LEGACY_BODY_TYPE
+    return BODY_TYPE if isinstance(parsed, dict) and "specversion" in parsed else LEGACY_BODY_TYPE
 
 
 class Webhook:
@@ -143,15 +163,17 @@ class Webhook:
         b = self.settings.backoff or [1]
         return b[min(attempt - 1, len(b) - 1)]
 
-    async def attempt(self, http: aiohttp.ClientSession, event_id: str, event_type: str, body: bytes, n: int) -> str | None:
-        """One POST; None when the receiver accepted it, else why not."""
-        headers = {
-            "Content-Type": BODY_TYPE, "X-CIM-Event-Id": event_id, "X-CIM-Event-Type": event_type,
-            "X-CIM-Webhook": self.name, "X-CIM-Delivery-Attempt": str(n),
-            # Signed anew for each attempt (a fresh timestamp), under the same webhook-id.
-            **sign(self.secret, event_id, body),
-        }
+    async def attempt(self, http: aiohttp.ClientSession, event_id: str, event_type: str, body: bytes, n: int,
+                      content_type: str = BODY_TYPE) -> str | None:
+        """One POST; None when the receiver accepted it, else why not. Never raises (but
+        when cancelled): a request that cannot even be built is a failed attempt too."""
         try:
+            headers = {
+                "Content-Type": content_type, "X-CIM-Event-Id": event_id, "X-CIM-Event-Type": event_type,
+                "X-CIM-Webhook": self.name, "X-CIM-Delivery-Attempt": str(n),
+                # Signed anew for each attempt (a fresh timestamp), under the same webhook-id.
+                **sign(self.secret, event_id, body),
+            }
             async with http.post(str(self.settings.url), data=body, headers=headers,
                                  timeout=aiohttp.ClientTimeout(total=self.settings.timeout)) as resp:
                 await resp.read()
@@ -161,6 +183,8 @@ class Webhook:
                 reason = f"the receiver answered HTTP {resp.status}"
         except (TimeoutError, aiohttp.ClientError, OSError) as err:
             reason = f"the receiver could not be reached ({type(err).__name__}: {err})"
+        except Exception as err:  # a header HTTP refuses (aiohttp's ValueError), a body that is not text, ...
+            reason = f"the request could not be made ({type(err).__name__}: {err})"
         DELIVERIES.labels(self.name, "failed").inc()
         return reason
 
@@ -232,6 +256,14 @@ class Dispatcher:
         try:
             await asyncio.gather(*(self._deliver(w, event, msg) for w in targets))
         except Exception:
+            # Not the receiver (attempts never raise): the dead letter or its record could not
+            # be written. Tried again a bounded number of times, never for ever: an event that
+            # keeps failing would hold one of the consumer's max_ack_pending slots.
+            if msg.metadata.num_delivered >= MAX_DELIVER:
+                log.exception("delivering event %s (stream seq %d) failed %d times; given up on it",
+                              event.id, event.seq, MAX_DELIVER)
+                await msg.term()
+                return
             log.exception("delivering %s failed; it will be redelivered", event.id)
             await msg.nak(delay=5)
             return
@@ -239,7 +271,13 @@ class Dispatcher:
 
     async def _deliver(self, hook: Webhook, event: StoredEvent, msg: Msg) -> None:
         assert self._http is not None
-        body = body_of(event)
+        try:
+            body = body_of(event)
+        except Exception as err:  # nothing to send: straight to the dead letters, with the stored bytes
+            DELIVERIES.labels(hook.name, "failed").inc()
+            await self._dead_letter(hook, event, msg, msg.data or b"",
+                                    f"the event could not be made a webhook body ({type(err).__name__}: {err})")
+            return
         reason: str | None = "no attempt made"
         for n in range(1, hook.settings.max_attempts + 1):
             await msg.in_progress()  # still working on it: keep the ack deadline away
@@ -261,13 +299,14 @@ class Dispatcher:
             "cim-dlq-attempts": str(hook.settings.max_attempts), "cim-dlq-webhook": hook.name, "cim-agent": self.agent,
         })
         await self.js.publish(subject, body, headers=headers, stream=DLQ_STREAM)
-        log.warning("webhook %s: event %s dead-lettered after %d attempts: %s", hook.name, event.id, hook.settings.max_attempts, reason)
+        log.warning("webhook %s: event %r dead-lettered after %d attempts: %s", hook.name, event.id, hook.settings.max_attempts, reason)
         DEAD_LETTERS.labels(hook.name).inc()
+        cause = safe_id(event.id)  # a stored id with a blank at its end, say, as an id an Event takes
         await self.events.append(Event.of(
             WebhookDeadLettered(event_id=event.id, subject=msg.subject, url=str(hook.settings.url),
                                 attempts=hook.settings.max_attempts, reason=reason[:500], dlq_subject=subject),
-            hook.name, id=f"hub-dead-lettered-{hook.name}-{event.id}", agent=self.agent,
-            causation_id=event.id,
+            hook.name, id=f"hub-dead-lettered-{hook.name}-{cause}", agent=self.agent,
+            causation_id=cause,
         ))
 
     async def redeliver(self, dlq_seq: int) -> dict[str, Any]:
@@ -283,11 +322,13 @@ class Dispatcher:
             self._http = aiohttp.ClientSession()
         original = read_headers(headers)  # the dead event's envelope, in either form
         event_id = original.id or f"dlq-{dlq_seq}"
-        reason = await hook.attempt(self._http, event_id, original.type or "", raw.data or b"", 0)
+        body = raw.data or b""
+        # A letter stored before CloudEvents holds the old JSON body: sent as what it is.
+        reason = await hook.attempt(self._http, event_id, original.type or "", body, 0, content_type=body_type(body))
         if reason is not None:
             return {"ok": False, "reason": reason}
         await self.events.append(Event.of(
             WebhookRedelivered(event_id=event_id, dlq_seq=dlq_seq), hook.name, id=f"hub-redelivered-{dlq_seq}",
-            agent=self.agent, causation_id=event_id,
+            agent=self.agent, causation_id=safe_id(event_id),
         ))
         return {"ok": True, "reason": ""}

@@ -209,12 +209,26 @@ class Agent(AgentBase[Config]):
 
     @endpoint(api.UNITS)
     async def list_units(self, req: UnitsRequest) -> api.UnitsReply:
-        """The units the index knows, newest first, a page at a time (the hub's GET /v1/units)."""
+        """The units the index knows, newest first, a page at a time (the hub's GET /v1/units),
+        kept to the caller's reach (a hub token's patterns), each request a bounded walk
+        (search.SCAN_ROWS). Run on the event loop as search is: its work is bounded."""
         filters = search.Filters(labels=req.labels, source=req.source)
+        reach = search.Reach(sources=req.within_sources, labels=req.within_labels)
 
         def run(conn: sqlite3.Connection) -> api.UnitsReply:
-            rows, more = search.units(conn, filters=filters, before=req.before, limit=req.limit)
-            return api.UnitsReply(units=[api.ListedUnit(**r.__dict__) for r in rows], more=more, **self._fresh())
+            fresh = self._fresh()
+            if fresh["as_of"] < req.min_as_of:
+                # A cursor from an agent further on: this index lacks units below its position,
+                # and a page from here would skip them. Refused at once (a wait would hold this
+                # endpoint's queue): the caller asks again, and reaches an agent caught up.
+                raise ProjectionUnavailable(
+                    f"this pipeline agent's index covers the events up to #{fresh['as_of']}, and the cursor comes from "
+                    f"an index at #{req.min_as_of}; try again shortly (if the event stream was restored since, list "
+                    "again from the start)")
+            rows, resume = search.units(conn, filters=filters, before=req.before, limit=req.limit, reach=reach,
+                                        scan=req.scan)
+            return api.UnitsReply(units=[api.ListedUnit(**r.__dict__) for r in rows], more=resume is not None,
+                                  resume=resume, **fresh)
 
         return self._query(run)
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..nats.rpc import Endpoint
 from .model import PipelineDef
+from .search import SCAN_ROWS
 
 
 class _Req(BaseModel):
@@ -45,6 +46,9 @@ class SearchRequest(_Req):
         return v.lower()  # media types are stored lower-case
 
 
+_Pattern = Annotated[str, Field(max_length=1000)]
+
+
 class UnitsRequest(_Req):
     """A page of the units the index knows, newest first (the hub's GET /v1/units)."""
 
@@ -52,8 +56,16 @@ class UnitsRequest(_Req):
         default_factory=list, max_length=16, description="units with every one of these labels")
     source: str = Field(default="", max_length=1000, description="exact, or a glob")
     before: tuple[Annotated[int, Field(ge=0, lt=2**63)], Annotated[str, Field(max_length=200)]] | None = Field(
-        default=None, description="(seq, cid) of the last unit of the page before: only older units")
+        default=None, description="(seq, cid) of the last unit of the page before: only older units; "
+                                  "(seq, \"\") for a resume position: units below that sequence")
     limit: int = Field(default=50, gt=0, le=1000)
+    within_sources: list[_Pattern] = Field(default_factory=lambda: ["*"], max_length=256, description=(
+        "shell patterns (fnmatch): only units whose source matches one (a hub token's reach)"))
+    within_labels: list[_Pattern] = Field(default_factory=lambda: ["*"], max_length=256, description=(
+        "shell patterns (fnmatch): only units each of whose labels now (pipeline steps' too) matches one"))
+    scan: int = Field(default=SCAN_ROWS, gt=0, le=SCAN_ROWS, description="rows of the index to walk at most")
+    min_as_of: int = Field(default=0, ge=0, lt=2**63, description=(
+        "the index must cover the stream up to here (a cursor's): one behind refuses rather than skip units"))
 
 
 class CidRequest(_Req):
@@ -116,7 +128,10 @@ class ListedUnit(BaseModel):
 
 class UnitsReply(Freshness):
     units: list[ListedUnit]
-    more: bool = Field(description="older units follow the last one")
+    more: bool = Field(description="older units may follow: ask again with before = (resume, \"\")")
+    resume: int | None = Field(default=None, description=(
+        "where the next page starts (units below this sequence): the last unit listed, or where a walk of "
+        "`scan` rows stopped; None after the last"))
 
 
 class Relation(BaseModel):

@@ -61,6 +61,7 @@ class _Work:
     redelivered: bool
     msg: Msg | None = None
     applied: bool = False  # False: not a unit event, or the unit is out of this pipeline's context
+    recorded_before: bool = False  # an earlier delivery ran it (and was counted then)
     effects: list[Event] = field(default_factory=list)
     record: Event | None = None  # its `steps.done`; None when there is nothing to record
     error: BaseException | None = None
@@ -231,7 +232,9 @@ class Runner:
         msg, event = w.msg, w.event
         assert msg is not None
         if w.error is None:
-            if w.applied:
+            if w.recorded_before:
+                pass  # counted when it was done: a redelivery is no second unit processed
+            elif w.applied:
                 self.stats.processed += 1
                 PROCESSED.labels(self.p.name).inc()
             else:
@@ -294,6 +297,7 @@ class Runner:
             w.applied = True
             key = run_key(self.p.name, unit.cid)
             if w.redelivered and await self._recorded(key):
+                w.recorded_before = True
                 return  # done by an earlier delivery: nothing runs again
             trigger = w.event
             correlation = trigger.correlation_id or trigger.id

@@ -29,7 +29,7 @@ from ..nats.read import read_stream
 from ..runtime import AgentBase, AgentContext, endpoint
 from . import api
 from .api import Agents, LsRequest, Negotiated, NegotiateRequest, Provider, Providers, ProvidersRequest, ShowRequest
-from .client import PREFIX, STREAM, is_removal, parse_record, select
+from .client import CAPABILITIES, PREFIX, STREAM, is_removal, parse_record, select
 from .config import Config
 from .events import AgentAppeared, AgentGone, AgentRecovered, AgentStale
 from .metrics import agents
@@ -82,7 +82,10 @@ class Agent(AgentBase[Config]):
         self.ctx.tasks.spawn(self._close_missed(), name="registry-missed")
 
     async def _agents(self) -> list:
-        return agents((t.record.capability, t.state) for t in list(self.instances.values()))
+        # A record's body is whatever its writer put there: a label is a capability this
+        # version knows, or "other", so no writer can make the series grow without bound.
+        return agents((t.record.capability if t.record.capability in CAPABILITIES else "other", t.state)
+                      for t in list(self.instances.values()))
 
     async def quiesce(self) -> None:
         self._closing = True  # the follower records nothing more; the runtime then cancels it

@@ -75,7 +75,7 @@ class Requirement(BaseModel):
     @field_validator("capability")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _CAPABILITY.match(v):
+        if not _CAPABILITY.fullmatch(v):
             raise ValueError(f"{v!r} is not a capability name (lower case letters, digits, '-', '_')")
         return v
 

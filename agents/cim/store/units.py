@@ -70,7 +70,7 @@ class Unit(BaseModel):
     @field_validator("media_type")
     @classmethod
     def _media_type(cls, v: str) -> str:
-        if not MEDIA_TYPE.match(v):
+        if not MEDIA_TYPE.fullmatch(v):
             raise ValueError(f"{v!r} is not a media type like text/plain")
         return v.lower()
 
@@ -78,7 +78,7 @@ class Unit(BaseModel):
     @classmethod
     def _labels(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for label in v:
-            if not LABEL.match(label):
+            if not LABEL.fullmatch(label):
                 raise ValueError(
                     f"{label!r} is not a label: lower-case letters, digits and . _ : / - (at most 64, starting with a letter or digit)"
                 )

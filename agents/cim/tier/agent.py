@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
+from .. import cid as cidlib
 from ..errors import CimError, ProjectionUnavailable, UnitNotFound
 from ..events import EventStore
 from ..metrics import Sampled
@@ -198,9 +199,13 @@ class Agent(AgentBase[Config]):
             log.info("no access times loaded: %s", err)
 
     async def _on_access(self, msg) -> None:
-        cid = msg.data.decode(errors="replace").strip()
-        if cid.startswith("b") and len(cid) < 100 and "." not in cid:
-            self._accessed(cid)
+        # Any reader may report here: only a valid CID is recorded, so junk neither grows
+        # `self.access` nor becomes a KV subject (`b*`, `b>` and `b x` would break the flush).
+        try:
+            cid = cidlib.validate(msg.data.decode().strip())
+        except ValueError:  # not UTF-8, or not a CID (InvalidCid)
+            return
+        self._accessed(cid)
 
     def _accessed(self, cid: str) -> None:
         """Record a read, and write it to the KV a little later with the reads that arrive
@@ -219,15 +224,28 @@ class Agent(AgentBase[Config]):
         if not dirty:
             return
         js = self.nc.jetstream()
+        pending = list(dirty)
+        failed: list[str] = []
+        in_a_row = 0
         try:
-            for cid in dirty:
-                # Straight to the KV subject: no bucket lookup, so no extra permission needed.
-                await js.publish(f"$KV.{ACCESS_BUCKET}.{cid}", str(self.access[cid]).encode(), stream=f"KV_{ACCESS_BUCKET}")
+            while pending:
+                cid = pending.pop()
+                try:
+                    # Straight to the KV subject: no bucket lookup, so no extra permission needed.
+                    await js.publish(f"$KV.{ACCESS_BUCKET}.{cid}", str(self.access[cid]).encode(), stream=f"KV_{ACCESS_BUCKET}")
+                    in_a_row = 0
+                except Exception as err:  # one read that cannot be written costs only itself
+                    failed.append(cid)
+                    in_a_row += 1
+                    if in_a_row == 1:
+                        self.migrator.note_error("recording last access", err)
+                    if in_a_row >= 3:  # the server is away, not one subject wrong: no timeout per read
+                        failed += pending
+                        pending = []
         except asyncio.CancelledError:
             self._access_dirty |= dirty  # cancelled on stop: the final flush writes them (again: harmless)
             raise
-        except Exception as err:
-            self.migrator.note_error("recording last access", err)
+        self._access_dirty.update(failed)  # kept for the next flush (the next read's, or the one at stop)
 
     # --- read-through ----------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -61,19 +62,35 @@ def provision_spec() -> ProvisionSpec:
     ])
 
 
-def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dict, str | None]:
+def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dict, Callable[[Config], str | None]]:
     """`cim up`: a warm and an archive tier as directories; the archive under the data dir
-    unless `cim up --archive-dir` (CIM_ARCHIVE_DIR) puts it elsewhere, e.g. on another disk."""
+    unless `cim up --archive-dir` (CIM_ARCHIVE_DIR) puts it elsewhere, e.g. on another disk.
+    Its summary line names the tiers and the backup as the settings file left them."""
     warm = data_dir / "tiers" / "warm"
     archive = Path(os.environ.get("CIM_ARCHIVE_DIR") or data_dir / "tiers" / "archive")
     archive.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
-    note = f"tiers: hot -> warm ({warm}), backups to {archive}"
-    if os.stat(archive).st_dev == os.stat(data_dir).st_dev:
-        note += " (the same disk as the data: a backup of what is deleted, not of a lost disk; --archive-dir puts it elsewhere)"
+
+    def note(config: Config) -> str:
+        line = "tiers: " + " -> ".join([HOT] + [f"{t.name} ({_where(t.url)})" for t in config.tiers])
+        backup = next((t for t in config.tiers if config.backup and t.name == config.backup.tier), None)
+        if backup is None:
+            return line + "; no backups (set `backup` in the tier settings)"
+        line += f"; backups to {_where(backup.url)}"
+        folder = Path(backup.url.removeprefix("file://")) if backup.url.startswith("file://") else None
+        if folder is not None and folder.is_dir() and os.stat(folder).st_dev == os.stat(data_dir).st_dev:
+            line += (" (the same disk as the data: a backup of what is deleted, not of a lost disk; "
+                     "--archive-dir puts it elsewhere)")
+        return line
+
     return {
         "tiers": [{"name": "warm", "url": f"file://{warm}"}, {"name": "archive", "url": f"file://{archive}"}],
         "policies": [{"name": "warm-after-30d", "from": "hot", "to": "warm", "action": "move", "min_age": "30d"}],
         "backup": {"tier": "archive", "interval": 60},
         "migrate_interval": 600,
     }, note
+
+
+def _where(url: str) -> str:
+    """A tier's place as the summary shows it: a folder as its path, any other URL whole."""
+    return url.removeprefix("file://") if url.startswith("file://") else url

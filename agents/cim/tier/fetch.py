@@ -7,6 +7,11 @@ which a reader under its own NATS user may answer), then an end or error
 message. While a tier is down the agent retries with backoff and says so (`retrying`
 messages keep the reader waiting); when it gives up the reader gets the reason. Both sides
 verify the CID; the reader holds the last chunk back until it checks out.
+
+The reader acks only to an inbox (`_INBOX.` and plain tokens, no wildcards), and only when
+the chunk's reply subject and its `Cim-Ack` header agree: whoever answers on the reader's
+inbox names that subject, and a reader's credential may publish where an ack must never go
+(a pipeline's may delete consumers and write its KV bucket). Anything else stops the read.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -25,7 +31,7 @@ from .. import cid as cidlib
 from ..errors import CidMismatch, CimError
 from ..store.content import ThreadedHasher
 from ..tasks import Bounded
-from .errors import TierAgentMissing, TierUnavailable
+from .errors import TierAgentMissing, TierError, TierUnavailable
 from .locations import UnitLocation
 
 log = logging.getLogger("cim.tier.fetch")
@@ -34,6 +40,9 @@ FETCH_SUBJECT = "cim.tier.fetch"
 CHUNK = 512 * 1024  # well under the default 1 MiB max_payload
 WINDOW = 32  # chunks in flight before the agent waits for an ack (16 MiB)
 H_SEQ, H_ACK, H_STATUS, H_ERROR = "Cim-Seq", "Cim-Ack", "Cim-Status", "Cim-Error"
+# Where a reader may ack: an inbox (the tier agent's `_INBOX.<capability>.<id>`, or nats-py's
+# `_INBOX.<id>`), tokens of letters, digits, '-' and '_': no wildcard, no other subject.
+ACK_INBOX = re.compile(r"_INBOX(\.[A-Za-z0-9_-]+)+")
 
 
 # --- the agent's side ----------------------------------------------------------------------
@@ -183,7 +192,7 @@ async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncI
                     yield held
                 held = m.data
                 if seq % (WINDOW // 2) == 0:
-                    await nc.publish(m.reply or h[H_ACK], str(seq).encode())
+                    await nc.publish(_ack_subject(m.reply, h.get(H_ACK), cid), str(seq).encode())
                 continue
             if status == "retrying":
                 log.info("%s", h.get(H_ERROR))
@@ -204,6 +213,20 @@ async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncI
         raise CidMismatch(cid, actual, where="tier agent's reply")
     if held is not None:
         yield held
+
+
+def _ack_subject(reply: str | None, header: str | None, cid: str) -> str:
+    """Where to ack a chunk: the agent's ack inbox, named by the chunk's reply subject and its
+    `Cim-Ack` header alike (an older agent sets the header only)."""
+    named = {s for s in (reply, header) if s}
+    subject = named.pop() if len(named) == 1 else None
+    if subject is None or not ACK_INBOX.fullmatch(subject):
+        shown = " and ".join(repr(s[:120]) for s in (reply, header) if s) or "no subject"
+        raise TierError(
+            f"the answer to the read of {cid} asks for its acknowledgements on {shown}, not one inbox: "
+            "refused, and the read stopped. Something other than a tier agent answers on cim.tier.fetch, "
+            "or one misbehaves; check who holds the tier agent's NATS credential")
+    return subject
 
 
 async def _agent_listens(nc: Client) -> bool:

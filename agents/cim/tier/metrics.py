@@ -32,8 +32,15 @@ def direction(order: list[str], from_tier: str, to_tier: str) -> str:
 
 
 def holdings(tiers: list[str], counts: Counts) -> list[Metric]:
-    """Live units and their bytes per tier, and the moves in flight, as the index has them."""
-    units = GaugeMetricFamily("cim_tier_units", "Live units a tier holds", labels=["tier"])
+    """Live units and their bytes per tier, the live units themselves, and the moves in flight,
+    as the index has them. A unit may be held by two tiers at once (a copy policy, the backup
+    in the archive), so the per-tier counts add up to more than there are units: the count of
+    units is its own series."""
+    live = GaugeMetricFamily("cim_tier_live_units", "Live units (created, not expired), each counted once "
+                             "however many tiers hold it")
+    live.add_metric([], float(counts.units))
+    units = GaugeMetricFamily("cim_tier_units", "Live units a tier holds (a unit in two tiers counts in both)",
+                              labels=["tier"])
     size = GaugeMetricFamily("cim_tier_stored_bytes", "Bytes of the live units a tier holds", labels=["tier"])
     for tier in tiers:
         n, b = counts.held(tier)
@@ -41,4 +48,4 @@ def holdings(tiers: list[str], counts: Counts) -> list[Metric]:
         size.add_metric([tier], float(b))
     pending = GaugeMetricFamily("cim_tier_pending_moves", "Moves recorded as started and not yet finished")
     pending.add_metric([], float(counts.pending))
-    return [units, size, pending]
+    return [live, units, size, pending]

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from ..events import EventStore
 from ..http_deadline import GuardedSite, HeadDeadline
+from ..ports import authority
 from ..projection_db import state_dir
 from ..runtime import AgentBase, AgentContext, endpoint
 from . import api
@@ -35,7 +36,8 @@ class Agent(AgentBase[Config]):
                     trusted_header=self.config.trusted_header, trusted_proxies=self.config.trusted_proxies,
                     secure_cookies=self.config.secure_cookies)
         self.dashboard = Dashboard(ctx.nc, auth, self.projection, agent=self.config.agent_name,
-                                   max_upload=self.config.max_upload, stopping=ctx.stopping)
+                                   max_upload=self.config.max_upload, stopping=ctx.stopping,
+                                   idle_timeout=self.config.idle_timeout)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -48,7 +50,7 @@ class Agent(AgentBase[Config]):
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
         await self._runner.setup()
         await GuardedSite(self._runner, self.config.http.host, self.config.http.port, deadline).start()
-        self.url = f"http://{self.config.http.host}:{self._runner.addresses[0][1]}"
+        self.url = f"http://{authority(self.config.http.host, self._runner.addresses[0][1])}"
         log.info("dashboard on %s", self.url)
 
     async def stop(self) -> None:

@@ -12,8 +12,9 @@ import base64
 import json
 import logging
 import re
+from collections.abc import Awaitable
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import jinja2
@@ -40,7 +41,15 @@ INLINE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}  # never 
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 PAGE_SIZES = (25, 50, 100)
+T = TypeVar("T")
 FIELDS_BUDGET = 64 * 1024  # a store put's title, labels and JSON around the file's base64
+# An upload's form, as read: the fields kept (everything else is read and dropped), the parts
+# a form may have (the dashboard's sends three), and how much of an oversize upload is read
+# on (and dropped) so the browser, still sending, gets the answer; past that the connection
+# is closed. The non-file parts together get FIELDS_BUDGET bytes.
+FORM_FIELDS = ("title", "labels")
+FORM_PARTS = 16
+DRAIN_LIMIT = 64 * 1024 * 1024
 
 
 def inline_capacity(max_payload: int) -> int:
@@ -51,7 +60,8 @@ def inline_capacity(max_payload: int) -> int:
 
 
 class Dashboard:
-    def __init__(self, nc: Client, auth: Auth, projection: Projection, *, agent: str, max_upload: int, stopping: asyncio.Event):
+    def __init__(self, nc: Client, auth: Auth, projection: Projection, *, agent: str, max_upload: int, stopping: asyncio.Event,
+                 idle_timeout: float = 30.0):
         self.nc = nc
         self.auth = auth
         self.projection = projection
@@ -59,6 +69,7 @@ class Dashboard:
         self.content = ContentStore(nc)
         # Never more than a put can carry: past it the request would not leave (MaxPayloadError).
         self.max_upload = min(max_upload, inline_capacity(nc.max_payload))
+        self.idle_timeout = idle_timeout  # seconds an upload may send nothing before it is cut off (408)
         self.stopping = stopping
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("cim.ui", "templates"), autoescape=True,
@@ -317,31 +328,43 @@ class Dashboard:
         await response.write_eof()
         return response
 
-    async def upload(self, request: web.Request) -> web.Response:
+    async def upload(self, request: web.Request) -> web.StreamResponse:
         wants_json = "application/json" in request.headers.get("Accept", "")
-        fields: dict[str, str] = {}
+        form = _Form(self.idle_timeout)
         content: bytes | None = None
         filename, ctype = "", None
         try:
             reader = await request.multipart()
-            while (part := await reader.next()) is not None:
+            while (part := await form.within(reader.next())) is not None:
+                form.parts += 1
+                if form.parts > FORM_PARTS:
+                    raise _Refused(400, f"this form has more than {FORM_PARTS} parts; the upload form sends a file, "
+                                        "a title and labels")
                 if not isinstance(part, BodyPartReader):
-                    continue  # a nested multipart: not a form field
+                    raise _Refused(400, "a multipart inside the form is no form field; send a file, a title and labels")
                 if part.name == "file":
                     filename, ctype = part.filename or "", part.headers.get("Content-Type")
-                    content, size = await self._read_file(part)
-                    if content is None:
+                    content, size = await self._read_file(part, form)
+                    if content is None:  # read to its end: the browser gets the answer
                         return self._upload_error(wants_json, too_large(size, self.max_upload), 413)
-                elif part.name:
-                    fields[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")
-        except web.HTTPRequestEntityTooLarge:
-            # A form field past aiohttp's client_max_size: our own words, not its plain text.
-            return self._upload_error(wants_json, "a form field is too long; shorten the title or the labels", 413)
+                else:
+                    value = await form.field(part)
+                    if part.name in FORM_FIELDS:  # anything else is read, counted and dropped
+                        form.fields[part.name] = value.decode("utf-8", "replace")
+        except _Refused as refused:
+            if refused.linger:
+                return self._upload_error(wants_json, refused.why, refused.status, close=True)
+            return await self._cut_off(request, wants_json, refused.why, refused.status)
+        except TimeoutError:
+            return await self._cut_off(request, wants_json,
+                                       f"nothing arrived for {self.idle_timeout:g} s; send the upload again", 408)
         except (HttpProcessingError, ValueError, AssertionError) as err:
             # aiohttp's parser refuses a malformed body with these: the client's fault
-            return self._upload_error(wants_json, f"not a valid multipart/form-data upload: {str(err)[:200]}", 400)
+            return self._upload_error(wants_json, f"not a valid multipart/form-data upload: {str(err)[:200]}", 400,
+                                      close=True)
         if not filename or content is None:
             return self._upload_error(wants_json, "choose a file to upload", 400)
+        fields = form.fields
         labels = [x.strip() for x in fields.get("labels", "").split(",") if x.strip()]
         body = {"content_b64": base64.b64encode(content).decode(), "title": fields.get("title") or filename,
                 "labels": labels, "source": f"ui:{request['session'].user}",
@@ -356,25 +379,49 @@ class Dashboard:
             return web.json_response({"cid": cid, "created": answer.created}, status=201)
         raise web.HTTPSeeOther(f"/units/{cid}")
 
-    async def _read_file(self, part: BodyPartReader) -> tuple[bytes | None, int]:
+    async def _read_file(self, part: BodyPartReader, form: _Form) -> tuple[bytes | None, int]:
         """The file's bytes and size; None once it is over the limit. Past the limit it is
         read on and dropped, only counted: the answer can say how big the file is, and the
-        browser, still sending, gets the answer rather than a connection cut mid-upload.
-        (Read in chunks: `part.read()` stops at aiohttp's client_max_size with a plain-text
-        413 that the page cannot show.)"""
+        browser, still sending, gets the answer rather than a connection cut mid-upload; but
+        only up to DRAIN_LIMIT bytes of the whole upload, then it is refused unread. (Read in
+        chunks: `part.read()` stops at aiohttp's client_max_size with a plain-text 413 that
+        the page cannot show.)"""
         held, size = bytearray(), 0
-        while chunk := await part.read_chunk():
+        while chunk := await form.chunk(part):
             size += len(chunk)
             if size <= self.max_upload:
                 held += chunk
             elif held:
                 held = bytearray()  # over: keep nothing
+            if form.read > DRAIN_LIMIT:
+                raise _Refused(413, too_large(f"over {plots.human_bytes(DRAIN_LIMIT)}", self.max_upload), linger=False)
         return (bytes(held) if size <= self.max_upload else None), size
 
-    def _upload_error(self, wants_json: bool, why: str, status: int) -> web.Response:
+    def _upload_error(self, wants_json: bool, why: str, status: int, *, close: bool = False) -> web.Response:
+        """The answer to an upload that is refused. With `close`, the rest of the body is not
+        read: `Connection: close`, and aiohttp reads on (dropping it) for at most ten seconds
+        so a client still sending gets the answer, then closes."""
+        response = (web.json_response({"error": why}, status=status) if wants_json
+                    else web.HTTPSeeOther("/units?" + urlencode({"error": why})))
+        if close:
+            response.force_close()
+        if isinstance(response, web.HTTPException):
+            raise response
+        return response
+
+    async def _cut_off(self, request: web.Request, wants_json: bool, why: str, status: int) -> web.StreamResponse:
+        """The answer to an upload that will not be read on (it stalled, or it sent
+        DRAIN_LIMIT bytes already), with `Connection: close`, and the connection closed once
+        it is out, without the ten seconds of reading on that `close` above allows."""
         if wants_json:
-            return web.json_response({"error": why}, status=status)
-        raise web.HTTPSeeOther("/units?" + urlencode({"error": why}))
+            response = web.json_response({"error": why}, status=status)
+        else:  # the page without JavaScript: back to the form, which shows why
+            response = web.Response(status=303, headers={"Location": "/units?" + urlencode({"error": why})})
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()  # the transport sends what it holds, then closes
+        return response
 
     async def pipelines_page(self, request: web.Request) -> web.Response:
         pipelines, letters = await asyncio.gather(data.pipelines(self.nc), data.dead_letters(self.nc))
@@ -420,6 +467,48 @@ class Dashboard:
             units, fresh = None, {"as_of": 0, "stale": True, "replayed": self.projection.follower.replayed}
         return web.json_response({"nats": self.nc.is_connected, "caught_up": self.projection.caught_up.is_set(),
                                   "units": units, **fresh}, status=200 if self.nc.is_connected else 503)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, why: str, *, linger: bool = True):
+        super().__init__(why)
+        self.status = status
+        self.why = why
+        self.linger = linger  # the client may still be sending: let it, briefly, so it gets the answer
+
+
+class _Form:
+    """What one upload has sent so far: its parts and bytes, and the fields kept. Every read
+    waits at most `idle_timeout` seconds (TimeoutError past it): a client that stops sending
+    must not hold a connection and what it sent."""
+
+    def __init__(self, idle_timeout: float):
+        self.idle_timeout = idle_timeout
+        self.fields: dict[str, str] = {}
+        self.parts = 0
+        self.read = 0  # bytes of the parts' bodies read, kept or not
+        self.field_bytes = 0
+
+    async def within(self, step: Awaitable[T]) -> T:
+        return await asyncio.wait_for(step, self.idle_timeout)
+
+    async def chunk(self, part: BodyPartReader) -> bytes:
+        chunk = await self.within(part.read_chunk())
+        self.read += len(chunk)
+        return chunk
+
+    async def field(self, part: BodyPartReader) -> bytes:
+        """A form field's value (any field: an unknown one is read to its end as well, and
+        counts), with every field together held to FIELDS_BUDGET bytes (413 past it)."""
+        value = bytearray()
+        while chunk := await self.chunk(part):
+            self.field_bytes += len(chunk)
+            if self.field_bytes > FIELDS_BUDGET:
+                raise _Refused(413, "a form field is too long; shorten the title or the labels")
+            value += chunk
+        # Raw, not part.decode(): browsers send form fields plain (RFC 7578), and a
+        # compressed field would grow past the budget only once decoded.
+        return bytes(value)
 
 
 def too_large(size: int | str, limit: int) -> str:

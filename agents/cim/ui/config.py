@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..capability import AgentConfig
+from ..ports import authority, dial_host
 from .auth import hash_password
 
 DEFAULT_PORT = 8470
@@ -34,6 +36,8 @@ class Config(AgentConfig):
     session_secret_file: Path | None = Field(default=None, description="HMAC key for session cookies; random per start if unset")
     secure_cookies: bool = Field(default=False, description="mark cookies Secure (set when served over HTTPS)")
     max_upload: int = Field(default=INLINE_LIMIT, gt=0, le=INLINE_LIMIT)
+    idle_timeout: float = Field(default=30.0, gt=0, le=3600,
+                                description="seconds an upload may send nothing before it is cut off (408)")
 
     @model_validator(mode="after")
     def _some_login(self) -> Config:
@@ -42,9 +46,10 @@ class Config(AgentConfig):
         return self
 
 
-def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dict, str | None]:
+def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dict, Callable[[Config], str | None]]:
     """For `cim up`: its port (`--ui-port`), and a user `admin` whose password is made once
-    and kept in a 0600 file under the data dir (the UI itself only ever sees its hash)."""
+    and kept in a 0600 file under the data dir (the UI itself only ever sees its hash); and
+    its summary line, from the config as the settings file left it."""
     ui_dir = data_dir / "ui"
     ui_dir.mkdir(parents=True, exist_ok=True)
     password_path = ui_dir / "admin-password"
@@ -62,6 +67,15 @@ def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dic
             f.write(secrets.token_urlsafe(32))
     port = DEFAULT_PORT if http_port is None else http_port
     settings = {"http": {"host": "127.0.0.1", "port": port}, "password_file": str(users), "session_secret_file": str(secret)}
-    note = (f"UI http://127.0.0.1:{port} (user admin, password {password_path.read_text().strip()}, "
-            f"kept in {password_path}); `cim ui open` opens it")
+
+    def note(config: Config) -> str:
+        url = f"http://{authority(dial_host(config.http.host), config.http.port)}"
+        if config.password_file == users:
+            login = f"user admin, password {password_path.read_text().strip()}, kept in {password_path}"
+        elif config.password_file is not None:  # the operator's own users: their passwords are theirs
+            login = f"users and password hashes from {config.password_file}"
+        else:
+            login = f"logged in by the proxy's {config.trusted_header} header"
+        return f"UI {url} ({login}); `cim ui open` opens it"
+
     return settings, note
