@@ -20,7 +20,7 @@ from cim.events import Event, EventStore
 from cim.provision.apply import provision
 from cim.provision.spec import ProvisionSpec
 from cim.store.content import ContentStore
-from cim.store.events import UnitLabeled
+from cim.store.events import UnitCreated, UnitLabeled
 from support.pipeline_support import count
 from support.waiting import async_wait_until
 
@@ -159,6 +159,28 @@ async def test_events_stored_in_the_old_form_still_read_and_still_drive_the_pipe
     assert done.causation_id == f"unit-created-{unit_cid}"
     (record,) = [m for m in await raw_messages(nc) if m.subject == done.subject]
     assert as_cloudevent(record.headers, record.data).get_extension("correlationid") == "import-2025-11"
+
+
+async def test_a_stored_trigger_whose_ids_end_in_a_blank_is_still_processed(nc, servers, agent_process):
+    """Ids today's rules refuse (a blank at an end) may be in a stream already, written with
+    the encoded blank: the pipeline answers such a trigger with safe ids instead of failing
+    its unit for good."""
+    text = b"an import with a careless correlation id"
+    unit_cid = await ContentStore(nc).put_bytes(text)
+    unit = {"cid": unit_cid, "size": len(text), "media_type": "text/plain", "title": "careless.txt", "labels": [],
+            "source": "import", "author": "", "created_at": "2026-01-03T09:30:00Z", "metadata": {}, "parents": []}
+    headers = {**Event.of(UnitCreated.model_validate(unit), unit_cid, id="placeholder").headers(),
+               "ce-id": "imported%20", "Nats-Msg-Id": "imported ", "ce-correlationid": "run%207%20"}
+    await nc.jetstream().publish(f"cim.evt.unit.{unit_cid}.created", json.dumps(unit).encode(), headers=headers)
+    (created,) = [e async for e in EventStore(nc).read()]
+    assert (created.id, created.correlation_id, created.problem) == ("imported ", "run 7 ", None)
+
+    await agent_process("pipeline", {"nats": servers, "pipelines": [CLASSIFY]}).ready(nc)
+    await async_wait_until(lambda: count(nc, f"cim.evt.steps.ce--{unit_cid}.done"), 60,
+                           what="the pipeline to process the trigger with blank-ended ids")
+    (done,) = [e async for e in EventStore(nc).read([f"cim.evt.steps.ce--{unit_cid}.done"])]
+    assert done.problem is None
+    assert (done.correlation_id, done.causation_id) == ("run%207%20", "imported%20")
 
 
 @pytest.mark.parametrize("claimed", ["unit.expired", "dev.cim.unit.expired"])

@@ -36,6 +36,11 @@ def test_a_valid_store_config_passes(cli, tmp_path):
             {"plugin": "ftp", "name": "x"}]},
          ["connectors.0.settings.path", "connectors.0.settings.pth", "connectors.0.settings.interval",
           "connectors.1.plugin", "inbox, s3-import"]),
+        # An attempt or a wait past the consumer's ack deadline would have the event delivered
+        # twice, and deliveries are bounded: refused, with the bound.
+        ({"capability": "hub", "tokens_file": "/t", "webhooks": [
+            {"name": "slow", "url": "http://127.0.0.1:9/h", "secret_file": "/s", "timeout": 300, "backoff": [1, 600]}]},
+         ["webhooks.0.timeout", "webhooks.0.backoff.1", "50"]),
     ],
 )
 def test_every_error_names_its_field_path(cli, tmp_path, config, paths):

@@ -278,3 +278,17 @@ def test_an_agent_whose_start_fails_never_looks_ready_and_cim_up_fails(tmp_path)
             u.stop()
     finally:
         s3.close()
+
+
+def test_an_editors_leftovers_beside_the_settings_are_no_settings_and_stop_nothing(tmp_path):
+    from cim.embedded.settings import check_names
+    from cim.errors import ConfigError
+
+    folder = tmp_path / "settings"
+    folder.mkdir()
+    for name in ("hub.json", "hub.json~", "#hub.json#", ".hub.json.swp", "hub.json.bak", "README"):
+        (folder / name).write_text("{}")
+    check_names(tmp_path)  # nothing raised: only .json names are judged
+    (folder / "Hub.json").write_text("{}")
+    with pytest.raises(ConfigError, match="Hub.json"):
+        check_names(tmp_path)

@@ -38,14 +38,15 @@ def settings_file(data_dir: Path, capability: str) -> Path:
 def check_names(data_dir: Path) -> None:
     """Every file in the settings folder is `<capability>.json` of a capability this version
     has, or a ConfigError naming it: a file `cim up` would not read (`dashboard.json`,
-    `Hub.json`) is a setting the operator believes in and that never takes effect. Hidden
-    files (an editor's swap file) are left alone."""
+    `Hub.json`) is a setting the operator believes in and that never takes effect. Only
+    `.json` names are judged: an editor's leftovers (`hub.json~`, `#hub.json#`, `.hub.json.swp`,
+    `hub.json.bak`) are no settings and are left alone."""
     folder = Path(data_dir) / SETTINGS_DIR
     if not folder.is_dir():
         return
     valid = [f"{name}.json" for name in capabilities.NAMES]
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or (path.name in valid and path.is_file()):
+        if path.name.startswith(".") or not path.name.endswith(".json") or (path.name in valid and path.is_file()):
             continue
         raise ConfigError(str(path), [("(file name)", f"not a settings file `cim up` reads; the names are {', '.join(valid)} "
                                                       "(one per capability, lower case): rename it to one of them")])

@@ -7,7 +7,7 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
@@ -71,7 +71,7 @@ def provision_spec() -> ProvisionSpec:
         include_core=False,
         consumers=[ConsumerSpec(
             stream=EVENTS_STREAM, name=CONSUMER, description="events for the hub's outbound webhooks",
-            filter_subjects=["cim.evt.>"], deliver_policy="new", ack_wait=60, max_ack_pending=256,
+            filter_subjects=["cim.evt.>"], deliver_policy="new", ack_wait=ACK_WAIT, max_ack_pending=256,
             max_deliver=MAX_DELIVER,
         )],
         kv=[KvSpec(bucket=STATE_BUCKET, description="hub connector progress (S3 import ETags)")],
@@ -114,6 +114,10 @@ def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dic
     return settings, note
 
 
+ACK_WAIT = 60  # seconds: the webhook consumer's ack deadline (provision_spec)
+LONGEST_STEP = ACK_WAIT - 10  # one attempt or one wait, at most: well inside it
+
+
 class WebhookSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -124,9 +128,14 @@ class WebhookSettings(BaseModel):
     secret_file: Path = Field(description="file holding the signing secret shared with the receiver: whsec_<base64> "
                                           "(the Standard Webhooks form) or, anything else, the raw key bytes")
     max_attempts: int = Field(default=5, ge=1, le=50)
-    backoff: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0],
-                                 description="seconds between attempts; the last repeats")
-    timeout: float = Field(default=10, gt=0, description="seconds one attempt may take")
+    # Each attempt and each wait between two starts the consumer's ack deadline (ACK_WAIT) again:
+    # one longer than it would have the server deliver the event a second time meanwhile, and
+    # deliveries are bounded (MAX_DELIVER), so an event could be dropped without a dead letter.
+    backoff: list[Annotated[float, Field(ge=0, le=LONGEST_STEP)]] = Field(
+        default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0],
+        description=f"seconds between attempts; the last repeats; each at most {LONGEST_STEP:g}")
+    timeout: float = Field(default=10, gt=0, le=LONGEST_STEP,
+                           description=f"seconds one attempt may take, at most {LONGEST_STEP:g}")
 
 
 CONSUMER = "cim-hub-webhooks"

@@ -29,7 +29,7 @@ from .. import __version__
 from .. import cid as cidlib
 from ..errors import CimError, ConcurrencyConflict, ConsumerGone, NotFound, UnitNotFound
 from ..events import Event, EventStore, StoredEvent
-from ..events.envelope import H_MSG_ID, source_for, subject_for, validated
+from ..events.envelope import H_MSG_ID, safe_id, source_for, subject_for, validated
 from ..names import DLQ_STREAM, EVENTS_STREAM
 from ..nats.api import JsError, api, error_code
 from ..nats.pull import PullFetcher
@@ -300,7 +300,9 @@ class Runner:
                 w.recorded_before = True
                 return  # done by an earlier delivery: nothing runs again
             trigger = w.event
-            correlation = trigger.correlation_id or trigger.id
+            # Ids from a stored trigger may predate today's rules (a blank at an end): made safe,
+            # or the unit's records could never be appended and it would fail for good.
+            correlation = safe_id(trigger.correlation_id or trigger.id)
             record_id = f"steps-done-{key}"
             previous: dict[str, dict] = {}
             steps: list[StepRecord] = []
@@ -325,7 +327,7 @@ class Runner:
             record = Event.of(
                 StepsDone(pipeline=self.p.name, cid=unit.cid, trigger_seq=trigger.seq, steps=steps), key, id=record_id,
                 agent=self.agent, agent_version=__version__, correlation_id=correlation,
-                causation_id=trigger.id)
+                causation_id=safe_id(trigger.id))
             w.record = validated(record, as_built=True)
         except Exception as err:
             w.error = err

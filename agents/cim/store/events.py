@@ -36,5 +36,4 @@ class UnitLabeled(BaseModel):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: list[str]) -> list[str]:
-        Unit._labels(tuple(v))  # the same rule as a unit's own labels
-        return sorted(set(v))
+        return list(Unit._labels(tuple(v)))  # the same rule as a unit's own labels, sorted and unique

@@ -70,6 +70,7 @@ class Unit(BaseModel):
     @field_validator("media_type")
     @classmethod
     def _media_type(cls, v: str) -> str:
+        v = _final_line_break_dropped(v)
         if not MEDIA_TYPE.fullmatch(v):
             raise ValueError(f"{v!r} is not a media type like text/plain")
         return v.lower()
@@ -77,6 +78,7 @@ class Unit(BaseModel):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        v = tuple(_final_line_break_dropped(label) for label in v)
         for label in v:
             if not LABEL.fullmatch(label):
                 raise ValueError(
@@ -127,3 +129,10 @@ class Unit(BaseModel):
 
 def invalid(err: ValidationError) -> InvalidInput:
     return invalid_input(err, top="(unit)")
+
+
+def _final_line_break_dropped(value: str) -> str:
+    """`value` without one final line break. Earlier checks (`re.match` with `$`) let one
+    through, so records stored then may hold it: they still read, as the value without it,
+    and a new value is stored without it too, never refused for it."""
+    return value[:-1] if value.endswith("\n") else value
