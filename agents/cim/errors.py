@@ -214,6 +214,14 @@ class ProjectionUnavailable(CimError):
     status = "503"
 
 
+class Busy(CimError):
+    """A reader is at its limit of this work at once (the hub's max_cold_downloads): the
+    request is refused at once rather than queued; try again shortly."""
+
+    code = "busy"
+    status = "503"
+
+
 class ConfigError(CimError):
     """A config file failed validation. `errors` holds (field path, message) pairs."""
 

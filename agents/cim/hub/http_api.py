@@ -12,6 +12,7 @@ request costs no storage and a big one never sits whole in memory.
 from __future__ import annotations
 
 import asyncio
+import copy
 import fnmatch
 import logging
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from pydantic import ValidationError
 
 from .. import cid as cidlib
 from ..errors import (
+    Busy,
     CidMismatch,
     CimError,
     InvalidInput,
@@ -74,6 +76,14 @@ class Problem(Exception):
 def _answer(problem: Problem) -> web.Response:
     body = {"errors": [{"field": f, "message": m} for f, m in problem.errors]}
     return web.json_response(body, status=problem.status, headers=problem.headers)
+
+
+def _unexpected(cid: str, doing: str, err: Exception) -> Problem:
+    """The answer to an error no rule expected while reading a unit (a hostile event its fold
+    trips on, a hostile header from the tier agent): logged, and a 503 that holds nothing."""
+    log.error("unit %s: %s it failed unexpectedly: %s: %s", cid, doing, type(err).__name__, err)
+    return Problem(503, [("(server)", f"unit {cid} could not be read ({type(err).__name__}): its events or a colder "
+                                      "tier's answer may be damaged; the hub's log says more")], {"Retry-After": "5"})
 
 
 def _over_limit(limit: int) -> Problem:
@@ -131,13 +141,15 @@ class HubApi:
     def __init__(self, units: UnitStore, tokens: Tokens, *, max_body_size: int, idle_timeout: float = 30.0,
                  max_downloads: int = 32, max_cold_downloads: int = 8, metrics: CollectorRegistry = HUB_METRICS):
         self.exported = metrics  # what /metrics serves: the agent's (the runtime's and the hub's)
-        self.units = units
         self.downloads = downloads.Slots(max_downloads)
         self.cold_downloads = downloads.Slots(max_cold_downloads)
+        # A view of the store of its own: the same connection and buckets, but cold reads
+        # through the HTTP downloads' slots. The store reads a unit through its cold reader
+        # only once the hot copy is found missing: the one place that knows a download is a
+        # cold one. The store itself (the connectors') keeps its unlimited reader.
+        self.units = copy.copy(units)
         if units.cold is not None:
-            # The store reads a unit through its cold reader only once the hot copy is found
-            # missing: the one place that knows a download is a cold one.
-            units.cold = self._limit_cold(units.cold)
+            self.units.cold = self._limit_cold(units.cold)
         self.batcher = PutBatcher(units)
         self.tokens = tokens
         self.max_body_size = max_body_size
@@ -274,7 +286,9 @@ class HubApi:
                 raise Problem(404, [("cid", str(err))]) from None
             except CimError as err:
                 raise Problem(503, [("(server)", str(err))]) from None
-            if not token.may_see(view.unit.source, view.labels):  # its labels now, as the listing decides
+            except Exception as err:  # a hostile event the fold trips on: a reason, never a 500
+                raise _unexpected(cid, "showing", err) from None
+            if not token.may_see(view.unit.source, view.unit.labels):  # as created: what it could have written
                 # Answered as an unknown CID is: that the unit exists is not this token's to learn.
                 raise Problem(404, [("cid", str(UnitNotFound(cid)))])
         except Problem as problem:
@@ -312,7 +326,6 @@ class HubApi:
         without reading the bytes (`_available`)."""
         cid = request.match_info["cid"]
         head = request.method == "HEAD"
-        slot = False
         try:
             token = _token_of(request, self.tokens)
             if refused := token.refused("read"):
@@ -334,36 +347,40 @@ class HubApi:
             })
             if span is not None:
                 headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{unit.size}"
-            chunks: AsyncIterator[bytes] | None = None
-            first = None
             if head:
                 await self._available(cid, state)
-            else:
-                if not (slot := self.downloads.take()):
-                    raise Problem(503, [("(server)", f"this hub is sending {self.downloads.size} downloads, its "
-                                                     "max_downloads; try again shortly")], {"Retry-After": "1"})
-                chunks = aiter(self.units.get(cid))
+            elif not self.downloads.take():
+                raise Problem(503, [("(server)", f"this hub is sending {self.downloads.size} downloads, its "
+                                                 "max_downloads; try again shortly")], {"Retry-After": "1"})
+        except Problem as problem:
+            return _answer(problem)
+        status = 200 if span is None else 206
+        if head:
+            return await downloads.send(request, None, None, status=status, headers=headers, size=unit.size,
+                                        span=span or (0, unit.size), idle_timeout=self.idle_timeout)
+        # From here the download holds a slot: whatever happens (an error no rule expected, the
+        # client going away), it is given back.
+        try:
+            chunks = aiter(self.units.get(cid))
+            try:
                 # The first chunk before the headers: a unit whose bytes cannot be read (or, up to
                 # 4 MiB, do not match: the store checks those whole first) gets an answer that says why.
                 first = await self._first(chunks, cid)
-        except Problem as problem:
-            if slot:
-                self.downloads.give_back()
-            return _answer(problem)
-        try:
-            return await downloads.send(request, chunks, first, status=200 if span is None else 206, headers=headers,
-                                        size=unit.size, span=span or (0, unit.size), idle_timeout=self.idle_timeout)
+            except Problem as problem:
+                return _answer(problem)
+            return await downloads.send(request, chunks, first, status=status, headers=headers, size=unit.size,
+                                        span=span or (0, unit.size), idle_timeout=self.idle_timeout)
         finally:
-            if slot:
-                self.downloads.give_back()
+            self.downloads.give_back()
 
     async def _visible(self, token: Token, cid: str, *, fold: bool = False) -> tuple[Unit, UnitState | None]:
-        """The unit's record, with its folded state when `fold` or when the token is limited by
-        labels (a token sees a unit by the labels it has now, those pipeline steps added too,
-        as the listing does), or the Problem a client gets: 400 for a malformed CID, 404 for an
-        unknown one and for one outside the token's sources and labels alike."""
+        """The unit's record, with its folded state when `fold`, or the Problem a client gets:
+        400 for a malformed CID, 404 for an unknown one and for one outside the token's sources
+        and labels alike. A token sees what it could have written: the unit's source and its
+        labels as created (its `unit.created` record), not those pipeline steps added later
+        (a classifier's `text` must not take a token's own uploads from it)."""
         try:
-            if fold or not token.every_label:
+            if fold:
                 view = await self.units.show(cid)
                 unit, state = view.unit, UnitFold().apply_all(view.events).units.get(cid)
             else:
@@ -376,7 +393,9 @@ class HubApi:
             raise Problem(404, [("cid", str(UnitNotFound(cid)))]) from None
         except (CimError, nats.errors.Error) as err:
             raise Problem(503, [("(server)", str(err) or type(err).__name__)], {"Retry-After": "5"}) from None
-        if not token.may_see(unit.source, state.labels if state is not None else unit.labels):
+        except Exception as err:  # a hostile event the fold trips on
+            raise _unexpected(cid, "showing", err) from None
+        if not token.may_see(unit.source, unit.labels):
             # Answered as an unknown CID is: that the unit exists is not this token's to learn.
             raise Problem(404, [("cid", str(UnitNotFound(cid)))])
         return unit, state
@@ -412,8 +431,8 @@ class HubApi:
 
         async def limited(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
             if not slots.take():
-                raise Problem(503, [("(server)", f"this hub is reading {slots.size} units from colder tiers, its "
-                                                 "max_cold_downloads; try again shortly")], {"Retry-After": "5"})
+                raise Busy(f"this hub is reading {slots.size} units from colder tiers, its max_cold_downloads; "
+                           "try again shortly")
             try:
                 async for chunk in read(*args, **kwargs):
                     yield chunk
@@ -432,13 +451,16 @@ class HubApi:
         except CidMismatch as err:
             log.error("unit %s: %s", cid, err)
             raise Problem(503, [("(server)", str(err))]) from None
-        except (CimError, nats.errors.Error) as err:  # a colder tier or its agent is down, NATS is away
+        except (CimError, nats.errors.Error) as err:  # busy, a colder tier or its agent is down, NATS is away
             raise Problem(503, [("(server)", str(err) or type(err).__name__)], {"Retry-After": "5"}) from None
+        except Exception as err:  # e.g. a hostile event the cold path folds, a hostile header from the tier agent
+            raise _unexpected(cid, "reading", err) from None
 
     async def list_units(self, request: web.Request) -> web.Response:
         """Units newest first, a page at a time, from a pipeline agent's search index
-        (cim.pipeline.units), kept there to those the token may see; the cursor is sealed
-        (cim.hub.unit_pages) and good for this token and these filters only."""
+        (cim.pipeline.units), kept to those the token may see (there by source, here by
+        labels); the cursor is sealed (cim.hub.unit_pages) and good for this token and these
+        filters only."""
         try:
             token = _token_of(request, self.tokens)
             if refused := token.refused("read"):
@@ -448,52 +470,73 @@ class HubApi:
             position = None
             if cursor is not None:
                 try:
-                    position = unit_pages.decode(self.tokens.cursor_key, bound, cursor)
+                    # The as_of a cursor carries is for hubs of the version before (they ask for an
+                    # index at least that far on); this one needs only the position (see _page).
+                    position, _ = unit_pages.decode(self.tokens.cursor_key, bound, cursor)
                 except InvalidInput as err:
                     raise Problem(400, [("cursor", err.rule)]) from None
             page, after, fresh = await self._page(token, ask, position)
         except Problem as problem:
             return _answer(problem)
-        following = unit_pages.encode(self.tokens.cursor_key, bound, *after) if after else None
+        following = (unit_pages.encode(self.tokens.cursor_key, bound, after, fresh["as_of"])
+                     if after is not None else None)
         return web.json_response({"units": page, "next": following, **fresh})
 
-    async def _page(self, token: Token, ask: UnitsRequest, position: tuple[int, int] | None,
-                    ) -> tuple[list[dict[str, Any]], tuple[int, int] | None, dict[str, Any]]:
-        """Up to `ask.limit` units the token may see, where the next page starts (the position
-        and the as_of it needs; None at the end), and the index's freshness.
+    async def _page(self, token: Token, ask: UnitsRequest, position: int | None,
+                    ) -> tuple[list[dict[str, Any]], int | None, dict[str, Any]]:
+        """Up to `ask.limit` units the token may see, the position the next page starts below
+        (None at the end), and the index's freshness.
 
-        The pipeline keeps the rows to the token's patterns (`within_*`), so no row of a unit
-        it may not see reaches the hub. Each unit's record is read (its size) and checked
-        against the token again. A walk of the index is bounded per request (a filter that
-        matches little answers a short page and where it stopped), so a page may take a few
-        requests to fill, and comes back short, with a cursor, after LIST_ROUNDS."""
+        A token sees what it could have written: its sources, and its labels as the unit was
+        created. The pipeline keeps the rows to the token's source patterns (`within_sources`:
+        a unit's source never changes), so no row from another source reaches the hub. Labels
+        it cannot keep to: its index holds a unit's labels now, pipeline steps' among them. So
+        each row's record is read here (its size too) and checked against the token; a row it
+        may not see is left out, and the sealed cursor tells the client nothing of it. A walk
+        of the index is bounded per request (a filter or a token that matches little answers
+        a short page and where it stopped), so a page may take a few requests to fill, and
+        comes back short, even empty, with a cursor, after LIST_ROUNDS.
+
+        The index must have applied the stream up to the position (the units below it were
+        all created before it): an index behind it would skip some, and refuses (503). One
+        further on than the index that answered the page before is not needed."""
         page: list[dict[str, Any]] = []
         fresh: dict[str, Any] = {}
-        before = (position[0], "") if position else None
-        floor = position[1] if position else 0  # an index behind the cursor's would skip units
+        before = position
+        # A token limited by labels may be shown few of the rows: ask for more of them per
+        # request (their records are read only as far as the page needs).
+        ahead = 1 if token.every_label else LABEL_LIMITED_ROWS
         for round_ in range(LIST_ROUNDS):
+            need = ask.limit - len(page)
             try:
                 reply = await self._ask_pipeline(UNITS, ask.model_copy(update={
-                    "before": before, "min_as_of": floor, "limit": ask.limit - len(page)}))
+                    "before": (before, "") if before is not None else None, "min_as_of": before or 0,
+                    "limit": need * ahead}))
             except Problem:
                 if round_ == 0:
                     raise
                 break  # what was found is good: the client goes on from here with the cursor
-            floor = max(floor, reply.as_of)
             fresh = {"as_of": reply.as_of, "stale": reply.stale}
-            records = await asyncio.gather(*(self._record(row.cid) for row in reply.units))
-            for row, unit in zip(reply.units, records, strict=True):
-                if unit is not None and token.may_see(unit.source, {*unit.labels, *row.labels}):
-                    page.append({"cid": unit.cid, "size": unit.size, "media_type": unit.media_type, "title": unit.title,
-                                 "labels": row.labels, "source": unit.source,
-                                 "created_at": unit.created_at.isoformat()})
+            rows = reply.units
+            done = 0
+            while done < len(rows) and len(page) < ask.limit:
+                batch = rows[done:done + ask.limit - len(page)]
+                records = await asyncio.gather(*(self._record(row.cid) for row in batch))
+                for row, unit in zip(batch, records, strict=True):
+                    if unit is not None and token.may_see(unit.source, unit.labels):  # as created
+                        page.append({"cid": unit.cid, "size": unit.size, "media_type": unit.media_type,
+                                     "title": unit.title, "labels": row.labels, "source": unit.source,
+                                     "created_at": unit.created_at.isoformat()})
+                done += len(batch)
+            if done < len(rows):
+                return page, rows[done - 1].seq, fresh  # the page filled before the rows ran out
             if reply.resume is None:
                 return page, None, fresh
-            before = (reply.resume, "")
+            before = reply.resume
             if len(page) >= ask.limit:
                 break
         assert before is not None  # set by every round that did not end the listing
-        return page, (before[0], floor), fresh
+        return page, before, fresh
 
     async def _record(self, cid: str) -> Unit | None:
         """A listed unit's record; None for one that has none (the index knows its text only)."""
@@ -557,6 +600,9 @@ _LIST_PARAMS = ("label", "source", "cursor", "limit")
 # Requests to the index for one page, at most, when the filters match few of the units the
 # index walks (each request walks at most cim.pipeline.search.SCAN_ROWS rows).
 LIST_ROUNDS = 5
+# Rows asked of the index per unit still missing from the page, for a token limited by
+# labels (the hub leaves out the rows it may not see).
+LABEL_LIMITED_ROWS = 4
 
 
 def _units_request(token: Token, query: MultiMapping[str]) -> tuple[UnitsRequest, str | None]:
@@ -580,8 +626,9 @@ def _units_request(token: Token, query: MultiMapping[str]) -> tuple[UnitsRequest
     if errors:
         raise Problem(400, errors)
     try:
-        ask = UnitsRequest(labels=labels, source=source, limit=limit, within_sources=token.sources,
-                           within_labels=token.labels)
+        # Sources only: the index holds a unit's labels now, and the token's labels are checked
+        # against those it was created with, by the hub (HubApi._page).
+        ask = UnitsRequest(labels=labels, source=source, limit=limit, within_sources=token.sources)
     except ValidationError as err:
         fields = field_errors(err, top="(query)")
         raise Problem(400, [(f.replace("labels", "label", 1), m) for f, m in fields]) from None

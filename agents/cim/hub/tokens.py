@@ -7,10 +7,12 @@ what a client holding the token may set; a request outside them is refused with 
 trimmed. `scopes` says what the token may do: `write` (store units) and `read` (unit metadata,
 search); both unless the file says otherwise, as every token could before scopes existed.
 
-A token reads what it could have written: units whose source and every label lie inside its
-patterns, the labels a unit has now (those pipeline steps added too, as the listing's label
-filter reads them). A unit outside them answers 404, as an unknown one does; the listing
-leaves it out in the pipeline's index (which gets these patterns); a search is narrowed to
+A token reads what it could have written: units whose source and every label they were
+created with (their `unit.created` record) lie inside its patterns. Labels pipeline steps
+added later do not count: a classifier's `text` or `document` must not take a token's own
+uploads from it (the listing's `label` filter, a filter and not who sees what, reads a
+unit's labels now). A unit outside them answers 404, as an unknown one does; the listing
+leaves it out (the pipeline's index by source, the hub by labels); a search is narrowed to
 them, or refused with 403 where it cannot be (cim.hub.http_api).
 """
 

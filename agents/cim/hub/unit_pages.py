@@ -1,11 +1,16 @@
 """The opaque cursor of GET /v1/units: where the last page ended, sealed by the hub.
 
-A cursor holds two numbers: a position (the sequence of a unit's `unit.created`: the listing
-goes on below it) and the `as_of` of the index that answered (an index behind that would
-leave holes: cim.pipeline.agent refuses it). Keyset, not offset: units stored meanwhile go
-to the front, and a page costs the same however deep. The position may be that of a unit
-the token may not see (the pipeline scans a bounded window, and the cursor marks where the
-scan stopped), so the cursor is sealed:
+A cursor holds a position: the sequence of a unit's `unit.created`, the listing goes on
+below it. The index that answers the next page must have applied the stream up to there (the
+units below it were all created before it; an index behind would leave holes, and
+cim.pipeline.agent refuses it); it need not be as far on as the one that answered before.
+The cursor also carries the `as_of` of the index that answered, which this hub does not use:
+the format stays the one hubs of the version before read (they ask for an index that far
+on), so behind one address old and new hubs go on with each other's cursors. Keyset, not
+offset: units stored meanwhile go to the front, and a page costs the same however deep. The
+position may be that of a unit the token may not see (the pipeline scans a bounded window,
+and the cursor marks where the scan stopped; the hub leaves out rows by their labels), so
+the cursor is sealed:
 
 - encrypted (XOR with an HMAC-SHA256 keystream over a random nonce): a client reads
   nothing from it, no sequence and no CID;

@@ -222,8 +222,8 @@ class Agent(AgentBase[Config]):
                 # and a page from here would skip them. Refused at once (a wait would hold this
                 # endpoint's queue): the caller asks again, and reaches an agent caught up.
                 raise ProjectionUnavailable(
-                    f"this pipeline agent's index covers the events up to #{fresh['as_of']}, and the cursor comes from "
-                    f"an index at #{req.min_as_of}; try again shortly (if the event stream was restored since, list "
+                    f"this pipeline agent's index covers the events up to #{fresh['as_of']}, and the listing goes on "
+                    f"below #{req.min_as_of}; try again shortly (if the event stream was restored since, list "
                     "again from the start)")
             rows, resume = search.units(conn, filters=filters, before=req.before, limit=req.limit, reach=reach,
                                         scan=req.scan)

@@ -65,7 +65,8 @@ class UnitsRequest(_Req):
         "shell patterns (fnmatch): only units each of whose labels now (pipeline steps' too) matches one"))
     scan: int = Field(default=SCAN_ROWS, gt=0, le=SCAN_ROWS, description="rows of the index to walk at most")
     min_as_of: int = Field(default=0, ge=0, lt=2**63, description=(
-        "the index must cover the stream up to here (a cursor's): one behind refuses rather than skip units"))
+        "the index must cover the stream up to here (the hub sends a cursor's position, the `before` seq): "
+        "one behind refuses rather than skip units"))
 
 
 class CidRequest(_Req):
