@@ -33,6 +33,7 @@ let
       "hypothesis"
       "jinja2"
       "mypy"
+      "openapi-spec-validator"
       "packaging"
       "playwright"
       "prometheus-client"
