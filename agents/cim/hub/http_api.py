@@ -86,6 +86,31 @@ def _unexpected(cid: str, doing: str, err: Exception) -> Problem:
                                       "tier's answer may be damaged; the hub's log says more")], {"Retry-After": "5"})
 
 
+LINGER_SECONDS = 2.0
+
+
+async def _refuse_unread(request: web.Request, problem: Problem) -> web.StreamResponse:
+    """Answer a request whose body is refused before it was all read, then close.
+
+    aiohttp would read on after the answer for up to 10 s (its lingering close), and a client
+    that sends without reading fills all of that: 125 MiB of one form field was read. Here
+    nothing more is read: the request's buffer fills, TCP stops the client, and a client that
+    reads while it sends (curl, a browser) finds the answer and hangs up. Whoever has not hung
+    up after LINGER_SECONDS is cut off; closing at once instead would reset the connection
+    before most clients had read the answer."""
+    problem.headers["Connection"] = "close"
+    answer = _answer(problem)
+    await answer.prepare(request)
+    await answer.write_eof()
+    try:
+        # Wakes at the end of the body or when the client goes; it consumes nothing.
+        await asyncio.wait_for(request.content.wait_eof(), LINGER_SECONDS)
+    except (TimeoutError, ConnectionError, HttpProcessingError):
+        pass
+    request.protocol.force_close()
+    return answer
+
+
 def _over_limit(limit: int) -> Problem:
     return Problem(413, [("content", f"the body is over the limit of {limit} bytes (raise max_body_size in the hub settings)")])
 
@@ -213,8 +238,8 @@ class HubApi:
                 raise Problem(503, [("(server)", str(err))], {"Retry-After": "5"}) from None
         except Problem as problem:
             INGESTS.labels(str(problem.status)).inc()
-            if problem.status == 413:
-                problem.headers["Connection"] = "close"  # do not read the rest of an oversize body
+            if not request.content.at_eof():
+                return await _refuse_unread(request, problem)
             return _answer(problem)
         finally:
             body.close()
