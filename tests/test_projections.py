@@ -250,3 +250,52 @@ async def test_a_clean_stop_lets_the_next_start_skip_the_full_check_and_a_crash_
     agent = await agent_process("pipeline", config).ready(nc)
     await settled(nc, 1)
     assert "not closed cleanly at its last stop; checked in" in agent.log()
+
+
+async def test_a_failed_write_resumes_even_when_a_cancellation_is_swallowed(env, tmp_path, monkeypatch):
+    """After a write fails (a full disk), the feed's helpers are cancelled and awaited. Python
+    3.11's wait_for, under every nats-py request, swallows a cancellation that races with its
+    answer; the stream watcher is then still running, and a plain `await` of it hung the
+    projection for good (CI: applied to #161, then nothing for two minutes). Here the race
+    is made certain: the watcher's first request swallows the cancellation it gets."""
+    import sqlite3
+
+    from cim import projection_db
+    from cim.events import EventStore
+    from cim.projection_db import Follower, ProjectionDb
+    from cim.tasks import cancel_and_wait
+
+    nc, _ = env
+    await put_texts(nc, ["one", "two"])
+    swallowed = asyncio.Event()
+
+    async def stream_created_swallowing_once(self):
+        if not swallowed.is_set():
+            try:
+                await asyncio.Event().wait()  # blocks until cancelled
+            except asyncio.CancelledError:
+                swallowed.set()  # what 3.11's wait_for does when the answer came at the same moment
+        return self._created
+
+    monkeypatch.setattr(projection_db, "WATCH_SECONDS", 0)  # the watcher is always in its request
+    monkeypatch.setattr(Follower, "_stream_created", stream_created_swallowing_once)
+    writes = []
+
+    def prepare(batch):
+        def write(conn):
+            writes.append(len(batch))
+            if len(writes) == 1:
+                raise sqlite3.OperationalError("disk I/O error")  # the first write finds the disk full
+        return write
+
+    db = ProjectionDb(tmp_path / "p", "t", schema="", version=1)
+    db.open()
+    follower = Follower(EventStore(nc), db, ["cim.evt.unit.*.created"], prepare)
+    task = asyncio.create_task(follower.run())
+    try:
+        await async_wait_until(lambda: len(writes) >= 2 and follower.caught_up.is_set(), 30,
+                               what="the projection to write again after the failed write")
+        assert swallowed.is_set() and follower.as_of > 0
+    finally:
+        assert not await cancel_and_wait(task, timeout=20), "the projection did not stop when cancelled"
+        db.close()

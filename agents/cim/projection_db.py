@@ -36,6 +36,7 @@ from .events import EventStore, StoredEvent
 from .names import EVENTS_STREAM
 from .nats.api import api, not_found
 from .nats.read import last_seq
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("cim.projections")
 
@@ -432,10 +433,9 @@ class Follower:
                     self._caught_up()
         finally:
             self._rebuild = None
-            for task in (reader, watcher):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if not rebuild.done():
+                rebuild.cancel()  # the watcher's loop ends on it too, whatever becomes of its cancellation
+            await cancel_and_wait(reader, watcher)
 
     def _caught_up(self) -> None:
         if not self.caught_up.is_set():

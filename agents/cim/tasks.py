@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("cim.tasks")
+
+F = TypeVar("F", bound=asyncio.Future[Any])  # a Task, or a future ensure_future made
 
 
 class Supervisor:
@@ -44,20 +46,33 @@ class Supervisor:
     async def close(self, timeout: float) -> None:
         """Cancel every task and wait for them, at most `timeout` seconds in all."""
         self._closing = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        pending = set(self._tasks)
-        for task in pending:  # at least once, however little time is left
-            task.cancel()
-        while pending and loop.time() < deadline:
-            for task in pending:
-                # Again on each round: Python 3.11's wait_for can swallow a cancellation
-                # that races with the result it was waiting for.
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=min(0.25, max(0.0, deadline - loop.time())))
+        pending = await cancel_and_wait(*self._tasks, timeout=timeout)
         if pending:
             log.warning("stopping: %s did not stop in time; going on without them",
                         ", ".join(sorted(t.get_name() for t in pending)))
+
+
+async def cancel_and_wait(*tasks: F, timeout: float = 30.0) -> set[F]:
+    """Cancel `tasks` and wait for them to end; returns those still running after `timeout`.
+
+    They are cancelled again on every round: Python 3.11's wait_for (under every nats-py
+    request) can swallow a cancellation that races with the answer it was waiting for, and a
+    plain `task.cancel(); await task` then waits for ever. That stopped a projection for good
+    (applied to #161, then nothing until the agent stopped). The caller's own cancellation is
+    never swallowed here."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = {t for t in tasks if not t.done()}
+    for task in pending:  # at least once, however little time is left
+        task.cancel()
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(0.25, max(0.0, deadline - loop.time())))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: an ending task's error is the caller's to read, never a warning
+    return pending
 
 
 class Bounded:

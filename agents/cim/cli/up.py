@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from pathlib import Path
@@ -15,6 +14,7 @@ from ..embedded.leaf import Leaf, supervise
 from ..embedded.paths import default_data_dir
 from ..embedded.settings import SETTINGS_DIR
 from ..errors import CimError, ConfigError
+from ..tasks import cancel_and_wait
 from .common import fail
 
 
@@ -87,9 +87,7 @@ async def _until_ready(leaf: Leaf, timeout: float, stop: asyncio.Event) -> bool:
     await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
     if not ready.done():
-        ready.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ready  # it closes its NATS connection
+        await cancel_and_wait(ready)  # it closes its NATS connection
         return False
     ready.result()  # its error, if it failed
     return True

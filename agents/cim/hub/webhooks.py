@@ -51,6 +51,7 @@ from ..errors import ConfigError
 from ..events import Event, EventStore, StoredEvent
 from ..events.envelope import read_headers, safe_id
 from ..names import DLQ_STREAM, EVENTS_STREAM
+from ..tasks import cancel_and_wait
 from .config import CONSUMER, MAX_DELIVER, WebhookSettings
 from .events import WebhookDeadLettered, WebhookRedelivered
 from .metrics import DEAD_LETTERS, DELIVERIES
@@ -213,11 +214,7 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stop fetching and abandon what is in flight: unacknowledged, it is delivered again
         after the restart. Everything is finished here, before the runtime drains NATS."""
-        if self._task:
-            self._task.cancel()
-        for t in self._running:
-            t.cancel()
-        await asyncio.gather(*(t for t in (self._task, *self._running) if t), return_exceptions=True)
+        await cancel_and_wait(*(t for t in (self._task, *self._running) if t))
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

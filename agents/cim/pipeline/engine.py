@@ -36,6 +36,7 @@ from ..nats.pull import PullFetcher
 from ..plugins import Plugins, StepContext
 from ..store.unit_store import UnitStore
 from ..store.units import Unit
+from ..tasks import cancel_and_wait
 from ..tier.fetch import fetch
 from .coalesce import CoalescedReads
 from .events import StepRecord, StepsDone
@@ -139,9 +140,7 @@ class Runner:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except (TimeoutError, Exception):
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._task
+                await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
         await ensure_consumer(self.nc, self.p)

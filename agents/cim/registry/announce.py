@@ -9,7 +9,6 @@ renewing its key and the server drops it. A clean stop deletes the key at once. 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -21,6 +20,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from ..names import REGISTRY_BUCKET
+from ..tasks import cancel_and_wait
 from .model import AgentRecord
 
 log = logging.getLogger("cim.registry.announce")
@@ -108,9 +108,7 @@ class Heartbeat:
     async def stop(self) -> None:
         """Stop beating and delete the key, so readers see the agent gone at once."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         try:
             await self.js.publish(self.subject, b"", headers={"KV-Operation": "DEL"})

@@ -21,6 +21,7 @@ from ..nats.api import api as js_api
 from ..nats.read import read_stream
 from ..projection_db import WATCH_SECONDS
 from ..runtime import AgentBase, AgentContext, endpoint
+from ..tasks import cancel_and_wait
 from ..tier.fetch import fetch
 from . import api
 from .api import CidRequest, ListReply, ListRequest, PutReply, PutRequest, ShowReply
@@ -112,9 +113,7 @@ class Agent(AgentBase[Config]):
         try:
             await asyncio.wait({reader, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (reader, watcher):
-                task.cancel()
-            await asyncio.gather(reader, watcher, return_exceptions=True)
+            await cancel_and_wait(reader, watcher)
         if reader.done() and not reader.cancelled() and reader.exception() is not None:
             raise cast(BaseException, reader.exception())
         return reached

@@ -29,6 +29,7 @@ from .. import cid as cidlib
 from ..errors import CidMismatch, CimError, UnitNotFound
 from ..spool import Spool
 from ..store.content import THREADED_HASH_MIN_CHUNKS, ContentStore, ThreadedHasher
+from ..tasks import cancel_and_wait
 from .errors import ObjectMissing, TierConfigError, TierError, TierUnavailable
 from .events import VerifiedBy
 from .urls import TierSpec, read_credentials
@@ -522,9 +523,7 @@ class S3Backend(Backend):
                                     Key=key, UploadId=upload_id,
                                     MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]})
         except BaseException:
-            for t in sending:
-                t.cancel()
-            await asyncio.gather(*sending, return_exceptions=True)
+            await cancel_and_wait(*sending)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.client.abort_multipart_upload, Bucket=self.spec.bucket, Key=key,
                                         UploadId=upload_id)
