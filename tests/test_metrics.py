@@ -520,9 +520,11 @@ async def test_units_stored_goes_on_counting_after_the_event_stream_is_made_agai
     from cim.store.unit_store import UnitStore
 
     await provision(nc, ProvisionSpec())
+    units = UnitStore(nc)
+    for i in range(3):  # before this store agent started: counted by another process, not this one
+        await units.put_bytes(f"a unit of an earlier run, #{i}".encode())
     port = free_ports(1)[0]
     store = await agent_process("store", {"nats": {"servers": [nats_server.url]}, "metrics": {"port": port}}).ready(nc)
-    units = UnitStore(nc)
     for i in range(5):
         await units.put_bytes(f"a unit before the restore, #{i}".encode())
     stored = await until_scraped(port, lambda f: value(f, "cim_units_stored_total") == 5, "five units counted")
@@ -645,3 +647,35 @@ async def test_a_flood_of_scrapes_on_the_hub_port_asks_nats_a_few_times_not_once
     finally:
         await monitor.unsubscribe()
         hub.stop()
+
+
+async def test_a_closed_hub_api_leaves_no_metrics_thread_behind(nc, tmp_path):
+    """The thread /metrics scrapes run on ends when the hub stops (Agent.stop closes its API),
+    so a process that runs hubs one after another does not gather them."""
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from cim.hub.http_api import HubApi
+    from cim.hub.tokens import Tokens
+    from cim.store.unit_store import UnitStore
+    from support.hub_support import write_tokens
+
+    def metrics_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("hub-metrics")]
+
+    assert metrics_threads() == []
+    api = HubApi(UnitStore(nc), Tokens(write_tokens(tmp_path / "tokens.json")), max_body_size=1024,
+                 metrics=CollectorRegistry())
+    runner = web.AppRunner(api.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with ClientSession() as http, http.get(f"http://127.0.0.1:{runner.addresses[0][1]}/metrics") as r:
+            assert r.status == 200
+        assert len(metrics_threads()) == 1
+    finally:
+        await runner.cleanup()
+        api.close()
+    await async_wait_until(lambda: not metrics_threads(), timeout=10, what="the hub-metrics thread to end")
