@@ -201,50 +201,35 @@ async def test_a_type_header_that_disagrees_with_the_subject_is_flagged_in_eithe
 
 async def test_the_webhook_body_is_a_structured_cloudevent_also_when_redelivered_from_the_dead_letters(
         nc, servers, nats_server, tmp_path):
-    from aiohttp import web
-
     from cim.hub import api as hub_api
     from cim.nats.rpc import call
-    from cim.ports import free_port
-    from support.hub_support import Hub
+    from support.hub_support import HookReceiver, Hub
 
-    received: list[tuple[dict[str, str], bytes]] = []
-    status = [503]  # refuses until told otherwise: the first delivery goes to the dead letters
-
-    async def handle(request):
-        received.append((dict(request.headers), await request.read()))
-        return web.Response(status=status[0])
-
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     (tmp_path / "secret").write_bytes(b"webhook-secret\n")
-    hub = Hub(nats_server.url, tmp_path, webhooks=[{
-        "name": "ce", "url": f"http://127.0.0.1:{port}/hook", "secret_file": str(tmp_path / "secret"),
-        "subjects": ["cim.evt.unit.*.labeled"], "max_attempts": 1}]).start()
-    try:
-        unit_cid = cidlib.compute(b"hooked")
-        # An id with a blank: percent-encoded in its header, so only a reader that decodes it
-        # gets it back for the redelivery.
-        event = Event.of(UnitLabeled(labels=["urgent"], by="p/classify"), unit_cid, id=f"labeled {unit_cid}",
-                         agent="cim-pipeline", agent_version="1", correlation_id="batch 9",
-                         causation_id=f"unit-created-{unit_cid}")
-        await EventStore(nc).append(event)
-        await async_wait_until(lambda: count(nc, "cim.dlq.hub.webhook.ce", stream="CIM_DLQ"), 30,
-                               what="the refused delivery to be dead-lettered")
-        status[0] = 204
-        dlq_seq = (await nc.jetstream().stream_info("CIM_DLQ")).state.last_seq
-        reply = await call(nc, hub_api.RETRY, hub_api.RetryRequest(seq=dlq_seq), timeout=30)
-        assert reply.ok, reply.reason
-    finally:
-        hub.stop()
-        await runner.cleanup()
+    # Refuses until told otherwise: the first delivery goes to the dead letters.
+    async with HookReceiver(status=503) as rx:
+        hub = Hub(nats_server.url, tmp_path, webhooks=[{
+            "name": "ce", "url": rx.url, "secret_file": str(tmp_path / "secret"),
+            "subjects": ["cim.evt.unit.*.labeled"], "max_attempts": 1}]).start()
+        try:
+            unit_cid = cidlib.compute(b"hooked")
+            # An id with a blank: percent-encoded in its header, so only a reader that decodes it
+            # gets it back for the redelivery.
+            event = Event.of(UnitLabeled(labels=["urgent"], by="p/classify"), unit_cid, id=f"labeled {unit_cid}",
+                             agent="cim-pipeline", agent_version="1", correlation_id="batch 9",
+                             causation_id=f"unit-created-{unit_cid}")
+            await EventStore(nc).append(event)
+            await async_wait_until(lambda: count(nc, "cim.dlq.hub.webhook.ce", stream="CIM_DLQ"), 30,
+                                   what="the refused delivery to be dead-lettered")
+            rx.status = 204
+            dlq_seq = (await nc.jetstream().stream_info("CIM_DLQ")).state.last_seq
+            reply = await call(nc, hub_api.RETRY, hub_api.RetryRequest(seq=dlq_seq), timeout=30)
+            assert reply.ok, reply.reason
+        finally:
+            hub.stop()
 
-    assert len(received) == 2
-    for headers, body in received:
+    assert len(rx.received) == 2
+    for headers, body in rx.received:
         assert headers["Content-Type"].startswith("application/cloudevents+json")
         ce = from_http(HTTPMessage(headers=headers, body=body), JSON)  # no ce- headers: structured mode
         assert isinstance(ce, CloudEvent)
@@ -262,48 +247,33 @@ async def test_a_dead_letter_stored_before_the_upgrade_is_redelivered_as_the_pla
         nc, servers, nats_server, tmp_path):
     """A letter dead-lettered by the hub before CloudEvents holds CIM's old JSON body (no
     `specversion`): sent again, it must not claim to be a structured CloudEvent."""
-    from aiohttp import web
-
     from cim.hub import api as hub_api
     from cim.nats.rpc import call
-    from cim.ports import free_port
-    from support.hub_support import Hub
+    from support.hub_support import HookReceiver, Hub
 
-    received: list[tuple[dict[str, str], bytes]] = []
-
-    async def handle(request):
-        received.append((dict(request.headers), await request.read()))
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     (tmp_path / "secret").write_bytes(b"webhook-secret\n")
-    hub = Hub(nats_server.url, tmp_path, webhooks=[{
-        "name": "old", "url": f"http://127.0.0.1:{port}/hook", "secret_file": str(tmp_path / "secret"),
-        "subjects": ["cim.evt.unit.*.labeled"]}]).start()
-    try:
-        unit_cid = cidlib.compute(b"dead before the upgrade")
-        # The body and headers the hub wrote before (its old `body_of`, the event's old headers).
-        old_body = json.dumps({"id": "old-label-9", "type": "unit.labeled", "subject": f"cim.evt.unit.{unit_cid}.labeled",
-                               "source": "cim/cim-registry", "time": "2025-11-03T09:30:00.123456+00:00",
-                               "agent": "cim-registry", "data": {"labels": ["old"], "by": "p/s"}},
-                              separators=(",", ":")).encode()
-        headers = {**legacy_headers("old-label-9", "unit.labeled", unit_cid, "cim/cim-registry", "cim-registry"),
-                   "Nats-Msg-Id": "hub-dlq-old-old-label-9", "cim-dlq-reason": "the receiver answered HTTP 503",
-                   "cim-dlq-origin": f"cim.evt.unit.{unit_cid}.labeled", "cim-dlq-webhook": "old",
-                   "cim-dlq-target": f"http://127.0.0.1:{port}/hook", "cim-dlq-attempts": "5"}
-        ack = await nc.jetstream().publish("cim.dlq.hub.webhook.old", old_body, headers=headers, stream="CIM_DLQ")
-        reply = await call(nc, hub_api.RETRY, hub_api.RetryRequest(seq=ack.seq), timeout=30)
-        assert reply.ok, reply.reason
-    finally:
-        hub.stop()
-        await runner.cleanup()
+    async with HookReceiver() as rx:
+        hub = Hub(nats_server.url, tmp_path, webhooks=[{
+            "name": "old", "url": rx.url, "secret_file": str(tmp_path / "secret"),
+            "subjects": ["cim.evt.unit.*.labeled"]}]).start()
+        try:
+            unit_cid = cidlib.compute(b"dead before the upgrade")
+            # The body and headers the hub wrote before (its old `body_of`, the event's old headers).
+            old_body = json.dumps({"id": "old-label-9", "type": "unit.labeled", "subject": f"cim.evt.unit.{unit_cid}.labeled",
+                                   "source": "cim/cim-registry", "time": "2025-11-03T09:30:00.123456+00:00",
+                                   "agent": "cim-registry", "data": {"labels": ["old"], "by": "p/s"}},
+                                  separators=(",", ":")).encode()
+            headers = {**legacy_headers("old-label-9", "unit.labeled", unit_cid, "cim/cim-registry", "cim-registry"),
+                       "Nats-Msg-Id": "hub-dlq-old-old-label-9", "cim-dlq-reason": "the receiver answered HTTP 503",
+                       "cim-dlq-origin": f"cim.evt.unit.{unit_cid}.labeled", "cim-dlq-webhook": "old",
+                       "cim-dlq-target": rx.url, "cim-dlq-attempts": "5"}
+            ack = await nc.jetstream().publish("cim.dlq.hub.webhook.old", old_body, headers=headers, stream="CIM_DLQ")
+            reply = await call(nc, hub_api.RETRY, hub_api.RetryRequest(seq=ack.seq), timeout=30)
+            assert reply.ok, reply.reason
+        finally:
+            hub.stop()
 
-    [(headers, body)] = received
+    [(headers, body)] = rx.received
     assert body == old_body
     assert headers["Content-Type"] == "application/json"
     assert (headers["webhook-id"], headers["X-CIM-Event-Type"]) == ("old-label-9", "unit.labeled")

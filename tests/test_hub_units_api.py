@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sqlite3
+from collections.abc import AsyncIterator
 
 import nats
 import pytest
@@ -75,15 +76,22 @@ async def every_unit(url: str, params: list[tuple[str, str]], token: str = TOKEN
     return [cid for page in await every_page(url, params, token, cursor) for cid in page]
 
 
-@pytest.fixture
-async def hub(nats_server, nc, tmp_path):
-    await provision(nc, ProvisionSpec())
+async def started_hub(nats_server, tmp_path) -> AsyncIterator[Hub]:
+    """The hub of one test, started once what it needs runs: stopped after the test, and its
+    log must hold no traceback."""
     h = Hub(nats_server.url, tmp_path).start()
     try:
         yield h
     finally:
         h.stop()
     assert "Traceback" not in h.log()
+
+
+@pytest.fixture
+async def hub(nats_server, nc, tmp_path):
+    await provision(nc, ProvisionSpec())
+    async for h in started_hub(nats_server, tmp_path):
+        yield h
 
 
 @pytest.fixture
@@ -91,12 +99,8 @@ async def indexed_hub(nats_server, nc, tmp_path, agent_process):
     """A hub with a pipeline agent beside it, which answers the listing."""
     await provision(nc, ProvisionSpec())
     await agent_process("pipeline", {"nats": {"servers": [nats_server.url]}, "state_dir": str(tmp_path / "state")}).ready(nc)
-    h = Hub(nats_server.url, tmp_path).start()
-    try:
+    async for h in started_hub(nats_server, tmp_path):
         yield h
-    finally:
-        h.stop()
-    assert "Traceback" not in h.log()
 
 
 async def corrupt(nc, cid: str, chunk: int) -> None:
@@ -673,8 +677,9 @@ async def test_a_listing_walks_a_bounded_window_per_request_and_is_complete_to_t
 
 
 def test_a_tokens_reach_in_the_index_is_what_the_token_may_see():
-    """The pipeline keeps a listing to a token's patterns in SQL (GLOB, or fnmatch for a
-    [...] class); it must agree with cim.hub.tokens, unit by unit."""
+    """The pipeline keeps a listing to a token's source patterns in SQL (GLOB, or fnmatch for a
+    [...] class); it must agree with cim.hub.tokens, unit by unit. (Labels are the hub's to
+    check: by those a unit was created with, which the index does not keep apart.)"""
     conn = sqlite3.connect(":memory:")
     conn.executescript(search.SCHEMA)
     sources = ["reports", "reports/q3", "team/a", "team/b", "x[y", "ab", "b", ""]
@@ -683,19 +688,17 @@ def test_a_tokens_reach_in_the_index_is_what_the_token_may_see():
         search.add_unit(conn, cid=f"bafy{i:04d}", title="", media_type="", source=source,
                         created_at="2026-01-01T00:00:00", labels=labels, seq=i + 1)
     patterns = [["*"], ["reports", "reports/*"], ["team/[ab]"], ["[!t]*"], ["x[y"], ["?b", "b"], []]
-    label_patterns = [["*"], ["report", "q*"], ["[!s]*"], ["[", "a"], ["a?"], []]
-    for srcs, lbls in itertools.product(patterns, label_patterns):
-        token = Token(name="t", token="0123456789abcdef", sources=srcs, labels=lbls)
+    for srcs in patterns:
+        token = Token(name="t", token="0123456789abcdef", sources=srcs, labels=["*"])
         listed, before = [], None
         while True:
-            rows, resume = search.units(conn, reach=search.Reach(sources=srcs, labels=lbls), before=before, limit=7,
-                                        scan=9)
+            rows, resume = search.units(conn, reach=search.Reach(sources=srcs), before=before, limit=7, scan=9)
             listed += [(r.source, tuple(r.labels)) for r in rows]
             if resume is None:
                 break
             before = (resume, "")
         expected = [(s, tuple(sorted(ls))) for s, ls in itertools.product(sources, label_sets) if token.may_see(s, ls)]
-        assert sorted(listed) == sorted(expected), (srcs, lbls)
+        assert sorted(listed) == sorted(expected), srcs
 
 
 async def test_downloads_past_max_downloads_get_503_and_a_client_that_reads_nothing_is_cut_off(nats_server, nc, tmp_path):

@@ -59,13 +59,23 @@ class Hub(AgentProcess):
 
 
 class HookReceiver:
-    """A webhook receiver on 127.0.0.1:`port`, POST /hook, served while in `async with`;
-    a subclass says what `handle` answers."""
+    """A webhook receiver on 127.0.0.1:`port` (a free one unless given), POST /hook, served
+    while in `async with`. As it is, it keeps each request's headers and body in `received`
+    and answers `status`, which a test may change between deliveries; a subclass that answers
+    otherwise overrides `handle`."""
 
-    port: int
+    def __init__(self, port: int | None = None, *, status: int = 204):
+        self.port = port or free_port()
+        self.status = status
+        self.received: list[tuple[dict[str, str], bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        raise NotImplementedError
+        self.received.append((dict(request.headers), await request.read()))
+        return web.Response(status=self.status)
 
     async def __aenter__(self):
         app = web.Application()

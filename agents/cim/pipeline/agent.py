@@ -213,7 +213,7 @@ class Agent(AgentBase[Config]):
         kept to the caller's reach (a hub token's patterns), each request a bounded walk
         (search.SCAN_ROWS). Run on the event loop as search is: its work is bounded."""
         filters = search.Filters(labels=req.labels, source=req.source)
-        reach = search.Reach(sources=req.within_sources, labels=req.within_labels)
+        reach = search.Reach(sources=req.within_sources)
 
         def run(conn: sqlite3.Connection) -> api.UnitsReply:
             fresh = self._fresh()

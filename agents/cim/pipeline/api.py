@@ -61,8 +61,6 @@ class UnitsRequest(_Req):
     limit: int = Field(default=50, gt=0, le=1000)
     within_sources: list[_Pattern] = Field(default_factory=lambda: ["*"], max_length=256, description=(
         "shell patterns (fnmatch): only units whose source matches one (a hub token's reach)"))
-    within_labels: list[_Pattern] = Field(default_factory=lambda: ["*"], max_length=256, description=(
-        "shell patterns (fnmatch): only units each of whose labels now (pipeline steps' too) matches one"))
     scan: int = Field(default=SCAN_ROWS, gt=0, le=SCAN_ROWS, description="rows of the index to walk at most")
     min_as_of: int = Field(default=0, ge=0, lt=2**63, description=(
         "the index must cover the stream up to here (the hub sends a cursor's position, the `before` seq): "

@@ -354,25 +354,18 @@ SCAN_ROWS = 20_000
 
 @dataclass
 class Reach:
-    """What a caller may see, as a hub token's shell patterns (fnmatch, as cim.hub.tokens reads
-    them): a unit whose source matches one of `sources` and each of whose labels now (those
-    pipeline steps added too) matches one of `labels`. `*` among them: no limit."""
+    """What a caller may see, as a hub token's source patterns (fnmatch, as cim.hub.tokens
+    reads them): a unit whose source matches one of `sources`; `*` among them: no limit.
+
+    Labels are not here: a token sees a unit by the labels it was created with, which the
+    index cannot tell apart from those pipeline steps added, so the hub checks those itself."""
 
     sources: list[str] = field(default_factory=lambda: ["*"])
-    labels: list[str] = field(default_factory=lambda: ["*"])
 
     def sql(self) -> tuple[list[str], list[str]]:
-        where: list[str] = []
-        args: list[str] = []
-        if "*" not in self.sources:
-            where.append(f"({' OR '.join(_matches('d.source', p) for p in self.sources) or '0'})")
-            args += self.sources
-        if "*" not in self.labels:
-            allowed = " OR ".join(_matches("l.label", p) for p in self.labels)
-            where.append("NOT EXISTS (SELECT 1 FROM doc_labels l WHERE l.doc = d.id"
-                         f"{f' AND NOT ({allowed})' if allowed else ''})")
-            args += self.labels
-        return where, args
+        if "*" in self.sources:
+            return [], []
+        return [f"({' OR '.join(_matches('d.source', p) for p in self.sources) or '0'})"], list(self.sources)
 
 
 def _matches(column: str, pattern: str) -> str:
