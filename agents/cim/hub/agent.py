@@ -107,6 +107,7 @@ class Agent(AgentBase[Config]):
         await self.webhooks.stop()
         if self._runner:
             await self._runner.cleanup()
+        self.api.close()
 
     @endpoint(api.INFO)
     async def info(self) -> InfoReply:

@@ -16,6 +16,7 @@ import copy
 import fnmatch
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from typing import Any, TypeVar
 
@@ -162,6 +163,20 @@ def _check_meta(token: Token, meta: dict[str, Any]) -> None:
         raise Problem(400, field_errors(err, top="(unit)")) from None
 
 
+# Every route the hub serves, written once: (method, path, the HubApi handler's name).
+# HubApi.app registers these, and the tests check each /v1 one against openapi.yaml.
+ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("POST", "/v1/units", "ingest"),
+    ("GET", "/v1/units", "list_units"),
+    ("GET", "/v1/units/{cid}", "show"),
+    ("GET", "/v1/units/{cid}/content", "content"),
+    ("GET", "/v1/search", "search"),
+    ("GET", "/openapi.yaml", "openapi"),
+    ("GET", "/healthz", "healthz"),
+    ("GET", "/metrics", "metrics"),
+)
+
+
 class HubApi:
     def __init__(self, units: UnitStore, tokens: Tokens, *, max_body_size: int, idle_timeout: float = 30.0,
                  max_downloads: int = 32, max_cold_downloads: int = 8, metrics: CollectorRegistry = HUB_METRICS):
@@ -180,19 +195,22 @@ class HubApi:
         self.max_body_size = max_body_size
         self.idle_timeout = idle_timeout
         self.spec_yaml = files("cim.hub").joinpath("openapi.yaml").read_text()
+        # /metrics scrapes run on one thread of their own: anyone may ask this public port, and
+        # a flood of scrapes queues there, never in the default executor the uploads' spool
+        # writes use. The thread starts with the first scrape.
+        self._metrics_thread = ThreadPoolExecutor(1, thread_name_prefix="hub-metrics")
 
     def app(self) -> web.Application:
         # aiohttp's own cap must not cut in before ours: we answer 413 with a reason.
         app = web.Application(client_max_size=self.max_body_size + 1024 * 1024, middlewares=[count_requests])
-        app.router.add_post("/v1/units", self.ingest)
-        app.router.add_get("/v1/units", self.list_units)
-        app.router.add_get("/v1/units/{cid}", self.show)
-        app.router.add_get("/v1/units/{cid}/content", self.content)
-        app.router.add_get("/v1/search", self.search)
-        app.router.add_get("/openapi.yaml", self.openapi)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/metrics", self.metrics)
+        # web.route("GET", ...) registers through add_get: a GET also answers HEAD.
+        app.add_routes(web.route(method, path, getattr(self, handler)) for method, path, handler in ROUTES)
         return app
+
+    def close(self) -> None:
+        """Let the metrics thread end once the server is stopped. Without waiting: a scrape in
+        it may wait for this event loop (cim.metrics.Sampled)."""
+        self._metrics_thread.shutdown(wait=False, cancel_futures=True)
 
     async def ingest(self, request: web.Request) -> web.StreamResponse:
         # The upload, hashed as it arrives: in memory while small, else a temporary file
@@ -599,14 +617,8 @@ class HubApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         # In a thread: collectors that read the server wait for this event loop (cim.metrics.Sampled).
-        # One thread of its own: anyone may ask this public port, and a flood of scrapes queues
-        # there, never in the default executor the uploads' spool writes use.
-        pool = getattr(self, "_metrics_thread", None)
-        if pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = self._metrics_thread = ThreadPoolExecutor(1, thread_name_prefix="hub-metrics")
-        body = await asyncio.get_running_loop().run_in_executor(pool, generate_latest, self.exported)
+        # A thread of its own (see __init__): a flood of scrapes queues there, not in the default executor.
+        body = await asyncio.get_running_loop().run_in_executor(self._metrics_thread, generate_latest, self.exported)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
