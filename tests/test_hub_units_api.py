@@ -736,6 +736,36 @@ async def test_downloads_past_max_downloads_get_503_and_a_client_that_reads_noth
     assert "Traceback" not in hub.log()
 
 
+async def test_one_token_cannot_hold_every_download_place(nats_server, nc, tmp_path):
+    """A token whose clients read nothing holds at most max_downloads_per_token places: its next
+    download is refused, with a message that names the limit, while another token still reads."""
+    await provision(nc, ProvisionSpec())
+    hub = Hub(nats_server.url, tmp_path, max_downloads=4, max_downloads_per_token=2, idle_timeout=30).start()
+    try:
+        data = os.urandom(16 * 1024 * 1024)  # past what the kernel buffers for a client that reads nothing
+        cid = (await UnitStore(nc).put_bytes(data)).unit.cid
+        small = (await UnitStore(nc).put_bytes(b"small")).unit.cid
+        stalled = [stalled_download(hub.url, cid) for _ in range(2)]
+        assert all(head.startswith(b"HTTP/1.1 200") for _, head in stalled)
+
+        status, body, headers = await download(hub.url, small)
+        assert status == 503 and int(headers["Retry-After"]) > 0
+        message = json.loads(body)["errors"][0]["message"]
+        assert "token 'ci'" in message and "max_downloads_per_token" in message, message
+        assert (await download(hub.url, small, READ_ONLY))[:2] == (200, b"small")  # another token is not locked out
+
+        for sock, _ in stalled:  # the client gives up: its places are freed
+            sock.close()
+
+        async def served() -> bool:
+            return (await download(hub.url, small))[:2] == (200, b"small")
+
+        await async_wait_until(served, 60, what="the token's places to be freed once its clients went away")
+    finally:
+        hub.stop()
+    assert "Traceback" not in hub.log()
+
+
 async def test_head_answers_what_get_would_without_reading_the_bytes(hub, nc):
     units = UnitStore(nc)
     events = EventStore(nc)
@@ -816,3 +846,31 @@ async def test_the_connectors_store_reads_cold_units_past_the_http_downloads_col
     assert store.cold is colder_tier
     api.cold_downloads.give_back()
     assert [chunk async for chunk in api.units.get(cid)] == [data]
+
+
+async def test_one_token_cannot_hold_every_cold_read_place(nats_server, nc, tmp_path):
+    """Cold places are counted per token too (max_cold_downloads_per_token): with its one
+    taken, the token's next cold read is refused with Busy naming the limit, while another
+    token's read goes on."""
+    from cim.hub.http_api import DOWNLOADER
+
+    await provision(nc, ProvisionSpec())
+    data = b"in a colder tier, read by two tokens"
+
+    async def colder_tier(_nc, where, timeout):  # what the tier agent would stream
+        yield data
+
+    store = UnitStore(nc, cold=colder_tier)
+    cid = (await store.put_bytes(data)).unit.cid
+    await EventStore(nc).append(Event.of(UnitLocated(tier="warm", url="s3://warm", size=len(data),
+                                                     verified_by="read-back", dropped=[]), cid, agent="cim-tier"))
+    await ContentStore(nc).delete(cid)
+    api = HubApi(store, Tokens(write_tokens(tmp_path / "tokens.json")), max_body_size=1024, max_cold_downloads=4,
+                 max_cold_downloads_per_token=1)
+    assert api.cold_downloads.take("ci")  # token ci's one cold place, held by a download of it
+    DOWNLOADER.set("ci")  # as the content handler sets it for its request
+    with pytest.raises(Busy, match="token 'ci' .*max_cold_downloads_per_token"):
+        await anext(aiter(api.units.get(cid)))
+    DOWNLOADER.set("reader")
+    assert [chunk async for chunk in api.units.get(cid)] == [data]
+    assert api.cold_downloads.taken == 1  # the reader's place was given back

@@ -50,7 +50,9 @@ class Agent(AgentBase[Config]):
                                report_access=True)
         self.api = HubApi(self.units, Tokens(self.config.tokens_file), max_body_size=self.config.max_body_size,
                           idle_timeout=self.config.idle_timeout, max_downloads=self.config.max_downloads,
-                          max_cold_downloads=self.config.max_cold_downloads, metrics=ctx.metrics)
+                          max_cold_downloads=self.config.max_cold_downloads,
+                          max_downloads_per_token=self.config.max_downloads_per_token,
+                          max_cold_downloads_per_token=self.config.max_cold_downloads_per_token, metrics=ctx.metrics)
         self.webhooks = Dispatcher(ctx.nc, [Webhook(w) for w in self.config.webhooks], agent=self.config.agent_name)
         events = EventStore(ctx.nc)
         plugins, self.broken_plugins = load()  # a third party's broken plugin is reported and skipped

@@ -48,6 +48,11 @@ class Config(AgentConfig):
     max_cold_downloads: int = Field(default=8, ge=1, le=10_000, description=(
         "of those, downloads of units in a colder tier (a range too: it reads the whole unit); each holds one of "
         "the tier agent's 32 fetch slots, which `cim units get` and the pipelines share: keep it well below 32"))
+    max_downloads_per_token: int = Field(default=8, ge=1, le=10_000, description=(
+        "of max_downloads, those one token may hold at once (at most max_downloads): a token whose client reads "
+        "slowly, or not at all, cannot lock the other tokens out"))
+    max_cold_downloads_per_token: int = Field(default=2, ge=1, le=10_000, description=(
+        "of max_cold_downloads, those one token may hold at once (at most max_cold_downloads)"))
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     connectors: list[ConnectorConfig] = Field(default_factory=list)
 

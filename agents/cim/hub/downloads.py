@@ -42,21 +42,34 @@ class Stalled(Exception):
 
 
 class Slots:
-    """At most `size` of something at once, taken without waiting: a request that finds them
-    all taken is answered 503 at once rather than queued (a queue would hold its connection)."""
+    """At most `size` of something at once, and at most `per_key` of them for one key (a
+    token: one slow reader must not hold every place), taken without waiting: a request that
+    finds them taken is answered 503 at once rather than queued (a queue would hold its
+    connection)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, per_key: int | None = None):
         self.size = size
+        self.per_key = min(per_key or size, size)
         self.taken = 0
+        self._by_key: dict[str, int] = {}
 
-    def take(self) -> bool:
-        if self.taken >= self.size:
+    def held_by(self, key: str) -> int:
+        return self._by_key.get(key, 0)
+
+    def take(self, key: str = "") -> bool:
+        if self.taken >= self.size or self.held_by(key) >= self.per_key:
             return False
         self.taken += 1
+        self._by_key[key] = self.held_by(key) + 1
         return True
 
-    def give_back(self) -> None:
+    def give_back(self, key: str = "") -> None:
         self.taken -= 1
+        left = self.held_by(key) - 1
+        if left > 0:
+            self._by_key[key] = left
+        else:
+            self._by_key.pop(key, None)  # a key that holds nothing takes no memory
 
 
 def media_type_header(media_type: str) -> str:

@@ -12,6 +12,7 @@ request costs no storage and a big one never sits whole in memory.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import fnmatch
 import logging
@@ -163,6 +164,10 @@ def _check_meta(token: Token, meta: dict[str, Any]) -> None:
         raise Problem(400, field_errors(err, top="(unit)")) from None
 
 
+# The token a download is for, read where its cold read takes a place: the store's cold
+# reader is called deep inside UnitStore, which knows nothing of tokens.
+DOWNLOADER: contextvars.ContextVar[str] = contextvars.ContextVar("cim_hub_downloader", default="")
+
 # Every route the hub serves, written once: (method, path, the HubApi handler's name).
 # HubApi.app registers these, and the tests check each /v1 one against openapi.yaml.
 ROUTES: tuple[tuple[str, str, str], ...] = (
@@ -179,10 +184,13 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
 
 class HubApi:
     def __init__(self, units: UnitStore, tokens: Tokens, *, max_body_size: int, idle_timeout: float = 30.0,
-                 max_downloads: int = 32, max_cold_downloads: int = 8, metrics: CollectorRegistry = HUB_METRICS):
+                 max_downloads: int = 32, max_cold_downloads: int = 8, max_downloads_per_token: int = 8,
+                 max_cold_downloads_per_token: int = 2, metrics: CollectorRegistry = HUB_METRICS):
         self.exported = metrics  # what /metrics serves: the agent's (the runtime's and the hub's)
-        self.downloads = downloads.Slots(max_downloads)
-        self.cold_downloads = downloads.Slots(max_cold_downloads)
+        # Places are counted per token too: one token that reads slowly (or on purpose not at
+        # all) must not hold every place and lock the other tokens out.
+        self.downloads = downloads.Slots(max_downloads, max_downloads_per_token)
+        self.cold_downloads = downloads.Slots(max_cold_downloads, max_cold_downloads_per_token)
         # A view of the store of its own: the same connection and buckets, but cold reads
         # through the HTTP downloads' slots. The store reads a unit through its cold reader
         # only once the hot copy is found missing: the one place that knows a download is a
@@ -392,7 +400,11 @@ class HubApi:
                 headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{unit.size}"
             if head:
                 await self._available(cid, state)
-            elif not self.downloads.take():
+            elif self.downloads.held_by(token.name) >= self.downloads.per_key:
+                raise Problem(503, [("(server)", f"token {token.name!r} has {self.downloads.per_key} downloads under way, "
+                                                 "the hub's max_downloads_per_token; try again once one is done")],
+                              {"Retry-After": "1"})
+            elif not self.downloads.take(token.name):
                 raise Problem(503, [("(server)", f"this hub is sending {self.downloads.size} downloads, its "
                                                  "max_downloads; try again shortly")], {"Retry-After": "1"})
         except Problem as problem:
@@ -404,6 +416,7 @@ class HubApi:
         # From here the download holds a slot: whatever happens (an error no rule expected, the
         # client going away), it is given back.
         try:
+            DOWNLOADER.set(token.name)  # whose cold-read place this download takes (_limit_cold)
             chunks = aiter(self.units.get(cid))
             try:
                 # The first chunk before the headers: a unit whose bytes cannot be read (or, up to
@@ -414,7 +427,7 @@ class HubApi:
             return await downloads.send(request, chunks, first, status=status, headers=headers, size=unit.size,
                                         span=span or (0, unit.size), idle_timeout=self.idle_timeout)
         finally:
-            self.downloads.give_back()
+            self.downloads.give_back(token.name)
 
     async def _visible(self, token: Token, cid: str, *, fold: bool = False) -> tuple[Unit, UnitState | None]:
         """The unit's record, with its folded state when `fold`, or the Problem a client gets:
@@ -473,14 +486,18 @@ class HubApi:
         slots = self.cold_downloads
 
         async def limited(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
-            if not slots.take():
+            who = DOWNLOADER.get()
+            if slots.held_by(who) >= slots.per_key:
+                raise Busy(f"token {who!r} is reading {slots.per_key} units from colder tiers, the hub's "
+                           "max_cold_downloads_per_token; try again once one is done")
+            if not slots.take(who):
                 raise Busy(f"this hub is reading {slots.size} units from colder tiers, its max_cold_downloads; "
                            "try again shortly")
             try:
                 async for chunk in read(*args, **kwargs):
                     yield chunk
             finally:
-                slots.give_back()
+                slots.give_back(who)
 
         return limited
 
