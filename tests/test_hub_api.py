@@ -223,6 +223,19 @@ async def test_an_endless_form_field_is_refused_at_64_kib_without_reading_on(hub
         assert answer.startswith(b"HTTP/1.1 400") and b"over 64 KiB" in answer, answer[:300]
 
 
+@pytest.mark.parametrize("route", ["POST /nowhere", "POST /healthz"])
+async def test_an_endless_body_to_a_route_that_does_not_take_one_is_not_read_on(hub, route):
+    """A 404 or a 405 needs no token: the body after it is not read on either."""
+    import asyncio as aio
+
+    method, path = route.split()
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {1 << 40}\r\n\r\n".encode()
+    sent, answer = await aio.to_thread(_send_without_reading, hub.url, head, b"x" * 65536, 125 * 1024 * 1024)
+    assert sent < 20 * 1024 * 1024, f"the hub read {sent} bytes of a body to {route}"
+    if answer:
+        assert answer.split(b" ", 2)[1] in (b"404", b"405"), answer[:300]
+
+
 async def test_a_client_that_reads_gets_the_400_for_an_endless_form_field(hub):
     """The bounded read after the answer is there so that a client that reads while it sends
     (curl, a browser) gets the 400, not a reset."""

@@ -54,6 +54,7 @@ from . import byte_ranges, downloads, unit_pages
 from .metrics import INGEST_BYTES, INGESTS, count_requests
 from .metrics import REGISTRY as HUB_METRICS
 from .tokens import Token, Tokens
+from .unread_bodies import close_unread
 
 log = logging.getLogger("cim.hub.http")
 
@@ -86,31 +87,6 @@ def _unexpected(cid: str, doing: str, err: Exception) -> Problem:
     log.error("unit %s: %s it failed unexpectedly: %s: %s", cid, doing, type(err).__name__, err)
     return Problem(503, [("(server)", f"unit {cid} could not be read ({type(err).__name__}): its events or a colder "
                                       "tier's answer may be damaged; the hub's log says more")], {"Retry-After": "5"})
-
-
-LINGER_SECONDS = 2.0
-
-
-async def _refuse_unread(request: web.Request, problem: Problem) -> web.StreamResponse:
-    """Answer a request whose body is refused before it was all read, then close.
-
-    aiohttp would read on after the answer for up to 10 s (its lingering close), and a client
-    that sends without reading fills all of that: 125 MiB of one form field was read. Here
-    nothing more is read: the request's buffer fills, TCP stops the client, and a client that
-    reads while it sends (curl, a browser) finds the answer and hangs up. Whoever has not hung
-    up after LINGER_SECONDS is cut off; closing at once instead would reset the connection
-    before most clients had read the answer."""
-    problem.headers["Connection"] = "close"
-    answer = _answer(problem)
-    await answer.prepare(request)
-    await answer.write_eof()
-    try:
-        # Wakes at the end of the body or when the client goes; it consumes nothing.
-        await asyncio.wait_for(request.content.wait_eof(), LINGER_SECONDS)
-    except (TimeoutError, ConnectionError, HttpProcessingError):
-        pass
-    request.protocol.force_close()
-    return answer
 
 
 def _over_limit(limit: int) -> Problem:
@@ -210,7 +186,7 @@ class HubApi:
 
     def app(self) -> web.Application:
         # aiohttp's own cap must not cut in before ours: we answer 413 with a reason.
-        app = web.Application(client_max_size=self.max_body_size + 1024 * 1024, middlewares=[count_requests])
+        app = web.Application(client_max_size=self.max_body_size + 1024 * 1024, middlewares=[close_unread, count_requests])
         # web.route("GET", ...) registers through add_get: a GET also answers HEAD.
         app.add_routes(web.route(method, path, getattr(self, handler)) for method, path, handler in ROUTES)
         return app
@@ -264,9 +240,7 @@ class HubApi:
                 raise Problem(503, [("(server)", str(err))], {"Retry-After": "5"}) from None
         except Problem as problem:
             INGESTS.labels(str(problem.status)).inc()
-            if not request.content.at_eof():
-                return await _refuse_unread(request, problem)
-            return _answer(problem)
+            return _answer(problem)  # what is left of the body is not read (cim.hub.unread_bodies)
         finally:
             body.close()
         INGEST_BYTES.inc(body.size)
