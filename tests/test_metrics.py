@@ -537,6 +537,54 @@ async def test_units_stored_goes_on_counting_after_the_event_stream_is_made_agai
     assert value(stored, "cim_units_stored_total") == 6, store.log()
 
 
+async def test_units_stored_never_counts_the_whole_history_when_the_stream_does_not_answer_at_start(
+        secured_nats, agent_process, tmp_path):
+    """A store agent that cannot read CIM_EVENTS when it starts (a leader election, a slow
+    server: here its permission is missing until an operator fixes it and reloads) waits to
+    place its counter at the stream's end; counting from the first event would add every unit
+    ever stored at once, a spike in every rate()."""
+    import signal
+
+    from cim.provision.apply import provision
+    from cim.provision.spec import ProvisionSpec
+    from cim.store.unit_store import UnitStore
+
+    server, seeds = secured_nats("store")
+    admin = await nats.connect(server.url, nkeys_seed=str(seeds["admin"]))
+    [store_user] = [u for u in server.extra_config["accounts"]["CIM"]["users"] if "permissions" in u]
+    info = "$JS.API.STREAM.INFO.CIM_EVENTS"
+
+    async def reload(what: str) -> None:
+        reloads = server.log_path.read_text().count("Reloaded server configuration")
+        server.prepare()  # writes the config again
+        os.kill(server.pid, signal.SIGHUP)
+        await async_wait_until(lambda: server.log_path.read_text().count("Reloaded server configuration") > reloads,
+                               30, what=what)
+
+    try:
+        await provision(admin, ProvisionSpec())
+        units = UnitStore(admin)
+        for i in range(4):  # stored before this agent started
+            await units.put_bytes(f"a unit of an earlier run, #{i}".encode())
+        store_user["permissions"]["publish"]["deny"] = [info]
+        await reload("the server to deny the store agent STREAM.INFO")
+        port = free_ports(1)[0]
+        store = await agent_process("store", {"nats": {"servers": [server.url], "nkey_seed_file": str(seeds["store"])},
+                                              "metrics": {"port": port}}).ready(admin)
+        await async_wait_until(lambda: "counting stored units once CIM_EVENTS answers" in store.log(), 30,
+                               what="the store agent to find CIM_EVENTS unreadable")
+        del store_user["permissions"]["publish"]["deny"]
+        await reload("the server to allow STREAM.INFO again")
+        await async_wait_until(lambda: "projection stored-units caught up" in store.log(), 60,
+                               what="the counter to be placed at the stream's end")
+        for i in range(2):
+            await units.put_bytes(f"a unit after the fix, #{i}".encode())
+        stored = await until_scraped(port, lambda f: value(f, "cim_units_stored_total") == 2, "the two new units counted")
+        assert value(stored, "cim_units_stored_total") == 2, store.log()
+    finally:
+        await admin.close()
+
+
 @pytest.mark.nats
 def test_metric_names_follow_prometheus_conventions(leaf):
     for capability, families in leaf.scrapes.items():

@@ -17,6 +17,7 @@ from ..errors import InvalidInput, JetStreamUnavailable, UnitTooLarge
 from ..events import EventStore, StoredEvent
 from ..metrics import Sampled
 from ..names import EVENTS_STREAM
+from ..nats.api import JsError, error_code
 from ..nats.api import api as js_api
 from ..projection_db import Follower, ProjectionDb
 from ..runtime import AgentBase, AgentContext, endpoint
@@ -49,15 +50,31 @@ class Agent(AgentBase[Config]):
         counter.rebuilt_because = None  # in memory by design: a counter starts at zero with its process
         try:  # where the count starts, before the agent answers: a unit put once it does is counted
             await self._start_at_the_end(counter)
-        except Exception as err:  # not provisioned yet, or the server is slow: then every unit is new
+            placed = True
+        except Exception as err:  # the server is slow or electing a leader: asked again below
             log.info("counting stored units once %s answers (%s)", EVENTS_STREAM, err)
-        follower = Follower(EventStore(self.nc), counter, ["cim.evt.unit.*.created"], _count_units)
-        self.ctx.tasks.spawn(follower.run(), name="units-count")
+            placed = False
+        self.ctx.tasks.spawn(self._count(counter, placed), name="units-count")
+
+    async def _count(self, counter: ProjectionDb, placed: bool) -> None:
+        # Never counted from the first event for want of an answer: that would add every unit
+        # ever stored at once, a spike in every rate() and an ingest alert.
+        while not placed:
+            await asyncio.sleep(5)  # backoff before asking again, not a wait for a condition
+            try:
+                await self._start_at_the_end(counter)
+                placed = True
+            except Exception as err:
+                log.info("counting stored units once %s answers (%s)", EVENTS_STREAM, err)
+        await Follower(EventStore(self.nc), counter, ["cim.evt.unit.*.created"], _count_units).run()
 
     async def _start_at_the_end(self, counter: ProjectionDb) -> None:
         """Checkpoint the counter at the stream's last event: units stored before this
-        process started were counted by the one before, and Prometheus' `rate()` reads on."""
+        process started were counted by the one before, and Prometheus' `rate()` reads on.
+        A stream not made yet has no units: every one from now on is counted."""
         info = await js_api(self.nc, f"STREAM.INFO.{EVENTS_STREAM}", timeout=5)
+        if error_code(info) == JsError.STREAM_NOT_FOUND:
+            return
         if "error" in info:
             raise JetStreamUnavailable(f"cannot read {EVENTS_STREAM}: {info['error'].get('description')}")
         end = int(info.get("state", {}).get("last_seq", 0))
