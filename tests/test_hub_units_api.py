@@ -753,6 +753,12 @@ async def test_one_token_cannot_hold_every_download_place(nats_server, nc, tmp_p
         message = json.loads(body)["errors"][0]["message"]
         assert "token 'ci'" in message and "max_downloads_per_token" in message, message
         assert (await download(hub.url, small, READ_ONLY))[:2] == (200, b"small")  # another token is not locked out
+        # Nor is another token that happens to share the name: places go by the secret.
+        namesake = "namesake-token-0123456789abcdef"
+        tokens = json.loads((tmp_path / "tokens.json").read_text())
+        tokens["tokens"].append({"name": "ci", "token": namesake})
+        (tmp_path / "tokens.json").write_text(json.dumps(tokens))
+        assert (await download(hub.url, small, namesake))[:2] == (200, b"small")
 
         for sock, _ in stalled:  # the client gives up: its places are freed
             sock.close()
@@ -867,10 +873,12 @@ async def test_one_token_cannot_hold_every_cold_read_place(nats_server, nc, tmp_
     await ContentStore(nc).delete(cid)
     api = HubApi(store, Tokens(write_tokens(tmp_path / "tokens.json")), max_body_size=1024, max_cold_downloads=4,
                  max_cold_downloads_per_token=1)
-    assert api.cold_downloads.take("ci")  # token ci's one cold place, held by a download of it
-    DOWNLOADER.set("ci")  # as the content handler sets it for its request
+    ci, reader = (api.tokens.lookup(t) for t in (TOKEN, READ_ONLY))
+    assert ci is not None and reader is not None
+    assert api.cold_downloads.take(ci.digest.hex())  # token ci's one cold place, held by a download of it
+    DOWNLOADER.set(ci)  # as the content handler sets it for its request
     with pytest.raises(Busy, match="token 'ci' .*max_cold_downloads_per_token"):
         await anext(aiter(api.units.get(cid)))
-    DOWNLOADER.set("reader")
+    DOWNLOADER.set(reader)
     assert [chunk async for chunk in api.units.get(cid)] == [data]
     assert api.cold_downloads.taken == 1  # the reader's place was given back

@@ -46,10 +46,7 @@ class Supervisor:
     async def close(self, timeout: float) -> None:
         """Cancel every task and wait for them, at most `timeout` seconds in all."""
         self._closing = True
-        pending = await cancel_and_wait(*self._tasks, timeout=timeout)
-        if pending:
-            log.warning("stopping: %s did not stop in time; going on without them",
-                        ", ".join(sorted(t.get_name() for t in pending)))
+        await cancel_and_wait(*self._tasks, timeout=timeout)  # says which did not stop
 
 
 async def cancel_and_wait(*tasks: F, timeout: float = 30.0) -> set[F]:
@@ -72,7 +69,14 @@ async def cancel_and_wait(*tasks: F, timeout: float = 30.0) -> set[F]:
     for task in tasks:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: an ending task's error is the caller's to read, never a warning
+    if pending:
+        log.warning("%s did not end within %g s of being cancelled; going on without waiting for them",
+                    ", ".join(sorted(_name(t) for t in pending)), timeout)
     return pending
+
+
+def _name(task: asyncio.Future[Any]) -> str:
+    return task.get_name() if isinstance(task, asyncio.Task) else repr(task)
 
 
 class Bounded:

@@ -16,7 +16,7 @@ import contextvars
 import copy
 import fnmatch
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from typing import Any, TypeVar
@@ -142,7 +142,13 @@ def _check_meta(token: Token, meta: dict[str, Any]) -> None:
 
 # The token a download is for, read where its cold read takes a place: the store's cold
 # reader is called deep inside UnitStore, which knows nothing of tokens.
-DOWNLOADER: contextvars.ContextVar[str] = contextvars.ContextVar("cim_hub_downloader", default="")
+DOWNLOADER: contextvars.ContextVar[Token | None] = contextvars.ContextVar("cim_hub_downloader", default=None)
+
+
+def _slot_key(token: Token | None) -> str:
+    """Places are counted by the token's secret, not its name: names need not be unique, and
+    two tokens that share one must not share a cap (one could lock the other out)."""
+    return token.digest.hex() if token is not None else ""
 
 # Every route the hub serves, written once: (method, path, the HubApi handler's name).
 # HubApi.app registers these, and the tests check each /v1 one against openapi.yaml.
@@ -374,11 +380,11 @@ class HubApi:
                 headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{unit.size}"
             if head:
                 await self._available(cid, state)
-            elif self.downloads.held_by(token.name) >= self.downloads.per_key:
+            elif self.downloads.held_by(_slot_key(token)) >= self.downloads.per_key:
                 raise Problem(503, [("(server)", f"token {token.name!r} has {self.downloads.per_key} downloads under way, "
                                                  "the hub's max_downloads_per_token; try again once one is done")],
                               {"Retry-After": "1"})
-            elif not self.downloads.take(token.name):
+            elif not self.downloads.take(_slot_key(token)):
                 raise Problem(503, [("(server)", f"this hub is sending {self.downloads.size} downloads, its "
                                                  "max_downloads; try again shortly")], {"Retry-After": "1"})
         except Problem as problem:
@@ -390,7 +396,7 @@ class HubApi:
         # From here the download holds a slot: whatever happens (an error no rule expected, the
         # client going away), it is given back.
         try:
-            DOWNLOADER.set(token.name)  # whose cold-read place this download takes (_limit_cold)
+            DOWNLOADER.set(token)  # whose cold-read place this download takes (_limit_cold)
             chunks = aiter(self.units.get(cid))
             try:
                 # The first chunk before the headers: a unit whose bytes cannot be read (or, up to
@@ -401,7 +407,7 @@ class HubApi:
             return await downloads.send(request, chunks, first, status=status, headers=headers, size=unit.size,
                                         span=span or (0, unit.size), idle_timeout=self.idle_timeout)
         finally:
-            self.downloads.give_back(token.name)
+            self.downloads.give_back(_slot_key(token))
 
     async def _visible(self, token: Token, cid: str, *, fold: bool = False) -> tuple[Unit, UnitState | None]:
         """The unit's record, with its folded state when `fold`, or the Problem a client gets:
@@ -459,19 +465,20 @@ class HubApi:
         pipelines share. A range counts as much as the whole unit: it reads the whole unit."""
         slots = self.cold_downloads
 
-        async def limited(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+        async def limited(*args: Any, **kwargs: Any) -> AsyncGenerator[bytes, None]:
             who = DOWNLOADER.get()
-            if slots.held_by(who) >= slots.per_key:
-                raise Busy(f"token {who!r} is reading {slots.per_key} units from colder tiers, the hub's "
+            key = _slot_key(who)
+            if slots.held_by(key) >= slots.per_key:
+                raise Busy(f"token {who.name if who else '(none)'!r} is reading {slots.per_key} units from colder tiers, the hub's "
                            "max_cold_downloads_per_token; try again once one is done")
-            if not slots.take(who):
+            if not slots.take(key):
                 raise Busy(f"this hub is reading {slots.size} units from colder tiers, its max_cold_downloads; "
                            "try again shortly")
             try:
                 async for chunk in read(*args, **kwargs):
                     yield chunk
             finally:
-                slots.give_back(who)
+                slots.give_back(key)
 
         return limited
 

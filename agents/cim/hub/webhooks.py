@@ -214,7 +214,11 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stop fetching and abandon what is in flight: unacknowledged, it is delivered again
         after the restart. Everything is finished here, before the runtime drains NATS."""
-        await cancel_and_wait(*(t for t in (self._task, *self._running) if t))
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+        # Then the deliveries, those the fetch loop started while it was being stopped too.
+        while self._running and not await cancel_and_wait(*self._running):
+            pass
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

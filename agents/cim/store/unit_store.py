@@ -9,9 +9,10 @@ completed by putting the same file again. Nothing is acknowledged before both ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import mimetypes
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -38,7 +39,7 @@ from .unit_fold import UnitFold
 from .units import Unit
 
 # Reads a unit from a colder tier: (connection, the unit's folded state, timeout) -> its bytes.
-ColdReader = Callable[..., AsyncIterator[bytes]]
+ColdReader = Callable[..., AsyncGenerator[bytes, None]]  # closed when a read ends early
 
 _HASH_BLOCK = 1024 * 1024
 
@@ -281,8 +282,11 @@ class UnitStore:
         if self.cold is None:
             raise NotFound(f"the bytes of {cid} are in the {', '.join(sorted(where.tiers)) or 'colder'} tier(s), and this "
                            "reader has no cold-tier reader (UnitStore(cold=cim.tier.fetch.fetch) asks the tier agent)")
-        async for chunk in self.cold(self.nc, where, timeout=max(self.events.timeout * 6, 30.0)):
-            yield chunk
+        # Closed with this reader, not whenever the collector finds it: a hub download's cold
+        # place (cim.hub.http_api) is given back when the cold read ends.
+        async with contextlib.aclosing(self.cold(self.nc, where, timeout=max(self.events.timeout * 6, 30.0))) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def _report_access(self, cid: str) -> None:
         """Tell the tier agent a unit was read (its `idle` policies); best effort, no reply."""

@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client
@@ -141,7 +141,7 @@ class FetchServer:
 # --- the reader's side ---------------------------------------------------------------------
 
 
-async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncIterator[bytes]:
+async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncGenerator[bytes, None]:
     """A unit's bytes from the tier agent, verified here too; the last chunk held back until
     they hash to the CID. `timeout`: the longest silence from the agent before giving up."""
     cid = u.cid
