@@ -192,6 +192,40 @@ def test_ipv6_addresses_are_bracketed_wherever_a_host_and_port_are_written(tmp_p
         socket.create_connection((host.strip("[]"), int(reached)), timeout=5).close()
 
 
+def test_a_killed_cim_up_leaves_its_data_dir_locked_while_what_it_started_still_runs(up, tmp_path):
+    """SIGKILL ends `cim up` without a word to its children: nats-server and the agents run on
+    over the data directory. A second `cim up` there (on other ports) must not start a second
+    nats-server over the same JetStream files: it names what still runs, and how to stop it."""
+    import signal
+
+    from cim.embedded.leaf import LOCK_FILE
+    from cim.embedded.procs import wait_until
+    from cim.ports import pid_alive, processes_holding_file
+
+    first = up()
+    first.proc.kill()
+    first.proc.wait()
+    lock = first.data_dir / LOCK_FILE
+    left = processes_holding_file(lock)
+    try:
+        assert any("nats-server" in command for _, command in left), left
+        ports = Ports()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CIM_")}
+        r = subprocess.run([sys.executable, "-m", "cim", "up", "--data-dir", str(first.data_dir), *ports.args()],
+                           capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"earlier `cim up` (pid {first.proc.pid}, no longer running" in r.stderr, r.stderr
+        assert "nats-server" in r.stderr and f"kill {' '.join(str(pid) for pid, _ in left)}" in r.stderr, r.stderr
+        assert all(port_is_free(p) for p in (ports.nats, ports.http, ports.ui, ports.hub)), "it started something"
+    finally:
+        for pid, _ in left:  # what the killed one left behind: this test's to stop
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not any(pid_alive(pid) for pid, _ in left), 30, what="the leftovers to end")
+    # With them gone, the data directory is free again.
+    again = up(first.data_dir, Ports())
+    assert "CIM is up" in again.output()
+
+
 def test_a_second_cim_up_on_the_same_data_dir_stops_before_anything_starts_naming_the_first(up, cli):
     first = up()
     ports = Ports()  # other ports: only the data directory is shared

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import EmbeddedError
@@ -144,17 +145,45 @@ def holder_of(port: int) -> str | None:
                 inodes.add(f"socket:[{fields[9]}]")
     if not inodes:
         return None
+    for pid, command in _holding(inodes):
+        return f"pid {pid} ({command})"
+    return "another user's process"
+
+
+def processes_holding_file(path: Path) -> list[tuple[int, str]]:
+    """(pid, command) of each process with `path` open, as far as /proc shows: only the same
+    user's processes show their descriptors."""
+    return list(_holding({str(path.resolve())}))
+
+
+def _holding(links: set[str]) -> Iterator[tuple[int, str]]:
+    """Processes with an open descriptor whose /proc link is one of `links` (`socket:[inode]`
+    for a socket, the path for a file)."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+            if any(os.readlink(fd) in links for fd in (proc / "fd").iterdir()):
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
                 command = " ".join(" ".join(a.decode(errors="replace").split()) for a in argv if a)
-                return f"pid {proc.name} ({command[:120]})"
+                yield int(proc.name), command[:120]
         except OSError:
             continue  # gone meanwhile, or another user's
-    return "another user's process"
+
+
+def pid_alive(pid: int) -> bool:
+    """A process of this pid runs (a zombie, killed and not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's, and alive
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def _bound(host: str, port: int, *, reuse: bool = False) -> socket.socket:

@@ -27,7 +27,7 @@ from ..errors import EmbeddedError
 from ..identity import ensure_identities
 from ..nats.connect import ConnectionSettings, connect
 from ..permissions import nats_permissions
-from ..ports import authority, dial_host
+from ..ports import authority, dial_host, pid_alive, processes_holding_file
 from ..provision.apply import provision
 from ..provision.spec import ProvisionSpec
 from . import addresses
@@ -129,8 +129,9 @@ class Leaf:
     def lock(self) -> None:
         """Hold `<data-dir>/.cim-up.lock` while this leaf runs: nats-server does not lock its
         JetStream store, so a second `cim up` on the same data (on other ports) would run a
-        second server over the same files. The kernel drops the lock when this process ends,
-        however it ends; the agents and nats-server do not inherit it."""
+        second server over the same files. nats-server and the agents inherit it: a `cim up`
+        killed with SIGKILL leaves them running, over these files, and the lock with them.
+        The kernel drops it when the last of them ends, however they end."""
         if self._lock is not None:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -141,14 +142,13 @@ class Leaf:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
             os.close(fd)
-            who = f"pid {holder}" if holder.isdigit() else "another process"
-            raise EmbeddedError(
-                f"{self.data_dir} is in use by another `cim up` ({who}, lock {path}); nothing was started. "
-                f"Stop that one first (Ctrl-C where it runs{f', or kill {holder}' if holder.isdigit() else ''}), "
-                "or give this one its own --data-dir (CIM_DATA_DIR)") from None
+            raise EmbeddedError(_in_use(self.data_dir, path, holder)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock = fd
+
+    def _inherited(self) -> tuple[int, ...]:
+        return (self._lock,) if self._lock is not None else ()
 
     def unlock(self) -> None:
         if self._lock is not None:
@@ -188,6 +188,7 @@ class Leaf:
             host=self.host, server_name="cim-leaf", config_path=self.data_dir / "nats" / "nats.conf",
             extra_config={"accounts": {"CIM": {"jetstream": "enabled", "users": users}}},
         )
+        self.server.inherit_fds = self._inherited()
         self.server.start()
         self.server_started_at = time.monotonic()
 
@@ -278,6 +279,7 @@ class Leaf:
         for cap in self.agent_names:
             path, config = self.configs[cap]
             proc = AgentProcess(cap, path, self.data_dir / "logs" / f"{cap}.log")
+            proc.inherit_fds = self._inherited()
             proc.start()
             self.agents[cap] = Supervised(proc, config)
 
@@ -359,3 +361,21 @@ async def supervise(leaf: Leaf, stop: asyncio.Event, echo) -> None:
             await asyncio.wait_for(stop.wait(), timeout=0.5)
         except TimeoutError:
             pass
+
+
+def _in_use(data_dir: Path, lock: Path, holder: str) -> str:
+    """Why the data directory is taken, and what to do: another `cim up` runs, or one was
+    killed and what it started still runs over these files."""
+    if holder.isdigit() and pid_alive(int(holder)):
+        return (f"{data_dir} is in use by another `cim up` (pid {holder}, lock {lock}); nothing was started. "
+                f"Stop that one first (Ctrl-C where it runs, or kill {holder}), or give this one its own --data-dir "
+                "(CIM_DATA_DIR)")
+    left = processes_holding_file(lock)
+    if not left:  # another user's processes: /proc does not show their descriptors
+        return (f"{data_dir} is in use by another process (lock {lock}); nothing was started. Stop what uses it, "
+                "or give this one its own --data-dir (CIM_DATA_DIR)")
+    earlier = f"pid {holder}" if holder.isdigit() else "an earlier `cim up`"
+    return (f"{data_dir} is still in use by what an earlier `cim up` ({earlier}, no longer running: was it killed?) "
+            f"started: {'; '.join(f'pid {pid} ({command})' for pid, command in left)}. Nothing was started: a second "
+            f"nats-server over the same files would damage them. Stop those (kill {' '.join(str(p) for p, _ in left)}), "
+            "then run `cim up` again")

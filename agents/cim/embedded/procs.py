@@ -75,6 +75,9 @@ class ManagedProcess(abc.ABC):
     display_name = "server"
     ready_timeout = 20.0
     stop_timeout = 10.0
+    # Descriptors the child keeps open: the leaf's data-directory lock, so that the lock is
+    # held as long as anything `cim up` started runs, even once `cim up` itself was killed.
+    inherit_fds: tuple[int, ...] = ()
 
     def __init__(self, log_path: Path, cwd: Path | None = None):
         self.log_path = Path(log_path)
@@ -124,7 +127,7 @@ class ManagedProcess(abc.ABC):
             # its owner had a chance to stop it in order.
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.cwd, env=self.env(), start_new_session=True,
+                cwd=self.cwd, env=self.env(), start_new_session=True, pass_fds=self.inherit_fds,
             )
         _LIVE.add(self)
         try:
