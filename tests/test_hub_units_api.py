@@ -701,16 +701,21 @@ def test_a_tokens_reach_in_the_index_is_what_the_token_may_see():
         assert sorted(listed) == sorted(expected), srcs
 
 
+async def two_stalled_downloads(nc, hub: Hub) -> tuple[bytes, str, str, list[tuple[socket.socket, bytes]]]:
+    """A big unit held by two downloads whose clients read nothing, and a small unit to try."""
+    data = os.urandom(16 * 1024 * 1024)  # past what the kernel buffers for a client that reads nothing
+    cid = (await UnitStore(nc).put_bytes(data)).unit.cid
+    small = (await UnitStore(nc).put_bytes(b"small")).unit.cid
+    stalled = [stalled_download(hub.url, cid) for _ in range(2)]
+    assert all(head.startswith(b"HTTP/1.1 200") for _, head in stalled)
+    return data, cid, small, stalled
+
+
 async def test_downloads_past_max_downloads_get_503_and_a_client_that_reads_nothing_is_cut_off(nats_server, nc, tmp_path):
     await provision(nc, ProvisionSpec())
     hub = Hub(nats_server.url, tmp_path, max_downloads=2, idle_timeout=2).start()
     try:
-        data = os.urandom(16 * 1024 * 1024)  # past what the kernel buffers for a client that reads nothing
-        cid = (await UnitStore(nc).put_bytes(data)).unit.cid
-        small = (await UnitStore(nc).put_bytes(b"small")).unit.cid
-        stalled = [stalled_download(hub.url, cid) for _ in range(2)]
-        assert all(head.startswith(b"HTTP/1.1 200") for _, head in stalled)
-
+        data, cid, small, stalled = await two_stalled_downloads(nc, hub)
         status, body, headers = await download(hub.url, small)
         assert status == 503 and int(headers["Retry-After"]) > 0
         assert "max_downloads" in json.loads(body)["errors"][0]["message"]
@@ -742,12 +747,7 @@ async def test_one_token_cannot_hold_every_download_place(nats_server, nc, tmp_p
     await provision(nc, ProvisionSpec())
     hub = Hub(nats_server.url, tmp_path, max_downloads=4, max_downloads_per_token=2, idle_timeout=30).start()
     try:
-        data = os.urandom(16 * 1024 * 1024)  # past what the kernel buffers for a client that reads nothing
-        cid = (await UnitStore(nc).put_bytes(data)).unit.cid
-        small = (await UnitStore(nc).put_bytes(b"small")).unit.cid
-        stalled = [stalled_download(hub.url, cid) for _ in range(2)]
-        assert all(head.startswith(b"HTTP/1.1 200") for _, head in stalled)
-
+        _, _, small, stalled = await two_stalled_downloads(nc, hub)
         status, body, headers = await download(hub.url, small)
         assert status == 503 and int(headers["Retry-After"]) > 0
         message = json.loads(body)["errors"][0]["message"]
@@ -829,14 +829,12 @@ async def test_a_download_that_fails_unexpectedly_is_a_503_and_gives_its_place_b
     assert "Traceback" not in hub.log()
 
 
-async def test_the_connectors_store_reads_cold_units_past_the_http_downloads_cold_limit(nats_server, nc, tmp_path):
-    """The HTTP downloads' cold places are theirs alone: with every one taken, the store the
-    hub's connectors share still reads a unit from a colder tier, and the HTTP downloads' view
-    of it refuses with Busy (a CimError: a 503 to a client), never an HTTP answer object."""
+async def cold_unit(nc, data: bytes) -> tuple[UnitStore, str]:
+    """A unit whose bytes are only in a colder tier, and a store whose cold reader streams
+    them as the tier agent would."""
     await provision(nc, ProvisionSpec())
-    data = b"in a colder tier"
 
-    async def colder_tier(_nc, where, timeout):  # what the tier agent would stream
+    async def colder_tier(_nc, where, timeout):
         yield data
 
     store = UnitStore(nc, cold=colder_tier)
@@ -844,6 +842,16 @@ async def test_the_connectors_store_reads_cold_units_past_the_http_downloads_col
     await EventStore(nc).append(Event.of(UnitLocated(tier="warm", url="s3://warm", size=len(data),
                                                      verified_by="read-back", dropped=[]), cid, agent="cim-tier"))
     await ContentStore(nc).delete(cid)
+    return store, cid
+
+
+async def test_the_connectors_store_reads_cold_units_past_the_http_downloads_cold_limit(nats_server, nc, tmp_path):
+    """The HTTP downloads' cold places are theirs alone: with every one taken, the store the
+    hub's connectors share still reads a unit from a colder tier, and the HTTP downloads' view
+    of it refuses with Busy (a CimError: a 503 to a client), never an HTTP answer object."""
+    data = b"in a colder tier"
+    store, cid = await cold_unit(nc, data)
+    colder_tier = store.cold
     api = HubApi(store, Tokens(write_tokens(tmp_path / "tokens.json")), max_body_size=1024, max_cold_downloads=1)
     assert api.cold_downloads.take()  # the one cold place, held by a download
     with pytest.raises(Busy, match="max_cold_downloads"):
@@ -860,17 +868,8 @@ async def test_one_token_cannot_hold_every_cold_read_place(nats_server, nc, tmp_
     token's read goes on."""
     from cim.hub.http_api import DOWNLOADER
 
-    await provision(nc, ProvisionSpec())
     data = b"in a colder tier, read by two tokens"
-
-    async def colder_tier(_nc, where, timeout):  # what the tier agent would stream
-        yield data
-
-    store = UnitStore(nc, cold=colder_tier)
-    cid = (await store.put_bytes(data)).unit.cid
-    await EventStore(nc).append(Event.of(UnitLocated(tier="warm", url="s3://warm", size=len(data),
-                                                     verified_by="read-back", dropped=[]), cid, agent="cim-tier"))
-    await ContentStore(nc).delete(cid)
+    store, cid = await cold_unit(nc, data)
     api = HubApi(store, Tokens(write_tokens(tmp_path / "tokens.json")), max_body_size=1024, max_cold_downloads=4,
                  max_cold_downloads_per_token=1)
     ci, reader = (api.tokens.lookup(t) for t in (TOKEN, READ_ONLY))
