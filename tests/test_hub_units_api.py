@@ -286,11 +286,12 @@ async def test_the_hub_lists_and_downloads_hot_and_cold_units_under_its_own_nats
                                                                                        agent_process, cli):
     """With the permissions capabilities.json gives each agent (as on NixOS and under `cim
     up`): the listing asks the pipeline agent, a cold read asks the tier agent and
-    acknowledges its chunks, and nothing is a permissions violation."""
+    acknowledges its chunks, and nothing is a permissions violation. The tier agent has a name
+    of the operator's: what finds it must not depend on its name."""
     server, seeds = secured_nats("hub", "pipeline", "tier")
     admin = await nats.connect(server.url, nkeys_seed=str(seeds["admin"]))
     tier = TierAgent(tmp_path, server.url, {
-        "tiers": [s3_tier(s3_server, "warm", tmp_path)], "policies": [{"name": "cold", "to": "warm", "labels": ["cold"]}],
+        "name": "archive-tier", "tiers": [s3_tier(s3_server, "warm", tmp_path)], "policies": [{"name": "cold", "to": "warm", "labels": ["cold"]}],
         "migrate_interval": 3600,
     }, nkey=seeds["tier"])
     hub = Hub(server.url, tmp_path, nkey=seeds["hub"])
@@ -315,6 +316,8 @@ async def test_the_hub_lists_and_downloads_hot_and_cold_units_under_its_own_nats
         assert (await download(hub.url, hot))[:2] == (200, hot_data)
         status, body, _ = await download(hub.url, cold)
         assert status == 200 and body == cold_data
+        async with aiohttp.ClientSession() as s, s.head(f"{hub.url}/v1/units/{cold}/content", headers=auth()) as r:
+            assert r.status == 200  # HEAD finds the tier agent as GET does
         # A download is a read for the tier's `idle` policies: the tier agent records it.
         access = await admin.jetstream().key_value(TIER_ACCESS_BUCKET)
 

@@ -49,6 +49,7 @@ class TierAgent:
         self.dir = tmp_path
         self.url = url
         self.config = tmp_path / "tier.json"
+        self.name = settings.get("name", "cim-tier")
         self.state_dir = Path(settings.get("state_dir") or tmp_path / "tier-state")
         nats_cfg: dict = {"servers": [url]}
         if nkey:
@@ -68,7 +69,7 @@ class TierAgent:
         async def answers() -> bool:
             assert self.proc and self.proc.poll() is None, self.log.read_text()
             try:
-                await nc.request("$SRV.PING.cim-tier", b"", timeout=0.5)
+                await nc.request(f"$SRV.PING.{self.name}", b"", timeout=0.5)
                 return True
             except Exception:
                 return False

@@ -50,6 +50,7 @@ from ..store.put_batcher import PutBatcher
 from ..store.unit_fold import HOT, UnitFold, UnitState
 from ..store.unit_store import ColdReader, UnitStore, guess_media_type
 from ..store.units import Unit
+from ..tier.fetch import agent_listens
 from . import byte_ranges, downloads, unit_pages
 from .metrics import INGEST_BYTES, INGESTS, count_requests
 from .metrics import REGISTRY as HUB_METRICS
@@ -450,7 +451,7 @@ class HubApi:
                 err = UnitExpiredError(cid, state.expired.get("policy", "?"), state.expired.get("time", "?"))
                 raise Problem(410, [("cid", str(err))])
             colder = sorted(state.tiers - {HOT})
-            if colder and await _tier_agent_answers(self.units.nc):
+            if colder and await agent_listens(self.units.nc):
                 return
         except (CimError, nats.errors.Error) as err:
             raise Problem(503, [("(server)", str(err) or type(err).__name__)], {"Retry-After": "5"}) from None
@@ -618,15 +619,6 @@ class HubApi:
         # A thread of its own (see __init__): a flood of scrapes queues there, not in the default executor.
         body = await asyncio.get_running_loop().run_in_executor(self._metrics_thread, generate_latest, self.exported)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def _tier_agent_answers(nc: Any) -> bool:
-    """Whether a tier agent answers its service ping (the one that reads colder tiers)."""
-    try:
-        await nc.request("$SRV.PING.cim-tier", b"", timeout=1.0)
-    except nats.errors.Error:
-        return False
-    return True
 
 
 # --- listing ---------------------------------------------------------------------------

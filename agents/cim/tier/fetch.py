@@ -37,6 +37,9 @@ from .locations import UnitLocation
 log = logging.getLogger("cim.tier.fetch")
 
 FETCH_SUBJECT = "cim.tier.fetch"
+# Asked on FETCH_SUBJECT, where every tier agent listens whatever its name (its service name,
+# `$SRV.PING.<name>`, is whatever the operator set): answered at once, taking no read slot.
+PROBE = b'{"probe": true}'
 CHUNK = 512 * 1024  # well under the default 1 MiB max_payload
 WINDOW = 32  # chunks in flight before the agent waits for an ack (16 MiB)
 H_SEQ, H_ACK, H_STATUS, H_ERROR = "Cim-Seq", "Cim-Ack", "Cim-Status", "Cim-Error"
@@ -70,6 +73,10 @@ class FetchServer:
             await sub.unsubscribe()  # the runtime cancels the reads in flight (ctx.tasks); each reader is told
 
     async def _on_request(self, msg: Msg) -> None:
+        if msg.data == PROBE:
+            if msg.reply:
+                await self.nc.publish(msg.reply, b"", headers={H_STATUS: "ready"})
+            return
         if self.tasks.running >= self.tasks.limit and msg.reply:
             # The reader's patience restarts with every status: a queued read is not abandoned.
             await self.nc.publish(msg.reply, b"", headers={
@@ -166,7 +173,7 @@ async def fetch(nc: Client, u: UnitLocation, *, timeout: float = 30.0) -> AsyncG
             try:
                 m = await asyncio.wait_for(queue.get(), 2.0 if first else timeout)
             except TimeoutError:
-                if first and not await _agent_listens(nc):
+                if first and not await agent_listens(nc):
                     raise _no_agent(u) from None
                 if first:
                     first = False
@@ -229,11 +236,13 @@ def _ack_subject(reply: str | None, header: str | None, cid: str) -> str:
     return subject
 
 
-async def _agent_listens(nc: Client) -> bool:
+async def agent_listens(nc: Client) -> bool:
+    """Whether a tier agent answers on FETCH_SUBJECT (the one that reads colder tiers). An
+    agent from before PROBE answers it too: with an error about the CID, which is an answer."""
     try:
-        await nc.request("$SRV.PING.cim-tier", b"", timeout=1.0)
+        await nc.request(FETCH_SUBJECT, PROBE, timeout=1.0)
         return True
-    except Exception:
+    except Exception:  # no responders, a timeout, the connection gone: none answers now
         return False
 
 
