@@ -291,7 +291,8 @@ async def test_the_hub_lists_and_downloads_hot_and_cold_units_under_its_own_nats
     server, seeds = secured_nats("hub", "pipeline", "tier")
     admin = await nats.connect(server.url, nkeys_seed=str(seeds["admin"]))
     tier = TierAgent(tmp_path, server.url, {
-        "name": "archive-tier", "tiers": [s3_tier(s3_server, "warm", tmp_path)], "policies": [{"name": "cold", "to": "warm", "labels": ["cold"]}],
+        "name": "archive-tier", "tiers": [s3_tier(s3_server, "warm", tmp_path)],
+        "policies": [{"name": "cold", "to": "warm", "labels": ["cold"]}],
         "migrate_interval": 3600,
     }, nkey=seeds["tier"])
     hub = Hub(server.url, tmp_path, nkey=seeds["hub"])

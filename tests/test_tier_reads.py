@@ -178,3 +178,43 @@ async def test_a_reader_acks_only_to_an_inbox_that_the_reply_and_the_header_agre
         await tier.unsubscribe()
         for s in monitors:
             await s.unsubscribe()
+
+
+async def test_a_tier_agent_with_every_read_slot_taken_still_answers_that_it_listens(nats_server, nc):
+    """With its read slots all taken, a tier agent's fetch subscription waits for a free one;
+    the question "does a tier agent listen?" (HEAD of a cold unit, a read's first silence) must
+    not queue behind it, or a busy agent looks absent: HEAD answered 503, reads gave up."""
+    import nats as nats_client
+
+    from cim.tasks import Supervisor
+    from cim.tier.fetch import FETCH_SUBJECT, FetchServer, agent_listens
+
+    gate = asyncio.Event()  # the colder tier answers once this is set
+
+    async def open_stream(cid, retrying):
+        await gate.wait()
+
+        async def chunks():
+            yield b"from the colder tier"
+
+        return chunks()
+
+    supervisor = Supervisor()
+    server = FetchServer(nc, open_stream, supervisor.bounded(1))
+    await server.start()
+    reader = await nats_client.connect(nats_server.url)
+    try:
+        assert await agent_listens(reader)
+        cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+        waiting = [reader.new_inbox() for _ in range(2)]
+        answered = [await reader.subscribe(inbox) for inbox in waiting]
+        for inbox in waiting:  # one takes the only slot; the next holds the subscription's callback
+            await reader.publish(FETCH_SUBJECT, json.dumps({"cid": cid}).encode(), reply=inbox)
+        # The second is told it waits for a slot: the callback is now held by it.
+        await answered[1].next_msg(timeout=10)
+        assert await agent_listens(reader), "a busy tier agent looked absent"
+    finally:
+        gate.set()
+        await supervisor.close(5)
+        await server.stop()
+        await reader.close()

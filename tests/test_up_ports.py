@@ -226,6 +226,50 @@ def test_a_killed_cim_up_leaves_its_data_dir_locked_while_what_it_started_still_
     assert "CIM is up" in again.output()
 
 
+def test_a_closed_terminal_stops_cim_up_in_order_and_frees_its_data_dir(up):
+    """SIGHUP (a closed terminal, a dropped SSH session) stops `cim up` as Ctrl-C does: before,
+    it ended at once and left nats-server and the agents running over the data."""
+    import signal
+
+    from cim.embedded.leaf import LOCK_FILE
+    from cim.ports import processes_holding_file
+
+    first = up()
+    lock = first.data_dir / LOCK_FILE
+    assert any("nats-server" in command for _, command in processes_holding_file(lock))
+    first.proc.send_signal(signal.SIGHUP)
+    assert first.proc.wait(timeout=60) == 0
+    assert processes_holding_file(lock) == [], "cim up left processes running over its data"
+
+
+def test_a_reused_pid_in_the_lock_file_is_not_named_as_the_cim_up_that_holds_it(tmp_path):
+    """After a kill -9 the pid in the lock file may be any process's by now; the message names
+    what really holds the lock."""
+    from cim.embedded.leaf import LOCK_FILE, Leaf
+    from cim.errors import EmbeddedError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    lock = data / LOCK_FILE
+    lock.write_text(f"{os.getpid()}\n")  # alive, but not holding it: a reused pid
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, signal, sys\n"
+        f"fd = os.open({str(lock)!r}, os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "signal.pause()\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(EmbeddedError) as refused:
+            Leaf(data).lock()
+        message = str(refused.value)
+        assert f"pid {holder.pid} (" in message and f"kill {holder.pid}" in message, message
+        assert f"another `cim up` (pid {os.getpid()}" not in message, message
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_second_cim_up_on_the_same_data_dir_stops_before_anything_starts_naming_the_first(up, cli):
     first = up()
     ports = Ports()  # other ports: only the data directory is shared

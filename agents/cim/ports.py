@@ -163,12 +163,21 @@ def _holding(links: set[str]) -> Iterator[tuple[int, str]]:
         if not proc.name.isdigit():
             continue
         try:
-            if any(os.readlink(fd) in links for fd in (proc / "fd").iterdir()):
+            if any(_link(fd) in links for fd in (proc / "fd").iterdir()):
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
                 command = " ".join(" ".join(a.decode(errors="replace").split()) for a in argv if a)
                 yield int(proc.name), command[:120]
         except OSError:
             continue  # gone meanwhile, or another user's
+
+
+def _link(fd: Path) -> str:
+    """One descriptor's link, or "" for one closed meanwhile: a busy process opens and closes
+    sockets all the time, and must not drop out of the list for one of them."""
+    try:
+        return os.readlink(fd)
+    except OSError:
+        return ""
 
 
 def pid_alive(pid: int) -> bool:

@@ -60,6 +60,10 @@ def up_cmd(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        # A closed terminal or a dropped SSH session: stop in order as for Ctrl-C. Unhandled, it
+        # ended `cim up` at once and left nats-server and the agents (sessions of their own)
+        # running over the data. Nobody reads the terminal any more, and a write to it fails.
+        loop.add_signal_handler(signal.SIGHUP, _hung_up, stop)
         await asyncio.to_thread(leaf.start_server)
         for line in await leaf.provision():
             typer.echo(f"provision: {line}")
@@ -78,6 +82,14 @@ def up_cmd(
     finally:
         leaf.stop()
     typer.echo("stopped; data kept in " + str(leaf.data_dir))
+
+
+def _hung_up(stop: asyncio.Event) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    stop.set()
 
 
 async def _until_ready(leaf: Leaf, timeout: float, stop: asyncio.Event) -> bool:

@@ -151,6 +151,9 @@ class Leaf:
         return (self._lock,) if self._lock is not None else ()
 
     def unlock(self) -> None:
+        for proc in [self.server, *(s.proc for s in self.agents.values())]:
+            if proc is not None:
+                proc.inherit_fds = ()  # the number may be another file's once closed
         if self._lock is not None:
             os.close(self._lock)  # closing the last descriptor releases the flock
             self._lock = None
@@ -366,11 +369,13 @@ async def supervise(leaf: Leaf, stop: asyncio.Event, echo) -> None:
 def _in_use(data_dir: Path, lock: Path, holder: str) -> str:
     """Why the data directory is taken, and what to do: another `cim up` runs, or one was
     killed and what it started still runs over these files."""
-    if holder.isdigit() and pid_alive(int(holder)):
+    left = processes_holding_file(lock)
+    # The pid written in the file is a `cim up` only while it holds the lock: after a kill -9
+    # the pid may be any other process's by now (when /proc shows nobody, it cannot tell).
+    if holder.isdigit() and pid_alive(int(holder)) and (not left or int(holder) in {pid for pid, _ in left}):
         return (f"{data_dir} is in use by another `cim up` (pid {holder}, lock {lock}); nothing was started. "
                 f"Stop that one first (Ctrl-C where it runs, or kill {holder}), or give this one its own --data-dir "
                 "(CIM_DATA_DIR)")
-    left = processes_holding_file(lock)
     if not left:  # another user's processes: /proc does not show their descriptors
         return (f"{data_dir} is in use by another process (lock {lock}); nothing was started. Stop what uses it, "
                 "or give this one its own --data-dir (CIM_DATA_DIR)")

@@ -37,9 +37,9 @@ from .locations import UnitLocation
 log = logging.getLogger("cim.tier.fetch")
 
 FETCH_SUBJECT = "cim.tier.fetch"
-# Asked on FETCH_SUBJECT, where every tier agent listens whatever its name (its service name,
-# `$SRV.PING.<name>`, is whatever the operator set): answered at once, taking no read slot.
-PROBE = b'{"probe": true}'
+# A request on FETCH_SUBJECT with this header asks whether a tier agent listens: every one
+# does, whatever its name (its service name, `$SRV.PING.<name>`, is the operator's to set).
+H_PROBE = "Cim-Probe"
 CHUNK = 512 * 1024  # well under the default 1 MiB max_payload
 WINDOW = 32  # chunks in flight before the agent waits for an ack (16 MiB)
 H_SEQ, H_ACK, H_STATUS, H_ERROR = "Cim-Seq", "Cim-Ack", "Cim-Status", "Cim-Error"
@@ -60,23 +60,31 @@ class FetchServer:
         self.open_stream = open_stream
         self.ack_timeout = ack_timeout
         self._sub: Any = None  # the subscription, while running
+        self._probe_sub: Any = None
         # One task per request, at most so many at once: the next request waits in the
         # subscription's queue (this callback awaits a slot), not as a task in memory.
         self.tasks = tasks
 
     async def start(self, queue: str = "cim-tier") -> None:
         self._sub = await self.nc.subscribe(FETCH_SUBJECT, queue=queue, cb=self._on_request)
+        # Probes on a subscription of their own: the reads' callback waits there for a free
+        # slot when every one is taken, and a probe queued behind it made a busy agent look
+        # absent (HEAD answered 503, a read gave up with "start it").
+        self._probe_sub = await self.nc.subscribe(FETCH_SUBJECT, queue=f"{queue}-probe", cb=self._on_probe)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            await sub.unsubscribe()  # the runtime cancels the reads in flight (ctx.tasks); each reader is told
+        for sub in (self._sub, self._probe_sub):
+            if sub is not None:
+                await sub.unsubscribe()  # the runtime cancels the reads in flight (ctx.tasks); each reader is told
+        self._sub = self._probe_sub = None
+
+    async def _on_probe(self, msg: Msg) -> None:
+        if msg.reply and (msg.headers or {}).get(H_PROBE):
+            await self.nc.publish(msg.reply, b"", headers={H_STATUS: "ready"})
 
     async def _on_request(self, msg: Msg) -> None:
-        if msg.data == PROBE:
-            if msg.reply:
-                await self.nc.publish(msg.reply, b"", headers={H_STATUS: "ready"})
-            return
+        if (msg.headers or {}).get(H_PROBE):
+            return  # answered by _on_probe
         if self.tasks.running >= self.tasks.limit and msg.reply:
             # The reader's patience restarts with every status: a queued read is not abandoned.
             await self.nc.publish(msg.reply, b"", headers={
@@ -238,9 +246,9 @@ def _ack_subject(reply: str | None, header: str | None, cid: str) -> str:
 
 async def agent_listens(nc: Client) -> bool:
     """Whether a tier agent answers on FETCH_SUBJECT (the one that reads colder tiers). An
-    agent from before PROBE answers it too: with an error about the CID, which is an answer."""
+    agent from before H_PROBE answers too: with an error about the missing CID."""
     try:
-        await nc.request(FETCH_SUBJECT, PROBE, timeout=1.0)
+        await nc.request(FETCH_SUBJECT, b"", timeout=1.0, headers={H_PROBE: "1"})
         return True
     except Exception:  # no responders, a timeout, the connection gone: none answers now
         return False
