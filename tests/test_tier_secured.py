@@ -9,9 +9,11 @@ import json
 import nats
 
 from cim.embedded.nats_server import NatsServer
+from cim.nats.rpc import call
 from cim.permissions import nats_permissions
 from cim.provision.apply import provision
 from cim.provision.spec import ProvisionSpec
+from cim.store import api as store_api
 from cim.store.unit_store import UnitStore
 from cim.tier.fetch import fetch
 from support.tierkit import TierAgent, s3_tier
@@ -19,12 +21,14 @@ from support.waiting import async_wait_until
 from test_secured_leaf import seed_file
 
 
-async def test_the_tier_agent_works_within_its_own_permissions(s3_server, tmp_path, cli):
+async def test_the_tier_agent_works_within_its_own_permissions(s3_server, tmp_path, cli, agent_process):
     admin_seed, admin_pub = seed_file(tmp_path, "admin")
     tier_seed, tier_pub = seed_file(tmp_path, "tier")
-    perms = nats_permissions("tier")
+    store_seed, store_pub = seed_file(tmp_path, "store")
     server = NatsServer(store_dir=tmp_path / "nats", extra_config={
-        "accounts": {"CIM": {"jetstream": "enabled", "users": [{"nkey": tier_pub, "permissions": perms}, {"nkey": admin_pub}]}},
+        "accounts": {"CIM": {"jetstream": "enabled", "users": [
+            {"nkey": tier_pub, "permissions": nats_permissions("tier")},
+            {"nkey": store_pub, "permissions": nats_permissions("store")}, {"nkey": admin_pub}]}},
     })
     server.start()
     admin_env = {"CIM_NKEY": str(admin_seed)}
@@ -45,6 +49,12 @@ async def test_the_tier_agent_works_within_its_own_permissions(s3_server, tmp_pa
         cli("tier", "migrate", env=admin_env, server=server.url)
         for c, p in zip(cids, payloads, strict=True):
             assert b"".join([x async for x in store.get(c)]) == p
+        # The store agent's own `get` reads a cold unit through the tier agent too, under its
+        # own permissions (it could not ask cim.tier.fetch before).
+        store_agent = agent_process("store", {"nats": {"servers": [server.url], "nkey_seed_file": str(store_seed)}})
+        await store_agent.ready(admin)
+        assert await call(admin, store_api.GET, store_api.CidRequest(cid=cids[1])) == payloads[1]
+        assert "violation" not in store_agent.log().lower(), store_agent.log()
         cli("tier", "restore", cids[0], env=admin_env, server=server.url)
 
         async def backed_up() -> bool:
