@@ -242,6 +242,21 @@ def test_a_closed_terminal_stops_cim_up_in_order_and_frees_its_data_dir(up):
     assert processes_holding_file(lock) == [], "cim up left processes running over its data"
 
 
+def test_nohup_cim_up_outlives_its_terminal(up):
+    """Started with SIGHUP ignored (`nohup cim up &`), a hangup changes nothing: it goes on,
+    and stops, saying so, when asked."""
+    import signal
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does; the child inherits it
+    try:
+        first = up()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    first.proc.send_signal(signal.SIGHUP)
+    assert first.stop() == 0
+    assert "stopped; data kept in" in first.output(), first.output()
+
+
 def test_a_reused_pid_in_the_lock_file_is_not_named_as_the_cim_up_that_holds_it(tmp_path):
     """After a kill -9 the pid in the lock file may be any process's by now; the message names
     what really holds the lock."""

@@ -63,7 +63,9 @@ def up_cmd(
         # A closed terminal or a dropped SSH session: stop in order as for Ctrl-C. Unhandled, it
         # ended `cim up` at once and left nats-server and the agents (sessions of their own)
         # running over the data. Nobody reads the terminal any more, and a write to it fails.
-        loop.add_signal_handler(signal.SIGHUP, _hung_up, stop)
+        # Unless it is ignored already: `nohup cim up` asks to outlive the terminal.
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            loop.add_signal_handler(signal.SIGHUP, _hung_up, stop)
         await asyncio.to_thread(leaf.start_server)
         for line in await leaf.provision():
             typer.echo(f"provision: {line}")
