@@ -653,7 +653,8 @@ async def test_a_listing_walks_a_bounded_window_per_request_and_is_complete_to_t
         first, last = first or cids[0], cids[-1]
 
     async def indexed() -> bool:
-        return (await call(nc, UNITS, UnitsRequest(limit=1))).units[0].cid == last
+        page = (await call(nc, UNITS, UnitsRequest(limit=1))).units
+        return bool(page) and page[0].cid == last  # empty until the pipeline indexed one
 
     await async_wait_until(indexed, 60, what="the pipeline to index the units")
 
