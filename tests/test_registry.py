@@ -276,6 +276,28 @@ async def test_the_registry_agent_negotiates_over_nats(announced, admin, agents)
     assert bad.headers["Nats-Service-Error-Code"] == "400" and "version range" in bad.headers["Nats-Service-Error"]
 
 
+async def test_a_starting_registry_answers_only_once_it_has_read_every_announced_agent(nats_server, agents):
+    # A registry that served before reading the bucket's history answered "no agents
+    # announced" (or a few of them) to the first `cim agents ls` after it started.
+    admin = await nats.connect(nats_server.url)
+    await provision(admin, ProvisionSpec(kv=[KvSpec(bucket="CIM_REGISTRY", ttl=120)]))
+    try:
+        for i in range(300):
+            await Heartbeat(admin, name=f"cim-store-{i}", instance_id=f"S{i:04d}", capability="store", version="0.1.0",
+                            capabilities=lambda: {"store": "0.1.0"}, endpoints=[], interval=60).beat()
+        agents.start("registry")
+
+        async def first_answer():
+            try:
+                return await registry_ls(admin, capability="store")
+            except nats.errors.NoRespondersError:
+                return None
+        listed = await async_wait_until(first_answer, 30, what="the registry agent to answer")
+        assert len(listed) == 300
+    finally:
+        await admin.close()
+
+
 def test_cim_agents_ls_show_and_negotiate(admin, agents, cli):
     agents.start("store")
 
@@ -303,8 +325,13 @@ def test_cim_agents_ls_show_and_negotiate(admin, agents, cli):
     )
     # With the registry agent running, the same commands ask it (and it knows the states).
     agents.start("registry")
-    wait_until(lambda: "source: registry agent)" in cli("agents", "ls").stdout, 20, what="ls to come from the registry agent")
-    assert "cim-registry" in cli("agents", "ls").stdout
+
+    def listed_registry():
+        out = cli("agents", "ls").stdout
+        return out if "cim-registry" in out else None
+
+    out = wait_until(listed_registry, 20, what="the registry agent to list itself")
+    assert "cim-store" in out and "source: registry agent)" in out
 
 
 async def test_agents_announce_and_the_registry_works_under_their_own_restricted_identities(secured_nats, tmp_path):

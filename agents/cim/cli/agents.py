@@ -13,6 +13,7 @@ from typing import Any
 import typer
 from nats.aio.client import Client
 
+from ..errors import ProjectionUnavailable
 from ..nats.rpc import AgentUnavailable, Endpoint, call
 from ..registry import AgentView, Requirement, api
 from ..registry import client as registry
@@ -21,15 +22,18 @@ from ..registry.query import negotiate as negotiate_views
 from ..registry.query import providers as providers_of
 from .common import emit, globals_of, nats_connection, run
 
+NO_AGENT = "registry bucket (no registry agent answered)"
+
 app = typer.Typer(help="Agents announced in the registry: list, show, providers, negotiation.", no_args_is_help=True)
 
 
 async def _ask(nc: Client, endpoint: Endpoint[Agents], request: LsRequest | ShowRequest, timeout: float) -> Agents | None:
-    """The registry agent's answer, None when no registry agent answers (the caller reads the
-    bucket instead); its errors (an unknown agent, a bad request) raised as it raised them."""
+    """The registry agent's answer, None when no registry agent answers or it has not read the
+    bucket yet (the caller reads the bucket instead); its other errors (an unknown agent, a
+    bad request) raised as it raised them."""
     try:
         return await call(nc, endpoint, request, timeout=min(timeout, 3.0))
-    except AgentUnavailable:
+    except (AgentUnavailable, ProjectionUnavailable):
         return None
 
 
@@ -37,7 +41,7 @@ async def _views(nc: Client, timeout: float, include_gone: bool = False) -> tupl
     reply = await _ask(nc, api.LS, LsRequest(all=include_gone), timeout)
     if reply is not None:
         return reply.agents, "registry agent"
-    return await registry.list_agents(nc, timeout=timeout), "registry bucket (no registry agent answered)"
+    return await registry.list_agents(nc, timeout=timeout), NO_AGENT
 
 
 def _ago(t: datetime | str | None) -> str:
@@ -123,7 +127,7 @@ def show(ctx: typer.Context, name: str = typer.Argument(..., help="agent name, i
                 views, source = reply.agents, "registry agent"
             else:
                 views = registry.select(await registry.list_agents(nc, timeout=g.timeout), name)
-                source = "registry bucket (no registry agent answered)"
+                source = NO_AGENT
         return {"source": source, "agents": [v.model_dump(mode="json") for v in views]}
 
     emit(g, run(body), _detail)

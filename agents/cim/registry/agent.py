@@ -21,10 +21,11 @@ from datetime import UTC, datetime
 from pydantic import BaseModel
 
 from .. import __version__
-from ..errors import ConcurrencyConflict, JetStreamUnavailable, NotFound
+from ..errors import ConcurrencyConflict, JetStreamUnavailable, NotFound, ProjectionUnavailable
 from ..events import Event, EventStore
 from ..events.envelope import aggregate_filter
 from ..metrics import Sampled
+from ..names import REGISTRY_BUCKET
 from ..nats.read import read_stream
 from ..runtime import AgentBase, AgentContext, endpoint
 from . import api
@@ -46,6 +47,7 @@ from .query import negotiate, providers
 log = logging.getLogger("cim.agent.registry")
 
 DEFAULT_TTL = 30.0  # the bucket's TTL when its config cannot be read
+CATCH_UP_WAIT = 10.0  # seconds start() waits for the bucket's history before serving anyway
 
 
 @dataclass
@@ -80,6 +82,14 @@ class Agent(AgentBase[Config]):
         self.ctx.tasks.spawn(self._follow(), name="registry-follow")
         self.ctx.tasks.spawn(self._sweeper(), name="registry-sweep")
         self.ctx.tasks.spawn(self._close_missed(), name="registry-missed")
+        # Ready (`$SRV.PING` answering, endpoints served) once the bucket's history is read:
+        # an answer before that lists fewer agents than the bucket holds. Bounded, so a bucket
+        # not made yet does not keep the agent from starting; until then `_view` refuses.
+        try:
+            await asyncio.wait_for(self._caught_up.wait(), CATCH_UP_WAIT)
+        except TimeoutError:
+            log.warning("the registry bucket's history is not read after %gs; answering 'not ready' until it is",
+                        CATCH_UP_WAIT)
 
     async def _agents(self) -> list:
         # A record's body is whatever its writer put there: a label is a capability this
@@ -265,6 +275,10 @@ class Agent(AgentBase[Config]):
     # --- queries ------------------------------------------------------------------------
 
     def views(self, include_gone: bool = False) -> list[AgentView]:
+        if not self._caught_up.is_set():
+            raise ProjectionUnavailable(
+                f"the registry agent has not read the {REGISTRY_BUCKET} bucket yet; try again shortly "
+                "(`cim agents` reads the bucket itself meanwhile)")
         views = [t.view() for t in self.instances.values() if include_gone or t.state != "gone"]
         return sorted(views, key=lambda v: (v.record.name, v.record.started_at))
 
