@@ -151,6 +151,19 @@ def _slot_key(token: Token | None) -> str:
     two tokens that share one must not share a cap (one could lock the other out)."""
     return token.digest.hex() if token is not None else ""
 
+
+def _take(slots: downloads.Slots, token: Token | None, what: str, setting: str) -> str | None:
+    """Takes one of `slots` for `token`: None when taken, else why not, naming the setting
+    that refused (the token's own cap, or the hub's)."""
+    key = _slot_key(token)
+    if slots.take(key):
+        return None
+    if slots.held_by(key) >= slots.per_key:
+        return (f"token {token.name if token else '(none)'!r} has {slots.per_key} {what} under way, the hub's "
+                f"{setting}_per_token; try again once one is done")
+    return f"this hub has {slots.size} {what} under way, its {setting}; try again shortly"
+
+
 # Every route the hub serves, written once: (method, path, the HubApi handler's name).
 # HubApi.app registers these, and the tests check each /v1 one against openapi.yaml.
 ROUTES: tuple[tuple[str, str, str], ...] = (
@@ -381,13 +394,8 @@ class HubApi:
                 headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{unit.size}"
             if head:
                 await self._available(cid, state)
-            elif self.downloads.held_by(_slot_key(token)) >= self.downloads.per_key:
-                raise Problem(503, [("(server)", f"token {token.name!r} has {self.downloads.per_key} downloads under way, "
-                                                 "the hub's max_downloads_per_token; try again once one is done")],
-                              {"Retry-After": "1"})
-            elif not self.downloads.take(_slot_key(token)):
-                raise Problem(503, [("(server)", f"this hub is sending {self.downloads.size} downloads, its "
-                                                 "max_downloads; try again shortly")], {"Retry-After": "1"})
+            elif busy := _take(self.downloads, token, "downloads", "max_downloads"):
+                raise Problem(503, [("(server)", busy)], {"Retry-After": "1"})
         except Problem as problem:
             return _answer(problem)
         status = 200 if span is None else 206
@@ -468,13 +476,9 @@ class HubApi:
 
         async def limited(*args: Any, **kwargs: Any) -> AsyncGenerator[bytes, None]:
             who = DOWNLOADER.get()
+            if refused := _take(slots, who, "reads from colder tiers", "max_cold_downloads"):
+                raise Busy(refused)
             key = _slot_key(who)
-            if slots.held_by(key) >= slots.per_key:
-                raise Busy(f"token {who.name if who else '(none)'!r} is reading {slots.per_key} units from colder tiers, the hub's "
-                           "max_cold_downloads_per_token; try again once one is done")
-            if not slots.take(key):
-                raise Busy(f"this hub is reading {slots.size} units from colder tiers, its max_cold_downloads; "
-                           "try again shortly")
             try:
                 async for chunk in read(*args, **kwargs):
                     yield chunk
