@@ -285,6 +285,38 @@ def test_a_reused_pid_in_the_lock_file_is_not_named_as_the_cim_up_that_holds_it(
         holder.wait()
 
 
+def test_deleting_the_lock_file_by_hand_does_not_let_a_second_cim_up_in(tmp_path):
+    """The data directory itself is locked too: a lock file removed by hand (or by a cleanup
+    script) while a leaf runs would otherwise let a second nats-server over the same files."""
+    from cim.embedded.leaf import LOCK_FILE, Leaf
+    from cim.errors import EmbeddedError
+
+    data = tmp_path / "data"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys\n"
+        "from pathlib import Path\n"
+        "from cim.embedded.leaf import Leaf\n"
+        f"Leaf(Path({str(data)!r})).lock()\n"
+        "print('held', flush=True)\n"
+        "signal.pause()\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (data / LOCK_FILE).unlink()
+        with pytest.raises(EmbeddedError) as refused:
+            Leaf(data).lock()
+        message = str(refused.value)
+        assert f"{data} is still in use" in message and f"kill {holder.pid}" in message, message
+        assert "lock file .cim-up.lock was removed" in message, message
+    finally:
+        holder.kill()
+        holder.wait()
+    # Once the holder is gone the directory is free again, with a lock file of its own.
+    leaf = Leaf(data)
+    leaf.lock()
+    assert (data / LOCK_FILE).read_text().strip() == str(os.getpid())
+    leaf.unlock()
+
+
 def test_a_second_cim_up_on_the_same_data_dir_stops_before_anything_starts_naming_the_first(up, cli):
     first = up()
     ports = Ports()  # other ports: only the data directory is shared

@@ -150,10 +150,10 @@ def holder_of(port: int) -> str | None:
     return "another user's process"
 
 
-def processes_holding_file(path: Path) -> list[tuple[int, str]]:
-    """(pid, command) of each process with `path` open, as far as /proc shows: only the same
-    user's processes show their descriptors."""
-    return list(_holding({str(path.resolve())}))
+def processes_holding_file(*paths: Path) -> list[tuple[int, str]]:
+    """(pid, command) of each process with one of `paths` (a file or a directory) open, as far
+    as /proc shows: only the same user's processes show their descriptors."""
+    return list(_holding({str(path.resolve()) for path in paths}))
 
 
 def _holding(links: set[str]) -> Iterator[tuple[int, str]]:

@@ -95,7 +95,7 @@ class Leaf:
         self.agents: dict[str, Supervised] = {}
         self.notes: dict[str, str] = {}
         self.configs: dict[str, tuple[Path, AgentConfig]] = {}  # made by prepare()
-        self._lock: int | None = None  # the open lock file, held while this leaf runs
+        self._locks: tuple[int, ...] = ()  # the lock file and the data directory, held while this leaf runs
 
     @property
     def url(self) -> str:
@@ -127,36 +127,37 @@ class Leaf:
         ])
 
     def lock(self) -> None:
-        """Hold `<data-dir>/.cim-up.lock` while this leaf runs: nats-server does not lock its
-        JetStream store, so a second `cim up` on the same data (on other ports) would run a
-        second server over the same files. nats-server and the agents inherit it: a `cim up`
-        killed with SIGKILL leaves them running, over these files, and the lock with them.
-        The kernel drops it when the last of them ends, however they end."""
-        if self._lock is not None:
+        """Hold `<data-dir>/.cim-up.lock`, and the data directory itself, while this leaf runs:
+        nats-server does not lock its JetStream store, so a second `cim up` on the same data
+        (on other ports) would run a second server over the same files. The directory's own
+        lock is what a lock file deleted by hand cannot undo. nats-server and the agents
+        inherit both: a `cim up` killed with SIGKILL leaves them running, over these files, and
+        the locks with them. The kernel drops them when the last of them ends, however they end."""
+        if self._locks:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fds: list[int] = []
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for target, flags in ((path, os.O_RDWR | os.O_CREAT), (self.data_dir, os.O_RDONLY | os.O_DIRECTORY)):
+                fds.append(os.open(target, flags | os.O_CLOEXEC, 0o600))
+                fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            os.close(fd)
+            holder = os.pread(fds[0], 64, 0).decode(errors="replace").strip()
+            for fd in fds:
+                os.close(fd)
             raise EmbeddedError(_in_use(self.data_dir, path, holder)) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock = fd
-
-    def _inherited(self) -> tuple[int, ...]:
-        return (self._lock,) if self._lock is not None else ()
+        os.ftruncate(fds[0], 0)
+        os.pwrite(fds[0], f"{os.getpid()}\n".encode(), 0)
+        self._locks = tuple(fds)
 
     def unlock(self) -> None:
         for proc in [self.server, *(s.proc for s in self.agents.values())]:
             if proc is not None:
-                proc.inherit_fds = ()  # the number may be another file's once closed
-        if self._lock is not None:
-            os.close(self._lock)  # closing the last descriptor releases the flock
-            self._lock = None
+                proc.inherit_fds = ()  # the numbers may be other files' once closed
+        for fd in self._locks:
+            os.close(fd)  # closing the last descriptor releases the flock
+        self._locks = ()
 
     @property
     def targets_path(self) -> Path:
@@ -191,7 +192,7 @@ class Leaf:
             host=self.host, server_name="cim-leaf", config_path=self.data_dir / "nats" / "nats.conf",
             extra_config={"accounts": {"CIM": {"jetstream": "enabled", "users": users}}},
         )
-        self.server.inherit_fds = self._inherited()
+        self.server.inherit_fds = self._locks
         self.server.start()
         self.server_started_at = time.monotonic()
 
@@ -282,7 +283,7 @@ class Leaf:
         for cap in self.agent_names:
             path, config = self.configs[cap]
             proc = AgentProcess(cap, path, self.data_dir / "logs" / f"{cap}.log")
-            proc.inherit_fds = self._inherited()
+            proc.inherit_fds = self._locks
             proc.start()
             self.agents[cap] = Supervised(proc, config)
 
@@ -369,7 +370,7 @@ async def supervise(leaf: Leaf, stop: asyncio.Event, echo) -> None:
 def _in_use(data_dir: Path, lock: Path, holder: str) -> str:
     """Why the data directory is taken, and what to do: another `cim up` runs, or one was
     killed and what it started still runs over these files."""
-    left = processes_holding_file(lock)
+    left = processes_holding_file(lock, data_dir)
     # The pid written in the file is a `cim up` only while it holds the lock: after a kill -9
     # the pid may be any other process's by now (when /proc shows nobody, it cannot tell).
     if holder.isdigit() and pid_alive(int(holder)) and (not left or int(holder) in {pid for pid, _ in left}):
@@ -379,8 +380,10 @@ def _in_use(data_dir: Path, lock: Path, holder: str) -> str:
     if not left:  # another user's processes: /proc does not show their descriptors
         return (f"{data_dir} is in use by another process (lock {lock}); nothing was started. Stop what uses it, "
                 "or give this one its own --data-dir (CIM_DATA_DIR)")
-    earlier = f"pid {holder}" if holder.isdigit() else "an earlier `cim up`"
-    return (f"{data_dir} is still in use by what an earlier `cim up` ({earlier}, no longer running: was it killed?) "
-            f"started: {'; '.join(f'pid {pid} ({command})' for pid, command in left)}. Nothing was started: a second "
-            f"nats-server over the same files would damage them. Stop those (kill {' '.join(str(p) for p, _ in left)}), "
-            "then run `cim up` again")
+    # No pid in the file: it was deleted by hand (the directory's own lock still holds), so
+    # who started these cannot be told; they are named all the same.
+    who = (f"what an earlier `cim up` (pid {holder}, no longer running: was it killed?) started" if holder.isdigit()
+           else f"these processes (its lock file {lock.name} was removed)")
+    return (f"{data_dir} is still in use by {who}: {'; '.join(f'pid {pid} ({command})' for pid, command in left)}. "
+            "Nothing was started: a second nats-server over the same files would damage them. Stop those "
+            f"(kill {' '.join(str(p) for p, _ in left)}), then run `cim up` again")
