@@ -35,6 +35,10 @@ class Agents:
         name = name or f"cim-{capability}"
         config = self.tmp_path / f"{name}.json"
         nats_cfg = {"servers": [self.url]} | ({"nkey_seed_file": str(nkey)} if nkey else {})
+        if capability == "registry":
+            # Stale after the bucket's TTL unless a test is about staleness: three missed 0.3 s
+            # beats are one second's stall on a loaded machine, and add events a test did not expect.
+            settings.setdefault("stale_after", TTL)
         config.write_text(json.dumps({"capability": capability, "name": name, "nats": nats_cfg,
                                       "registry": {"heartbeat": BEAT}, **settings}))
         log = self.tmp_path / f"{name}.log"
@@ -77,8 +81,14 @@ async def _records(nc, name):
     return [v for v in await list_agents(nc) if v.record.name == name]
 
 
+class NotReady(Exception):
+    """The registry agent answered that it cannot answer yet (503: it is still reading the bucket)."""
+
+
 async def registry_ls(nc, **body):
     msg = await nc.request("cim.registry.ls", json.dumps({"all": True, **body}).encode(), timeout=5)
+    if (msg.headers or {}).get("Nats-Service-Error-Code") == "503":
+        raise NotReady(msg.headers.get("Nats-Service-Error"))
     return json.loads(msg.data)["agents"]
 
 
@@ -129,12 +139,12 @@ async def test_a_clean_stop_removes_the_record_and_the_registry_says_gone(admin,
 async def _state_is(nc, instance_id, state):
     try:
         return await state_of(nc, instance_id) == state
-    except nats.errors.NoRespondersError:
+    except (nats.errors.NoRespondersError, NotReady):
         return False
 
 
 async def test_a_killed_agent_turns_stale_then_gone_within_its_ttl_and_a_restarted_one_comes_back(admin, agents):
-    agents.start("registry", sweep_interval=0.1)
+    agents.start("registry", sweep_interval=0.1, stale_after=None)  # three missed beats
     proc = agents.start("store")
     (view,) = await async_wait_until(lambda: _records(admin, "cim-store"), 20, what="the store agent's record")
     old = view.record.id
@@ -146,7 +156,8 @@ async def test_a_killed_agent_turns_stale_then_gone_within_its_ttl_and_a_restart
     # Gone within its TTL (plus sweeps): the registry says so and the record has expired.
     await async_wait_until(lambda: _state_is(admin, old, "gone"), TTL + 2, what="the killed agent to be gone")
     await async_wait_until(lambda: _no_record(admin, "cim-store"), TTL + 2, what="the record to expire")
-    assert await agent_events(admin, old) == ["agent.appeared", "agent.stale", "agent.gone"]
+    history = await agent_events(admin, old)  # a stall before the kill may add stale, recovered
+    assert history[0] == "agent.appeared" and history[-2:] == ["agent.stale", "agent.gone"], history
     gone = (await EventStore(admin).aggregate("agent", old))[-1]
     assert gone.data["reason"] == "expired"
     ls = [v for v in await registry_ls(admin, all=False) if v["record"]["id"] == old]
@@ -156,7 +167,7 @@ async def test_a_killed_agent_turns_stale_then_gone_within_its_ttl_and_a_restart
     (back,) = await async_wait_until(lambda: _records(admin, "cim-store"), 20, what="the restarted agent's record")
     assert back.record.id != old and back.state == "up"
     await async_wait_until(lambda: _state_is(admin, back.record.id, "up"), 10, what="the registry to see it back")
-    assert await agent_events(admin, back.record.id) == ["agent.appeared"]
+    assert (await agent_events(admin, back.record.id))[0] == "agent.appeared"
 
 
 async def _no_record(nc, name):
@@ -263,7 +274,7 @@ async def test_the_registry_agent_negotiates_over_nats(announced, admin, agents)
     async def both_seen():
         try:
             return len(await registry_ls(admin, capability="search")) == 2
-        except nats.errors.NoRespondersError:
+        except (nats.errors.NoRespondersError, NotReady):
             return False
     await async_wait_until(both_seen, 20, what="the registry to see both search providers")
     ok = json.loads((await admin.request("cim.registry.negotiate", json.dumps(
@@ -290,7 +301,7 @@ async def test_a_starting_registry_answers_only_once_it_has_read_every_announced
         async def first_answer():
             try:
                 return await registry_ls(admin, capability="store")
-            except nats.errors.NoRespondersError:
+            except (nats.errors.NoRespondersError, NotReady):
                 return None
         listed = await async_wait_until(first_answer, 30, what="the registry agent to answer")
         assert len(listed) == 300
@@ -327,11 +338,11 @@ def test_cim_agents_ls_show_and_negotiate(admin, agents, cli):
     agents.start("registry")
 
     def listed_registry():
-        out = cli("agents", "ls").stdout
-        return out if "cim-registry" in out else None
+        out = cli("agents", "ls").stdout  # from the registry agent, which lists itself once it beats
+        return out if "cim-registry" in out and "source: registry agent)" in out else None
 
     out = wait_until(listed_registry, 20, what="the registry agent to list itself")
-    assert "cim-store" in out and "source: registry agent)" in out
+    assert "cim-store" in out
 
 
 async def test_agents_announce_and_the_registry_works_under_their_own_restricted_identities(secured_nats, tmp_path):

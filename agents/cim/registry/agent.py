@@ -282,10 +282,16 @@ class Agent(AgentBase[Config]):
         views = [t.view() for t in self.instances.values() if include_gone or t.state != "gone"]
         return sorted(views, key=lambda v: (v.record.name, v.record.started_at))
 
+    async def _current(self, include_gone: bool = False) -> list[AgentView]:
+        """The view between transitions: a state changes, then its event is appended, both
+        under the lock, so an answer never shows a state whose event is not recorded yet."""
+        async with self._lock:
+            return self.views(include_gone)
+
     @endpoint(api.LS)
     async def ls(self, req: LsRequest) -> Agents:
         """Announced agents with their state; `all` includes those gone."""
-        views = self.views(req.all)
+        views = await self._current(req.all)
         if req.capability:
             views = [v for v in views if req.capability in v.record.capabilities]
         return Agents(agents=views)
@@ -293,16 +299,16 @@ class Agent(AgentBase[Config]):
     @endpoint(api.SHOW)
     async def show(self, req: ShowRequest) -> Agents:
         """The instances of one agent (by name or instance id), gone ones included."""
-        return Agents(agents=select(self.views(include_gone=True), req.name))
+        return Agents(agents=select(await self._current(include_gone=True), req.name))
 
     @endpoint(api.PROVIDERS)
     async def providers(self, req: ProvidersRequest) -> Providers:
         """Live agents providing a capability within a version range, best first."""
         requirement = Requirement.parse(f"{req.capability}{req.spec}")
-        return Providers(providers=[Provider(agent=v, version=ver) for v, ver in providers(self.views(), requirement)])
+        return Providers(providers=[Provider(agent=v, version=ver) for v, ver in providers(await self._current(), requirement)])
 
     @endpoint(api.NEGOTIATE)
     async def negotiate(self, req: NegotiateRequest) -> Negotiated:
         """A provider per requirement, or an error naming every unmet one."""
         reqs = [r if isinstance(r, Requirement) else Requirement.parse(r) for r in req.requirements]
-        return Negotiated(matches=negotiate(self.views(), reqs))
+        return Negotiated(matches=negotiate(await self._current(), reqs))
