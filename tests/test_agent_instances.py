@@ -108,8 +108,11 @@ async def test_hub_instances_share_one_port_and_only_the_first_runs_the_connecto
             return seen == {"cim-hub-1", "cim-hub-2"}
 
         await async_wait_until(healthz, 60, what="both hubs to answer on one port")
-        running = {s["name"]: s for s in await discover(nc, wait=0.5) if s["name"].startswith("cim-hub")}
-        assert set(running) == {"cim-hub-1", "cim-hub-2"}
+
+        async def both_registered() -> bool:  # /healthz answers before the NATS service is registered
+            return {s["name"] for s in await discover(nc, wait=0.5)} >= {"cim-hub-1", "cim-hub-2"}
+
+        await async_wait_until(both_registered, 30, what="both hubs to answer $SRV.INFO")
         for i in range(6):
             (inbox / f"note-{i}.txt").write_text(f"dropped {i}")
         await async_wait_until(lambda: _created(nc, 6), 60, what="the dropped files stored")

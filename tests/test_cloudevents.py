@@ -268,6 +268,7 @@ async def test_a_dead_letter_stored_before_the_upgrade_is_redelivered_as_the_pla
                        "cim-dlq-origin": f"cim.evt.unit.{unit_cid}.labeled", "cim-dlq-webhook": "old",
                        "cim-dlq-target": rx.url, "cim-dlq-attempts": "5"}
             ack = await nc.jetstream().publish("cim.dlq.hub.webhook.old", old_body, headers=headers, stream="CIM_DLQ")
+            await hub.ready(nc)  # its NATS service, registered after /healthz answers
             reply = await call(nc, hub_api.RETRY, hub_api.RetryRequest(seq=ack.seq), timeout=30)
             assert reply.ok, reply.reason
         finally:
@@ -277,3 +278,4 @@ async def test_a_dead_letter_stored_before_the_upgrade_is_redelivered_as_the_pla
     assert body == old_body
     assert headers["Content-Type"] == "application/json"
     assert (headers["webhook-id"], headers["X-CIM-Event-Type"]) == ("old-label-9", "unit.labeled")
+

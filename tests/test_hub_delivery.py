@@ -90,8 +90,12 @@ async def test_a_receiver_that_is_down_gets_retries_then_a_dead_letter(nats_serv
             [letter] = await letters()
             assert letter.headers["cim-dlq-attempts"] == "3" and "503" in letter.headers["cim-dlq-reason"]
             assert json.loads(letter.data)["id"] == f"unit-created-{cid}"
-            recorded = [e async for e in UnitStore(nc).events.read(["cim.evt.hub.rx.dead_lettered"])]
-            assert recorded[0].data["event_id"] == f"unit-created-{cid}"
+
+            async def recorded():  # appended just after the dead letter
+                return [e async for e in UnitStore(nc).events.read(["cim.evt.hub.rx.dead_lettered"])]
+
+            [event] = await async_wait_until(recorded, 30, what="the dead_lettered event")
+            assert event.data["event_id"] == f"unit-created-{cid}"
     finally:
         hub.stop()
 

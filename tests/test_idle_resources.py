@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import time
 
+import nats.js.errors
+
 from cim.embedded.procs import wait_until
 from cim.provision.apply import provision
 from cim.provision.spec import ProvisionSpec
@@ -23,6 +25,15 @@ async def test_an_idle_pipeline_agent_leaves_no_consumers_behind(nc, nats_server
     await provision(nc, ProvisionSpec())
     servers = {"servers": [nats_server.url]}
     await agent_process("pipeline", {"nats": servers, "state_dir": str(tmp_path / "p")}).ready(nc)
+
+    async def durable_made() -> bool:  # made just after the agent answers: part of the baseline
+        try:
+            await nc.jetstream().consumer_info("CIM_EVENTS", "pipeline-default")
+            return True
+        except nats.js.errors.NotFoundError:
+            return False
+
+    await async_wait_until(durable_made, 30, what="the default pipeline's durable consumer")
     baseline = await consumers(nc)  # the pipelines' own durables
     seen: list[int] = []
     started = time.monotonic()
@@ -44,6 +55,12 @@ def test_an_idle_leaf_keeps_its_consumer_count_flat(up, cli, tmp_path):
         return json.loads(cli("--json", "status", server=u.url, env=u.env).stdout)
 
     wait_until(lambda: len(status()["agents"]) == 6, 60, what="all six agents to answer cim status")
+
+    def durables_made() -> bool:  # the pipelines' consumers, made just after the agent answers
+        rows = json.loads(cli("--json", "pipelines", "ls", server=u.url, env=u.env).stdout)
+        return bool(rows) and all(r["pending"] is not None for r in rows)
+
+    wait_until(durables_made, 60, what="every pipeline's durable consumer")
     baseline = status()["jetstream"]["consumers"]
     seen: list[int] = []
     started = time.monotonic()

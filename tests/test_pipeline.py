@@ -292,11 +292,11 @@ async def test_a_pipeline_needing_a_capability_nobody_provides_says_so_and_runs_
     async def state():
         return (await call(nc, "cim.pipeline.status"))["pipelines"].get("needy", {})
 
-    async def refused():
-        return "nothing provides search >= 2" in ((await state()).get("last_error") or "")
+    async def refused():  # with the agent's own offer, once its first heartbeat is in the registry
+        error = (await state()).get("last_error") or ""
+        return "nothing provides search >= 2" in error and "available: search 1.0.0 from cim-pipeline" in error
 
-    await async_wait_until(refused, 30, what="the unmet requirement to be reported")
-    assert "available: search 1.0.0 from cim-pipeline" in (await state())["last_error"]
+    await async_wait_until(refused, 30, what="the unmet requirement to be reported, naming what is available")
     spec = tmp_path / "needy.json"
     spec.write_text(json.dumps(dict(needy, requires=["search>=1", "store"])))
     cli("pipelines", "apply", spec)

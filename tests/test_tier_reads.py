@@ -28,7 +28,10 @@ async def test_an_idle_policy_moves_the_unit_nobody_reads_and_keeps_the_one_that
     nc = await provisioned(nats_server.url)
     warm = s3_tier(s3_server, "warm", tmp_path)
     agent = TierAgent(tmp_path, nats_server.url, {
-        "tiers": [warm], "policies": [{"name": "unread", "to": "warm", "idle": "6s"}], "migrate_interval": 0.3,
+        # Idle long enough that one slow `cim units get` (a few seconds on a loaded machine)
+        # does not leave the unit that is read idle for a moment.
+        "tiers": [warm],
+        "policies": [{"name": "unread", "to": "warm", "idle": "15s"}], "migrate_interval": 0.3,
     })
     try:
         agent.start()
@@ -59,7 +62,8 @@ async def test_promote_on_read_brings_a_unit_read_from_s3_back_to_the_hot_tier(n
     warm = s3_tier(s3_server, "warm", tmp_path)
     agent = TierAgent(tmp_path, nats_server.url, {
         "tiers": [warm], "policies": [{"name": "cold", "to": "warm", "labels": ["cold"]}],
-        "migrate_interval": 3600, "promote_on_read": True, "promote_hold": "8s",
+        # A hold longer than the `cim tier verify` and `cim tier migrate` that follow the read.
+        "migrate_interval": 3600, "promote_on_read": True, "promote_hold": "20s",
     })
     try:
         store = UnitStore(nc, cold=fetch)
@@ -90,7 +94,7 @@ async def test_promote_on_read_brings_a_unit_read_from_s3_back_to_the_hot_tier(n
         assert await content.has(cid), "a unit promoted on read was sent straight back"
         assert _units_per_tier(cli) == {"hot": 1, "warm": 2}
 
-        # Once the hold (8 s after the last read) is over, the policy moves it back to warm;
+        # Once the hold (20 s after the last read) is over, the policy moves it back to warm;
         # the copy warm kept is reused, the index stays right.
         async def moved_back() -> bool:
             await asyncio.to_thread(cli, "tier", "migrate")

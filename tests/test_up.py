@@ -83,14 +83,15 @@ def test_a_newcomer_puts_a_folder_watches_the_pipeline_and_finds_it(up, cli, tmp
     out = cli("units", "put", docs, server=u.url, env=u.env).stdout.splitlines()
     assert len(out) == 2 and all(line.startswith("bafkrei") for line in out)
 
-    def found() -> bool:
-        r = cli("--json", "search", "heron", server=u.url, env=u.env, check=False)
-        return r.returncode == 0 and len(json.loads(r.stdout)["hits"]) == 1
+    def found(*words: str) -> list:
+        r = cli("--json", "search", *words, server=u.url, env=u.env, check=False)
+        return json.loads(r.stdout)["hits"] if r.returncode == 0 else []
 
-    wait_until(found, 60, what="cim search to find the heron")
+    # The two may be indexed in different batches: wait for each.
+    assert len(wait_until(lambda: found("heron"), 60, what="cim search to find the heron")) == 1
+    [hit] = wait_until(lambda: found("kestrel", "meadow"), 60, what="cim search to find the kestrel")
     tail = cli("events", "tail", server=u.url, env=u.env).stdout
     assert "unit.labeled" in tail and "steps.done default--" in tail
-    hit = json.loads(cli("--json", "search", "kestrel", "meadow", server=u.url, env=u.env).stdout)["hits"][0]
     assert hit["title"] == "Kestrel"
     # The labels classification added show on the unit, next to its own.
     shown = json.loads(cli("--json", "units", "show", hit["cid"], server=u.url, env=u.env).stdout)
