@@ -147,3 +147,37 @@ async def test_an_error_crosses_the_agent_boundary_as_the_same_class_with_the_sa
     with pytest.raises(InvalidInput) as bad:
         await call(nc, api.LIST, {"limit": 0})
     assert bad.value.field == "limit"
+
+
+async def test_an_agent_answers_ping_only_once_every_endpoint_is_served(nats_server):
+    """`$SRV.PING` and `$SRV.INFO` answering is what `cim up`, `cim status` and the registry
+    take for "ready": by then each endpoint must be subscribed, or the first request sent
+    after the first PING answer finds no responder."""
+    from cim.capability import AgentConfig
+    from cim.runtime import EndpointSpec, serve
+
+    nc = await nats.connect(nats_server.url)
+    subscribed: list[str] = []
+    subscribe = nc.subscribe
+
+    async def recording(subject, *args, **kwargs):  # the real subscribe, in the order it is asked
+        subscribed.append(subject)
+        return await subscribe(subject, *args, **kwargs)
+
+    nc.subscribe = recording
+
+    async def echo(body: bytes) -> bytes:
+        return body
+
+    try:
+        config = AgentConfig(capability="store", name="cim-store-order")
+        specs = [EndpointSpec(name, echo, bytes, "echo") for name in ("put", "get")]
+        service = await serve(nc, config, specs, {})
+        first_control = next(i for i, s in enumerate(subscribed) if s.startswith("$SRV."))
+        assert set(subscribed[:first_control]) == {"cim.store.put", "cim.store.get"}, subscribed
+        assert (await nc.request("cim.store.get", b"hello", timeout=5)).data == b"hello"
+        info = json.loads((await nc.request("$SRV.INFO.cim-store-order", b"", timeout=5)).data)
+        assert [e["subject"] for e in info["endpoints"]] == ["cim.store.put", "cim.store.get"]
+        await service.stop()
+    finally:
+        await nc.close()

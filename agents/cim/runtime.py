@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast, get_type_hints
 
 from nats.aio.client import Client
-from nats.micro import add_service
 from nats.micro.request import Request, ServiceError
+from nats.micro.service import Service, ServiceConfig
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import BaseModel, ValidationError
 
@@ -69,6 +69,25 @@ def endpoint(declared: Endpoint[Any]) -> Callable:
         return fn
 
     return mark
+
+
+async def serve(nc: Client, config: AgentConfig, specs: list[EndpointSpec], metadata: dict[str, str]) -> Service:
+    """The agent's micro service, its endpoints subscribed before it answers `$SRV.PING` and
+    `$SRV.INFO`: those answering is what `cim up`, `cim status` and the registry take for
+    "ready" (nats-py's `add_service` answers them first, and a request sent right after its
+    first PING answer could find no responder)."""
+    service = Service(nc, ServiceConfig(
+        name=config.agent_name,
+        version=__version__ if _semver(__version__) else "0.0.0",
+        description=f"CIM {config.capability} agent",
+        metadata=metadata,
+        queue_group=f"cim-{config.capability}",
+    ))
+    group = service.add_group(name=f"cim.{config.capability}")
+    for spec in specs:
+        await group.add_endpoint(name=spec.name, handler=_wrap(spec), metadata={"description": spec.description})
+    await service.start()
+    return service
 
 
 def endpoints_of(agent: Any) -> list[EndpointSpec]:
@@ -272,21 +291,10 @@ async def run_agent(config: AgentConfig, agent_class: Callable[[AgentContext], A
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, ctx.stopping.set)
     await agent.start()
-    # Registered only once the agent has started: `$SRV.PING` answering is what `cim up`,
-    # `cim status` and the registry take for "ready", and an agent whose start fails (a tier
-    # that refuses its keys) must never have looked ready. A request sent meanwhile finds no
+    # Registered only once the agent has started: an agent whose start fails (a tier that
+    # refuses its keys) must never have looked ready. A request sent meanwhile finds no
     # responder, and its caller says so.
-    service = await add_service(
-        nc,
-        name=config.agent_name,
-        version=__version__ if _semver(__version__) else "0.0.0",
-        description=f"CIM {config.capability} agent",
-        metadata=metadata,
-        queue_group=f"cim-{config.capability}",
-    )
-    group = service.add_group(name=f"cim.{config.capability}")
-    for spec in specs:
-        await group.add_endpoint(name=spec.name, handler=_wrap(spec), metadata={"description": spec.description})
+    service = await serve(nc, config, specs, metadata)
     heartbeat = None
     if config.registry.announce:
         heartbeat = Heartbeat(
