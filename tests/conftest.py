@@ -22,6 +22,15 @@ from cim.embedded.s3_server import S3Server
 from support.agentkit import AgentProcess
 from support.upkit import Up
 
+try:
+    from playwright.async_api import expect
+except ImportError:  # the browser tests skip themselves
+    pass
+else:
+    # `expect(...)` does not follow page.set_default_timeout: it waits 5 s unless told, which
+    # a loaded CI machine overruns. As long as the pages' own actions wait (20 s), suite-wide.
+    expect.set_options(timeout=20_000)
+
 # Markers follow from the fixtures a test uses, so `-m "not cluster"` works without decorating.
 _MARKERS = {
     "nats_server": "nats",

@@ -227,13 +227,19 @@ async def test_a_pipeline_dead_letter_is_retried_from_the_pipelines_page_once_th
     async def retried():
         # The agent loads the new definition within its polling interval; until then the
         # retry fails (the unit is still refused, or the pipeline is reloading), the page
-        # says why and the letter stays, so the operator clicks again.
+        # says why and the letter stays, so the operator clicks again. Each step counts an
+        # element before using it: a page in between is "not yet", not a 20 s wait that fails.
         await page.goto(stack.ui_url + "/pipelines")
-        await letter.get_by_role("button", name="Retry").click()
+        retry = letter.get_by_role("button", name="Retry")
+        if not await retry.count():
+            alerts.append("(no dead letter with a Retry button on the page)")
+            return False
+        await retry.first.click()
         await page.wait_for_load_state()
         if await page.get_by_role("status").count():
             return True
-        alerts.append(await page.get_by_role("alert").inner_text())
+        alert = page.get_by_role("alert")
+        alerts.append(await alert.first.inner_text() if await alert.count() else "(no message)")
         return False
 
     try:

@@ -3,12 +3,15 @@ pipeline agent, for search, when a test asks for one)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
+
+import nats
 
 from cim.embedded.nats_server import NatsServer
 from cim.embedded.procs import wait_until
@@ -46,7 +49,8 @@ class Stack:
         self.server.start()
         subprocess.run([sys.executable, "-m", "cim", "--server", self.server.url, "provision"], check=True, capture_output=True)
         nats = {"servers": [self.server.url]}
-        self.agents.append(Agent("store", {"nats": nats}, self.tmp))
+        self.store = Agent("store", {"nats": nats}, self.tmp)
+        self.agents.append(self.store)
         (self.tmp / "users").write_text(f"admin:{hash_password(PASSWORD)}\n")
         self.ui_port = free_port()
         self.ui_url = f"http://127.0.0.1:{self.ui_port}"
@@ -60,7 +64,17 @@ class Stack:
                       "max_attempts": 2, "backoff": [0.2], "timeout": 2}]
         self.hub = Hub(self.server.url, hub_dir, webhooks=hooks).start()
         wait_until(lambda: http_ok(self.ui_url + "/healthz"), 30, what="the dashboard to answer")
+        asyncio.run(self._store_serves_puts())  # in a thread of its own (to_thread) or none: never in a running loop
         return self
+
+    async def _store_serves_puts(self) -> None:
+        """Until our store agent answers $SRV.INFO (every endpoint is served by then): the
+        dashboard's uploads go there, and a put sent earlier finds no responder."""
+        nc = await nats.connect(self.server.url)
+        try:
+            await self.store.ready(nc)
+        finally:
+            await nc.close()
 
     def start_ui(self, *, port: int, state_dir: Path | None, name: str = "cim-ui") -> AgentProcess:
         """A dashboard agent (another one needs its own name, port and state directory)."""
@@ -100,6 +114,13 @@ async def log_in(page, stack: Stack, then: str = "/units") -> None:
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Log in").click()
     await page.wait_for_url(stack.ui_url + then)
+
+
+def ui_health(stack: Stack) -> dict:
+    """The dashboard's /healthz: its unit list's size (`units`) and how far it reaches
+    (`as_of`, `stale`)."""
+    with urllib.request.urlopen(stack.ui_url + "/healthz", timeout=5) as r:
+        return json.loads(r.read())
 
 
 def hub_put(stack: Stack, content: bytes, **params: str) -> str:

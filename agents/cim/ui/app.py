@@ -213,7 +213,8 @@ class Dashboard:
         size = size if size in PAGE_SIZES else 50
         common: dict[str, Any] = {"q": q, "label": label, "size": size, "labels": self.projection.labels(),
                                   "max_upload": self.max_upload, "too_large": too_large("{size}", self.max_upload),
-                                  "caught_up": self.projection.caught_up.is_set()}
+                                  "caught_up": self.projection.caught_up.is_set(),
+                                  "since": self.projection.position()}  # read with the rows: nothing awaited between
         if q:
             return await self._search_page(request, common)
         page = max(_int(request.query.get("page"), 1), 1)
@@ -435,24 +436,38 @@ class Dashboard:
         raise web.HTTPSeeOther("/pipelines?" + urlencode({"flash" if ok else "error": message}))
 
     async def events_page(self, request: web.Request) -> web.Response:
-        return self.render(request, "events.html", recent=list(self.projection.recent)[::-1],
+        return self.render(request, "events.html", recent=list(self.projection.recent)[::-1], since=self.projection.noted,
                            rate_svg=plots.rate_chart(self.projection.rate()))
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
-        """Server-Sent Events: every new event as JSON; a comment every 15 s keeps proxies from timing out."""
+        """Server-Sent Events: every new event as JSON; a comment every 15 s keeps proxies from timing out.
+
+        A page opens this after it has loaded, so it says where it was rendered (`?since=SEQ`),
+        and a browser reconnecting says the last event it got (`Last-Event-ID`, from the `id:`
+        lines): the kept events after that come first, then the live ones. A malformed
+        position is refused (400): the page always sends a number, so it is a hand-made or
+        tampered request, and silently streaming from now on would hide that."""
+        since = _since(request)
+        # Listening starts, then the kept events are read, with nothing awaited between: an
+        # event is in one or the other. `sent` drops any the queue would bring twice.
+        queue = self.projection.listen()
+        backlog = self.projection.after(since) if since is not None else []
+        sent = backlog[-1]["seq"] if backlog else 0
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
-        await response.prepare(request)
-        queue = self.projection.listen()
         try:
+            await response.prepare(request)
             await response.write(b"retry: 2000\n\n")
+            for item in backlog:
+                await response.write(_sse(item))
             while not self.stopping.is_set():
                 try:
                     item = await asyncio.wait_for(queue.get(), 15)
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
-                await response.write(f"id: {item['seq']}\nevent: cim\ndata: {json.dumps(item)}\n\n".encode())
+                if item["seq"] > sent:
+                    await response.write(_sse(item))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -519,6 +534,24 @@ def too_large(size: int | str, limit: int) -> str:
         said = "just over " + said  # 720.3 KiB shows as 720 KiB: never "720 KiB, up to 720 KiB"
     return (f"this file is {said}; the dashboard accepts up to {plots.human_bytes(limit)}; "
             "use `cim units put FILE` or the hub's API (POST /v1/units) for larger files")
+
+
+def _sse(item: dict[str, Any]) -> bytes:
+    return f"id: {item['seq']}\nevent: cim\ndata: {json.dumps(item)}\n\n".encode()
+
+
+def _since(request: web.Request) -> int | None:
+    """Where a browser's live events resume: after the last event it got (`Last-Event-ID`,
+    which it sends when it reconnects) or after the page's position (`since`); None: from
+    now on. Anything but a sequence number is a 400 that says so."""
+    given = request.headers.get("Last-Event-ID") or request.query.get("since")
+    if given is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,19}", given) or int(given) >= 2**63:
+        raise web.HTTPBadRequest(content_type="application/json", text=json.dumps({"error": (
+            "the live events resume after an event's sequence number (`since` or Last-Event-ID, a whole number "
+            "from 0, as the page sets it); reload the page to follow them again")}))
+    return int(given)
 
 
 def _cursor(v: str | None) -> int | None:

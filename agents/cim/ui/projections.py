@@ -160,6 +160,22 @@ class Projection:
     def tier_bytes(self) -> dict[str, int]:
         return self._query(unit_list.tier_bytes)
 
+    @property
+    def noted(self) -> int:
+        """The last event the Events page's list (`recent`) holds: the page says it was
+        rendered there, and its live events start after it."""
+        return self._noted
+
+    def position(self) -> int:
+        """The last event the unit list covers: the Units page says it was rendered there,
+        and its live events start after it."""
+        return self.follower.as_of
+
+    def after(self, seq: int) -> list[dict[str, Any]]:
+        """The kept events newer than `seq`, oldest first: what a page rendered at `seq` has
+        not shown. Only the last 100 are kept; older ones are not sent again."""
+        return [item for item in self.recent if item["seq"] > seq]
+
     def listen(self) -> asyncio.Queue[dict[str, Any]]:
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.listeners.add(q)

@@ -55,8 +55,11 @@
     while (list.children.length > 200) list.removeChild(list.lastChild);
   }
 
-  if (window.EventSource && (document.getElementById("units") || document.getElementById("live-events"))) {
-    var source = new EventSource("/events/stream");
+  var live = document.getElementById("units") || document.getElementById("live-events");
+  if (window.EventSource && live) {
+    // From the event the page was rendered at: one that lands before this connects comes too.
+    var since = live.getAttribute("data-since");
+    var source = new EventSource("/events/stream" + (since ? "?since=" + encodeURIComponent(since) : ""));
     source.addEventListener("cim", function (msg) {
       var e = JSON.parse(msg.data);
       addEvent(e);
