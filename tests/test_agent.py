@@ -32,7 +32,7 @@ async def store_agent(nats_server, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "cim", "agent", "run", "store", "--config", str(config)],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        await async_wait_until(lambda: _answers(admin), 20, what="the store agent to answer $SRV.PING")
+        await async_wait_until(lambda: _answers(admin), 60, what="the store agent to answer $SRV.PING")
         yield proc, admin, metrics_port, tmp_path / "agent.log"
     finally:
         if proc.poll() is None:
@@ -53,13 +53,13 @@ async def request(nc, endpoint, body):
 
 async def test_the_agent_answers_the_standard_micro_verbs(store_agent):
     _, nc, _, _ = store_agent
-    ping = json.loads((await nc.request("$SRV.PING.cim-store", b"", timeout=2)).data)
+    ping = json.loads((await nc.request("$SRV.PING.cim-store", b"", timeout=10)).data)
     assert ping["name"] == "cim-store"
-    info = json.loads((await nc.request("$SRV.INFO.cim-store", b"", timeout=2)).data)
+    info = json.loads((await nc.request("$SRV.INFO.cim-store", b"", timeout=10)).data)
     assert info["metadata"]["capability"] == "store"
     assert {e["subject"] for e in info["endpoints"]} == {"cim.store.put", "cim.store.get", "cim.store.show", "cim.store.list"}
     await request(nc, "show", {"cid": "nope"})
-    stats = json.loads((await nc.request("$SRV.STATS.cim-store", b"", timeout=2)).data)
+    stats = json.loads((await nc.request("$SRV.STATS.cim-store", b"", timeout=10)).data)
     show = next(e for e in stats["endpoints"] if e["name"] == "show")
     assert show["num_requests"] == 1 and show["num_errors"] == 1
 

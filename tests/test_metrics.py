@@ -163,18 +163,22 @@ def cim(server: NatsServer, seeds: dict[str, Path], *args: str, input: str | Non
 
 async def started(agent: AgentProcess, nc) -> None:
     """Answering $SRV.INFO, and past its own start (the log line after `start()`)."""
-    await agent.ready(nc)
-    await async_wait_until(lambda: "ready (pid" in agent.log(), 30, what=f"{agent.name} to finish starting")
+    await agent.ready(nc, timeout=60)  # five agents start at once on a small machine
+    await async_wait_until(lambda: "ready (pid" in agent.log(), 60, what=f"{agent.name} to finish starting")
 
 
-async def until_scraped(port: int, check, what: str, timeout: float = 30) -> Families:
-    """Scrape until `check(families)` holds, and return that scrape; after `timeout`, the last one
-    (the test's assertion then says what it holds)."""
+async def until_scraped(where: int | str, check, what: str, timeout: float = 30) -> Families:
+    """Scrape (a metrics port, or a URL) until `check(families)` holds, and return that scrape;
+    after `timeout`, the last one (the test's assertion then says what it holds)."""
     last: Families = {}
 
     async def holds() -> bool:
         nonlocal last
-        last = await asyncio.to_thread(scrape, port)
+        try:
+            last = await asyncio.to_thread(scrape_url, where if isinstance(where, str) else
+                                           f"http://127.0.0.1:{where}/metrics")
+        except OSError:  # a slow answer: scrape again
+            return False
         return bool(check(last))
 
     try:
@@ -263,7 +267,8 @@ async def run_leaf(base: Path, server: NatsServer, seeds: dict[str, Path], leaf:
         # Then what an operator scrapes: each check waits for counts that arrive a little
         # later (the store follows the stream) and gives up with the last scrape.
         checks = {
-            "store": lambda f: value(f, "cim_units_stored_total") == PUT,
+            "store": lambda f: value(f, "cim_units_stored_total") == PUT  # and the stream's, read at scrape time
+            and value(f, "cim_events_appended_total") is not None and value(f, "cim_event_stream_messages") is not None,
             "pipeline": lambda f: value(f, "cim_pipeline_processed_total", pipeline="docs") == PUT
             and total(f, "cim_pipeline_lag_events") == 0 and value(f, "cim_pipeline_lag_events", pipeline="docs") == 0,
             "tier": lambda f: value(f, "cim_tier_moves_total", tier="hot", direction="hotter") == 1
@@ -275,7 +280,8 @@ async def run_leaf(base: Path, server: NatsServer, seeds: dict[str, Path], leaf:
         before = (await nc.jetstream().stream_info("CIM_EVENTS")).state.last_seq
         for capability, check in checks.items():
             leaf.scrapes[capability] = await until_scraped(ports[capability], check, f"the {capability} agent's metrics")
-        leaf.hub_http_scrape = await asyncio.to_thread(scrape_url, f"{hub.url}/metrics")
+        leaf.hub_http_scrape = await until_scraped(f"{hub.url}/metrics", lambda f: set(f) == set(leaf.scrapes["hub"]),
+                                                   "the hub's HTTP /metrics")
         leaf.appended = (before, (await nc.jetstream().stream_info("CIM_EVENTS")).state.last_seq)
     finally:
         await nc.close()

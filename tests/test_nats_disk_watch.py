@@ -60,7 +60,9 @@ def test_the_watch_says_the_disk_filled_and_restarts_nats_once_space_is_back(tmp
 
         small.free_up()
         wait_until(restarted.exists, 60, what="the watch to ask for a restart once space is back")
-        assert "disk space is back" in output() and "nats-server restarted" in output()
+        # It says so once the restart command has returned: a moment after the file appears.
+        wait_until(lambda: "nats-server restarted" in output(), 30, what="the watch to say it restarted nats-server")
+        assert "disk space is back" in output()
         server.restart()
         wait_until(lambda: asyncio.run(put()), 60, what="a put to work again after the restart")
     finally:
