@@ -30,6 +30,7 @@ from .unit_store import UnitStore
 
 log = logging.getLogger("cim.store")
 
+PLACE_ATTEMPTS = 3  # asks for the stream's end before serving (each bounded at 5 s)
 INLINE_LIMIT = 768 * 1024  # leaves room for headers under the default 1 MiB max_payload
 
 
@@ -48,12 +49,20 @@ class Agent(AgentBase[Config]):
         counter = ProjectionDb(None, "stored-units", schema="", version=1)
         counter.open()
         counter.rebuilt_because = None  # in memory by design: a counter starts at zero with its process
-        try:  # where the count starts, before the agent answers: a unit put once it does is counted
-            await self._start_at_the_end(counter)
-            placed = True
-        except Exception as err:  # the server is slow or electing a leader: asked again below
-            log.info("counting stored units once %s answers (%s)", EVENTS_STREAM, err)
-            placed = False
+        # Where the count starts, before the agent answers: a unit put once it does is counted.
+        # A slow server (a loaded machine, a leader election) is asked a few times first;
+        # past that the agent serves, and the count starts where the stream is by then.
+        placed = False
+        for attempt in range(PLACE_ATTEMPTS):
+            try:
+                await self._start_at_the_end(counter)
+                placed = True
+                break
+            except Exception as err:
+                log.info("counting stored units once %s answers (%s)%s", EVENTS_STREAM, err,
+                         "; asking again" if attempt + 1 < PLACE_ATTEMPTS else "")
+                if attempt + 1 < PLACE_ATTEMPTS:
+                    await asyncio.sleep(1)  # backoff before asking again, not a wait for a condition
         self.ctx.tasks.spawn(self._count(counter, placed), name="units-count")
 
     async def _count(self, counter: ProjectionDb, placed: bool) -> None:
