@@ -114,7 +114,9 @@ _UNAVAILABLE = (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUn
 
 async def test_cluster_elects_a_new_stream_leader_after_the_leader_is_killed(nats_cluster):
     nc = await nats.connect(nats_cluster.urls)
-    js = nc.jetstream()
+    # An R3 stream answers once its new raft group has elected a leader, which on a loaded
+    # machine can take longer than nats-py's default 5 s.
+    js = nc.jetstream(timeout=15)
     await js.add_stream(name="HA", subjects=["ha.>"], num_replicas=3)
     for i in range(5):
         await js.publish("ha.x", f"m{i}".encode())
@@ -133,8 +135,10 @@ async def test_cluster_elects_a_new_stream_leader_after_the_leader_is_killed(nat
         js = nc.jetstream()
 
         async def publish_accepted():
+            # One message id on every attempt: a retry after a late ack is answered as a
+            # duplicate with the first attempt's sequence, not stored again.
             try:
-                return await js.publish("ha.x", b"after", timeout=1)
+                return await js.publish("ha.x", b"after", timeout=5, headers={"Nats-Msg-Id": "after"})
             except _UNAVAILABLE:
                 return None
 
@@ -148,7 +152,11 @@ async def test_cluster_elects_a_new_stream_leader_after_the_leader_is_killed(nat
     nats_cluster.restart(old)
 
     def caught_up() -> bool:
-        for acc in nats_cluster.node(old).jsz("streams=true").get("account_details") or []:
+        try:  # a node still recovering may not answer /jsz yet
+            accounts = nats_cluster.node(old).jsz("streams=true").get("account_details") or []
+        except (OSError, EmbeddedError):
+            return False
+        for acc in accounts:
             for s in acc.get("stream_detail") or []:
                 if s["name"] == "HA" and s["state"]["messages"] == 6:
                     return True

@@ -7,6 +7,7 @@ import asyncio
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 
 from cim.errors import JetStreamUnavailable
 from cim.nats.pull import PullFetcher
@@ -31,21 +32,27 @@ async def publish(js, *bodies: bytes) -> None:
         await js.publish("fetch.x", body)
 
 
-async def fetch_all(fetcher: PullFetcher, n: int, batch: int = 10, rounds: int = 10) -> list[bytes]:
-    got: list[bytes] = []
+async def fetched(fetcher: PullFetcher, n: int, batch: int = 10, rounds: int = 10) -> list[Msg]:
+    """Fetches until `n` messages came (a fetch returns as soon as it has any), not acked."""
+    got: list[Msg] = []
     for _ in range(rounds):  # bounded: each fetch returns within its timeout
         if len(got) >= n:
             break
-        for m in await fetcher.fetch(batch, timeout=2):
-            got.append(m.data)
-            await m.ack()
+        got.extend(await fetcher.fetch(batch, timeout=2))
     return got
+
+
+async def fetch_all(fetcher: PullFetcher, n: int, batch: int = 10, rounds: int = 10) -> list[bytes]:
+    got = await fetched(fetcher, n, batch, rounds)
+    for m in got:
+        await m.ack()
+    return [m.data for m in got]
 
 
 async def test_batches_are_bounded_and_in_order_and_an_empty_fetch_returns_nothing(js, nc):
     await publish(js, *(f"m{i}".encode() for i in range(5)))
     async with PullFetcher(nc, STREAM, "work") as fetcher:
-        first = await fetcher.fetch(3, timeout=2)
+        first = await fetched(fetcher, 3, batch=3)
         assert [m.data for m in first] == [b"m0", b"m1", b"m2"]
         rest = await fetch_all(fetcher, 2, batch=3)
         assert rest == [b"m3", b"m4"]
@@ -77,7 +84,7 @@ async def test_closing_hands_back_what_its_open_request_still_brings(js, nc):
 async def test_messages_put_back_unread_are_handed_back_on_close_in_order(js, nc):
     await publish(js, b"m0", b"m1", b"m2")
     async with PullFetcher(nc, STREAM, "work") as fetcher:
-        got = await fetcher.fetch(3, timeout=3)
+        got = await fetched(fetcher, 3, batch=3)
         assert [m.data for m in got] == [b"m0", b"m1", b"m2"]
         fetcher.unread(got[1:])  # the caller ran m0, then learnt it was stopping
         await got[0].ack()

@@ -217,25 +217,33 @@ class NatsCluster:
         return self
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
-        """Until every running node passes the full /healthz and all name the same meta leader."""
+        """Until every running node passes the full /healthz, all name the same meta leader, and
+        that leader counts every other running node as current."""
 
         def healthy() -> bool:
-            leaders = set()
+            metas: dict[str, dict] = {}
             for n in self.nodes:
                 if not n.alive:
                     continue
                 try:
                     status, _ = n.healthz()
-                    leader = (n.jsz().get("meta_cluster") or {}).get("leader")
+                    meta = n.jsz().get("meta_cluster") or {}
                 except (OSError, EmbeddedError):
                     return False
-                if status != 200 or not leader:
+                if status != 200 or not meta.get("leader"):
                     return False
-                leaders.add(leader)
-            return len(leaders) == 1
+                metas[n.server_name] = meta
+            leaders = {meta["leader"] for meta in metas.values()}
+            if len(leaders) != 1 or (leader := leaders.pop()) not in metas:
+                return False
+            # Only the leader tracks every peer (a follower reports the others as not current).
+            # With all of them current, a restarted node has caught up on the meta log and a
+            # replicated stream created next is assigned to peers that all follow it.
+            current = {r.get("name") for r in metas[leader].get("replicas") or [] if r.get("current")}
+            return metas.keys() - {leader} <= current
 
         try:
-            wait_until(healthy, timeout, interval=0.1, what=f"cluster {self.name} to agree on a meta leader")
+            wait_until(healthy, timeout, interval=0.1, what=f"cluster {self.name} to agree on a meta leader and catch up")
         except EmbeddedError as err:
             tails = "\n".join(f"[{n.server_name}]\n{n.log_tail(8)}" for n in self.nodes)
             raise EmbeddedError(f"{err}; last log lines:\n{tails}") from None
