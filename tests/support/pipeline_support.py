@@ -23,6 +23,8 @@ async def count(nc: Client, subject: str, stream: str = "CIM_EVENTS") -> int:
                                               "mem_storage": True, "num_replicas": 1}}
     resp = json.loads((await nc.request(f"$JS.API.CONSUMER.CREATE.{stream}.{name}", json.dumps(body).encode(), timeout=5)).data)
     await nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"")
+    if "num_pending" not in resp:  # an error answer: say which, not a KeyError
+        raise AssertionError(f"cannot count {subject} in {stream}: {resp.get('error')}")
     return resp["num_pending"]
 
 
