@@ -317,6 +317,46 @@ def test_deleting_the_lock_file_by_hand_does_not_let_a_second_cim_up_in(tmp_path
     leaf.unlock()
 
 
+def test_a_filesystem_that_cannot_lock_a_directory_or_at_all_gets_a_clear_answer(tmp_path, monkeypatch, caplog):
+    """NFS locks only files open for writing, so a directory's lock fails there with EBADF, not
+    "held by another": the lock file alone guards the data, and the log says so. A filesystem
+    that locks nothing stops `cim up` with what to do, and leaves no descriptor open."""
+    import errno
+    import fcntl
+    import stat
+
+    from cim.embedded.leaf import Leaf
+    from cim.errors import EmbeddedError
+
+    real = fcntl.flock
+    data = tmp_path / "data"
+
+    def no_directory_locks(fd, operation):  # what an NFS mount answers for a directory
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", no_directory_locks)
+    leaf = Leaf(data)
+    leaf.lock()
+    try:
+        assert "alone guards the data" in caplog.text
+        with pytest.raises(EmbeddedError, match="is in use by another `cim up`"):
+            Leaf(data).lock()  # the lock file still keeps a second one out
+    finally:
+        leaf.unlock()
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(EmbeddedError) as refused:
+        Leaf(data).lock()
+    assert "does not support locks" in str(refused.value) and "--data-dir" in str(refused.value)
+    assert len(os.listdir("/proc/self/fd")) == open_before, "a descriptor was left open"
+
+
 def test_a_second_cim_up_on_the_same_data_dir_stops_before_anything_starts_naming_the_first(up, cli):
     first = up()
     ports = Ports()  # other ports: only the data directory is shared

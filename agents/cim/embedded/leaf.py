@@ -137,16 +137,25 @@ class Leaf:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = self.data_dir / LOCK_FILE
-        fds: list[int] = []
+        fds = [os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)]
         try:
-            for target, flags in ((path, os.O_RDWR | os.O_CREAT), (self.data_dir, os.O_RDONLY | os.O_DIRECTORY)):
-                fds.append(os.open(target, flags | os.O_CLOEXEC, 0o600))
-                fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(fds[0], path)
+            fds.append(os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            try:
+                _flock(fds[1], self.data_dir)
+            except EmbeddedError as err:  # not BlockingIOError: this filesystem cannot lock a directory
+                # NFS, for one, locks only files open for writing: the lock file alone guards it.
+                os.close(fds.pop())
+                log.warning("%s; the lock file %s alone guards the data: do not delete it while cim up runs", err, path)
         except BlockingIOError:
             holder = os.pread(fds[0], 64, 0).decode(errors="replace").strip()
             for fd in fds:
                 os.close(fd)
             raise EmbeddedError(_in_use(self.data_dir, path, holder)) from None
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
         os.ftruncate(fds[0], 0)
         os.pwrite(fds[0], f"{os.getpid()}\n".encode(), 0)
         self._locks = tuple(fds)
@@ -365,6 +374,18 @@ async def supervise(leaf: Leaf, stop: asyncio.Event, echo) -> None:
             await asyncio.wait_for(stop.wait(), timeout=0.5)
         except TimeoutError:
             pass
+
+
+def _flock(fd: int, path: Path) -> None:
+    """An exclusive lock on `fd`, or BlockingIOError when another holds it; a filesystem
+    that cannot lock at all is an EmbeddedError that says what to do."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise
+    except OSError as err:
+        raise EmbeddedError(f"cannot lock {path} ({err.strerror or err}): its filesystem does not support locks; give "
+                            "`cim up` a data directory on a local disk (--data-dir, CIM_DATA_DIR)") from None
 
 
 def _in_use(data_dir: Path, lock: Path, holder: str) -> str:
