@@ -3,6 +3,7 @@ view (up, stale, gone) and its history as events, and negotiation picks provider
 clearly what nothing provides. Real nats-server, real agent processes."""
 
 import asyncio
+import itertools
 import json
 import signal
 import subprocess
@@ -158,6 +159,7 @@ async def test_a_killed_agent_turns_stale_then_gone_within_its_ttl_and_a_restart
     await async_wait_until(lambda: _no_record(admin, "cim-store"), TTL + 2, what="the record to expire")
     history = await agent_events(admin, old)  # a stall before the kill may add stale, recovered
     assert history[0] == "agent.appeared" and history[-2:] == ["agent.stale", "agent.gone"], history
+    assert history.count("agent.appeared") == 1 and all(a != b for a, b in itertools.pairwise(history)), history
     gone = (await EventStore(admin).aggregate("agent", old))[-1]
     assert gone.data["reason"] == "expired"
     ls = [v for v in await registry_ls(admin, all=False) if v["record"]["id"] == old]
@@ -167,7 +169,8 @@ async def test_a_killed_agent_turns_stale_then_gone_within_its_ttl_and_a_restart
     (back,) = await async_wait_until(lambda: _records(admin, "cim-store"), 20, what="the restarted agent's record")
     assert back.record.id != old and back.state == "up"
     await async_wait_until(lambda: _state_is(admin, back.record.id, "up"), 10, what="the registry to see it back")
-    assert (await agent_events(admin, back.record.id))[0] == "agent.appeared"
+    history = await agent_events(admin, back.record.id)
+    assert history[0] == "agent.appeared" and history.count("agent.appeared") == 1, history
 
 
 async def _no_record(nc, name):
@@ -296,17 +299,50 @@ async def test_a_starting_registry_answers_only_once_it_has_read_every_announced
         for i in range(300):
             await Heartbeat(admin, name=f"cim-store-{i}", instance_id=f"S{i:04d}", capability="store", version="0.1.0",
                             capabilities=lambda: {"store": "0.1.0"}, endpoints=[], interval=60).beat()
-        agents.start("registry")
+        agents.start("registry", stale_after=600)  # none turns stale meanwhile
 
-        async def first_answer():
+        async def first_answer():  # the list, even an empty one, is an answer
             try:
-                return await registry_ls(admin, capability="store")
-            except (nats.errors.NoRespondersError, NotReady):
+                return ("answered", await registry_ls(admin, capability="store"))
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError, NotReady):
                 return None
-        listed = await async_wait_until(first_answer, 30, what="the registry agent to answer")
+        _, listed = await async_wait_until(first_answer, 30, what="the registry agent to answer")
         assert len(listed) == 300
     finally:
         await admin.close()
+
+
+async def test_a_registry_stopped_while_it_waits_for_its_bucket_stops_without_ever_serving(nats_server, agents):
+    """No bucket yet (nothing provisioned): the registry waits for it before serving. A stop
+    asked meanwhile ends it there; it never answers nor announces itself on the way out."""
+    proc = agents.start("registry")
+    await async_wait_until(lambda: "following the registry bucket failed" in agents.log("cim-registry"), 30,
+                           what="the registry to find no bucket")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, agents.log("cim-registry")
+    log = agents.log("cim-registry")
+    assert "ready (pid" not in log and "stopped" in log, log
+
+
+def test_a_registry_that_cannot_read_its_bucket_says_why_and_cim_agents_reads_it_instead(nats_server, agents, cli):
+    """Past its wait for the bucket, the registry serves, answering 503 with the reason until it
+    can read it; `cim agents ls` then reads the bucket itself (here there is none: it says so)."""
+    agents.start("registry")
+    wait_until(lambda: "answering 'not ready'" in agents.log("cim-registry"), 60, what="the registry to serve unready")
+
+    async def ask():
+        nc = await nats.connect(nats_server.url)
+        try:
+            return await nc.request("cim.registry.ls", b"{}", timeout=10)
+        finally:
+            await nc.close()
+
+    reply = asyncio.run(ask())
+    assert reply.headers["Nats-Service-Error-Code"] == "503"
+    assert "has not read the CIM_REGISTRY bucket yet (reading it failed:" in reply.headers["Nats-Service-Error"]
+    listed = cli("agents", "ls", check=False)  # read from the bucket itself, which says what is wrong
+    assert listed.returncode == 1 and "CIM_REGISTRY (store) does not exist" in listed.stderr, listed
+    assert "run `cim provision`" in listed.stderr, listed
 
 
 def test_cim_agents_ls_show_and_negotiate(admin, agents, cli):

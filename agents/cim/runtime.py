@@ -294,16 +294,17 @@ async def run_agent(config: AgentConfig, agent_class: Callable[[AgentContext], A
     # Registered only once the agent has started: an agent whose start fails (a tier that
     # refuses its keys) must never have looked ready. A request sent meanwhile finds no
     # responder, and its caller says so.
-    service = await serve(nc, config, specs, metadata)
-    heartbeat = None
-    if config.registry.announce:
-        heartbeat = Heartbeat(
-            nc, name=config.agent_name, instance_id=service.id, capability=config.capability, version=__version__,
-            capabilities=lambda: {config.capability: __version__, **agent.capabilities()},
-            endpoints=[e.subject for e in service.info().endpoints], interval=config.registry.heartbeat,
-        )
-        await heartbeat.start()
-    log.info("%s agent %s ready (pid %d)", config.capability, config.agent_name, os.getpid())
+    service = heartbeat = None
+    if not ctx.stopping.is_set():  # a stop asked during a long start: never served, never announced
+        service = await serve(nc, config, specs, metadata)
+        if config.registry.announce:
+            heartbeat = Heartbeat(
+                nc, name=config.agent_name, instance_id=service.id, capability=config.capability, version=__version__,
+                capabilities=lambda: {config.capability: __version__, **agent.capabilities()},
+                endpoints=[e.subject for e in service.info().endpoints], interval=config.registry.heartbeat,
+            )
+            await heartbeat.start()
+        log.info("%s agent %s ready (pid %d)", config.capability, config.agent_name, os.getpid())
     try:
         await ctx.stopping.wait()
     finally:
@@ -316,7 +317,8 @@ async def run_agent(config: AgentConfig, agent_class: Callable[[AgentContext], A
         await _bounded(f"the {config.capability} agent's quiesce", agent.quiesce(), deadline)
         await _bounded(f"the {config.capability} agent's tasks", ctx.tasks.close(max(0.0, deadline - loop.time())), deadline)
         await _bounded(f"the {config.capability} agent's own stop", agent.stop(), deadline)
-        await _bounded("the service endpoints", service.stop(), deadline)
+        if service is not None:
+            await _bounded("the service endpoints", service.stop(), deadline)
         # The connection gets a few seconds of its own even when the steps above used the rest.
         await _bounded("draining the connection", nc.drain(), max(deadline, loop.time() + 5))
         if not nc.is_closed:

@@ -22,7 +22,7 @@ from ..registry.query import negotiate as negotiate_views
 from ..registry.query import providers as providers_of
 from .common import emit, globals_of, nats_connection, run
 
-NO_AGENT = "registry bucket (no registry agent answered)"
+NO_AGENT = "registry bucket (no registry agent answered, or it is still reading the bucket)"
 
 app = typer.Typer(help="Agents announced in the registry: list, show, providers, negotiation.", no_args_is_help=True)
 

@@ -28,6 +28,7 @@ from ..metrics import Sampled
 from ..names import REGISTRY_BUCKET
 from ..nats.read import read_stream
 from ..runtime import AgentBase, AgentContext, endpoint
+from ..tasks import cancel_and_wait
 from . import api
 from .api import Agents, LsRequest, Negotiated, NegotiateRequest, Provider, Providers, ProvidersRequest, ShowRequest
 from .client import CAPABILITIES, PREFIX, STREAM, is_removal, parse_record, select
@@ -72,6 +73,7 @@ class Agent(AgentBase[Config]):
         self._lock = asyncio.Lock()
         self._closing = False
         self._caught_up = asyncio.Event()  # the bucket's history has been read once
+        self._follow_error: str | None = None  # why the last read of the bucket failed
         self._removed_keys: set[str] = set()  # removals of records this registry never saw
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -84,10 +86,15 @@ class Agent(AgentBase[Config]):
         self.ctx.tasks.spawn(self._close_missed(), name="registry-missed")
         # Ready (`$SRV.PING` answering, endpoints served) once the bucket's history is read:
         # an answer before that lists fewer agents than the bucket holds. Bounded, so a bucket
-        # not made yet does not keep the agent from starting; until then `_view` refuses.
+        # not made yet does not keep the agent from starting (until then `views` refuses),
+        # and a stop asked meanwhile is not kept waiting.
+        caught_up = asyncio.ensure_future(self._caught_up.wait())
+        stopping = asyncio.ensure_future(self.ctx.stopping.wait())
         try:
-            await asyncio.wait_for(self._caught_up.wait(), CATCH_UP_WAIT)
-        except TimeoutError:
+            await asyncio.wait({caught_up, stopping}, timeout=CATCH_UP_WAIT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait(caught_up, stopping)
+        if not self._caught_up.is_set() and not self.ctx.stopping.is_set():
             log.warning("the registry bucket's history is not read after %gs; answering 'not ready' until it is",
                         CATCH_UP_WAIT)
 
@@ -128,6 +135,7 @@ class Agent(AgentBase[Config]):
                         await self._apply(msg)
                         next_seq = msg.seq + 1
                     self._caught_up.set()
+                    self._follow_error = None
                 async for msg in read_stream(self.nc, STREAM, [PREFIX + ">"], start_seq=next_seq, follow=True):
                     if self._closing:
                         return
@@ -137,6 +145,7 @@ class Agent(AgentBase[Config]):
                 raise
             except Exception as err:  # keep the view alive: the bucket may not exist yet
                 log.warning("following the registry bucket failed (%s); retrying", err)
+                self._follow_error = str(err)
             await asyncio.sleep(2)  # backoff before following again, not a wait for a condition
 
     async def _apply(self, msg) -> None:
@@ -188,8 +197,8 @@ class Agent(AgentBase[Config]):
             log.warning("cannot read the agents' history to find those that left unseen: %s", err)
             return
         missed = 0
-        async with self._lock:
-            for instance_id, (seq, last_type, identity) in latest.items():
+        for instance_id, (seq, last_type, identity) in latest.items():
+            async with self._lock:  # per agent: a query waits for one append at most
                 tracked = self.instances.get(instance_id)
                 if last_type == "agent.gone" or (tracked is not None and tracked.state != "gone"):
                     continue
@@ -215,8 +224,7 @@ class Agent(AgentBase[Config]):
         while True:
             await asyncio.sleep(self.config.sweep_interval)  # the sweep period
             try:
-                async with self._lock:
-                    await self.sweep()
+                await self.sweep()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -225,15 +233,18 @@ class Agent(AgentBase[Config]):
     async def sweep(self) -> None:
         now = time.monotonic()
         for key, t in list(self.instances.items()):
-            silent = now - t.seen
-            if t.state == "up" and silent > self.stale_after(t.record):
-                self._set(t, "stale")
-                await self._record(t, "agent.stale", AgentStale(**self._common(t.record)))
-            if t.state == "stale" and silent > self.gone_after(t.record):
-                self._set(t, "gone")
-                await self._record(t, "agent.gone", AgentGone(**self._common(t.record), reason="expired"))
-            if t.state == "gone" and silent > self.gone_after(t.record) + self.config.keep_gone:
-                del self.instances[key]
+            # The lock per agent, not per sweep: after a laptop's sleep every agent turns
+            # stale at once, and a query waits for one append, not for all of them.
+            async with self._lock:
+                silent = now - t.seen
+                if t.state == "up" and silent > self.stale_after(t.record):
+                    self._set(t, "stale")
+                    await self._record(t, "agent.stale", AgentStale(**self._common(t.record)))
+                if t.state == "stale" and silent > self.gone_after(t.record):
+                    self._set(t, "gone")
+                    await self._record(t, "agent.gone", AgentGone(**self._common(t.record), reason="expired"))
+                if t.state == "gone" and silent > self.gone_after(t.record) + self.config.keep_gone:
+                    self.instances.pop(key, None)
 
     @staticmethod
     def _set(t: Tracked, state: State) -> None:
@@ -276,15 +287,18 @@ class Agent(AgentBase[Config]):
 
     def views(self, include_gone: bool = False) -> list[AgentView]:
         if not self._caught_up.is_set():
+            why = f" (reading it failed: {self._follow_error}; is it provisioned, and may this agent read it?)" \
+                if self._follow_error else ""
             raise ProjectionUnavailable(
-                f"the registry agent has not read the {REGISTRY_BUCKET} bucket yet; try again shortly "
+                f"the registry agent has not read the {REGISTRY_BUCKET} bucket yet{why}; try again shortly "
                 "(`cim agents` reads the bucket itself meanwhile)")
         views = [t.view() for t in self.instances.values() if include_gone or t.state != "gone"]
         return sorted(views, key=lambda v: (v.record.name, v.record.started_at))
 
     async def _current(self, include_gone: bool = False) -> list[AgentView]:
         """The view between transitions: a state changes, then its event is appended, both
-        under the lock, so an answer never shows a state whose event is not recorded yet."""
+        under the lock, so an answer does not show a state whose event is still on its way
+        (an append that fails leaves the state, and the log says so)."""
         async with self._lock:
             return self.views(include_gone)
 

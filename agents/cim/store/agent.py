@@ -30,7 +30,7 @@ from .unit_store import UnitStore
 
 log = logging.getLogger("cim.store")
 
-PLACE_ATTEMPTS = 3  # asks for the stream's end before serving (each bounded at 5 s)
+PLACE_ATTEMPTS = 3  # asks for the stream's end before serving (each up to 10 s: its info, its last event)
 INLINE_LIMIT = 768 * 1024  # leaves room for headers under the default 1 MiB max_payload
 
 
@@ -54,6 +54,8 @@ class Agent(AgentBase[Config]):
         # past that the agent serves, and the count starts where the stream is by then.
         placed = False
         for attempt in range(PLACE_ATTEMPTS):
+            if self.ctx.stopping.is_set():  # asked to stop meanwhile: not kept waiting
+                break
             try:
                 await self._start_at_the_end(counter)
                 placed = True
