@@ -278,4 +278,3 @@ async def test_a_dead_letter_stored_before_the_upgrade_is_redelivered_as_the_pla
     assert body == old_body
     assert headers["Content-Type"] == "application/json"
     assert (headers["webhook-id"], headers["X-CIM-Event-Type"]) == ("old-label-9", "unit.labeled")
-

@@ -169,7 +169,7 @@ class Projection:
     def position(self) -> int:
         """The last event the unit list covers: the Units page says it was rendered there,
         and its live events start after it."""
-        return self.follower.as_of
+        return self._query(lambda _: self.follower.as_of)  # a read of the file: its errors are a 503
 
     def after(self, seq: int) -> list[dict[str, Any]]:
         """The kept events newer than `seq`, oldest first: what a page rendered at `seq` has
