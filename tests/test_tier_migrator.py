@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from cim.events import Event, EventStore
 from cim.store.unit_store import UnitStore
-from cim.tier.backends import JetStreamBackend, S3Backend
+from cim.tier.backends import FileBackend, JetStreamBackend, S3Backend
 from cim.tier.fetch import fetch
 from cim.tier.locations import LocationIndex
 from cim.tier.migrate import Migrator
@@ -41,5 +41,37 @@ async def test_a_move_planned_from_a_stale_index_is_redone_from_the_events_and_r
         for c, p in zip(cids, payloads, strict=True):
             assert await store.content.has(c) is False
             assert b"".join([chunk async for chunk in warm.get(c, len(p))]) == p
+    finally:
+        await nc.close()
+
+
+async def test_a_sweep_from_a_stale_index_never_deletes_a_copy_the_events_record(nats_server, tmp_path):
+    """`cim tier migrate` sweeps dropped copies after checking the index is fresh; a backup
+    copy made between that check and the sweep is in the tier, recorded by its events, and
+    not yet in the index. It must stay: the sweep once deleted it (CI saw the archive emptied)."""
+    nc = await provisioned(nats_server.url)
+    try:
+        store, events = UnitStore(nc, cold=fetch), EventStore(nc)
+        cid = (await store.put_bytes(b"backed up while the index looked away")).unit.cid
+        stale = await LocationIndex.build(events)  # knows the unit in the hot tier only
+        archive = FileBackend(TierSpec(name="archive", url=f"file://{tmp_path / 'archive'}"))
+        tiers = {"hot": JetStreamBackend(TierSpec(name="hot", url="jetstream://CIM_CONTENT"), nc), "archive": archive}
+        migrator = Migrator(events, tiers)
+        copied = await migrator.move(cid, "backup", "hot", "archive", "copy")
+        assert copied.ok, copied.error
+
+        assert await migrator.sweep(stale) == []
+        assert (tmp_path / "archive" / cid).read_bytes() == b"backed up while the index looked away"
+        fresh = await LocationIndex.build(events)
+        assert fresh.units[cid].tiers == {"hot", "archive"}
+
+        # What the events do say is dropped still goes: a copy left behind in a tier that no
+        # longer holds the unit (a crash between recording a move and deleting its source).
+        # An object no unit.created names is a put in progress, and stays.
+        (tmp_path / "archive" / "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy").write_bytes(b"")
+        leftover = (await store.put_bytes(b"moved on, copy left")).unit.cid
+        (tmp_path / "archive" / leftover).write_bytes(b"moved on, copy left")
+        assert await migrator.sweep(await LocationIndex.build(events)) == [f"archive:{leftover}"]
+        assert (tmp_path / "archive" / cid).exists()
     finally:
         await nc.close()

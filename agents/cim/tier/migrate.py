@@ -262,8 +262,12 @@ class Migrator:
         for name, backend in self.tiers.items():
             try:
                 async for cid, _size in backend.list():
-                    u = index.units.get(cid)
-                    if u is None or not u.known or u.pending or u.holds(name):
+                    if not _dropped(index.units.get(cid), name):
+                        continue
+                    # The index may be behind a copy made since it was read (a backup copy
+                    # between the freshness check and this list): only the unit's own events
+                    # may condemn a copy, or a copy they record would be deleted.
+                    if not _dropped(await for_unit(self.events, cid), name):
                         continue
                     await backend.delete(cid)
                     done.append(f"{name}:{cid}")
@@ -363,6 +367,12 @@ async def _plan(index: Locations, policies: list[Policy], access: dict[str, floa
         if jobs := plan(policies, page, access, promote_hold=promote_hold, now=now):
             yield jobs
         await asyncio.sleep(0)  # a turn for the other tasks, not a wait for a condition
+
+
+def _dropped(u: UnitLocation | None, tier: str) -> bool:
+    """A copy in `tier` that `u`'s location says should not be there: a known unit, no move
+    of it in flight, and `tier` not among the tiers that hold it."""
+    return u is not None and u.known and not u.pending and not u.holds(tier)
 
 
 def _sample(units: Iterable[UnitLocation], k: int) -> list[UnitLocation]:
