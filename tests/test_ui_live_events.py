@@ -1,18 +1,25 @@
 """The dashboard's live events reach a page from the moment it was rendered: an event that
 lands before the page's EventSource connects is sent to it, once; a reconnecting browser
-resumes after the last event it got; a position that is no sequence number is refused.
-Debian's chromium, driven by Playwright, against real agents."""
+resumes after the last event it got; a position that is no sequence number is refused; a
+connected browser gets what landed while the dashboard's feed was cut off, and the events of
+a stream made anew, not the old ones. Debian's chromium, driven by Playwright (or a plain
+HTTP client), against real agents."""
 
 import asyncio
 import json
 import os
+import sqlite3
 from collections.abc import Callable
 
+import nats
 import pytest
 
 aiohttp = pytest.importorskip("aiohttp", reason="the hub and UI need aiohttp")
 playwright_api = pytest.importorskip("playwright.async_api", reason="browser tests need playwright (pip install playwright)")
 
+from cim.names import EVENTS_STREAM  # noqa: E402
+from cim.provision.apply import provision  # noqa: E402
+from cim.provision.spec import ProvisionSpec  # noqa: E402
 from support.ui_support import CHROMIUM, PASSWORD, Stack, hub_put, log_in, ui_health  # noqa: E402
 from support.waiting import async_wait_until  # noqa: E402
 
@@ -108,3 +115,103 @@ async def test_live_events_resume_after_the_position_given_and_refuse_one_that_i
             async with http.get(stack.ui_url + STREAM + query, headers={"Accept": "text/event-stream", **headers}) as r:
                 assert r.status == 400, (query, headers, r.status)
                 assert "reload the page" in (await r.json())["error"]
+
+
+async def logged_in(stack: Stack):
+    http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))  # unsafe: cookies for 127.0.0.1
+    async with http.post(stack.ui_url + "/login", data={"user": "admin", "password": PASSWORD, "next": "/events"},
+                         headers={"Origin": stack.ui_url}) as r:
+        assert r.status == 200, await r.text()
+    return http
+
+
+async def collect(response, got: list[dict]) -> None:
+    """Every event an open live-events connection sends, appended to `got` as it comes."""
+    async for line in response.content:
+        if line.startswith(b"data: "):
+            got.append(json.loads(line[len(b"data: "):]))
+
+
+def created(got: list[dict]) -> set[str]:
+    return {e["id"] for e in got if e["type"] == "unit.created"}
+
+
+@pytest.fixture
+async def stack_on_disk(tmp_path):
+    """A stack whose dashboard keeps its unit list in a state directory (`ui_state`)."""
+    s = Stack(tmp_path, ui_state=tmp_path / "ui-state")
+    await asyncio.to_thread(s.start)
+    try:
+        yield s
+    finally:
+        await asyncio.to_thread(s.stop)
+
+
+async def test_events_that_land_while_the_feed_is_cut_off_reach_an_open_live_stream(stack_on_disk):
+    """The dashboard's feed stops for a while (here its state file stays locked, as by a
+    busy or failing disk; a server restart does not stop it, the read rides that out) while
+    a browser stays connected: once the feed is back, the browser gets every event it
+    missed, with no reload."""
+    stack = stack_on_disk
+    http = await logged_in(stack)
+    try:
+        await put_and_wait(stack, "before.txt")
+        async with http.get(stack.ui_url + STREAM, headers={"Accept": "text/event-stream"}) as r:
+            assert r.status == 200, await r.text()
+            got: list[dict] = []
+            reader = asyncio.create_task(collect(r, got))
+            try:
+                locked = sqlite3.connect(stack.ui_state / "ui.sqlite", isolation_level=None)
+                locked.execute("BEGIN IMMEDIATE")  # the dashboard's next write finds the file busy and fails
+                try:
+                    cids = [await asyncio.to_thread(hub_put, stack, t.encode(), title=t)
+                            for t in ("cut-off-1.txt", "cut-off-2.txt", "cut-off-3.txt")]
+                    await async_wait_until(lambda: stale(http, stack), 60, what="the dashboard to say it is behind")
+                finally:
+                    locked.execute("ROLLBACK")
+                    locked.close()
+                await async_wait_until(lambda: created(got) >= set(cids), 60,
+                                       what="the open live stream to get every unit put while the feed was cut off")
+            finally:
+                reader.cancel()
+    finally:
+        await http.close()
+
+
+async def stale(http, stack: Stack) -> bool:
+    try:
+        async with http.get(stack.ui_url + "/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+            return bool((await r.json())["stale"])
+    except TimeoutError:  # the dashboard waits on the locked file a moment, answering nothing
+        return False
+
+
+async def test_a_stream_made_anew_while_the_dashboard_runs_shows_its_events_not_the_old_ones(stack):
+    """CIM_EVENTS deleted and made again (as `cim restore` on a wiped leaf does): the
+    dashboard's Events page and live events show the new stream's events from its first,
+    none of the old history, also to a browser that stayed connected."""
+    old = [await put_and_wait(stack, f"old-{i}.txt") for i in range(3)]
+    http = await logged_in(stack)
+    nc = await nats.connect(stack.server.url)
+    try:
+        async with http.get(stack.ui_url + STREAM + "?since=0", headers={"Accept": "text/event-stream"}) as r:
+            assert r.status == 200, await r.text()
+            got: list[dict] = []
+            reader = asyncio.create_task(collect(r, got))
+            try:
+                await async_wait_until(lambda: created(got) >= set(old), 30, what="the old events sent")
+                await nc.jetstream().delete_stream(EVENTS_STREAM)
+                await provision(nc, ProvisionSpec())
+                new = await asyncio.to_thread(hub_put, stack, b"new", title="new.txt")
+                await async_wait_until(lambda: new in created(got), 60, what="the open live stream to get the new unit")
+            finally:
+                reader.cancel()
+        assert (await asyncio.to_thread(ui_health, stack))["units"] == 1
+        async with http.get(stack.ui_url + "/events") as r:
+            html = await r.text()
+        assert new in html and not any(cid in html for cid in old)
+        everything = await read_events(http, stack.ui_url + STREAM + "?since=0", lambda got: new in created(got))
+        assert not created(everything) & set(old), everything
+    finally:
+        await nc.close()
+        await http.close()

@@ -26,7 +26,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,13 +271,18 @@ class Follower:
 
     `prepare(events)` is awaited outside the transaction (it may read content) and returns the
     function that writes the rows; that runs with the checkpoint in one transaction.
+    `on_new_stream()` is awaited when the stream turns out to be another one than the feed
+    read before (recreated while the agent ran), before anything of it is applied: what the
+    agent keeps beside the rows (the dashboard's last events) starts over too.
     """
 
-    def __init__(self, events: EventStore, db: ProjectionDb, subjects: list[str], prepare: Apply):
+    def __init__(self, events: EventStore, db: ProjectionDb, subjects: list[str], prepare: Apply,
+                 on_new_stream: Callable[[], Awaitable[None]] | None = None):
         self.events = events
         self.db = db
         self.subjects = subjects
         self.prepare = prepare
+        self.on_new_stream = on_new_stream
         self.replayed = 0  # events applied since this agent started (a resumed start applies few)
         self.caught_up = asyncio.Event()
         self.interrupted = False
@@ -345,7 +350,10 @@ class Follower:
         info = await api(self.events.nc, f"STREAM.INFO.{EVENTS_STREAM}", timeout=self.events.timeout)
         if "error" in info:
             raise ProjectionUnavailable(f"cannot read {EVENTS_STREAM}: {info['error'].get('description')}")
-        self._created = str(info.get("created", ""))
+        created = str(info.get("created", ""))
+        if self._created and created != self._created and self.on_new_stream is not None:
+            await self.on_new_stream()  # before `_created` moves: should it fail, the next try calls it again
+        self._created = created
         end = self._stream_end = int(info.get("state", {}).get("last_seq", 0))
         cp = self.db.checkpoint()
         if cp is None:

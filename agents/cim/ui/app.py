@@ -449,10 +449,11 @@ class Dashboard:
         tampered request, and silently streaming from now on would hide that."""
         since = _since(request)
         # Listening starts, then the kept events are read, with nothing awaited between: an
-        # event is in one or the other. `sent` drops any the queue would bring twice.
+        # event is in one or the other, never both (the projection keeps and queues an event
+        # in one step). So the queue needs no filter by sequence, which would drop the events
+        # of a stream made anew (`cim restore`): their sequences start again at 1.
         queue = self.projection.listen()
         backlog = self.projection.after(since) if since is not None else []
-        sent = backlog[-1]["seq"] if backlog else 0
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
         try:
@@ -466,8 +467,7 @@ class Dashboard:
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
-                if item["seq"] > sent:
-                    await response.write(_sse(item))
+                await response.write(_sse(item))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

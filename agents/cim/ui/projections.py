@@ -7,8 +7,9 @@ page is an index walk whatever the number of units. Without a state directory th
 kept in memory and rebuilt at every start.
 
 The last events and errors (the Events page, the overview) stay in memory: they are read
-again from the stream's end at start, so a restart does not empty them. Browsers listening
-for live events (Server-Sent Events) get each event once the history has been read.
+again from the stream's end at start, so a restart does not empty them, and again from a
+stream made anew (`cim restore`). Browsers listening for live events (Server-Sent Events) get
+each event newer than that, also those that land while the feed is interrupted.
 """
 
 from __future__ import annotations
@@ -49,11 +50,12 @@ class Projection:
     def __init__(self, events: EventStore, directory: Path | None):
         self.events = events
         self.db = ProjectionDb(directory, "ui", schema=unit_list.SCHEMA, version=unit_list.VERSION)
-        self.follower = Follower(events, self.db, SUBJECTS, self._prepare)
+        self.follower = Follower(events, self.db, SUBJECTS, self._prepare, on_new_stream=self._new_stream)
         self.recent: deque[dict[str, Any]] = deque(maxlen=100)
         self.errors: deque[dict[str, Any]] = deque(maxlen=50)
         self.listeners: set[asyncio.Queue[dict[str, Any]]] = set()
         self._noted = 0  # the last sequence `recent` and `errors` hold: a replay never adds one twice
+        self._pushing = False  # whether the events `_note` keeps go to the listeners too: see `_prepare`
 
     # --- feeding ------------------------------------------------------------------------
 
@@ -77,16 +79,34 @@ class Projection:
         and how many events this start applied (a resumed start applies only the new ones)."""
         return self._query(lambda _: {**self.follower.state(), "replayed": self.follower.replayed})
 
-    async def _recent_at_start(self) -> None:
+    async def _recent_at_start(self) -> list[dict[str, Any]]:
+        """Keep the stream's last events for the Events page, and count the stream as noted up
+        to its end: the follower's replay of what is older adds nothing then, and sends
+        browsers nothing. The events kept; none if they cannot be read."""
         try:
             end = await last_seq(self.events.nc, EVENTS_STREAM, None, self.events.timeout)  # the stream's end: no subject lookup
             tail = [e async for e in self.events.read(SUBJECTS, start_seq=max(1, end - RECENT_AT_START + 1))] if end else []
         except Exception as err:  # the page fills as events arrive; the unit list does not depend on it
             log.warning("the last events of %s could not be read for the Events page (%s); it fills as new ones arrive",
                         EVENTS_STREAM, err)
-            return
-        for e in tail:
-            self._note(e)
+            return []
+        kept = [item for e in tail if (item := self._note(e)) is not None]
+        self._noted = max(self._noted, end)  # the stream may end with an event of no subject we read
+        self._pushing = True
+        return kept
+
+    async def _new_stream(self) -> None:
+        """The stream was made anew while the dashboard ran (`cim restore`, or deleted and
+        provisioned again): its sequence numbers start again at 1, so the events kept, and
+        how far they reach, belong to another history and would hide the new one's. They are
+        read again from the new stream; browsers still connected get those (new to them, at
+        most RECENT_AT_START) and what follows."""
+        self.recent.clear()
+        self.errors.clear()
+        self._noted = 0
+        self._pushing = False
+        for item in await self._recent_at_start():
+            self._push(item)
 
     def _prepare(self, batch: list[StoredEvent]) -> Callable[[sqlite3.Connection], None]:
         now = _now_minute()
@@ -95,15 +115,24 @@ class Projection:
             unit_list.write(conn, batch, now)
             # Last, with nothing awaited before the commit that follows: a browser told of a
             # unit finds it on the page it loads next.
-            live = self.follower.caught_up.is_set()
+            # Every event kept goes to the listeners too, once the tail was read at start:
+            # `_note` keeps only what is newer, so a replay of the history (long at a first
+            # start) sends browsers nothing. Not "while caught up": that is unset while the
+            # feed resumes after an interruption, and browsers that stayed connected would
+            # never get what arrived meanwhile. If the tail could not be read, from the first
+            # catch-up on (the replay is behind then).
+            self._pushing = self._pushing or self.follower.caught_up.is_set()
             for e in batch:
                 item = self._note(e)
-                if live and item is not None:
-                    for q in list(self.listeners):
-                        if q.qsize() < LISTENER_BACKLOG:
-                            q.put_nowait(item)
+                if self._pushing and item is not None:
+                    self._push(item)
 
         return write
+
+    def _push(self, item: dict[str, Any]) -> None:
+        for q in list(self.listeners):
+            if q.qsize() < LISTENER_BACKLOG:
+                q.put_nowait(item)
 
     def _note(self, e: StoredEvent) -> dict[str, Any] | None:
         """Keep the event for the Events page (and as an error if it is one); None if kept already."""
