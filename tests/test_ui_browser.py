@@ -18,7 +18,7 @@ from aiohttp import web  # noqa: E402
 from cim.hub.webhooks import verify  # noqa: E402
 from cim.ports import free_port  # noqa: E402
 from support.hub_support import TOKEN  # noqa: E402
-from support.ui_support import CHROMIUM_ARGS, PASSWORD, Stack  # noqa: E402
+from support.ui_support import CHROMIUM_ARGS, PASSWORD, Stack, running  # noqa: E402
 from support.waiting import async_wait_until  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -28,13 +28,9 @@ pytestmark = pytest.mark.nats
 @pytest.fixture
 async def stack(tmp_path):
     receiver_port = free_port()  # nothing listens yet: the first deliveries fail
-    s = Stack(tmp_path, webhook_url=f"http://127.0.0.1:{receiver_port}/hook")
-    await asyncio.to_thread(s.start)
-    s.receiver_port = receiver_port
-    try:
+    async with running(Stack(tmp_path, webhook_url=f"http://127.0.0.1:{receiver_port}/hook")) as s:
+        s.receiver_port = receiver_port
         yield s
-    finally:
-        await asyncio.to_thread(s.stop)
 
 
 @pytest.fixture

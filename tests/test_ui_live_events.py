@@ -20,7 +20,7 @@ playwright_api = pytest.importorskip("playwright.async_api", reason="browser tes
 from cim.names import EVENTS_STREAM  # noqa: E402
 from cim.provision.apply import provision  # noqa: E402
 from cim.provision.spec import ProvisionSpec  # noqa: E402
-from support.ui_support import CHROMIUM, PASSWORD, Stack, hub_put, log_in, ui_health  # noqa: E402
+from support.ui_support import CHROMIUM, PASSWORD, Stack, hub_put, log_in, running, ui_health  # noqa: E402
 from support.waiting import async_wait_until  # noqa: E402
 
 if not os.path.exists(CHROMIUM):
@@ -32,12 +32,8 @@ STREAM = "/events/stream"
 
 @pytest.fixture
 async def stack(tmp_path):
-    s = Stack(tmp_path)
-    await asyncio.to_thread(s.start)
-    try:
+    async with running(Stack(tmp_path)) as s:
         yield s
-    finally:
-        await asyncio.to_thread(s.stop)
 
 
 async def put_and_wait(stack: Stack, title: str) -> str:
@@ -139,12 +135,8 @@ def created(got: list[dict]) -> set[str]:
 @pytest.fixture
 async def stack_on_disk(tmp_path):
     """A stack whose dashboard keeps its unit list in a state directory (`ui_state`)."""
-    s = Stack(tmp_path, ui_state=tmp_path / "ui-state")
-    await asyncio.to_thread(s.start)
-    try:
+    async with running(Stack(tmp_path, ui_state=tmp_path / "ui-state")) as s:
         yield s
-    finally:
-        await asyncio.to_thread(s.stop)
 
 
 async def test_events_that_land_while_the_feed_is_cut_off_reach_an_open_live_stream(stack_on_disk):

@@ -20,7 +20,7 @@ from cim.nats.read import last_seq  # noqa: E402
 from cim.ports import free_port  # noqa: E402
 from cim.store.events import UnitLabeled  # noqa: E402
 from cim.store.unit_store import UnitStore  # noqa: E402
-from support.ui_support import PASSWORD, Stack  # noqa: E402
+from support.ui_support import PASSWORD, Stack, running  # noqa: E402
 from support.waiting import async_wait_until  # noqa: E402
 
 pytestmark = pytest.mark.nats
@@ -28,15 +28,12 @@ pytestmark = pytest.mark.nats
 
 @pytest.fixture
 async def stack(tmp_path):
-    s = Stack(tmp_path, ui_state=tmp_path / "ui-state")
-    await asyncio.to_thread(s.start)
-    nc = await nats.connect(s.server.url)
-    s.nc = nc
-    try:
-        yield s
-    finally:
-        await nc.close()
-        await asyncio.to_thread(s.stop)
+    async with running(Stack(tmp_path, ui_state=tmp_path / "ui-state")) as s:
+        s.nc = await nats.connect(s.server.url)
+        try:
+            yield s
+        finally:
+            await s.nc.close()
 
 
 async def logged_in(url: str) -> aiohttp.ClientSession:

@@ -14,7 +14,7 @@ pytest.importorskip("aiohttp", reason="the hub and UI need aiohttp")
 playwright_api = pytest.importorskip("playwright.async_api", reason="browser tests need playwright (pip install playwright)")
 
 from cim.ports import free_port  # noqa: E402
-from support.ui_support import CHROMIUM, Stack, hub_put, log_in, ui_health  # noqa: E402
+from support.ui_support import CHROMIUM, Stack, hub_put, log_in, running, ui_health  # noqa: E402
 from support.waiting import async_wait_until  # noqa: E402
 
 if not os.path.exists(CHROMIUM):
@@ -107,12 +107,8 @@ OVERFLOW_JS = """
 @pytest.fixture
 async def stack(tmp_path):
     # Webhooks to a port nobody listens on: deliveries fail and end as dead letters.
-    s = Stack(tmp_path, webhook_url=f"http://127.0.0.1:{free_port()}/hook")
-    await asyncio.to_thread(s.start)
-    try:
+    async with running(Stack(tmp_path, webhook_url=f"http://127.0.0.1:{free_port()}/hook")) as s:
         yield s
-    finally:
-        await asyncio.to_thread(s.stop)
 
 
 async def new_page(browser, viewport: dict):

@@ -14,7 +14,7 @@ aiohttp = pytest.importorskip("aiohttp", reason="the hub and UI need aiohttp")
 playwright_api = pytest.importorskip("playwright.async_api", reason="browser tests need playwright (pip install playwright)")
 
 from cim.cid import compute  # noqa: E402
-from support.ui_support import CHROMIUM, PASSWORD, Stack, log_in  # noqa: E402
+from support.ui_support import CHROMIUM, PASSWORD, Stack, log_in, running  # noqa: E402
 from support.waiting import async_wait_until  # noqa: E402
 
 if not os.path.exists(CHROMIUM):
@@ -30,12 +30,8 @@ TOO_LARGE = ("this file is 1.2 MiB; the dashboard accepts up to 720 KiB; "
 
 @pytest.fixture
 async def stack(tmp_path):
-    s = Stack(tmp_path)
-    await asyncio.to_thread(s.start)
-    try:
+    async with running(Stack(tmp_path)) as s:
         yield s
-    finally:
-        await asyncio.to_thread(s.stop)
 
 
 async def new_page(browser, **options):

@@ -4,10 +4,12 @@ pipeline agent, for search, when a test asks for one)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -114,6 +116,16 @@ async def log_in(page, stack: Stack, then: str = "/units") -> None:
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Log in").click()
     await page.wait_for_url(stack.ui_url + then)
+
+
+@contextlib.asynccontextmanager
+async def running(stack: Stack) -> AsyncIterator[Stack]:
+    """`stack` started for an async test (in a thread: starting it blocks), stopped after."""
+    await asyncio.to_thread(stack.start)
+    try:
+        yield stack
+    finally:
+        await asyncio.to_thread(stack.stop)
 
 
 def ui_health(stack: Stack) -> dict:
