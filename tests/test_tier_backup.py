@@ -123,3 +123,50 @@ async def test_a_wiped_leaf_is_rebuilt_from_the_archive_alone(nats_server, s3_se
         assert r.returncode == 1 and "rebuilds an empty leaf only" in r.stderr
     finally:
         fresh.stop()
+
+
+async def test_a_history_with_one_id_twice_is_restored_whole_and_at_the_same_sequences(nats_server, tmp_path,
+                                                                                          tmp_path_factory):
+    """Two events of a long history may share an id (a dead letter redelivered twice, minutes
+    apart). Replayed within seconds, the server took the second for a duplicate and dropped it:
+    every later event moved one sequence down, and the next backup skipped one for good."""
+    from cim.events import Event, EventStore
+    from cim.provision.apply import provision
+    from cim.provision.spec import ProvisionSpec
+    from cim.tier.backends import FileBackend
+    from cim.tier.backup import Exporter, restore
+    from cim.tier.urls import TierSpec
+
+    nc = await provisioned(nats_server.url)
+    archive = FileBackend(TierSpec(name="archive", url=f"file://{tmp_path / 'archive'}"))
+    try:
+        js = nc.jetstream()
+        config = (await js.stream_info("CIM_EVENTS")).config
+        config.duplicate_window = 0.5  # what minutes do in a real history, in half a second
+        await js.update_stream(config)
+        events = EventStore(nc)
+        letter = {"event_id": "unit-created-x", "dlq_seq": 7}
+        redelivered = Event(type="hub.redelivered", aggregate_id="rx", id="hub-redelivered-7", data=letter)
+        await events.append(redelivered)
+
+        async def appended_again() -> bool:  # once the server has forgotten the id
+            return not (await events.append(redelivered)).duplicate
+
+        await async_wait_until(appended_again, 30, interval=0.1, what="the same id stored a second time")
+        last = await events.append(Event(type="hub.redelivered", aggregate_id="rx", data={**letter, "dlq_seq": 8}))
+        assert await Exporter(nc, archive).export() == last.seq
+        before = [(e.seq, e.id) async for e in events.read(["cim.evt.>"])]
+    finally:
+        await nc.close()
+
+    fresh = NatsServer(store_dir=tmp_path_factory.mktemp("fresh") / "store")
+    fresh.start()
+    try:
+        nc = await provisioned(fresh.url)
+        report = await restore(nc, archive, provision=lambda c: provision(c, ProvisionSpec()))
+        assert report.events == len(before)
+        after = [(e.seq, e.id) async for e in EventStore(nc).read(["cim.evt.>"])]
+        assert after == before, after
+        await nc.close()
+    finally:
+        fresh.stop()

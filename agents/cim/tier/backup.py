@@ -16,6 +16,7 @@ and `restore` puts it back in the content bucket: the same search results, no st
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import hashlib
@@ -25,12 +26,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import nats.js.errors
 from nats.aio.client import Client
 
 from .. import cid as cidlib
 from ..errors import CimError, JetStreamUnavailable, UnitNotFound
 from ..events import StoredEvent
+from ..events.envelope import H_ID, H_MSG_ID
 from ..names import EVENTS_STREAM
+from ..nats.api import JsError
 from ..nats.read import last_seq, read_stream
 from ..pipeline.events import step_outputs
 from ..spool import Spool
@@ -47,6 +51,20 @@ MANIFEST = f"{PREFIX}manifest.json"
 DERIVED = f"{PREFIX}content/"
 # Headers that were instructions to the original stream, not part of the event.
 _DROP_HEADERS = ("Nats-Expected-", "Nats-Batch-")
+# Each event goes back at its own sequence or not at all: the stream refuses it if anything
+# else was appended meanwhile (an agent started on the leaf being restored).
+_EXPECTED_LAST = "Nats-Expected-Last-Sequence"
+
+
+def _replayed(headers: dict[str, str]) -> dict[str, str]:
+    """An archived event's headers as it goes back into the stream. Its Nats-Msg-Id goes when
+    its id travels in `ce-id` too: two events of a long history may share one (a letter
+    redelivered twice, minutes apart), and replayed within seconds the server would take the
+    second for a duplicate and drop it, shifting every later sequence."""
+    kept = {k: v for k, v in headers.items() if not k.startswith(_DROP_HEADERS)}
+    if H_ID in kept:
+        kept.pop(H_MSG_ID, None)
+    return kept
 
 
 def derived_cids(e: StoredEvent) -> list[str]:
@@ -176,6 +194,22 @@ def _decode_chunk(name: str, body: bytes, sha256: str) -> list[dict]:
     return [json.loads(line) for line in gzip.decompress(body).splitlines() if line]
 
 
+async def _stored_at(fut: asyncio.Future, seq: int) -> None:
+    """The replayed event `seq` is in the stream at `seq`, or the restore stops saying why."""
+    try:
+        ack = await fut
+    except nats.js.errors.APIError as err:
+        if err.err_code == JsError.WRONG_LAST_SEQUENCE:
+            raise TierError(f"something else appended to {EVENTS_STREAM} while event #{seq} was being restored: stop "
+                            "every agent of this leaf, then restore again onto an empty leaf") from None
+        raise JetStreamUnavailable(f"event #{seq} was not stored during restore ({err.description}); start again on "
+                                   "an empty leaf") from None
+    if ack.seq != seq or ack.duplicate:
+        raise TierError(f"event #{seq} was taken for a duplicate of #{ack.seq} and not stored again; the archive "
+                        "holds two events with one Nats-Msg-Id and no ce-id. Start again on an empty leaf once the "
+                        "server's duplicate window has passed, or ask for help with the archive")
+
+
 async def restore(nc: Client, archive: Backend, *, provision: Callable[[Client], Awaitable[object]],
                   progress: Callable[[str, int, int], None] | None = None, timeout: float = 5.0) -> RestoreReport:
     """Rebuild an EMPTY leaf from the archive: streams and buckets (`provision`, which the
@@ -206,16 +240,15 @@ async def restore(nc: Client, archive: Backend, *, provision: Callable[[Client],
             if rec["seq"] != expected_seq:
                 raise TierError(f"the backup skips from sequence {expected_seq - 1} to {rec['seq']}; the archive is incomplete")
             expected_seq += 1
-            headers = {k: v for k, v in rec["headers"].items() if not k.startswith(_DROP_HEADERS)}
+            headers = _replayed(rec["headers"])
             data = rec["data"].encode("utf-8", "surrogateescape")
-            futures.append(await js.publish_async(rec["subject"], data, headers=headers))
+            futures.append((rec["seq"], await js.publish_async(
+                rec["subject"], data, headers={**headers, _EXPECTED_LAST: str(rec["seq"] - 1)})))
             stored = StoredEvent.from_message(rec["subject"], rec["seq"], headers, data)
             index.apply(stored)
             derived.update(dict.fromkeys(derived_cids(stored)))
-        for fut in futures:
-            ack = await fut
-            if ack.seq is None:
-                raise JetStreamUnavailable("an event was not stored during restore; start again on an empty leaf")
+        for seq, fut in futures:
+            await _stored_at(fut, seq)
         done += len(futures)
         if progress:
             progress("events", done, total)
