@@ -141,3 +141,53 @@ async def test_a_put_arriving_as_the_last_batches_finish_is_not_stranded(provisi
     assert (await a).created and (await b).created
     result = await asyncio.wait_for(late, 10)
     assert result.created and result.unit.cid == compute(b"late")
+
+
+async def test_the_bytes_of_an_expired_unit_put_again_are_refused_not_called_already_stored(provisioned):
+    """A unit expired by a retention policy stays expired: putting its bytes again said
+    "already stored" (created=False), a read then answered "expired", and the tier's sweep
+    deleted the bytes just put. The put says so instead, on both put paths."""
+    from cim.errors import UnitExpiredError
+    from cim.events import Event
+    from cim.tier.events import UnitExpired
+
+    nc = provisioned
+    units = UnitStore(nc)
+    small, big = b"kept for 30 days", bytes(range(256)) * 2048  # one batched, one streamed (over a chunk)
+    for data in (small, big):
+        cid = (await units.put_bytes(data)).unit.cid
+        await units.events.append(Event.of(UnitExpired(policy="30-days", reason="older than 30 days"), cid,
+                                           agent="cim-tier"))
+        await ContentStore(nc).delete(cid)  # as the tier agent does after the event
+    with pytest.raises(UnitExpiredError, match="putting the same bytes again does not bring it back"):
+        await units.put_bytes(big)
+    [refused] = await units.put_small_many([(small, {})])
+    assert isinstance(refused, UnitExpiredError) and "30-days" in str(refused), refused
+    # A unit put again that is not expired is still "already stored".
+    kept = (await units.put_bytes(b"still here")).unit.cid
+    [again] = await units.put_small_many([(b"still here", {})])
+    assert isinstance(again, PutResult) and again.unit.cid == kept and again.created is False
+
+
+async def test_a_revision_put_again_after_its_parent_was_not_told_tells_it(provisioned):
+    """A revision whose parent's `unit.revised` failed is put again by the user (the put
+    failed); the child is stored already, and the parent learns of it now, once."""
+    from cim.events import Event
+    from cim.store.events import UnitCreated
+    from cim.store.units import Unit
+
+    nc = provisioned
+    units = UnitStore(nc)
+    parent = (await units.put_bytes(b"first draft")).unit.cid
+    # What the failed put left: the child's content and `unit.created`, no `unit.revised`.
+    child_data = b"second draft"
+    child = Unit.create(cid=compute(child_data), size=len(child_data), parents=[parent])
+    await ContentStore(nc).put_bytes(child_data)
+    await units.events.append(Event.of(UnitCreated.model_validate(child.model_dump()), child.cid,
+                                       id=f"unit-created-{child.cid}"), expected_revision=0)
+    assert (await units.show(parent)).children == []
+    for _ in range(2):
+        result = await units.revise(parent, child_data)
+        assert result.created is False and result.unit.cid == child.cid
+    assert (await units.show(parent)).children == [child.cid]
+    assert await count(nc, f"cim.evt.unit.{parent}.revised") == 1

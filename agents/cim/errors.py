@@ -159,8 +159,11 @@ class UnitExpiredError(NotFound):
 
     code = "unit_expired"
 
-    def __init__(self, cid: str, policy: str, when: str):
-        super().__init__(f"unit {cid} was expired by the retention policy {policy!r} at {when}; its bytes are gone by design")
+    def __init__(self, cid: str, policy: str, when: str, *, put: bool = False):
+        again = ("; putting the same bytes again does not bring it back (a unit's history ends with its expiry): "
+                 "change them (a title inside, a byte) to store them as a new unit") if put else ""
+        super().__init__(f"unit {cid} was expired by the retention policy {policy!r} at {when}; its bytes are gone by "
+                         f"design{again}")
 
 
 class UnitNotFound(NotFound):

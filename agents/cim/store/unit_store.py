@@ -210,7 +210,7 @@ class UnitStore:
         for (i, unit, _), result in zip(events, appended, strict=True):
             if isinstance(result, ConcurrencyConflict):  # stored before (a retry, or the same bytes twice)
                 try:
-                    out[i] = PutResult((await self.show(unit.cid)).unit, created=False)
+                    out[i] = await self._stored_before(unit.cid)
                 except CimError as err:
                     out[i] = err
             elif isinstance(result, CimError):
@@ -231,7 +231,11 @@ class UnitStore:
         try:
             await self.events.append(created, expected_revision=0)
         except ConcurrencyConflict:
-            return PutResult((await self.show(cid)).unit, created=False)
+            result = await self._stored_before(cid)
+        else:
+            result = PutResult(unit, created=True)
+        # Also after a conflict: a put retried because a parent's `unit.revised` failed finds
+        # the child stored, and the parent must still learn of it (the ids make it once).
         for p in unit.parents:
             await self.events.append(
                 Event.of(
@@ -239,7 +243,17 @@ class UnitStore:
                     causation_id=created.id, agent=self.agent, agent_version=self.agent_version,
                 )
             )
-        return PutResult(unit, created=True)
+        return result
+
+    async def _stored_before(self, cid: str) -> PutResult:
+        """The unit a put found stored already (a retry, or the same bytes twice): created=False.
+        An expired one is refused: its history ends with its expiry, and the bytes just put
+        would be swept as a copy nothing holds, while the put said "already stored"."""
+        view = await self.show(cid)
+        state = UnitFold().apply_all(view.events).units[cid]
+        if state.expired:
+            raise UnitExpiredError(cid, state.expired.get("policy", "?"), state.expired.get("time", "?"), put=True)
+        return PutResult(view.unit, created=False)
 
     # --- read ---------------------------------------------------------------------------
 
