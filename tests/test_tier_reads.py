@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from cim.embedded.procs import wait_until
+from cim.nats.rpc import call
 from cim.store.content import ContentStore
 from cim.store.unit_store import UnitStore
 from cim.tier.fetch import fetch
@@ -222,3 +224,44 @@ async def test_a_tier_agent_with_every_read_slot_taken_still_answers_that_it_lis
         await supervisor.close(5)
         await server.stop()
         await reader.close()
+
+
+async def test_a_plain_text_unit_moved_to_a_colder_tier_stays_searchable_by_its_words(nats_server, s3_server, tmp_path,
+                                                                                     cli, agent_process):
+    """Plain text is its own text: indexed while hot, no copy of it is stored. Once the tier
+    agent moved the unit to warm, an index rebuilt from the events (a pipeline agent with no
+    state directory, at every start) read the hot tier only, and found the unit by its title
+    alone."""
+    nc = await provisioned(nats_server.url)
+    agent = TierAgent(tmp_path, nats_server.url, {
+        "tiers": [s3_tier(s3_server, "warm", tmp_path)], "policies": [{"name": "cold", "to": "warm", "labels": ["cold"]}],
+        "migrate_interval": 3600,
+    })
+    pipeline_config = {"nats": {"servers": [nats_server.url]}}
+
+    def found() -> list:
+        r = cli("--json", "search", "kingfishers", "minnows", check=False)
+        return json.loads(r.stdout)["hits"] if r.returncode == 0 else []
+
+    try:
+        cid = (await UnitStore(nc).put_bytes(b"Kingfishers dive for minnows at dawn.", labels=["cold"], title="a note",
+                                             media_type="text/plain")).unit.cid
+        pipeline = await agent_process("pipeline", pipeline_config).ready(nc)
+        await asyncio.to_thread(wait_until, found, 60, 0.2, "the search index to find the unit by its words")
+        pipeline.stop()
+        agent.start()
+        await agent.ready(nc)
+        cli("tier", "migrate")
+        assert not await ContentStore(nc).has(cid), "the unit was not moved out of the hot tier"
+
+        await agent_process("pipeline", pipeline_config).ready(nc)  # its index rebuilt from the events
+
+        async def rebuilt() -> bool:
+            index = await call(nc, "cim.pipeline.index")
+            return index["documents"] == 1 and not index.get("stale")
+
+        await async_wait_until(rebuilt, 60, what="the rebuilt index to hold the unit")
+        assert [h["cid"] for h in found()] == [cid]
+    finally:
+        agent.stop()
+        await nc.close()

@@ -123,10 +123,19 @@ class Agent(AgentBase[Config]):
         for cid in cids:
             if cid not in found:
                 try:
-                    found[cid] = await self.content.read(cid)
-                except (UnitNotFound, CidMismatch) as err:
+                    found[cid] = await self._text(cid)
+                except (UnitNotFound, CidMismatch, InvalidInput) as err:
                     log.warning("the text %s for the search index cannot be used: %s", cid, err)
         return found
+
+    async def _text(self, cid: str) -> bytes:
+        """One text from the hot tier, or, when it is a unit's own bytes (plain text is its own
+        text) that the tier agent moved to a colder tier, from there: read through the tier
+        agent as any unit is."""
+        try:
+            return await self.content.read(cid)
+        except UnitNotFound:
+            return await self._read(cid)
 
     async def _store_text(self, text: str) -> str:
         return await self.content.put_bytes(text.encode("utf-8"))
