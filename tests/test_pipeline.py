@@ -312,3 +312,26 @@ async def test_a_pipeline_needing_a_capability_nobody_provides_says_so_and_runs_
 
 async def _error_has(nc, text) -> bool:
     return text in ((await call(nc, "cim.pipeline.status"))["pipelines"].get("needy", {}).get("last_error") or "")
+
+
+async def test_a_pause_and_an_apply_at_once_both_hold(env, nats_server):
+    """`cim pipelines pause` and `cim pipelines apply` each read the record and write it back:
+    racing, one wrote over the other (a pipeline said paused ran on, or a new definition was
+    reverted). Each now writes the revision it read, and the later one decides again."""
+    import nats
+
+    from cim.pipeline import definitions
+    from cim.pipeline.model import PipelineDef
+
+    nc, _ = env
+    other = await nats.connect(nats_server.url)  # two operators, two connections
+    try:
+        for i in range(20):
+            name = f"race-{i}"
+            await definitions.put(nc, PipelineDef.model_validate(pipeline(name, "classify")))
+            newer = PipelineDef.model_validate(pipeline(name, "classify", "extract"))
+            await asyncio.gather(definitions.set_paused(other, name, True), definitions.put(nc, newer))
+            record = await definitions.get(nc, name)
+            assert record.paused and record.definition == newer, (i, record)
+    finally:
+        await other.close()

@@ -86,15 +86,9 @@ class Agent(AgentBase[Config]):
     async def _install(self, p: PipelineDef) -> None:
         """Install a pipeline of this agent's config, unless one of its name was applied with
         `cim pipelines apply`: an operator's pipeline is never reverted by a restart."""
-        try:
-            current = await definitions.get(self.nc, p.name)
-        except NotFound:
-            current = None
-        if current is not None and current.source != "config":
+        kept = await definitions.install_from_config(self.nc, p)
+        if kept is not None and kept.source != "config":
             log.info("pipeline %s was applied with `cim pipelines apply`; the config's definition does not replace it", p.name)
-            return
-        if current is None or current.definition != p:
-            await definitions.put(self.nc, p, source="config")
 
     async def stop(self) -> None:
         # Together: each runner waits at most its own bound for the batch in hand.

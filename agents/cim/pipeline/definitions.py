@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from pydantic import BaseModel, ValidationError
 
 from ..errors import JetStreamUnavailable, NotFound
@@ -23,6 +30,7 @@ from .model import PipelineDef
 log = logging.getLogger("cim.pipeline")
 BUCKET = PIPELINES_BUCKET
 MAX_PIPELINES = 1024  # the server's multi_last limit
+WRITE_ATTEMPTS = 10  # reads and writes of one record before a writer gives up to others
 
 
 class PipelineRecord(BaseModel):
@@ -39,17 +47,60 @@ async def bucket(nc: Client):
         raise JetStreamUnavailable(f"the pipeline bucket {BUCKET} does not exist; run `cim provision` (or `cim up`)") from None
 
 
-async def put(nc: Client, definition: PipelineDef, *, source: str = "cli", keep_paused: bool = True) -> PipelineRecord:
+async def _change(nc: Client, name: str,
+                  change: Callable[[PipelineRecord | None], PipelineRecord | None]) -> PipelineRecord | None:
+    """Read one pipeline's record, `change` it (None: leave it) and write it back as one step:
+    the write names the revision it read, so two writers (an apply and a pause, an agent's
+    restart and an apply) never lose one another's change; the later one reads again and
+    decides again. The record as it stands after."""
     kv = await bucket(nc)
-    paused = False
-    if keep_paused:
+    for _ in range(WRITE_ATTEMPTS):
         try:
-            paused = (await get(nc, definition.name)).paused
-        except NotFound:
-            pass
-    record = PipelineRecord(definition=definition, paused=paused, source=source, updated_at=datetime.now(UTC))
-    await kv.put(definition.name, record.model_dump_json().encode())
+            entry = await kv.get(name)
+            revision = entry.revision or 0
+            current = PipelineRecord.model_validate(json.loads(entry.value)) if entry.value else None
+        except KeyDeletedError as err:  # removed: written again after its tombstone
+            revision, current = (err.entry.revision or 0) if err.entry else 0, None
+        except (KeyNotFoundError, NotFoundError):
+            revision, current = 0, None
+        new = change(current)
+        if new is None:
+            return current
+        try:
+            await kv.update(name, new.model_dump_json().encode(), last=revision)
+            return new
+        except KeyWrongLastSequenceError:
+            continue  # changed meanwhile: read again
+    raise JetStreamUnavailable(f"pipeline {name!r} changed {WRITE_ATTEMPTS} times while it was being written; try again")
+
+
+async def put(nc: Client, definition: PipelineDef, *, source: str = "cli", keep_paused: bool = True) -> PipelineRecord:
+    def applied(current: PipelineRecord | None) -> PipelineRecord:
+        paused = keep_paused and current is not None and current.paused
+        return PipelineRecord(definition=definition, paused=paused, source=source, updated_at=datetime.now(UTC))
+
+    record = await _change(nc, definition.name, applied)
+    assert record is not None  # `applied` always writes
     return record
+
+
+async def install_from_config(nc: Client, definition: PipelineDef) -> PipelineRecord | None:
+    """Install a pipeline of an agent's config, unless one of its name was applied with
+    `cim pipelines apply` (an operator's pipeline is never reverted by a restart) or it is
+    installed already. None once written; else the record that stays."""
+    kept: PipelineRecord | None = None
+
+    def installed(current: PipelineRecord | None) -> PipelineRecord | None:
+        nonlocal kept
+        kept = current if current is not None and (current.source != "config" or current.definition == definition) \
+            else None
+        if kept is not None:
+            return None
+        return PipelineRecord(definition=definition, paused=current is not None and current.paused, source="config",
+                              updated_at=datetime.now(UTC))
+
+    await _change(nc, definition.name, installed)
+    return kept
 
 
 async def get(nc: Client, name: str) -> PipelineRecord:
@@ -83,8 +134,11 @@ async def list_all(nc: Client) -> list[PipelineRecord]:
 
 
 async def set_paused(nc: Client, name: str, paused: bool) -> PipelineRecord:
-    record = await get(nc, name)
-    record = record.model_copy(update={"paused": paused, "updated_at": datetime.now(UTC)})
-    kv = await bucket(nc)
-    await kv.put(name, record.model_dump_json().encode())
+    def flagged(current: PipelineRecord | None) -> PipelineRecord:
+        if current is None:
+            raise NotFound(f"no pipeline named {name!r}; `cim pipelines ls` lists them")
+        return current.model_copy(update={"paused": paused, "updated_at": datetime.now(UTC)})
+
+    record = await _change(nc, name, flagged)
+    assert record is not None  # `flagged` always writes or raises
     return record
