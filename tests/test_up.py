@@ -197,3 +197,25 @@ def test_the_embedded_archive_says_when_it_shares_the_datas_disk_and_can_move(tm
     monkeypatch.setenv("CIM_ARCHIVE_DIR", str(tmp_path / "elsewhere"))
     settings, note = embedded_settings(tmp_path / "data")
     assert settings["tiers"][1]["url"] == f"file://{tmp_path / 'elsewhere'}"
+
+
+def test_a_lost_admin_password_file_keeps_the_users_the_operator_added(tmp_path):
+    """`cim up` makes admin's password once; with that file gone (deleted to reset it), it
+    wrote the users file over, and every user the operator had added could no longer log in."""
+    import stat
+
+    from cim.ui.auth import hash_password
+    from cim.ui.config import embedded_settings
+
+    data = tmp_path / "data"
+    embedded_settings(data)
+    users, password_file = data / "ui" / "users", data / "ui" / "admin-password"
+    alice = f"alice:{hash_password('her own passphrase')}"
+    users.write_text(users.read_text() + alice + "\n")
+    first = password_file.read_text()
+    password_file.unlink()
+    embedded_settings(data)
+    lines = users.read_text().splitlines()
+    assert alice in lines and sum(line.startswith("admin:") for line in lines) == 1, lines
+    assert password_file.read_text() != first  # a new admin password, in a file only its owner reads
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600 and stat.S_IMODE(users.stat().st_mode) == 0o600

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -56,10 +58,11 @@ def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dic
     users = ui_dir / "users"
     if not password_path.exists() or not users.exists():
         password = secrets.token_urlsafe(12)
-        for path, text in ((password_path, password + "\n"), (users, f"admin:{hash_password(password)}\n")):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
+        # Users the operator added stay: only admin's line is made anew, with its password.
+        others = [line for line in users.read_text().splitlines() if line.strip() and not line.startswith("admin:")] \
+            if users.exists() else []
+        _write_private(users, "".join(f"{line}\n" for line in [f"admin:{hash_password(password)}", *others]))
+        _write_private(password_path, password + "\n")
     secret = ui_dir / "session-secret"
     if not secret.exists():
         fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -79,3 +82,17 @@ def embedded_settings(data_dir: Path, http_port: int | None = None) -> tuple[dic
         return f"UI {url} ({login}); `cim ui open` opens it"
 
     return settings, note
+
+
+def _write_private(path: Path, text: str) -> None:
+    """`text` in `path`, readable by its owner only, whole or not at all (a temporary file
+    renamed over it: a crash never leaves a half-written login file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")  # 0600 already
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
