@@ -335,3 +335,40 @@ async def test_a_pause_and_an_apply_at_once_both_hold(env, nats_server):
             assert record.paused and record.definition == newer, (i, record)
     finally:
         await other.close()
+
+
+async def test_a_pipeline_triggered_by_labels_runs_once_per_unit_however_often_it_is_labeled(env, agent_process):
+    """A trigger other than `unit.created` comes again for a unit already run. On a first
+    delivery the engine did not look the unit up: the steps ran again, and once the server's
+    duplicate window had passed their effects were stored a second time."""
+    from cim.events import Event, EventStore
+    from cim.store.events import UnitLabeled
+
+    nc, servers = env
+    js = nc.jetstream()
+    config = (await js.stream_info("CIM_EVENTS")).config
+    config.duplicate_window = 0.5  # what minutes between two labels do, in half a second
+    await js.update_stream(config)
+    events = EventStore(nc)
+    cid = (await UnitStore(nc).put_bytes(b"an invoice from the plumber", media_type="text/plain")).unit.cid
+    await agent_process("pipeline", {"nats": servers, "pipelines": [
+        pipeline("on-label", "classify", trigger=["cim.evt.unit.*.labeled"])]}).ready(nc)
+
+    async def settled() -> bool:
+        info = await js.consumer_info("CIM_EVENTS", "pipeline-on-label")
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    async def window_passed(probe: Event) -> bool:  # the server has forgotten ids this old
+        return not (await events.append(probe)).duplicate
+
+    for round_ in range(2):
+        await events.append(Event.of(UnitLabeled(labels=[f"by-hand-{round_}"], by="test"), cid, agent="test"))
+        await async_wait_until(lambda: count(nc, f"cim.evt.steps.on-label--{cid}.done"), 30, what="the unit run")
+        await async_wait_until(settled, 30, what="every label delivered")
+        probe = Event(type="hub.redelivered", aggregate_id="rx", id=f"probe-{round_}",  # no trigger of the pipeline
+                      data={"event_id": "probe", "dlq_seq": round_})
+        await events.append(probe)
+        await async_wait_until(lambda p=probe: window_passed(p), 30, interval=0.1, what="the duplicate window to pass")
+    assert await count(nc, f"cim.evt.steps.on-label--{cid}.done") == 1
+    by_pipeline = [e for e in await events.aggregate("unit", cid) if e.agent == "cim-pipeline"]
+    assert len(by_pipeline) == 1, [(e.type, e.id) for e in by_pipeline]

@@ -41,7 +41,7 @@ from ..tier.fetch import fetch
 from .coalesce import CoalescedReads
 from .events import StepRecord, StepsDone
 from .metrics import DEAD_LETTERS, FAILED, PROCESSED, SKIPPED
-from .model import PipelineDef, run_key, step_key
+from .model import UNIT_CREATED, PipelineDef, run_key, step_key
 
 log = logging.getLogger("cim.pipeline")
 RECORDS = "cim.evt.steps.*.done"
@@ -126,6 +126,9 @@ class Runner:
         self._task: asyncio.Task | None = None
         self._stop = asyncio.Event()
         self._replay_until = 0  # events up to this sequence may have been processed before
+        # `unit.created` happens once per unit; any other trigger (a label, a revision) can
+        # come again for a unit already run, on a first delivery: it is looked up each time.
+        self._triggers_repeat = definition.trigger != [UNIT_CREATED]
         # Resolve plugins and settings up front: a bad pipeline fails when applied, not per unit.
         self.steps = [(s, plugins.get(s.plugin), plugins.get(s.plugin).parse_settings(s.settings)) for s in definition.steps]
 
@@ -295,7 +298,7 @@ class Runner:
                 return
             w.applied = True
             key = run_key(self.p.name, unit.cid)
-            if w.redelivered and await self._recorded(key):
+            if (w.redelivered or self._triggers_repeat) and await self._recorded(key):
                 w.recorded_before = True
                 return  # done by an earlier delivery: nothing runs again
             trigger = w.event
