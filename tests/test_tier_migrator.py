@@ -4,6 +4,8 @@ its intent is what notices the view is stale."""
 
 from __future__ import annotations
 
+import asyncio
+
 from cim.events import Event, EventStore
 from cim.store.unit_store import UnitStore
 from cim.tier.backends import FileBackend, JetStreamBackend, S3Backend
@@ -73,5 +75,39 @@ async def test_a_sweep_from_a_stale_index_never_deletes_a_copy_the_events_record
         (tmp_path / "archive" / leftover).write_bytes(b"moved on, copy left")
         assert await migrator.sweep(await LocationIndex.build(events)) == [f"archive:{leftover}"]
         assert (tmp_path / "archive" / cid).exists()
+    finally:
+        await nc.close()
+
+
+async def test_a_unit_read_after_its_page_was_planned_is_not_expired(nats_server):
+    """A run plans a page of units, then works them one by one: a read that lands meanwhile
+    must keep an idle unit (expiry deletes its bytes for good). The expiry checks the policy
+    again against the unit as it is when its turn comes."""
+    import time
+
+    from cim.embedded.procs import wait_until
+
+    nc = await provisioned(nats_server.url)
+    try:
+        store, events = UnitStore(nc, cold=fetch), EventStore(nc)
+        first = (await store.put_bytes(b"nobody reads this")).unit.cid
+        second = (await store.put_bytes(b"read just in time")).unit.cid
+        idle = Policy.model_validate({"name": "idle", "action": "expire", "idle": "1s"})
+        index = await LocationIndex.build(events)
+        await asyncio.to_thread(wait_until, lambda: all(idle.matches(u, None) for u in index.units.values()), 10,
+                                what="both units to be idle for a second")
+        tiers = {"hot": JetStreamBackend(TierSpec(name="hot", url="jetstream://CIM_CONTENT"), nc)}
+        access: dict[str, float] = {}
+        worked: list[str] = []
+
+        def progress(result) -> None:  # one expired: the other one is read at that moment
+            worked.append(result.cid)
+            if len(worked) == 1:
+                access[second if result.cid == first else first] = time.time()
+
+        report = await Migrator(events, tiers, concurrency=1).run_policies(index, [idle], access, progress=progress)
+        gone, read = worked
+        assert {m.cid: m.action for m in report.moved} == {gone: "expire", read: "none"}, report.moved
+        assert not await store.content.has(gone) and await store.content.has(read)
     finally:
         await nc.close()

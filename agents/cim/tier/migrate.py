@@ -193,8 +193,14 @@ class Migrator:
                 log.info("%s: %s; retry %d in %.1fs", what, err, attempt, delay)
                 await asyncio.sleep(delay)  # backoff between attempts at a tier that is down
 
-    async def expire(self, cid: str, policy: str, reason: str) -> MoveResult:
+    async def expire(self, cid: str, policy: str, reason: str, *,
+                     still: Callable[[UnitLocation], bool] | None = None) -> MoveResult:
+        """Expire one unit; with `still`, only if the unit as its events have it now still
+        matches (a page of a run is planned before its units are worked, and a read or a
+        promotion meanwhile must keep the unit: its bytes go for good)."""
         u = await for_unit(self.events, cid)
+        if still is not None and not u.expired and not still(u):
+            return MoveResult(cid, policy, "none", None, None, u.size, ok=True)
         result = MoveResult(cid, policy, "expire", None, None, u.size, ok=False)
         try:
             if not u.expired:
@@ -299,7 +305,9 @@ class Migrator:
             async def run(job):
                 u, p = job
                 if p.action == "expire":
-                    return await self.expire(u.cid, p.name, f"matched retention policy {p.name!r}")
+                    return await self.expire(u.cid, p.name, f"matched retention policy {p.name!r}", still=lambda fresh, p=p:
+                                             p.matches(fresh, access.get(fresh.cid), datetime.now(UTC),
+                                                       promote_hold=promote_hold))
                 return await self.move(u.cid, p.name, p.from_tier, p.to_tier, p.action, seen=u)
 
             report = Report()
