@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 import tempfile
 from pathlib import Path
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import CimError, InvalidInput
@@ -33,6 +35,9 @@ class S3ImportSettings(BaseModel):
     secret_access_key_file: Path | None = None
     interval: float = Field(default=0, ge=0, description="seconds between listings; 0 imports once")
     labels: list[str] = Field(default_factory=list)
+
+
+COPY_CHUNK = 1024 * 1024  # bytes read from an object at a time
 
 
 def _read(path: Path | None) -> str | None:
@@ -64,6 +69,20 @@ class S3Import:
         return [(o["Key"], o.get("ETag", "").strip('"'), o.get("Size", 0))
                 for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")]
 
+    def _download(self, key: str, etag: str, path: Path) -> bool:
+        """The object as it was listed (its ETag) into `path`; False when it has changed since:
+        an object overwritten while it is read must not be stored as a mix of two versions, nor
+        recorded under the ETag of the one that was listed."""
+        try:
+            answer = self.client().get_object(Bucket=self.s.bucket, Key=key, IfMatch=etag)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                return False
+            raise
+        with answer["Body"] as body, path.open("wb") as out:
+            shutil.copyfileobj(body, out, COPY_CHUNK)
+        return True
+
     async def run(self) -> None:
         while not self.ctx.stopping.is_set():
             try:
@@ -94,7 +113,10 @@ class S3Import:
                 continue
             with tempfile.TemporaryDirectory(prefix="cim-s3-") as tmp:
                 local = Path(tmp) / (key.rsplit("/", 1)[-1] or "object")
-                await asyncio.to_thread(self.client().download_file, self.s.bucket, key, str(local))
+                if not await asyncio.to_thread(self._download, key, etag, local):
+                    self.ctx.log.info("s3 import %s: s3://%s/%s changed while it was read; it is taken at the next "
+                                      "listing", self.ctx.name, self.s.bucket, key)
+                    continue
                 try:
                     await self.ctx.units.put_file(local, labels=self.s.labels, source=f"s3://{self.s.bucket}/{key}")
                     OBJECTS.labels(self.ctx.name, "imported").inc()
