@@ -3,7 +3,11 @@ tier; a wiped leaf is rebuilt from the archive alone."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+
+import nats
+import pytest
 
 from cim.embedded.nats_server import NatsServer
 from cim.nats.rpc import call
@@ -167,6 +171,49 @@ async def test_a_history_with_one_id_twice_is_restored_whole_and_at_the_same_seq
         assert report.events == len(before)
         after = [(e.seq, e.id) async for e in EventStore(nc).read(["cim.evt.>"])]
         assert after == before, after
+        await nc.close()
+    finally:
+        fresh.stop()
+
+
+async def test_a_restore_that_something_else_appends_during_stops_and_says_so(nats_server, tmp_path, tmp_path_factory):
+    """An agent or a client appending to the leaf while it is restored would interleave two
+    histories: the restore stops, names what happened, and does not hang (nats-py leaves a
+    refused async publish unanswered)."""
+    from cim.events import Event, EventStore
+    from cim.provision.apply import provision
+    from cim.provision.spec import ProvisionSpec
+    from cim.tier.backends import FileBackend
+    from cim.tier.backup import Exporter, restore
+    from cim.tier.errors import TierError
+    from cim.tier.urls import TierSpec
+
+    nc = await provisioned(nats_server.url)
+    archive = FileBackend(TierSpec(name="archive", url=f"file://{tmp_path / 'archive'}"))
+    try:
+        for i in range(40):
+            await EventStore(nc).append(Event(type="hub.redelivered", aggregate_id="rx",
+                                              data={"event_id": f"e{i}", "dlq_seq": i}))
+        await Exporter(nc, archive, chunk_events=10).export()
+    finally:
+        await nc.close()
+
+    fresh = NatsServer(store_dir=tmp_path_factory.mktemp("fresh") / "store")
+    fresh.start()
+    try:
+        nc = await provisioned(fresh.url)
+        intruder = await nats.connect(fresh.url)
+        appended = []
+
+        def progress(what: str, done: int, total: int) -> None:  # after the first chunk: someone appends
+            if what == "events" and not appended:
+                appended.append(asyncio.ensure_future(EventStore(intruder).append(Event(
+                    type="hub.redelivered", aggregate_id="rx", data={"event_id": "intruder", "dlq_seq": 99}))))
+
+        with pytest.raises(TierError, match="something else appended to CIM_EVENTS"):
+            await restore(nc, archive, provision=lambda c: provision(c, ProvisionSpec()), progress=progress)
+        await appended[0]
+        await intruder.close()
         await nc.close()
     finally:
         fresh.stop()

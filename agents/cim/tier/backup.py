@@ -34,7 +34,6 @@ from ..errors import CimError, JetStreamUnavailable, UnitNotFound
 from ..events import StoredEvent
 from ..events.envelope import H_ID, H_MSG_ID
 from ..names import EVENTS_STREAM
-from ..nats.api import JsError
 from ..nats.read import last_seq, read_stream
 from ..pipeline.events import step_outputs
 from ..spool import Spool
@@ -57,13 +56,15 @@ _EXPECTED_LAST = "Nats-Expected-Last-Sequence"
 
 
 def _replayed(headers: dict[str, str]) -> dict[str, str]:
-    """An archived event's headers as it goes back into the stream. Its Nats-Msg-Id goes when
-    its id travels in `ce-id` too: two events of a long history may share one (a letter
-    redelivered twice, minutes apart), and replayed within seconds the server would take the
-    second for a duplicate and drop it, shifting every later sequence."""
+    """An archived event's headers as it goes back into the stream, its id in `ce-id` only
+    (an event of the old form gets it there from its Nats-Msg-Id, where readers find it
+    too): two events of a long history may share an id (a letter redelivered twice, minutes
+    apart), and replayed within seconds the server would take the second for a duplicate
+    and drop it, shifting every later sequence."""
     kept = {k: v for k, v in headers.items() if not k.startswith(_DROP_HEADERS)}
-    if H_ID in kept:
-        kept.pop(H_MSG_ID, None)
+    msg_id = kept.pop(H_MSG_ID, None)
+    if msg_id is not None and H_ID not in kept:
+        kept[H_ID] = msg_id
     return kept
 
 
@@ -194,20 +195,25 @@ def _decode_chunk(name: str, body: bytes, sha256: str) -> list[dict]:
     return [json.loads(line) for line in gzip.decompress(body).splitlines() if line]
 
 
-async def _stored_at(fut: asyncio.Future, seq: int) -> None:
-    """The replayed event `seq` is in the stream at `seq`, or the restore stops saying why."""
+async def _stored_at(nc: Client, fut: asyncio.Future, seq: int, timeout: float) -> None:
+    """The replayed event `seq` is in the stream at `seq`, or the restore stops saying why.
+
+    Bounded: nats-py leaves the future of an async publish the server refused unresolved (it
+    reports the error to the connection instead), so a refusal shows as no answer, and the
+    stream's end then says which it was."""
     try:
-        ack = await fut
-    except nats.js.errors.APIError as err:
-        if err.err_code == JsError.WRONG_LAST_SEQUENCE:
-            raise TierError(f"something else appended to {EVENTS_STREAM} while event #{seq} was being restored: stop "
-                            "every agent of this leaf, then restore again onto an empty leaf") from None
-        raise JetStreamUnavailable(f"event #{seq} was not stored during restore ({err.description}); start again on "
-                                   "an empty leaf") from None
+        ack = await asyncio.wait_for(fut, timeout)
+    except (TimeoutError, nats.js.errors.APIError):
+        end = await last_seq(nc, EVENTS_STREAM, None, timeout)
+        if end >= seq:
+            raise TierError(f"something else appended to {EVENTS_STREAM} while event #{seq} was being restored (the "
+                            f"stream ends at #{end}): stop every agent and client of this leaf, then restore again onto "
+                            "an empty leaf") from None
+        raise JetStreamUnavailable(f"event #{seq} was not stored during restore (the stream ends at #{end}); check "
+                                   "the server (`cim status`), then restore again onto an empty leaf") from None
     if ack.seq != seq or ack.duplicate:
-        raise TierError(f"event #{seq} was taken for a duplicate of #{ack.seq} and not stored again; the archive "
-                        "holds two events with one Nats-Msg-Id and no ce-id. Start again on an empty leaf once the "
-                        "server's duplicate window has passed, or ask for help with the archive")
+        raise TierError(f"event #{seq} was taken for a duplicate of #{ack.seq} and not stored again; restore again "
+                        "onto an empty leaf, and report the archive: every replayed event carries its own id")
 
 
 async def restore(nc: Client, archive: Backend, *, provision: Callable[[Client], Awaitable[object]],
@@ -220,10 +226,12 @@ async def restore(nc: Client, archive: Backend, *, provision: Callable[[Client],
     if not manifest["chunks"]:
         raise TierError(f"{archive.where()} holds no backup (no {MANIFEST}); check the URL and prefix")
     await provision(nc)
-    if await last_seq(nc, EVENTS_STREAM, None, timeout):
+    # Its last sequence, not its last message: a purged stream holds none and still goes on
+    # from where it was, where the events cannot go back at their own sequences.
+    if (await nc.jetstream(timeout=timeout).stream_info(EVENTS_STREAM)).state.last_seq:
         raise TierError(
-            f"{EVENTS_STREAM} already holds events: `cim restore` rebuilds an empty leaf only. "
-            "Point it at a fresh server (an empty data directory)"
+            f"{EVENTS_STREAM} already holds events (or held them: purged, it goes on from its last sequence): "
+            "`cim restore` rebuilds an empty leaf only. Point it at a fresh server (an empty data directory)"
         )
     js = nc.jetstream(timeout=timeout)
     index = LocationIndex()
@@ -248,7 +256,7 @@ async def restore(nc: Client, archive: Backend, *, provision: Callable[[Client],
             index.apply(stored)
             derived.update(dict.fromkeys(derived_cids(stored)))
         for seq, fut in futures:
-            await _stored_at(fut, seq)
+            await _stored_at(nc, fut, seq, timeout)
         done += len(futures)
         if progress:
             progress("events", done, total)
