@@ -265,3 +265,37 @@ async def test_a_plain_text_unit_moved_to_a_colder_tier_stays_searchable_by_its_
     finally:
         agent.stop()
         await nc.close()
+
+
+async def test_an_expired_plain_text_unit_does_not_hold_up_a_rebuilt_index(nats_server, tmp_path, agent_process):
+    """Its text was its own bytes, gone with its expiry: a rebuilt index leaves it out and goes
+    on (reading it through the tier raised "expired", and the index retried that batch for ever)."""
+    from cim.events import Event
+    from cim.tier.events import UnitExpired
+
+    nc = await provisioned(nats_server.url)
+    try:
+        units = UnitStore(nc)
+        gone = (await units.put_bytes(b"Herons wait in the shallows.", media_type="text/plain", title="gone")).unit.cid
+        kept = (await units.put_bytes(b"Herons fly at dusk.", media_type="text/plain", title="kept")).unit.cid
+        pipeline_config = {"nats": {"servers": [nats_server.url]}}
+        pipeline = await agent_process("pipeline", pipeline_config).ready(nc)
+
+        async def indexed(n: int) -> bool:
+            index = await call(nc, "cim.pipeline.index")
+            return index["documents"] == n and not index.get("stale")
+
+        await async_wait_until(lambda: indexed(2), 60, what="both units indexed")
+        pipeline.stop()
+        await units.events.append(Event.of(UnitExpired(policy="30-days", reason="older than 30 days"), gone,
+                                           agent="cim-tier"))
+        await ContentStore(nc).delete(gone)  # as the tier agent does after the event
+        await agent_process("pipeline", pipeline_config).ready(nc)  # rebuilt from the events
+
+        async def found_kept() -> bool:
+            reply = await call(nc, "cim.pipeline.search", {"query": "herons"})
+            return not reply.get("stale") and kept in [h["cid"] for h in reply["hits"]]
+
+        await async_wait_until(found_kept, 60, what="the rebuilt index to find the unit that was kept")
+    finally:
+        await nc.close()

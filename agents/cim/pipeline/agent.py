@@ -31,6 +31,7 @@ from ..registry import NoProvider, negotiate
 from ..runtime import AgentBase, AgentContext, endpoint
 from ..store.content import ContentStore
 from ..store.unit_store import UnitStore
+from ..tier.errors import TierError
 from ..tier.fetch import fetch
 from . import api, definitions, graph, projection, search
 from .api import CheckRequest, CidRequest, Empty, RetryRequest, SearchRequest, UnitsRequest
@@ -110,15 +111,19 @@ class Agent(AgentBase[Config]):
 
     async def _read_texts(self, cids: list[str]) -> dict[str, bytes]:
         """Texts for the search index: small ones in two requests, the rest one by one. A text
-        that is not there (or not what its CID says) is left out, and its unit stays searchable
-        by title; any other failure (a timeout, a leader election) fails the batch, which is
-        read again: the checkpoint never moves past a text that was only unreachable."""
+        that is not there (or not what its CID says, or in a colder tier that cannot be read
+        through now) is left out, and its unit stays searchable by title; a failure of JetStream
+        itself (a timeout, a leader election) fails the batch, which is read again: the
+        checkpoint never moves past a text the hot tier only could not answer for."""
         found = await self.content.read_small(cids)
         for cid in cids:
             if cid not in found:
                 try:
                     found[cid] = await self._text(cid)
-                except (UnitNotFound, CidMismatch, InvalidInput) as err:
+                except (NotFound, CidMismatch, InvalidInput, TierError) as err:
+                    # Gone for good (expired, lost), not what its CID says, or no tier agent
+                    # to read it through: the unit stays searchable by title, and one such
+                    # text never holds up the whole index.
                     log.warning("the text %s for the search index cannot be used: %s", cid, err)
         return found
 
