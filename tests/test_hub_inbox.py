@@ -80,3 +80,27 @@ async def test_links_folders_and_pipes_leave_the_inbox_with_a_reason(nats_server
         assert [u async for u in UnitStore(nc).list(label="dropped")] == []
     finally:
         hub.stop()
+
+
+async def test_a_file_whose_unit_was_expired_leaves_the_inbox_with_the_reason(nats_server, nc, tmp_path):
+    """A unit a retention policy expired stays expired: a file with its bytes dropped again
+    goes to failed/ saying so (it stayed in the inbox, refused again at every look)."""
+    from cim.events import Event
+    from cim.store.content import ContentStore
+    from cim.tier.events import UnitExpired
+
+    await provision(nc, ProvisionSpec())
+    units = UnitStore(nc)
+    cid = (await units.put_bytes(b"kept for 30 days\n")).unit.cid
+    await units.events.append(Event.of(UnitExpired(policy="30-days", reason="older than 30 days"), cid, agent="cim-tier"))
+    await ContentStore(nc).delete(cid)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    hub = _hub(nats_server, tmp_path, inbox, settle=0.2)
+    try:
+        (inbox / "again.txt").write_bytes(b"kept for 30 days\n")
+        await async_wait_until(lambda: (inbox / "failed" / "again.txt.reason.txt").exists(), 30,
+                               what="the file to leave the inbox with a reason")
+        assert "expired by the retention policy '30-days'" in (inbox / "failed" / "again.txt.reason.txt").read_text()
+    finally:
+        hub.stop()

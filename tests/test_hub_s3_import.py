@@ -71,3 +71,37 @@ def test_an_object_overwritten_after_it_was_listed_is_not_taken_as_the_listed_on
     s3.put_object(Bucket="racing", Key="report.txt", Body=b"overwritten meanwhile")
     assert not connector._download("report.txt", listed, tmp_path / "second")
     assert not (tmp_path / "second").exists()
+
+
+async def test_an_object_whose_unit_was_expired_is_passed_over_and_the_next_ones_taken(nats_server, nc, s3_server,
+                                                                                     tmp_path):
+    """The bytes of a unit a retention policy expired are refused: the import records that and
+    goes on (it stopped there, and every object listed after it was never imported)."""
+    from cim.events import Event
+    from cim.store.content import ContentStore
+    from cim.tier.events import UnitExpired
+
+    await provision(nc, ProvisionSpec())
+    units = UnitStore(nc)
+    cid = (await units.put_bytes(b"kept for 30 days")).unit.cid
+    await units.events.append(Event.of(UnitExpired(policy="30-days", reason="older than 30 days"), cid, agent="cim-tier"))
+    await ContentStore(nc).delete(cid)
+    s3 = s3_server.boto3_client()
+    s3.create_bucket(Bucket="expiring")
+    s3.put_object(Bucket="expiring", Key="a-expired.txt", Body=b"kept for 30 days")  # listed first
+    s3.put_object(Bucket="expiring", Key="b-fresh.txt", Body=b"a new report")
+    (tmp_path / "ak").write_text(s3_server.access_key)
+    (tmp_path / "sk").write_text(s3_server.secret_key)
+    settings = {"bucket": "expiring", "endpoint_url": s3_server.endpoint_url, "interval": 0.3, "labels": ["s3"],
+                "access_key_id_file": str(tmp_path / "ak"), "secret_access_key_file": str(tmp_path / "sk")}
+    hub = Hub(nats_server.url, tmp_path, connectors=[{"plugin": "s3-import", "name": "exp", "settings": settings}])
+
+    async def imported() -> list:
+        return [u async for u in units.list(label="s3")]
+
+    try:
+        hub.start()
+        await async_wait_until(lambda: _count(imported, 1), 60, what="the fresh object imported")
+        assert [u.source for u in await imported()] == ["s3://expiring/b-fresh.txt"]
+    finally:
+        hub.stop()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import CimError, InvalidInput
+from ..errors import CimError, InvalidInput, UnitExpiredError
 from ..plugins import Plugin
 from .connectors import ConnectorContext
 from .metrics import INBOX_FILES as FILES
@@ -145,7 +145,7 @@ class Inbox:
         before = _stat(path)
         try:
             await self.ctx.units.put_file(path, labels=self.s.labels, source=f"inbox:{self.ctx.name}/{path.name}")
-        except InvalidInput as err:
+        except (InvalidInput, UnitExpiredError) as err:  # refused for good: to failed/, with why
             await self._fail(path, str(err))
             return
         except OSError as err:  # unreadable, or gone: a reason, not a crash of the connector

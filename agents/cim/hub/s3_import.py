@@ -19,7 +19,7 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import CimError, InvalidInput
+from ..errors import CimError, InvalidInput, UnitExpiredError
 from ..plugins import Plugin
 from .connectors import ConnectorContext
 from .metrics import S3_OBJECTS as OBJECTS
@@ -121,7 +121,7 @@ class S3Import:
                     await self.ctx.units.put_file(local, labels=self.s.labels, source=f"s3://{self.s.bucket}/{key}")
                     OBJECTS.labels(self.ctx.name, "imported").inc()
                     imported += 1
-                except InvalidInput as err:
+                except (InvalidInput, UnitExpiredError) as err:  # refused for good: recorded, and the next object
                     OBJECTS.labels(self.ctx.name, "failed").inc()
                     await self.ctx.record_failure(f"s3://{self.s.bucket}/{key}", str(err))
             await kv.put(state_key, etag.encode())
