@@ -191,3 +191,7 @@ async def test_a_revision_put_again_after_its_parent_was_not_told_tells_it(provi
         assert result.created is False and result.unit.cid == child.cid
     assert (await units.show(parent)).children == [child.cid]
     assert await count(nc, f"cim.evt.unit.{parent}.revised") == 1
+    # Bytes stored before as a unit of their own are not made a revision by a later put.
+    alone = (await units.put_bytes(b"a unit of its own")).unit.cid
+    assert (await units.revise(parent, b"a unit of its own")).created is False
+    assert alone not in (await units.show(parent)).children

@@ -235,8 +235,10 @@ class UnitStore:
         else:
             result = PutResult(unit, created=True)
         # Also after a conflict: a put retried because a parent's `unit.revised` failed finds
-        # the child stored, and the parent must still learn of it (the ids make it once).
-        for p in unit.parents:
+        # the child stored, and the parent must still learn of it (the ids make it once). The
+        # parents the stored record names, not this request's: the same bytes put earlier as
+        # another unit's revision (or as none) are that, whatever a later put says.
+        for p in result.unit.parents:
             await self.events.append(
                 Event.of(
                     UnitRevised(child=cid), p, id=f"unit-revised-{p}-{cid}",
