@@ -886,3 +886,18 @@ async def test_one_token_cannot_hold_every_cold_read_place(nats_server, nc, tmp_
     DOWNLOADER.set(reader)
     assert [chunk async for chunk in api.units.get(cid)] == [data]
     assert api.cold_downloads.taken == 1  # the reader's place was given back
+
+
+async def test_posting_the_bytes_of_an_expired_unit_answers_410_saying_why(hub, nc):
+    """Its history ends with its expiry: the bytes are not stored again, and the answer names
+    the unit itself (it said 400 about a parent, which there was none)."""
+    units = UnitStore(nc)
+    expired = (await units.put_bytes(b"kept 30 days, then gone")).unit.cid
+    await EventStore(nc).append(Event.of(UnitExpired(policy="30-days", reason="older than 30 days"), expired,
+                                         agent="cim-tier"))
+    await ContentStore(nc).delete(expired)
+    async with aiohttp.ClientSession() as s, s.post(f"{hub.url}/v1/units", data=b"kept 30 days, then gone",
+                                                    headers=auth()) as r:
+        assert r.status == 410, await r.text()
+        [error] = (await r.json())["errors"]
+    assert error["field"] == "(body)" and "expired by the retention policy '30-days'" in error["message"]

@@ -254,6 +254,8 @@ class HubApi:
                 raise Problem(413, [(err.field, err.rule)]) from None
             except InvalidInput as err:
                 raise Problem(400, [(err.field, err.rule)]) from None
+            except UnitExpiredError as err:  # the unit these bytes make, not a parent
+                raise Problem(410, [("(body)", str(err))]) from None
             except NotFound as err:
                 raise Problem(400, [("parent", str(err))]) from None
             except CimError as err:
