@@ -372,3 +372,21 @@ async def test_a_pipeline_triggered_by_labels_runs_once_per_unit_however_often_i
     assert await count(nc, f"cim.evt.steps.on-label--{cid}.done") == 1
     by_pipeline = [e for e in await events.aggregate("unit", cid) if e.agent == "cim-pipeline"]
     assert len(by_pipeline) == 1, [(e.type, e.id) for e in by_pipeline]
+
+
+async def test_an_unreadable_pipeline_record_is_repaired_by_apply_not_a_traceback(env):
+    """A record that is not one (written by hand, or by another version) made apply, pause and
+    an agent's start fail with a traceback; apply now writes over it, and pause says no such
+    pipeline."""
+    from cim.errors import NotFound
+    from cim.pipeline import definitions
+    from cim.pipeline.model import PipelineDef
+
+    nc, _ = env
+    kv = await nc.jetstream().key_value("CIM_PIPELINES")
+    await kv.put("mangled", b"{not json")
+    with pytest.raises(NotFound, match="no pipeline named 'mangled'"):
+        await definitions.set_paused(nc, "mangled", True)
+    repaired = PipelineDef.model_validate(pipeline("mangled", "classify"))
+    await definitions.put(nc, repaired)
+    assert (await definitions.get(nc, "mangled")).definition == repaired

@@ -58,7 +58,7 @@ async def _change(nc: Client, name: str,
         try:
             entry = await kv.get(name)
             revision = entry.revision or 0
-            current = PipelineRecord.model_validate(json.loads(entry.value)) if entry.value else None
+            current = _record(name, entry.value)
         except KeyDeletedError as err:  # removed: written again after its tombstone
             revision, current = (err.entry.revision or 0) if err.entry else 0, None
         except (KeyNotFoundError, NotFoundError):
@@ -72,6 +72,19 @@ async def _change(nc: Client, name: str,
         except KeyWrongLastSequenceError:
             continue  # changed meanwhile: read again
     raise JetStreamUnavailable(f"pipeline {name!r} changed {WRITE_ATTEMPTS} times while it was being written; try again")
+
+
+def _record(name: str, value: bytes | None) -> PipelineRecord | None:
+    """The record a value holds; None for none, and for one that is not a pipeline record
+    (written by hand, or by a version that no longer reads the same): logged, and written
+    over by the change, so `cim pipelines apply` repairs it."""
+    if not value:
+        return None
+    try:
+        return PipelineRecord.model_validate(json.loads(value))
+    except (ValueError, ValidationError) as err:
+        log.warning("the pipeline record %s is unreadable (%s); it is taken as absent", name, str(err).splitlines()[0])
+        return None
 
 
 async def put(nc: Client, definition: PipelineDef, *, source: str = "cli", keep_paused: bool = True) -> PipelineRecord:
