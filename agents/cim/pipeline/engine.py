@@ -298,7 +298,8 @@ class Runner:
                 return
             w.applied = True
             key = run_key(self.p.name, unit.cid)
-            if (w.redelivered or self._triggers_repeat) and await self._recorded(key):
+            repeatable = self._triggers_repeat and w.event.type != "unit.created"  # that one comes once
+            if (w.redelivered or repeatable) and await self._recorded(key):
                 w.recorded_before = True
                 return  # done by an earlier delivery: nothing runs again
             trigger = w.event

@@ -261,9 +261,9 @@ class Migrator:
         return report
 
     async def sweep(self, index: Locations) -> list[str]:
-        """Delete copies the index says were dropped (a crash between steps 3 and 4) and
-        bytes of expired units. Content of units with no `unit.created` is left alone: it
-        is a put in progress."""
+        """Delete copies that were dropped (a crash between steps 3 and 4) and bytes of expired
+        units: the index picks the candidates, each unit's own events decide. Content of units
+        with no `unit.created` is left alone: it is a put in progress."""
         done = []
         for name, backend in self.tiers.items():
             try:
