@@ -91,6 +91,8 @@ def _write_private(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a power cut leaves the old file or the new
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
