@@ -4,15 +4,24 @@ tier; a wiped leaf is rebuilt from the archive alone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import nats
 import pytest
 
 from cim.embedded.nats_server import NatsServer
+from cim.events import Event, EventStore
 from cim.nats.rpc import call
+from cim.provision.apply import provision
+from cim.provision.spec import ProvisionSpec
 from cim.store.unit_store import UnitStore
+from cim.tier.backends import FileBackend
+from cim.tier.backup import Exporter, restore
+from cim.tier.errors import TierError
 from cim.tier.fetch import fetch
+from cim.tier.urls import TierSpec
 from support.pipeline_support import count
 from support.tierkit import TierAgent, mixed_sizes, provisioned, s3_tier
 from support.waiting import async_wait_until
@@ -134,13 +143,6 @@ async def test_a_history_with_one_id_twice_is_restored_whole_and_at_the_same_seq
     """Two events of a long history may share an id (a dead letter redelivered twice, minutes
     apart). Replayed within seconds, the server took the second for a duplicate and dropped it:
     every later event moved one sequence down, and the next backup skipped one for good."""
-    from cim.events import Event, EventStore
-    from cim.provision.apply import provision
-    from cim.provision.spec import ProvisionSpec
-    from cim.tier.backends import FileBackend
-    from cim.tier.backup import Exporter, restore
-    from cim.tier.urls import TierSpec
-
     nc = await provisioned(nats_server.url)
     archive = FileBackend(TierSpec(name="archive", url=f"file://{tmp_path / 'archive'}"))
     try:
@@ -163,31 +165,17 @@ async def test_a_history_with_one_id_twice_is_restored_whole_and_at_the_same_seq
     finally:
         await nc.close()
 
-    fresh = NatsServer(store_dir=tmp_path_factory.mktemp("fresh") / "store")
-    fresh.start()
-    try:
-        nc = await provisioned(fresh.url)
+    async with fresh_leaf(tmp_path_factory) as (nc, _):
         report = await restore(nc, archive, provision=lambda c: provision(c, ProvisionSpec()))
         assert report.events == len(before)
         after = [(e.seq, e.id) async for e in EventStore(nc).read(["cim.evt.>"])]
         assert after == before, after
-        await nc.close()
-    finally:
-        fresh.stop()
 
 
 async def test_a_restore_that_something_else_appends_during_stops_and_says_so(nats_server, tmp_path, tmp_path_factory):
     """An agent or a client appending to the leaf while it is restored would interleave two
     histories: the restore stops, names what happened, and does not hang (nats-py leaves a
     refused async publish unanswered)."""
-    from cim.events import Event, EventStore
-    from cim.provision.apply import provision
-    from cim.provision.spec import ProvisionSpec
-    from cim.tier.backends import FileBackend
-    from cim.tier.backup import Exporter, restore
-    from cim.tier.errors import TierError
-    from cim.tier.urls import TierSpec
-
     nc = await provisioned(nats_server.url)
     archive = FileBackend(TierSpec(name="archive", url=f"file://{tmp_path / 'archive'}"))
     try:
@@ -198,11 +186,8 @@ async def test_a_restore_that_something_else_appends_during_stops_and_says_so(na
     finally:
         await nc.close()
 
-    fresh = NatsServer(store_dir=tmp_path_factory.mktemp("fresh") / "store")
-    fresh.start()
-    try:
-        nc = await provisioned(fresh.url)
-        intruder = await nats.connect(fresh.url)
+    async with fresh_leaf(tmp_path_factory) as (nc, url):
+        intruder = await nats.connect(url)
         appended = []
 
         def progress(what: str, done: int, total: int) -> None:  # after the first chunk: someone appends
@@ -214,6 +199,18 @@ async def test_a_restore_that_something_else_appends_during_stops_and_says_so(na
             await restore(nc, archive, provision=lambda c: provision(c, ProvisionSpec()), progress=progress)
         await appended[0]
         await intruder.close()
-        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_leaf(tmp_path_factory) -> AsyncIterator[tuple[nats.NATS, str]]:
+    """An empty, provisioned server for a restore, and a connection to it; stopped after."""
+    fresh = NatsServer(store_dir=tmp_path_factory.mktemp("fresh") / "store")
+    fresh.start()
+    try:
+        nc = await provisioned(fresh.url)
+        try:
+            yield nc, fresh.url
+        finally:
+            await nc.close()
     finally:
         fresh.stop()
