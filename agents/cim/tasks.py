@@ -75,6 +75,16 @@ async def cancel_and_wait(*tasks: F, timeout: float = 30.0) -> set[F]:
     return pending
 
 
+async def until_any(*events: asyncio.Event, timeout: float | None = None) -> None:
+    """Until one of `events` is set (a stop among them, so the wait never outlives it), or
+    `timeout` seconds pass."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(*waits)
+
+
 def _name(task: asyncio.Future[Any]) -> str:
     return task.get_name() if isinstance(task, asyncio.Task) else repr(task)
 

@@ -28,7 +28,7 @@ from ..metrics import Sampled
 from ..names import REGISTRY_BUCKET
 from ..nats.read import read_stream
 from ..runtime import AgentBase, AgentContext, endpoint
-from ..tasks import cancel_and_wait
+from ..tasks import until_any
 from . import api
 from .api import Agents, LsRequest, Negotiated, NegotiateRequest, Provider, Providers, ProvidersRequest, ShowRequest
 from .client import CAPABILITIES, PREFIX, STREAM, is_removal, parse_record, select
@@ -88,12 +88,7 @@ class Agent(AgentBase[Config]):
         # an answer before that lists fewer agents than the bucket holds. Bounded, so a bucket
         # not made yet does not keep the agent from starting (until then `views` refuses),
         # and a stop asked meanwhile is not kept waiting.
-        caught_up = asyncio.ensure_future(self._caught_up.wait())
-        stopping = asyncio.ensure_future(self.ctx.stopping.wait())
-        try:
-            await asyncio.wait({caught_up, stopping}, timeout=CATCH_UP_WAIT, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            await cancel_and_wait(caught_up, stopping)
+        await until_any(self._caught_up, self.ctx.stopping, timeout=CATCH_UP_WAIT)
         if not self._caught_up.is_set() and not self.ctx.stopping.is_set():
             log.warning("the registry bucket's history is not read after %gs; answering 'not ready' until it is",
                         CATCH_UP_WAIT)

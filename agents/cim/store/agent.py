@@ -52,19 +52,12 @@ class Agent(AgentBase[Config]):
         # Where the count starts, before the agent answers: a unit put once it does is counted.
         # A slow server (a loaded machine, a leader election) is asked a few times first;
         # past that the agent serves, and the count starts where the stream is by then.
-        placed = False
-        for attempt in range(PLACE_ATTEMPTS):
-            if self.ctx.stopping.is_set():  # asked to stop meanwhile: not kept waiting
+        placed = await self._placed(counter)
+        for _ in range(PLACE_ATTEMPTS - 1):
+            if placed or self.ctx.stopping.is_set():  # asked to stop meanwhile: not kept waiting
                 break
-            try:
-                await self._start_at_the_end(counter)
-                placed = True
-                break
-            except Exception as err:
-                log.info("counting stored units once %s answers (%s)%s", EVENTS_STREAM, err,
-                         "; asking again" if attempt + 1 < PLACE_ATTEMPTS else "")
-                if attempt + 1 < PLACE_ATTEMPTS:
-                    await asyncio.sleep(1)  # backoff before asking again, not a wait for a condition
+            await asyncio.sleep(1)  # backoff before asking again, not a wait for a condition
+            placed = await self._placed(counter)
         self.ctx.tasks.spawn(self._count(counter, placed), name="units-count")
 
     async def _count(self, counter: ProjectionDb, placed: bool) -> None:
@@ -72,12 +65,17 @@ class Agent(AgentBase[Config]):
         # ever stored at once, a spike in every rate() and an ingest alert.
         while not placed:
             await asyncio.sleep(5)  # backoff before asking again, not a wait for a condition
-            try:
-                await self._start_at_the_end(counter)
-                placed = True
-            except Exception as err:
-                log.info("counting stored units once %s answers (%s)", EVENTS_STREAM, err)
+            placed = await self._placed(counter)
         await Follower(EventStore(self.nc), counter, ["cim.evt.unit.*.created"], _count_units).run()
+
+    async def _placed(self, counter: ProjectionDb) -> bool:
+        """One try at `_start_at_the_end`; whether it worked (why not, logged)."""
+        try:
+            await self._start_at_the_end(counter)
+            return True
+        except Exception as err:
+            log.info("counting stored units once %s answers (%s)", EVENTS_STREAM, err)
+            return False
 
     async def _start_at_the_end(self, counter: ProjectionDb) -> None:
         """Checkpoint the counter at the stream's last event: units stored before this

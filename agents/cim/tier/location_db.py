@@ -28,6 +28,7 @@ from ..events import EventStore, StoredEvent
 from ..names import EVENTS_STREAM
 from ..nats.api import JsError, api, error_code
 from ..projection_db import Follower, ProjectionDb
+from ..tasks import until_any
 from . import location_rows as rows
 from .locations import UNIT_EVENTS, Counts, UnitLocation
 from .policies import Policy
@@ -232,12 +233,7 @@ class LocationProjection:
 
     async def built(self, stopping: asyncio.Event) -> None:
         """Until the first catch-up is done (a first start replays the whole stream), or stop."""
-        waits = [asyncio.ensure_future(self.follower.caught_up.wait()), asyncio.ensure_future(stopping.wait())]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
+        await until_any(self.follower.caught_up, stopping)
 
     def state(self, fresh: bool) -> dict[str, Any]:
         """The index's freshness for a reply: the last unit event applied, whether it may miss
