@@ -87,8 +87,7 @@ class Agent(AgentBase[Config]):
     async def _install(self, p: PipelineDef) -> None:
         """Install a pipeline of this agent's config, unless one of its name was applied with
         `cim pipelines apply`: an operator's pipeline is never reverted by a restart."""
-        kept = await definitions.install_from_config(self.nc, p)
-        if kept is not None and kept.source != "config":
+        if (await definitions.install_from_config(self.nc, p)).source != "config":
             log.info("pipeline %s was applied with `cim pipelines apply`; the config's definition does not replace it", p.name)
 
     async def stop(self) -> None:

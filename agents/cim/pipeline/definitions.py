@@ -97,23 +97,20 @@ async def put(nc: Client, definition: PipelineDef, *, source: str = "cli", keep_
     return record
 
 
-async def install_from_config(nc: Client, definition: PipelineDef) -> PipelineRecord | None:
+async def install_from_config(nc: Client, definition: PipelineDef) -> PipelineRecord:
     """Install a pipeline of an agent's config, unless one of its name was applied with
     `cim pipelines apply` (an operator's pipeline is never reverted by a restart) or it is
-    installed already. None once written; else the record that stays."""
-    kept: PipelineRecord | None = None
+    installed already; the record as it stands after (its `source` says whose it is)."""
 
     def installed(current: PipelineRecord | None) -> PipelineRecord | None:
-        nonlocal kept
-        kept = current if current is not None and (current.source != "config" or current.definition == definition) \
-            else None
-        if kept is not None:
+        if current is not None and (current.source != "config" or current.definition == definition):
             return None
         return PipelineRecord(definition=definition, paused=current is not None and current.paused, source="config",
                               updated_at=datetime.now(UTC))
 
-    await _change(nc, definition.name, installed)
-    return kept
+    record = await _change(nc, definition.name, installed)
+    assert record is not None  # `installed` writes whenever there is none
+    return record
 
 
 async def get(nc: Client, name: str) -> PipelineRecord:
